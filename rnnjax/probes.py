@@ -1,0 +1,137 @@
+"""Per-timestep gradient probes: ||dL/dH_t|| and the step-t contribution to dL/dW_hh.
+
+Everything here is pure and jit-safe; `jax.jit(jax.vmap(probe))` is applied where a job runs.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import Array
+
+from rnnjax.cells import RNNParams, activation, forward
+
+LOSS_AT = ("all", "last")
+
+
+class ProbeResult(NamedTuple):
+    """What one probe call returns for one network (a leading seed axis S under `vmap`)."""
+
+    loss: Array  # () batch-mean loss L
+    grad_norm: Array  # (T,) ||dL/dH_t||_F over the batch, total derivative, t = 1..T
+    param_grad_norm: Array  # (T,) ||H_{t-1}^T dL/dA_t||_F, step t's share of dL/dW_hh
+
+
+class TimeGrads(NamedTuple):
+    """Total derivatives along the time axis, from one backward pass."""
+
+    loss: Array  # ()
+    hs: Array  # (T, B, H) H_1..H_T
+    dL_dH: Array  # (T, B, H) dL/dH_t
+    dL_dA: Array  # (T, B, H) dL/dA_t = dL/dH_t * phi'(A_t)
+
+
+def token_loss(logits: Array, y: Array, loss_at: str) -> Array:
+    """Batch-mean softmax cross-entropy, over all steps or at the last step only.
+
+    Args:
+      logits: (T, B, Q).
+      y: (B, T) integer targets.
+      loss_at: "all" (mean over every step and sequence) or "last" (mean over sequences at T).
+    """
+    if loss_at == "all":
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y.T).mean()
+    if loss_at == "last":
+        return optax.softmax_cross_entropy_with_integer_labels(logits[-1], y[:, -1]).mean()
+    raise ValueError(f"probe.loss_at={loss_at!r} is unknown; allowed: {list(LOSS_AT)}")
+
+
+def make_time_grads(
+    activation_name: str, loss_at: str
+) -> Callable[[RNNParams, Array, Array], TimeGrads]:
+    """Builds `time_grads(params, x, y) -> TimeGrads` for one network and one batch (B, T)."""
+    phi = activation(activation_name)
+    if loss_at not in LOSS_AT:
+        raise ValueError(f"probe.loss_at={loss_at!r} is unknown; allowed: {list(LOSS_AT)}")
+
+    def loss_fn(dH, dA, params, x, y):
+        hs, logits = forward(params, x, phi, dH=dH, dA=dA)
+        return token_loss(logits, y, loss_at), hs
+
+    def time_grads(params: RNNParams, x: Array, y: Array) -> TimeGrads:
+        B, T = x.shape
+        zeros = jnp.zeros((T, B, params.W_hh.shape[0]), params.W_hh.dtype)
+        # Gradients with respect to zero perturbations of H_t and A_t are the total
+        # derivatives dL/dH_t and dL/dA_t: one backward pass gives all T of them.
+        (loss, hs), (dL_dH, dL_dA) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+            zeros, zeros, params, x, y
+        )
+        return TimeGrads(loss, hs, dL_dH, dL_dA)
+
+    return time_grads
+
+
+def safe_norm(x: Array, axes: tuple[int, ...]) -> Array:
+    """Frobenius norm over `axes`, scaled by the largest entry first.
+
+    Why: in float32, squaring an entry below ~1e-19 underflows to zero and one above ~1e19
+    overflows, so a plain sqrt(sum(x^2)) reports 0 or inf for gradients that float32 still holds.
+    """
+    m = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+    scale = jnp.where(m > 0, m, 1).astype(x.dtype)
+    return jnp.squeeze(m, axes) * jnp.sqrt(jnp.sum(jnp.square(x / scale), axis=axes))
+
+
+def step_contribution_norms(h_prev: Array, dL_dA: Array) -> Array:
+    """||H_{t-1}^T dL/dA_t||_F for every t, without forming the (T, H, H) contributions.
+
+    When B <= H it uses ||H^T D||_F^2 = <H H^T, D D^T>_F, which costs B^2 H per step instead
+    of B H^2 and memory (T, B, B) instead of (T, H, H). Both factors are rescaled by their largest entry first, for
+    the same underflow reason as `safe_norm`.
+
+    Args:
+      h_prev: (T, B, H) H_0..H_{T-1}.
+      dL_dA: (T, B, H).
+
+    Returns:
+      (T,) norms.
+    """
+    mh = jnp.max(jnp.abs(h_prev), axis=(1, 2))  # (T,)
+    md = jnp.max(jnp.abs(dL_dA), axis=(1, 2))
+    hn = h_prev / jnp.where(mh > 0, mh, 1)[:, None, None]
+    dn = dL_dA / jnp.where(md > 0, md, 1)[:, None, None]
+    B, H = h_prev.shape[1:]
+    if B > H:  # shapes are static: form the (T, H, H) contributions when they are the smaller
+        return mh * md * jnp.sqrt(jnp.sum(jnp.square(jnp.einsum("tbi,tbj->tij", hn, dn)), (1, 2)))
+    gram_h = jnp.einsum("tbi,tci->tbc", hn, hn)  # (T, B, B)
+    gram_d = jnp.einsum("tbi,tci->tbc", dn, dn)
+    # The inner product of two PSD matrices is >= 0; clip rounding below zero.
+    sq = jnp.maximum(jnp.sum(gram_h * gram_d, axis=(1, 2)), 0)
+    return mh * md * jnp.sqrt(sq)
+
+
+def make_probe(activation_name: str, loss_at: str) -> Callable[[RNNParams, Array, Array], ProbeResult]:
+    """Builds `probe(params, x, y) -> ProbeResult` for one network and one batch.
+
+    Args:
+      activation_name: one of `rnnjax.cells.ACTIVATIONS`.
+      loss_at: "all" or "last".
+
+    Returns:
+      A pure function of (params, x (B, T) int, y (B, T) int); vmap it over seeds and jit it
+      at the call site.
+    """
+    time_grads = make_time_grads(activation_name, loss_at)
+
+    def probe(params: RNNParams, x: Array, y: Array) -> ProbeResult:
+        g = time_grads(params, x, y)
+        h_prev = jnp.concatenate([jnp.zeros_like(g.hs[:1]), g.hs[:-1]])  # (T, B, H) H_0..H_{T-1}
+        return ProbeResult(
+            loss=g.loss,
+            grad_norm=safe_norm(g.dL_dH, axes=(1, 2)),
+            param_grad_norm=step_contribution_norms(h_prev, g.dL_dA),
+        )
+
+    return probe

@@ -1,0 +1,173 @@
+"""Tidy results: probe arrays to DataFrames, headline numbers, atomic files, and `load_sweep`.
+
+pandas only runs here, after the jitted call has returned.
+"""
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+GRAD_NORMS = "grad_norms.parquet"
+SUMMARY = "summary.json"
+PARAMS = "params.npz"
+BATCH = "batch.npz"
+
+
+def fit_window(T: int) -> tuple[int, int]:
+    """The timesteps (inclusive, 1-based) a slope is fitted over: the middle half, away from
+    the ends (where the local loss term and H_0 = 0 distort the profile); all of 1..T when the
+    middle half has fewer than 2 steps."""
+    lo, hi = T // 4 + 1, T - T // 4
+    return (lo, hi) if hi - lo >= 1 else (1, T)
+
+
+def log10_slope(grad_norm: np.ndarray, window: tuple[int, int]) -> float:
+    """Least-squares slope of log10 grad_norm per step BACK in time over `window`.
+
+    Negative: the gradient shrinks going back (vanishing); positive: it grows (exploding).
+    Steps with a zero (underflow) or non-finite norm are left out; NaN if fewer than 2 remain.
+
+    Args:
+      grad_norm: (T,) norms for t = 1..T.
+      window: (lo, hi), 1-based inclusive.
+    """
+    t = np.arange(window[0], window[1] + 1)
+    g = np.asarray(grad_norm, dtype=np.float64)[t - 1]
+    ok = np.isfinite(g) & (g > 0)
+    if ok.sum() < 2:
+        return math.nan
+    slope_in_t = np.polyfit(t[ok], np.log10(g[ok]), 1)[0]
+    return float(-slope_in_t)
+
+
+def config_columns(cfg) -> dict[str, Any]:
+    """The config as flat columns, so that a sweep's frames concatenate with no joins."""
+    return {
+        "activation": cfg.activation.name.value,
+        "init": cfg.init.name.value,
+        "init_std": cfg.init.std,
+        "init_gain": cfg.init.gain,
+        "init_radius": cfg.init.radius,
+        "task": cfg.task.name.value,
+        "vocab_size": cfg.task.vocab_size,
+        "seq_len": cfg.seq_len,
+        "hidden_size": cfg.hidden_size,
+        "batch_size": cfg.batch_size,
+        "loss_at": cfg.probe.loss_at.value,
+        "dtype": cfg.dtype.value,
+    }
+
+
+def probe_frame(
+    seeds: np.ndarray, grad_norm: np.ndarray, param_grad_norm: np.ndarray,
+    columns: Mapping[str, Any], train_step: int = 0,
+) -> pd.DataFrame:
+    """One row per (seed, t).
+
+    Args:
+      seeds: (S,) seed of each network.
+      grad_norm, param_grad_norm: (S, T).
+      columns: constant columns (the config).
+      train_step: the training step the profile was taken at (0: initialization).
+    """
+    S, T = grad_norm.shape
+    df = pd.DataFrame({
+        "seed": np.repeat(np.asarray(seeds, dtype=np.int64), T),
+        "t": np.tile(np.arange(1, T + 1, dtype=np.int64), S),
+        "grad_norm": np.asarray(grad_norm, dtype=np.float64).ravel(),
+        "param_grad_norm": np.asarray(param_grad_norm, dtype=np.float64).ravel(),
+        "train_step": np.int64(train_step),
+    })
+    for k, v in columns.items():
+        df[k] = v
+    # Explicit dtypes: a column that is None in one job and a number in another must still
+    # concatenate to float, and strings stay strings.
+    for k in ("init_std", "init_gain", "init_radius"):
+        if k in df:
+            df[k] = df[k].astype("float64")
+    if "vocab_size" in df:
+        df["vocab_size"] = df["vocab_size"].astype("Int64")
+    return df
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Writes through `write(tmp_path)` and renames into place, so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    _atomic(Path(path), lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    _atomic(Path(path), write)
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        return _json_safe(x.item())
+    return x
+
+
+def write_json(obj: Mapping[str, Any], path: Path) -> None:
+    """Strict JSON (NaN becomes null, infinities the strings "inf"/"-inf"), written atomically."""
+    text = json.dumps(_json_safe(dict(obj)), indent=2, allow_nan=False)
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def load_sweep(path: str | os.PathLike) -> pd.DataFrame:
+    """One tidy DataFrame of every finished job under `path` (a run or a multirun directory).
+
+    A job is a directory with a `grad_norms.parquet` or a Hydra `.hydra/` folder; it counts as
+    finished once its `summary.json` exists (written last). Unfinished jobs are skipped with a
+    warning. A `job` column holds each job's directory relative to `path`.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"load_sweep: {str(root)!r} is not a directory")
+    jobs = sorted({p.parent for p in root.rglob(GRAD_NORMS)} | {p.parent for p in root.rglob(".hydra")})
+    frames, unfinished = [], []
+    for job in jobs:
+        if not (job / SUMMARY).is_file() or not (job / GRAD_NORMS).is_file():
+            unfinished.append(job)
+            continue
+        df = pd.read_parquet(job / GRAD_NORMS)
+        df.insert(0, "job", str(job.relative_to(root)))
+        frames.append(df)
+    if unfinished:
+        names = ", ".join(str(j.relative_to(root)) for j in unfinished)
+        warnings.warn(f"load_sweep: skipped {len(unfinished)} unfinished job(s): {names}",
+                      stacklevel=2)
+    if not frames:
+        raise FileNotFoundError(f"load_sweep: no finished job under {str(root)!r}")
+    return pd.concat(frames, ignore_index=True)
