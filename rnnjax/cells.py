@@ -37,7 +37,8 @@ def activation(name: str) -> Callable[[Array], Array]:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(f"activation={name!r} is unknown; allowed: {sorted(ACTIVATIONS)}") from None
+        allowed = sorted(ACTIVATIONS)
+        raise ValueError(f"activation={name!r} is unknown; allowed: {allowed}") from None
 
 
 def rnn_cell(

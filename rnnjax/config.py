@@ -162,8 +162,8 @@ def validate(cfg: DictConfig | Config) -> Config:
 
 def _job_overrides(config: DictConfig) -> list[list[str]]:
     """The override lists of every job a multirun will launch (as Hydra's basic sweeper)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args = list(config.hydra.overrides.task)
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
@@ -197,7 +197,6 @@ class ValidateConfig(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra import compose
-
         from hydra.errors import HydraException
 
         config_name = kwargs.get("config_name") or "config"

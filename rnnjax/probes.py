@@ -88,8 +88,8 @@ def step_contribution_norms(h_prev: Array, dL_dA: Array) -> Array:
     """||H_{t-1}^T dL/dA_t||_F for every t, without forming the (T, H, H) contributions.
 
     When B <= H it uses ||H^T D||_F^2 = <H H^T, D D^T>_F, which costs B^2 H per step instead
-    of B H^2 and memory (T, B, B) instead of (T, H, H). Both factors are rescaled by their largest entry first, for
-    the same underflow reason as `safe_norm`.
+    of B H^2 and memory (T, B, B) instead of (T, H, H). Both factors are rescaled by their
+    largest entry first, for the same underflow reason as `safe_norm`.
 
     Args:
       h_prev: (T, B, H) H_0..H_{T-1}.
@@ -112,7 +112,9 @@ def step_contribution_norms(h_prev: Array, dL_dA: Array) -> Array:
     return mh * md * jnp.sqrt(sq)
 
 
-def make_probe(activation_name: str, loss_at: str) -> Callable[[RNNParams, Array, Array], ProbeResult]:
+def make_probe(
+    activation_name: str, loss_at: str
+) -> Callable[[RNNParams, Array, Array], ProbeResult]:
     """Builds `probe(params, x, y) -> ProbeResult` for one network and one batch.
 
     Args:
@@ -127,7 +129,7 @@ def make_probe(activation_name: str, loss_at: str) -> Callable[[RNNParams, Array
 
     def probe(params: RNNParams, x: Array, y: Array) -> ProbeResult:
         g = time_grads(params, x, y)
-        h_prev = jnp.concatenate([jnp.zeros_like(g.hs[:1]), g.hs[:-1]])  # (T, B, H) H_0..H_{T-1}
+        h_prev = jnp.concatenate([jnp.zeros_like(g.hs[:1]), g.hs[:-1]])  # (T, B, H) H_0..
         return ProbeResult(
             loss=g.loss,
             grad_norm=safe_norm(g.dL_dH, axes=(1, 2)),

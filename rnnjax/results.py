@@ -21,31 +21,45 @@ PARAMS = "params.npz"
 BATCH = "batch.npz"
 
 
-def fit_window(T: int) -> tuple[int, int]:
-    """The timesteps (inclusive, 1-based) a slope is fitted over: the middle half, away from
-    the ends (where the local loss term and H_0 = 0 distort the profile); all of 1..T when the
-    middle half has fewer than 2 steps."""
-    lo, hi = T // 4 + 1, T - T // 4
-    return (lo, hi) if hi - lo >= 1 else (1, T)
+def fit_window(T: int, first: int = 1) -> tuple[int, int]:
+    """The timesteps (1-based, inclusive) a slope is fitted over: the middle half of
+    `first`..T, away from the ends (where the local loss term and H_0 = 0 distort the profile);
+    all of `first`..T when that middle half has fewer than 2 steps."""
+    n = T - first + 1
+    lo, hi = first + n // 4, T - n // 4
+    return (lo, hi) if hi - lo >= 1 else (first, T)
 
 
-def log10_slope(grad_norm: np.ndarray, window: tuple[int, int]) -> float:
-    """Least-squares slope of log10 grad_norm per step BACK in time over `window`.
+def usable_from(grad_norm: np.ndarray) -> int:
+    """The first t (1-based) from which every grad_norm up to T is finite and > 0.
 
-    Negative: the gradient shrinks going back (vanishing); positive: it grows (exploding).
-    Steps with a zero (underflow) or non-finite norm are left out; NaN if fewer than 2 remain.
+    Going back in time a vanishing gradient underflows to 0 and stays there; an exploding one
+    overflows to inf. Only the steps after the last such step carry a measurable slope.
+    """
+    bad = ~(np.isfinite(grad_norm) & (np.asarray(grad_norm) > 0))
+    return int(np.nonzero(bad)[0].max()) + 2 if bad.any() else 1
+
+
+def log10_slope(grad_norm: np.ndarray) -> tuple[float, tuple[int, int]]:
+    """Least-squares slope of log10 grad_norm per step BACK in time, and the window fitted.
+
+    The window is the middle half of the usable steps (`usable_from`..T). Negative: the
+    gradient shrinks going back (vanishing); positive: it grows (exploding). NaN when fewer
+    than 2 steps are usable.
 
     Args:
       grad_norm: (T,) norms for t = 1..T.
-      window: (lo, hi), 1-based inclusive.
+
+    Returns:
+      (slope, (lo, hi)) with the window 1-based and inclusive.
     """
+    g = np.asarray(grad_norm, dtype=np.float64)
+    T, first = len(g), usable_from(g)
+    window = fit_window(T, first) if first <= T else (first, T)
     t = np.arange(window[0], window[1] + 1)
-    g = np.asarray(grad_norm, dtype=np.float64)[t - 1]
-    ok = np.isfinite(g) & (g > 0)
-    if ok.sum() < 2:
-        return math.nan
-    slope_in_t = np.polyfit(t[ok], np.log10(g[ok]), 1)[0]
-    return float(-slope_in_t)
+    if len(t) < 2:
+        return math.nan, window
+    return float(-np.polyfit(t, np.log10(g[t - 1]), 1)[0]), window
 
 
 def config_columns(cfg) -> dict[str, Any]:
@@ -155,7 +169,8 @@ def load_sweep(path: str | os.PathLike) -> pd.DataFrame:
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"load_sweep: {str(root)!r} is not a directory")
-    jobs = sorted({p.parent for p in root.rglob(GRAD_NORMS)} | {p.parent for p in root.rglob(".hydra")})
+    marks = [*root.rglob(GRAD_NORMS), *root.rglob(".hydra")]
+    jobs = sorted({p.parent for p in marks})
     frames, unfinished = [], []
     for job in jobs:
         if not (job / SUMMARY).is_file() or not (job / GRAD_NORMS).is_file():

@@ -31,7 +31,9 @@ class DataError(Exception):
 # ----------------------------------------------------------------------------- random tokens
 
 
-def make_random_batch(vocab_size: int, batch_size: int, seq_len: int) -> Callable[[Array], tuple[Array, Array]]:
+def make_random_batch(
+    vocab_size: int, batch_size: int, seq_len: int
+) -> Callable[[Array], tuple[Array, Array]]:
     """Builds `batch(key) -> (x, y)`: i.i.d. uniform tokens, y the next token of x.
 
     Returns:

@@ -1,0 +1,34 @@
+"""Shared fixtures. x64 is enabled for the whole test process so that float64 references can be
+computed in JAX too; the harness passes dtypes explicitly, and tests check that float32 jobs
+still compute in float32."""
+
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TEXT = ROOT.parent / "shared" / "data" / "timemachine.txt"
+
+
+@pytest.fixture
+def key():
+    """A fixed key, so a failure reproduces."""
+    return jax.random.key(20131126)
+
+
+@pytest.fixture
+def timemachine_file():
+    """The shared Time Machine text (skips where the checkout has no ../shared)."""
+    if not SHARED_TEXT.is_file():
+        pytest.skip(f"{SHARED_TEXT} not present")
+    return SHARED_TEXT
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Never read or write the user's ~/.cache from tests (downloads included)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("RNNJAX_DATA", raising=False)

@@ -1,0 +1,142 @@
+"""The Hydra app end to end, through a subprocess as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT
+from numpy_bptt import bptt
+
+from rnnjax import load_sweep
+
+RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
+COLUMNS = ["seed", "t", "grad_norm", "param_grad_norm", "train_step", "activation", "init",
+           "task", "seq_len", "hidden_size", "batch_size", "loss_at", "dtype", "init_std",
+           "init_gain", "init_radius"]
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def run(args, cwd, jax_cache, check=True):
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax_cache, HYDRA_FULL_ERROR="")
+    env.pop("HYDRA_FULL_ERROR")
+    p = subprocess.run(RUN + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def recompute(job, activation, loss_at):
+    """Every number of a job from its params.npz and batch.npz, by the numpy BPTT."""
+    params, batch = np.load(job / "params.npz"), np.load(job / "batch.npz")
+    out = []
+    for s in range(params["W_hh"].shape[0]):
+        p = {k: params[k][s] for k in params.files}
+        _, dH, dA, h_prev, _ = bptt(p, batch["x"][s], batch["y"][s], activation, loss_at)
+        out.append((np.sqrt((dH**2).sum(axis=(1, 2))),
+                    np.array([np.linalg.norm(h_prev[t].T @ dA[t]) for t in range(len(dA))])))
+    return out
+
+
+def test_single_run_files_schema_and_numbers(tmp_path, jax_cache):
+    job = tmp_path / "job"
+    p = run([f"hydra.run.dir={job}", "activation=sigmoid", "init=orthogonal", "init.gain=1.5",
+             "seq_len=12", "hidden_size=8", "batch_size=3", "seeds=3", "seed=5",
+             "probe.loss_at=last"], tmp_path, jax_cache)
+    assert "log10 grad_norm per step back" in p.stdout + p.stderr
+    df = pd.read_parquet(job / "grad_norms.parquet")
+    assert set(COLUMNS) <= set(df.columns)
+    assert len(df) == 3 * 12
+    assert sorted(df.seed.unique()) == [5, 6, 7] and list(df.t[:12]) == list(range(1, 13))
+    assert (df.train_step == 0).all() and (df.activation == "sigmoid").all()
+    assert (df.init_gain == 1.5).all() and df.init_std.isna().all()
+    params, batch = np.load(job / "params.npz"), np.load(job / "batch.npz")
+    assert params["W_xh"].shape == (3, 28, 8) and params["W_hh"].shape == (3, 8, 8)
+    assert params["b_h"].shape == (3, 8) and params["W_hq"].shape == (3, 8, 28)
+    assert params["b_q"].shape == (3, 28) and params["W_hh"].dtype == np.float32
+    assert batch["x"].shape == batch["y"].shape == (3, 3, 12)
+    for s, (g, pg) in enumerate(recompute(job, "sigmoid", "last")):
+        rows = df[df.seed == 5 + s].sort_values("t")
+        np.testing.assert_allclose(rows.grad_norm, g, rtol=2e-4)
+        np.testing.assert_allclose(rows.param_grad_norm, pg, rtol=2e-4)
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["wall_time_s"] > 0
+    assert summary["config"]["init"] == {"name": "orthogonal", "std": None, "gain": 1.5,
+                                         "radius": None}
+    assert np.isfinite(summary["headline"]["log10_slope_per_step_back"])
+
+
+def test_float64_really_computes_in_float64(tmp_path, jax_cache):
+    job = tmp_path / "job"
+    run([f"hydra.run.dir={job}", "dtype=float64", "activation=tanh", "init=gaussian",
+         "init.gain=1.2", "seq_len=10", "hidden_size=6", "batch_size=2", "seeds=2"],
+        tmp_path, jax_cache)
+    assert np.load(job / "params.npz")["W_hh"].dtype == np.float64
+    df = pd.read_parquet(job / "grad_norms.parquet")
+    assert (df.dtype == "float64").all()
+    for s, (g, pg) in enumerate(recompute(job, "tanh", "all")):
+        rows = df[df.seed == s].sort_values("t")
+        np.testing.assert_allclose(rows.grad_norm, g, rtol=1e-10)
+        np.testing.assert_allclose(rows.param_grad_norm, pg, rtol=1e-10)
+
+
+def test_timemachine_task(tmp_path, jax_cache, timemachine_file):
+    job = tmp_path / "job"
+    run([f"hydra.run.dir={job}", "task=timemachine", f"task.path={timemachine_file}",
+         "seq_len=8", "hidden_size=8", "batch_size=4", "seeds=2"], tmp_path, jax_cache)
+    df = pd.read_parquet(job / "grad_norms.parquet")
+    assert (df.task == "timemachine").all() and (df.vocab_size == 28).all()
+    x = np.load(job / "batch.npz")["x"]
+    assert x.max() < 28 and (x != 1).all()  # real text: letters and spaces, never <unk>
+
+
+def test_multirun_and_load_sweep(tmp_path, jax_cache):
+    sweep = tmp_path / "sweep"
+    p = run(["-m", f"hydra.sweep.dir={sweep}", "activation=tanh,relu", "init=normal,orthogonal",
+             "seq_len=4,9", "hidden_size=4", "batch_size=2", "seeds=2"], tmp_path, jax_cache)
+    assert (p.stdout + p.stderr).count("log10 grad_norm per step back") == 8
+    df = load_sweep(sweep)
+    assert df.job.nunique() == 8 and len(df) == 4 * 2 * (4 + 9)
+    rows = df.groupby(["activation", "init", "seq_len"]).size()
+    assert rows.to_dict() == {(a, i, T): 2 * T for a in ("relu", "tanh")
+                              for i in ("normal", "orthogonal") for T in (4, 9)}
+
+
+@pytest.mark.parametrize("override,key", [
+    ("activation=softsign", "activation"),
+    ("seq_len=0", "seq_len"),
+    ("hidden_size=-3", "hidden_size"),
+    ("batch_size=abc", "batch_size"),
+    ("seeds=0", "seeds"),
+    ("task.path=/no/such/file.txt", "task.path"),
+    ("init=orthogonal init.std=2", "init.std"),
+    ("dtype=float16", "dtype"),
+])
+def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, jax_cache, override, key):
+    args = override.split()
+    if key == "task.path":
+        args = ["task=timemachine"] + args
+    for mode in (["hydra.run.dir=out"], ["-m", "hydra.sweep.dir=out", "seq_len=3,4"]):
+        if mode[0] == "-m" and key == "seq_len":
+            args = ["seq_len=3,0"]
+        p = run(mode + args, tmp_path, jax_cache, check=False)
+        assert p.returncode != 0
+        assert key in p.stderr
+        assert "Traceback" not in p.stderr
+        assert not (tmp_path / "out").exists()
+        assert not (tmp_path / "results").exists()
+
+
+def test_help_lists_groups(tmp_path, jax_cache):
+    p = run(["--help"], tmp_path, jax_cache)
+    for line in ("activation: linear, relu, sigmoid, tanh",
+                 "init: gaussian, identity, normal, orthogonal, spectral, xavier",
+                 "task: random, timemachine"):
+        assert line in p.stdout

@@ -1,0 +1,78 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rnnjax.config import Config
+from rnnjax.results import (
+    config_columns,
+    fit_window,
+    load_sweep,
+    log10_slope,
+    probe_frame,
+    write_json,
+    write_parquet,
+)
+
+
+def test_fit_window_is_middle_half():
+    assert fit_window(100) == (26, 75)
+    assert fit_window(100, first=61) == (71, 90)
+    assert fit_window(4) == (2, 3)
+    assert fit_window(1) == (1, 1) and fit_window(2) == (1, 2)
+
+
+def test_slope_recovers_geometric_decay_and_skips_underflow():
+    T = 60
+    g = 0.8 ** (T - np.arange(1, T + 1))  # vanishing going back
+    slope, window = log10_slope(g)
+    assert slope == pytest.approx(math.log10(0.8), abs=1e-12) and window == (16, 45)
+    g[:30] = 0.0  # underflowed steps are left out, not fitted as -inf
+    slope, window = log10_slope(g)
+    assert slope == pytest.approx(math.log10(0.8), abs=1e-12) and window == (38, 53)
+    g[40] = np.inf
+    assert log10_slope(g)[1] == (46, 56)  # usable from t = 42
+    assert math.isnan(log10_slope(np.zeros(T))[0])
+    assert math.isnan(log10_slope(np.array([1.0]))[0])
+
+
+def test_probe_frame_schema():
+    cols = config_columns(Config())
+    df = probe_frame(np.array([3, 4]), np.ones((2, 5)), 2 * np.ones((2, 5)), cols)
+    assert list(df.seed) == [3] * 5 + [4] * 5 and list(df.t) == [1, 2, 3, 4, 5] * 2
+    assert df.grad_norm.dtype == np.float64 and df.init_gain.dtype == np.float64
+    assert (df.activation == "tanh").all() and (df.init == "normal").all()
+    assert (df.init_std == 0.01).all() or df.init_std.isna().all()
+
+
+def test_load_sweep_skips_unfinished_jobs(tmp_path):
+    df = probe_frame(np.array([0]), np.ones((1, 3)), np.ones((1, 3)), config_columns(Config()))
+    for name in ("0", "1", "2"):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+    write_parquet(df, tmp_path / "0" / "grad_norms.parquet")
+    write_json({"status": "ok"}, tmp_path / "0" / "summary.json")
+    write_parquet(df, tmp_path / "1" / "grad_norms.parquet")  # killed before its summary
+    with pytest.warns(UserWarning, match="skipped 2 unfinished"):
+        out = load_sweep(tmp_path)
+    assert list(out.job.unique()) == ["0"] and len(out) == 3
+    assert len(load_sweep(tmp_path / "0")) == 3  # a single run directory
+    with pytest.raises(FileNotFoundError):
+        load_sweep(tmp_path / "nope")
+
+
+def test_write_json_is_strict(tmp_path):
+    write_json({"a": float("nan"), "b": [float("inf")], "c": np.float32(1.5)}, tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text()) == {"a": None, "b": ["inf"], "c": 1.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]  # no temporary left behind
+
+
+def test_sweep_frames_concatenate(tmp_path):
+    a = probe_frame(np.array([0]), np.ones((1, 2)), np.ones((1, 2)), config_columns(Config()))
+    c = Config()
+    c.init.name = type(c.init.name)("orthogonal")
+    c.init.gain = 2.0
+    b = probe_frame(np.array([0]), np.ones((1, 2)), np.ones((1, 2)), config_columns(c))
+    both = pd.concat([a, b])
+    assert both.init_gain.dtype == np.float64 and both.init_gain.isna().sum() == 2

@@ -1,0 +1,118 @@
+import urllib.request
+
+import jax
+import numpy as np
+import pytest
+
+from rnnjax import tasks
+from rnnjax.tasks import (
+    TIMEMACHINE_SHA1,
+    DataError,
+    build_vocab,
+    load_timemachine,
+    make_random_batch,
+    make_window_batch,
+    preprocess,
+    timemachine_path,
+    windows,
+)
+
+
+def test_random_batch_targets_are_next_tokens(key):
+    x, y = make_random_batch(28, 16, 50)(key)
+    assert x.shape == y.shape == (16, 50)
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    assert int(x.min()) >= 0 and int(x.max()) <= 27
+    counts = np.bincount(np.asarray(x).ravel(), minlength=28)
+    assert (counts > 0).all()  # 800 draws over 28 tokens: all appear
+
+
+def test_preprocessing_is_d2ls():
+    text = "The Time-Machine,\n by H. G. Wells [1898]"
+    assert preprocess(text) == "the time machine by h g wells "
+    assert build_vocab(list("ab a")) == [" ", "<unk>", "a", "b"]
+
+
+def test_timemachine_vocab_and_sha1(timemachine_file):
+    assert tasks.sha1_of(timemachine_file) == TIMEMACHINE_SHA1
+    corpus, vocab = load_timemachine(str(timemachine_file))
+    assert len(vocab) == 28
+    assert vocab[:2] == [" ", "<unk>"] and vocab[2:] == [chr(c) for c in range(97, 123)]
+    assert corpus.dtype == np.int32 and len(corpus) > 170_000
+    text = "".join(vocab[i] for i in corpus[:19])
+    assert text == "the time machine by"
+    assert 1 not in set(corpus.tolist())  # nothing maps to <unk>
+
+
+def test_windows_match_d2l(timemachine_file):
+    corpus, _ = load_timemachine(str(timemachine_file))
+    w = windows(corpus, 32)
+    assert w.shape == (len(corpus) - 32, 33)
+    np.testing.assert_array_equal(w[5], corpus[5:38])
+    x, y = make_window_batch(w, 8)(jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(x)[:, 1:], np.asarray(y)[:, :-1])
+    with pytest.raises(DataError, match="seq_len"):
+        windows(corpus[:10], 10)
+
+
+def test_path_resolution_order(timemachine_file, tmp_path, monkeypatch):
+    assert timemachine_path(str(timemachine_file)) == timemachine_file
+    monkeypatch.setenv("RNNJAX_DATA", str(timemachine_file.parent))
+    assert timemachine_path() == timemachine_file
+    monkeypatch.setenv("RNNJAX_DATA", str(tmp_path))
+    with pytest.raises(DataError, match="RNNJAX_DATA"):
+        timemachine_path()
+
+
+def test_cached_copy_is_used_and_download_is_sha1_checked(timemachine_file, monkeypatch):
+    payload = timemachine_file.read_bytes()
+
+    class Response:
+        def __init__(self, data):
+            self.data = data
+
+        def read(self):
+            return self.data
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    calls = []
+    monkeypatch.setattr(urllib.request, "urlopen",
+                        lambda url, timeout: calls.append(url) or Response(b"tampered"))
+    with pytest.raises(DataError, match="sha1"):
+        timemachine_path()
+    assert not (tasks.cache_dir() / "timemachine.txt").exists()  # nothing half-written
+
+    monkeypatch.setattr(urllib.request, "urlopen",
+                        lambda url, timeout: calls.append(url) or Response(payload))
+    p = timemachine_path()
+    assert tasks.sha1_of(p) == TIMEMACHINE_SHA1 and p.parent == tasks.cache_dir()
+    timemachine_path()  # second call: served from the cache
+    assert calls == [tasks.TIMEMACHINE_URL] * 2
+
+
+def test_offline_without_file_says_where_to_put_it(monkeypatch):
+    def offline(url, timeout):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError) as e:
+        timemachine_path()
+    msg = str(e.value)
+    assert "\n" not in msg and "RNNJAX_DATA" in msg and "task.path" in msg
+    assert str(tasks.cache_dir()) in msg
+
+
+def test_unreadable_or_binary_file(tmp_path):
+    with pytest.raises(DataError, match="task.path"):
+        timemachine_path(str(tmp_path / "missing.txt"))
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(DataError, match="UTF-8"):
+        timemachine_path(str(bad))
+    with pytest.raises(DataError, match="task.path"):
+        timemachine_path(str(tmp_path))  # a directory
