@@ -37,11 +37,25 @@ class InitName(Enum):
 class TaskName(Enum):
     random = "random"
     timemachine = "timemachine"
+    adding = "adding"
+    copy = "copy"
 
 
 class LossAt(Enum):
     all = "all"
     last = "last"
+
+
+class Optimizer(Enum):
+    sgd = "sgd"
+    adam = "adam"
+    rmsprop = "rmsprop"
+
+
+class BPTT(Enum):
+    full = "full"
+    truncated = "truncated"
+    randomized = "randomized"
 
 
 class DType(Enum):
@@ -86,11 +100,24 @@ class ProbeConfig:
 
 
 @dataclass
+class TrainConfig:
+    steps: int = 0  # optimizer steps; 0 (the default) probes at initialization only
+    epochs: int | None = None  # timemachine: passes over the 10000 training windows (not steps)
+    optimizer: Optimizer = Optimizer.sgd  # optax.sgd, optax.adam or optax.rmsprop
+    lr: float = 1.0  # learning rate
+    clip: float | None = None  # global-norm clipping threshold (optax); null: off
+    bptt: BPTT = BPTT.full  # full, truncated (every train.truncate steps) or randomized
+    truncate: int | None = None  # truncated: k; randomized: the mean truncation length
+    log_every: int = 10  # steps between logged profiles and metrics
+
+
+@dataclass
 class Config:
     activation: ActivationConfig = field(default_factory=ActivationConfig)
     init: InitConfig = field(default_factory=InitConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     seq_len: int = 64  # T, timesteps backpropagated through (>= 1)
     hidden_size: int = 64  # H (>= 1)
     batch_size: int = 32  # B, sequences per network (>= 1)
@@ -139,6 +166,15 @@ def validate(cfg: DictConfig | Config) -> Config:
             raise ConfigError(f"init.{p}={value} is invalid: must be > 0")
 
     task = cfg.task.name.value
+    if task in ("adding", "copy", "timemachine") and cfg.task.vocab_size is not None and not (
+            task == "timemachine" and cfg.task.vocab_size == 28):
+        raise ConfigError(f"task.vocab_size is not a parameter of task={task} (its inputs are "
+                          "fixed by the task); leave it unset")
+    if task in ("adding", "copy") and cfg.task.path is not None:
+        raise ConfigError(f"task.path is not a parameter of task={task}")
+    if task == "adding" and cfg.probe.loss_at.value != "last":
+        raise ConfigError("probe.loss_at=all is invalid for task=adding: it is scored at the "
+                          "last step; allowed: last")
     if task == "random":
         if cfg.task.vocab_size is None or cfg.task.vocab_size < 2:
             raise ConfigError(
@@ -147,17 +183,41 @@ def validate(cfg: DictConfig | Config) -> Config:
         if cfg.task.path is not None:
             raise ConfigError("task.path is not a parameter of task=random (use task=timemachine)")
     elif task == "timemachine":
-        if cfg.task.vocab_size not in (None, 28):
-            raise ConfigError(
-                f"task.vocab_size={cfg.task.vocab_size} is invalid for task=timemachine: its "
-                "vocabulary is fixed by the text (28 tokens); leave it unset"
-            )
         if cfg.task.path is not None:
             try:
                 check_readable(Path(cfg.task.path).expanduser(), "task.path")
             except DataError as e:
                 raise ConfigError(str(e)) from None
+    _validate_train(cfg)
     return cfg
+
+
+def _validate_train(cfg: Config) -> None:
+    tr = cfg.train
+    if tr.steps < 0:
+        raise ConfigError(f"train.steps={tr.steps} is invalid: must be an integer >= 0")
+    if tr.epochs is not None:
+        if cfg.task.name.value != "timemachine":
+            raise ConfigError(f"train.epochs applies to task=timemachine only; use train.steps "
+                              f"for task={cfg.task.name.value}")
+        if tr.epochs < 1:
+            raise ConfigError(f"train.epochs={tr.epochs} is invalid: must be an integer >= 1")
+        if tr.steps:
+            raise ConfigError("train.epochs and train.steps are both set: give one of them")
+    if not tr.lr > 0:
+        raise ConfigError(f"train.lr={tr.lr} is invalid: must be > 0")
+    if tr.clip is not None and not tr.clip > 0:
+        raise ConfigError(f"train.clip={tr.clip} is invalid: must be > 0, or null for no clipping")
+    if tr.log_every < 1:
+        raise ConfigError(f"train.log_every={tr.log_every} is invalid: must be an integer >= 1")
+    bptt = tr.bptt.value
+    if bptt == "full" and tr.truncate is not None:
+        raise ConfigError("train.truncate is not a parameter of train.bptt=full (use "
+                          "train.bptt=truncated or randomized)")
+    least = {"truncated": 1, "randomized": 2}.get(bptt)
+    if least is not None and (tr.truncate is None or tr.truncate < least):
+        raise ConfigError(f"train.truncate={tr.truncate} is invalid for train.bptt={bptt}: must "
+                          f"be an integer >= {least}")
 
 
 def _job_overrides(config: DictConfig) -> list[list[str]]:

@@ -1,6 +1,7 @@
-"""One job: initialize S networks, probe them in one compiled call, write the results."""
+"""One job: initialize S networks, probe them (and train them) with vmap, write the results."""
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -8,24 +9,35 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
 from rnnjax import results
 from rnnjax.config import Config
 from rnnjax.init import init_params, make_init, normal, xavier
 from rnnjax.probes import make_probe
-from rnnjax.tasks import cache_dir, load_timemachine, make_random_batch, make_window_batch, windows
+from rnnjax.tasks import Task, cache_dir, make_task
+from rnnjax.train import init_state, make_eval, make_generate, make_optimizer, make_train_chunk
 
 log = logging.getLogger("rnnjax")
 
+SAMPLE_PREFIX = "time traveller "  # d2l's predict() prefix
+SAMPLE_LENGTH = 50
 
-def make_job_fns(cfg: Config):
-    """The pure per-seed functions of a job: `setup(seed) -> (params, x, y)` and `probe`.
 
-    Returns:
-      setup: int seed -> (RNNParams, x (B, T), y (B, T)); vmap it over seeds.
-      probe: (params, x, y) -> ProbeResult; vmap it over seeds.
-      vocab_size: D = Q, the number of tokens.
+def job_task(cfg: Config) -> Task:
+    """The job's task with its batch functions."""
+    return make_task(cfg.task.name.value, cfg.batch_size, cfg.seq_len, cfg.task.vocab_size,
+                     cfg.task.path)
+
+
+def make_setup(cfg: Config, task: Task):
+    """`setup(seed) -> (params, x, y, keys)`: one network, its probed batch, and the keys of
+    its training data and validation set (shape (2,) of keys).
+
+    vmap it over seeds. Network s of a job uses seed `cfg.seed + s`, so a seed names the same
+    network (and batch) in any job with the same shapes.
     """
     dtype = jnp.dtype(cfg.dtype.value)
     init = cfg.init
@@ -36,22 +48,13 @@ def make_job_fns(cfg: Config):
     else:
         io_init = xavier()
 
-    if cfg.task.name.value == "timemachine":
-        corpus, vocab = load_timemachine(cfg.task.path)
-        vocab_size = len(vocab)
-        batch = make_window_batch(windows(corpus, cfg.seq_len), cfg.batch_size)
-    else:
-        vocab_size = cfg.task.vocab_size
-        batch = make_random_batch(vocab_size, cfg.batch_size, cfg.seq_len)
-
     def setup(seed):
-        k_params, k_batch = jax.random.split(jax.random.key(seed))
-        params = init_params(k_params, w_hh_init, io_init, vocab_size, cfg.hidden_size,
-                             vocab_size, dtype)
-        x, y = batch(k_batch)
-        return params, x, y
+        k_params, k_batch, k_train, k_val = jax.random.split(jax.random.key(seed), 4)
+        params = init_params(k_params, w_hh_init, io_init, task.D, cfg.hidden_size, task.Q, dtype)
+        x, y = task.probe_batch(k_batch)
+        return params, x, y, jnp.stack([k_train, k_val])
 
-    return setup, make_probe(cfg.activation.name.value, cfg.probe.loss_at.value), vocab_size
+    return setup
 
 
 def enable_compilation_cache() -> None:
@@ -70,11 +73,18 @@ def enable_dtype(cfg: Config) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
+def total_steps(cfg: Config, task: Task) -> int:
+    """train.steps, or train.epochs passes over the training windows."""
+    if cfg.train.epochs is not None:
+        return cfg.train.epochs * task.steps_per_epoch
+    return cfg.train.steps
+
+
 def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = None) -> dict:
-    """Probes `cfg.seeds` networks in one compiled call and writes the job's files.
+    """Probes `cfg.seeds` networks in one compiled call, trains them if asked, writes files.
 
     Files (each written atomically; `summary.json` last, so its presence means finished):
-    grad_norms.parquet, params.npz, batch.npz, summary.json.
+    grad_norms.parquet, params.npz, batch.npz, summary.json, and metrics.parquet when training.
 
     Returns:
       The summary dict.
@@ -85,24 +95,31 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    setup, probe, vocab_size = make_job_fns(cfg)
+    task = job_task(cfg)
     seeds = np.arange(cfg.seed, cfg.seed + cfg.seeds)
-    params, x, y = jax.jit(jax.vmap(setup))(jnp.asarray(seeds, jnp.int32))
-    res = jax.jit(jax.vmap(probe))(params, x, y)
-    res = jax.tree.map(np.asarray, jax.block_until_ready(res))
-    wall = time.perf_counter() - start
+    params, x, y, data_keys = jax.jit(jax.vmap(make_setup(cfg, task)))(jnp.asarray(seeds))
+    probe = jax.jit(jax.vmap(make_probe(cfg.activation.name.value, cfg.probe.loss_at.value,
+                                        task.kind, profile_truncation(cfg))))
+    res = jax.tree.map(np.asarray, probe(params, x, y))
 
     columns = results.config_columns(cfg)
-    columns["vocab_size"] = vocab_size
-    df = results.probe_frame(seeds, res.grad_norm, res.param_grad_norm, columns)
-    results.write_parquet(df, out / results.GRAD_NORMS)
+    columns["vocab_size"] = task.D if task.kind == "tokens" else None
+    frames = [results.probe_frame(seeds, res.grad_norm, res.param_grad_norm, columns)]
     results.write_npz(out / results.PARAMS, **jax.tree.map(np.asarray, params._asdict()))
     results.write_npz(out / results.BATCH, x=np.asarray(x), y=np.asarray(y))
 
+    steps = total_steps(cfg, task)
+    training = {}
+    if steps:
+        frames, training = train_job(cfg, task, params, x, y, data_keys, probe, steps, frames,
+                                     columns, seeds)
+        results.write_parquet(training.pop("metrics"), out / results.METRICS)
+    results.write_parquet(pd.concat(frames, ignore_index=True), out / results.GRAD_NORMS)
+    wall = time.perf_counter() - start
+
     fits = [results.log10_slope(g) for g in res.grad_norm]
     slopes = np.array([f[0] for f in fits])
-    finite = np.isfinite(res.loss).all() & np.isfinite(res.grad_norm).all() & np.isfinite(
-        res.param_grad_norm).all()
+    nonfinite = (~np.isfinite(res.grad_norm)).sum() + (~np.isfinite(res.loss)).sum()
     headline = {
         "log10_slope_per_step_back": _nanmedian(slopes),
         "log10_slope_per_seed": slopes.tolist(),
@@ -110,13 +127,15 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
         "loss_mean": float(np.mean(res.loss)),
         "grad_norm_t1_median": float(np.median(res.grad_norm[:, 0])),
         "grad_norm_tT_median": float(np.median(res.grad_norm[:, -1])),
-        "n_nonfinite": int((~np.isfinite(res.grad_norm)).sum() + (~np.isfinite(res.loss)).sum()),
+        "n_nonfinite": int(nonfinite + (~np.isfinite(res.param_grad_norm)).sum()),
         "n_underflow": int((res.grad_norm == 0).sum()),
     }
+    finite = headline["n_nonfinite"] == 0 and not training.get("diverged_seeds")
     summary = {
         "status": "ok" if finite else "nonfinite",
         "wall_time_s": wall,
         "headline": headline,
+        **({"training": training} if training else {}),
         "config": resolved if resolved is not None else OmegaConf.to_container(
             OmegaConf.structured(cfg), enum_to_str=True),
     }
@@ -128,7 +147,112 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
         headline["log10_slope_per_step_back"], headline["loss_mean"],
         headline["n_underflow"], summary["status"], wall,
     )
+    if training:
+        log.info("trained %d steps: train ppl %s, val ppl %s, clipping active in %.1f%% of "
+                 "steps, diverged seeds %s", steps, _fmt(training["final_train_ppl"]),
+                 _fmt(training["final_val_ppl"]), 100 * training["clip_fraction"],
+                 training["diverged_seeds"] or "none")
     return summary
+
+
+def profile_truncation(cfg: Config) -> int | None:
+    """The profile shows the gradient that training uses: cut every k steps for truncated
+    BPTT. Randomized truncation is unbiased, so its expected profile is the full one."""
+    return cfg.train.truncate if cfg.train.bptt.value == "truncated" else None
+
+
+def train_job(cfg, task, params, x, y, data_keys, probe, steps, frames, columns, seeds):
+    """Trains all seeds together; returns the profile frames and the training summary
+    (with the metrics DataFrame under "metrics")."""
+    tr = cfg.train
+    act, loss_at = cfg.activation.name.value, cfg.probe.loss_at.value
+    tx = make_optimizer(tr.optimizer.value, tr.lr, tr.clip)
+    n = min(tr.log_every, steps)
+    chunk = jax.jit(jax.vmap(make_train_chunk(
+        act, loss_at, task.kind, tx, task.train_batch, steps, n, tr.bptt.value, tr.truncate,
+        tr.clip), in_axes=(0, 0, None)))
+    evaluate = jax.jit(jax.vmap(make_eval(act, loss_at, task.kind)))
+    val_x, val_y = jax.vmap(task.val_batch)(data_keys[:, 1])
+    state = jax.vmap(init_state, (0, None))(params, tx)
+
+    rows = []
+    tokens = task.kind == "tokens"
+    with tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True,
+              disable=None) as bar:
+        for begin in range(0, steps, n):
+            state, m = chunk(state, data_keys[:, 0], jnp.asarray(begin))
+            val = np.asarray(evaluate(state.params, val_x, val_y))
+            prof = jax.tree.map(np.asarray, probe(state.params, x, y))
+            m = jax.tree.map(np.asarray, m)
+            done = min(begin + n, steps)
+            frames.append(results.probe_frame(seeds, prof.grad_norm, prof.param_grad_norm,
+                                              columns, train_step=done))
+            alive = np.asarray(state.alive)
+            for s, seed in enumerate(seeds):
+                active = m.active[s]
+                train_loss = _mean(m.loss[s][active])
+                val_loss = float(val[s]) if alive[s] else math.nan
+                rows.append({
+                    "seed": int(seed), "train_step": done,
+                    "train_loss": train_loss,
+                    "train_ppl": math.exp(train_loss) if tokens else math.nan,
+                    "val_loss": val_loss,
+                    "val_ppl": math.exp(val_loss) if tokens else math.nan,
+                    "grad_norm_global": _last(m.grad_norm[s][active]),
+                    "grad_norm_global_mean": _mean(m.grad_norm[s][active]),
+                    "clipped": bool(m.clipped[s][active][-1]) if active.any() else False,
+                    "clip_fraction": float(m.clipped[s][active].mean()) if active.any() else 0.0,
+                    "alive": bool(alive[s]),
+                })
+            bar.update(done - begin)
+            bar.set_postfix(loss=f"{_mean(np.array([r['train_loss'] for r in rows[-len(seeds):]])):.4f}")
+            log.debug("step %d: %s", done, rows[-len(seeds):])
+
+    metrics = pd.DataFrame(rows)
+    for k, v in columns.items():
+        metrics[k] = v
+    diverged = np.asarray(state.diverged_at)
+    last = metrics[metrics.train_step == metrics.train_step.max()]
+    training = {
+        "metrics": metrics,
+        "steps": steps,
+        "final_train_loss": _mean(last.train_loss.to_numpy()),
+        "final_train_ppl": _mean(np.exp(last.train_loss.to_numpy())) if tokens else None,
+        "final_val_loss": _mean(last.val_loss.to_numpy()),
+        "final_val_ppl": _mean(np.exp(last.val_loss.to_numpy())) if tokens else None,
+        "final_val_ppl_per_seed": np.exp(last.val_loss.to_numpy()).tolist() if tokens else None,
+        "final_train_ppl_per_seed": (np.exp(last.train_loss.to_numpy()).tolist()
+                                     if tokens else None),
+        "clip_fraction": float(np.sum(metrics.clip_fraction * n) / (len(seeds) * steps)),
+        "diverged_seeds": {int(s): int(d) for s, d in zip(seeds, diverged, strict=True) if d >= 0},
+    }
+    if task.vocab is not None:
+        training["sample"] = sample_text(cfg, task, state.params)
+        log.info("sample (seed %d): %r", seeds[0], training["sample"])
+    return frames, training
+
+
+def sample_text(cfg: Config, task: Task, params) -> str:
+    """d2l's predict('time traveller ', 50) with the first seed's network."""
+    index = {tok: i for i, tok in enumerate(task.vocab)}
+    prefix = jnp.asarray([index[c] for c in SAMPLE_PREFIX], jnp.int32)
+    first = jax.tree.map(lambda a: a[0], params)
+    toks = jax.jit(make_generate(cfg.activation.name.value, SAMPLE_LENGTH))(first, prefix)
+    return SAMPLE_PREFIX + "".join(task.vocab[int(i)] for i in toks)
+
+
+def _mean(a: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else math.nan
+
+
+def _last(a: np.ndarray) -> float:
+    return float(a[-1]) if len(a) else math.nan
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
 def _nanmedian(a: np.ndarray) -> float:

@@ -33,35 +33,88 @@ class TimeGrads(NamedTuple):
     dL_dA: Array  # (T, B, H) dL/dA_t = dL/dH_t * phi'(A_t)
 
 
-def token_loss(logits: Array, y: Array, loss_at: str) -> Array:
+LOSS_KINDS = ("tokens", "regression")
+
+
+def token_loss(logits: Array, y: Array, loss_at: str, mask: Array | None = None) -> Array:
     """Batch-mean softmax cross-entropy, over all steps or at the last step only.
 
     Args:
       logits: (T, B, Q).
       y: (B, T) integer targets.
       loss_at: "all" (mean over every step and sequence) or "last" (mean over sequences at T).
+      mask: optional (B,) weights of the sequences (0 for padding); None weighs all equally.
     """
     if loss_at == "all":
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y.T).mean()
-    if loss_at == "last":
-        return optax.softmax_cross_entropy_with_integer_labels(logits[-1], y[:, -1]).mean()
-    raise ValueError(f"probe.loss_at={loss_at!r} is unknown; allowed: {list(LOSS_AT)}")
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y.T).mean(0)  # (B,)
+    elif loss_at == "last":
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits[-1], y[:, -1])  # (B,)
+    else:
+        raise ValueError(f"probe.loss_at={loss_at!r} is unknown; allowed: {list(LOSS_AT)}")
+    if mask is None:
+        return ce.mean()
+    return jnp.sum(ce * mask) / jnp.sum(mask)
+
+
+def regression_loss(outputs: Array, y: Array, loss_at: str, mask: Array | None = None) -> Array:
+    """Batch-mean squared error of the last output (the adding problem).
+
+    Args:
+      outputs: (T, B, 1).
+      y: (B,) real targets.
+      loss_at: must be "last".
+      mask: optional (B,) weights.
+    """
+    if loss_at != "last":
+        raise ValueError(f"probe.loss_at={loss_at!r}: a regression task is scored at the last "
+                         "step only; allowed: ['last']")
+    se = jnp.square(outputs[-1, :, 0] - y)
+    return se.mean() if mask is None else jnp.sum(se * mask) / jnp.sum(mask)
+
+
+def make_loss(kind: str, loss_at: str) -> Callable[..., Array]:
+    """`loss(outputs, y, mask=None)` for a task kind ("tokens" or "regression")."""
+    if loss_at not in LOSS_AT:
+        raise ValueError(f"probe.loss_at={loss_at!r} is unknown; allowed: {list(LOSS_AT)}")
+    if kind == "tokens":
+        return lambda o, y, mask=None: token_loss(o, y, loss_at, mask)
+    if kind == "regression":
+        regression_loss(jnp.zeros((1, 1, 1)), jnp.zeros((1,)), loss_at)  # fail early
+        return lambda o, y, mask=None: regression_loss(o, y, loss_at, mask)
+    raise ValueError(f"loss kind {kind!r} is unknown; allowed: {list(LOSS_KINDS)}")
+
+
+def truncation_scale(T: int, every: int | None, dtype=jnp.float32) -> Array | None:
+    """(T,) gradient factors of truncated BPTT: 0 at steps t = k+1, 2k+1, ... (the gradient
+    from step t does not reach H_{t-1} when t - 1 is a multiple of k), 1 elsewhere.
+    None (full BPTT) when `every` is None."""
+    if every is None:
+        return None
+    i = jnp.arange(T)  # i = t - 1
+    return jnp.where((i > 0) & (i % every == 0), 0, 1).astype(dtype)
 
 
 def make_time_grads(
-    activation_name: str, loss_at: str
+    activation_name: str, loss_at: str, kind: str = "tokens", truncate: int | None = None
 ) -> Callable[[RNNParams, Array, Array], TimeGrads]:
-    """Builds `time_grads(params, x, y) -> TimeGrads` for one network and one batch (B, T)."""
+    """Builds `time_grads(params, x, y) -> TimeGrads` for one network and one batch.
+
+    Args:
+      activation_name: one of `rnnjax.cells.ACTIVATIONS`.
+      loss_at: "all" or "last".
+      kind: "tokens" (softmax cross-entropy) or "regression" (squared error).
+      truncate: None for full BPTT; k to stop the gradient every k steps.
+    """
     phi = activation(activation_name)
-    if loss_at not in LOSS_AT:
-        raise ValueError(f"probe.loss_at={loss_at!r} is unknown; allowed: {list(LOSS_AT)}")
+    loss = make_loss(kind, loss_at)
 
     def loss_fn(dH, dA, params, x, y):
-        hs, logits = forward(params, x, phi, dH=dH, dA=dA)
-        return token_loss(logits, y, loss_at), hs
+        scale = truncation_scale(x.shape[1], truncate, params.W_hh.dtype)
+        hs, outputs = forward(params, x, phi, dH=dH, dA=dA, grad_scale=scale)
+        return loss(outputs, y), hs
 
     def time_grads(params: RNNParams, x: Array, y: Array) -> TimeGrads:
-        B, T = x.shape
+        B, T = x.shape[:2]
         zeros = jnp.zeros((T, B, params.W_hh.shape[0]), params.W_hh.dtype)
         # Gradients with respect to zero perturbations of H_t and A_t are the total
         # derivatives dL/dH_t and dL/dA_t: one backward pass gives all T of them.
@@ -113,19 +166,17 @@ def step_contribution_norms(h_prev: Array, dL_dA: Array) -> Array:
 
 
 def make_probe(
-    activation_name: str, loss_at: str
+    activation_name: str, loss_at: str, kind: str = "tokens", truncate: int | None = None
 ) -> Callable[[RNNParams, Array, Array], ProbeResult]:
     """Builds `probe(params, x, y) -> ProbeResult` for one network and one batch.
 
-    Args:
-      activation_name: one of `rnnjax.cells.ACTIVATIONS`.
-      loss_at: "all" or "last".
+    Args: as `make_time_grads`.
 
     Returns:
-      A pure function of (params, x (B, T) int, y (B, T) int); vmap it over seeds and jit it
-      at the call site.
+      A pure function of (params, x (B, T) int or (B, T, D) float, y); vmap it over seeds and
+      jit it at the call site.
     """
-    time_grads = make_time_grads(activation_name, loss_at)
+    time_grads = make_time_grads(activation_name, loss_at, kind, truncate)
 
     def probe(params: RNNParams, x: Array, y: Array) -> ProbeResult:
         g = time_grads(params, x, y)

@@ -19,6 +19,7 @@ GRAD_NORMS = "grad_norms.parquet"
 SUMMARY = "summary.json"
 PARAMS = "params.npz"
 BATCH = "batch.npz"
+METRICS = "metrics.parquet"
 
 
 def fit_window(T: int, first: int = 1) -> tuple[int, int]:

@@ -2,6 +2,8 @@
 
 - `random`: i.i.d. uniform tokens; targets are the next tokens.
 - `timemachine`: d2l's character language model on H. G. Wells' The Time Machine.
+- `adding`: the adding problem (Le et al. 2015; Arjovsky et al. 2016).
+- `copy`: the copy-memory problem (Arjovsky et al. 2016).
 """
 
 import hashlib
@@ -10,6 +12,7 @@ import re
 import tempfile
 import urllib.request
 from collections.abc import Callable
+from typing import NamedTuple
 from pathlib import Path
 
 import jax
@@ -17,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-TASKS = ("random", "timemachine")
+TASKS = ("random", "timemachine", "adding", "copy")
 
 TIMEMACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 TIMEMACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
@@ -43,6 +46,66 @@ def make_random_batch(
     def batch(key):
         seq = jax.random.randint(key, (batch_size, seq_len + 1), 0, vocab_size, dtype=jnp.int32)
         return seq[:, :-1], seq[:, 1:]
+
+    return batch
+
+
+# ----------------------------------------------------------------------------- adding, copy
+
+
+def make_adding_batch(batch_size: int, seq_len: int) -> Callable[[Array], tuple[Array, Array]]:
+    """Builds `batch(key) -> (x, y)` for the adding problem, as in Arjovsky et al. (2016).
+
+    Channel 0 holds values in U[0, 1]; channel 1 marks exactly two positions, one in the first
+    half and one in the second half of the sequence (for T = 1 both marks fall on step 1).
+    The target is the sum of the two marked values, scored by squared error at the last step;
+    always predicting 1 scores E[(u1 + u2 - 1)^2] = 1/6 ~ 0.167.
+
+    Returns:
+      x: (B, T, 2) float32; y: (B,) float32.
+    """
+    half = max(seq_len // 2, 1)
+
+    def batch(key):
+        k_v, k_a, k_b = jax.random.split(key, 3)
+        values = jax.random.uniform(k_v, (batch_size, seq_len))
+        first = jax.random.randint(k_a, (batch_size,), 0, half)
+        second = jax.random.randint(k_b, (batch_size,), half, max(seq_len, half + 1))
+        second = jnp.minimum(second, seq_len - 1)
+        t = jnp.arange(seq_len)
+        marks = ((t == first[:, None]) | (t == second[:, None])).astype(jnp.float32)
+        y = jnp.sum(values * marks, axis=1)
+        return jnp.stack([values, marks], axis=-1), y
+
+    return batch
+
+
+COPY_SYMBOLS = 8  # data symbols 1..8
+COPY_LENGTH = 10  # symbols to memorize
+COPY_VOCAB = COPY_SYMBOLS + 2  # 0 blank, 1..8 data, 9 delimiter
+
+
+def make_copy_batch(batch_size: int, delay: int) -> Callable[[Array], tuple[Array, Array]]:
+    """Builds `batch(key) -> (x, y)` for the copy-memory problem of Arjovsky et al. (2016).
+
+    Input: 10 symbols from 1..8, then `delay - 1` blanks (0), the delimiter (9), and 10 more
+    blanks: `delay + 20` steps. Target: blanks for `delay + 10` steps, then the 10 symbols.
+    A memoryless predictor (blank, then uniform over 8) has cross-entropy
+    10 log(8) / (delay + 20) per step.
+
+    Returns:
+      x, y: (B, delay + 20) int32 over a vocabulary of 10.
+    """
+
+    def batch(key):
+        data = jax.random.randint(key, (batch_size, COPY_LENGTH), 1, COPY_SYMBOLS + 1,
+                                  dtype=jnp.int32)
+        blanks = jnp.zeros((batch_size, delay - 1), jnp.int32)
+        mark = jnp.full((batch_size, 1), COPY_VOCAB - 1, jnp.int32)
+        tail = jnp.zeros((batch_size, COPY_LENGTH), jnp.int32)
+        x = jnp.concatenate([data, blanks, mark, tail], axis=1)
+        y = jnp.concatenate([jnp.zeros((batch_size, delay + COPY_LENGTH), jnp.int32), data], 1)
+        return x, y
 
     return batch
 
@@ -154,6 +217,19 @@ def windows(corpus: np.ndarray, seq_len: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(corpus, seq_len + 1)[:n].copy()
 
 
+NUM_TRAIN, NUM_VAL = 10_000, 5_000  # d2l's TimeMachine split of the windows
+
+
+def split_windows(wins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """d2l's split: the first 10000 windows train, the next 5000 validate.
+
+    Raises DataError when the text has fewer than 10001 windows."""
+    if len(wins) <= NUM_TRAIN:
+        raise DataError(f"task=timemachine: {len(wins)} windows, fewer than d2l's {NUM_TRAIN} "
+                        "training windows plus validation")
+    return wins[:NUM_TRAIN], wins[NUM_TRAIN:NUM_TRAIN + NUM_VAL]
+
+
 def make_window_batch(wins: np.ndarray, batch_size: int) -> Callable[[Array], tuple[Array, Array]]:
     """Builds `batch(key) -> (x, y)` sampling `batch_size` windows uniformly (with replacement).
 
@@ -168,3 +244,65 @@ def make_window_batch(wins: np.ndarray, batch_size: int) -> Callable[[Array], tu
         return w[:, :-1], w[:, 1:]
 
     return batch
+
+
+# ----------------------------------------------------------------------------- one interface
+
+
+class Task(NamedTuple):
+    """A task as the job sees it: sizes, a loss kind and pure batch functions of a key."""
+
+    kind: str  # "tokens" (softmax cross-entropy) or "regression" (squared error)
+    D: int  # input size (vocabulary or channels)
+    Q: int  # output size
+    probe_batch: Callable[[Array], tuple[Array, Array]]  # key -> (x, y), the probed batch
+    train_batch: Callable[[Array, Array], tuple[Array, Array, Array]]  # key, step -> x, y, mask
+    val_batch: Callable[[Array], tuple[Array, Array]]  # key -> (x, y), the validation set
+    steps_per_epoch: int | None  # timemachine: ceil(10000 / B); None for generated data
+    vocab: list[str] | None  # index -> token, where tokens are characters
+
+
+def _fresh(batch: Callable[[Array], tuple[Array, Array]]):
+    """Generated data: a fresh batch every step, all sequences weighted equally."""
+
+    def train_batch(key, step):
+        x, y = batch(jax.random.fold_in(key, step))
+        return x, y, jnp.ones((x.shape[0],), jnp.float32)
+
+    return train_batch
+
+
+def make_task(name: str, batch_size: int, seq_len: int, vocab_size: int | None = None,
+              path: str | None = None) -> Task:
+    """The task called `name` with its batch functions (see the module docstring)."""
+    if name == "random":
+        batch = make_random_batch(vocab_size, batch_size, seq_len)
+        return Task("tokens", vocab_size, vocab_size, batch, _fresh(batch), batch, None, None)
+    if name == "adding":
+        batch = make_adding_batch(batch_size, seq_len)
+        return Task("regression", 2, 1, batch, _fresh(batch), batch, None, None)
+    if name == "copy":
+        batch = make_copy_batch(batch_size, seq_len)
+        return Task("tokens", COPY_VOCAB, COPY_VOCAB, batch, _fresh(batch), batch, None, None)
+    if name == "timemachine":
+        corpus, vocab = load_timemachine(path)
+        train, val = split_windows(windows(corpus, seq_len))
+        steps_per_epoch = -(-len(train) // batch_size)
+        table = jnp.asarray(train)
+        val_x, val_y = jnp.asarray(val[:, :-1]), jnp.asarray(val[:, 1:])
+        pad = steps_per_epoch * batch_size - len(train)
+
+        def train_batch(key, step):
+            # d2l's epochs: each pass over the 10000 windows in a fresh random order, in
+            # batches of B; the last batch of an epoch is padded and the padding masked out.
+            epoch, b = step // steps_per_epoch, step % steps_per_epoch
+            perm = jax.random.permutation(jax.random.fold_in(key, epoch), len(train))
+            perm = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])
+            idx = jax.lax.dynamic_slice(perm, (b * batch_size,), (batch_size,))
+            w = table[idx]
+            mask = (b * batch_size + jnp.arange(batch_size) < len(train)).astype(jnp.float32)
+            return w[:, :-1], w[:, 1:], mask
+
+        return Task("tokens", len(vocab), len(vocab), make_window_batch(train, batch_size),
+                    train_batch, lambda key: (val_x, val_y), steps_per_epoch, vocab)
+    raise ValueError(f"task={name!r} is unknown; allowed: {list(TASKS)}")

@@ -138,5 +138,6 @@ def test_help_lists_groups(tmp_path, jax_cache):
     p = run(["--help"], tmp_path, jax_cache)
     for line in ("activation: linear, relu, sigmoid, tanh",
                  "init: gaussian, identity, normal, orthogonal, spectral, xavier",
-                 "task: random, timemachine"):
+                 "task: adding, copy, random, timemachine",
+                 "experiment: d2l_no_clip, d2l_rnn_scratch"):
         assert line in p.stdout

@@ -1,0 +1,165 @@
+"""Training with optax: the whole step is pure and jit-safe, and seeds train together by vmap.
+
+A chunk of `log_every` steps is one `lax.scan`; the caller jits `vmap(train_chunk)` once, so the
+host only logs between chunks.
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import Array
+
+from rnnjax.cells import RNNParams, activation, forward, input_drive
+from rnnjax.probes import make_loss, truncation_scale
+
+OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam, "rmsprop": optax.rmsprop}
+
+
+class TrainState(NamedTuple):
+    """One network's training state (a leading seed axis S under `vmap`)."""
+
+    params: RNNParams
+    opt_state: Any  # optax state
+    alive: Array  # () bool: False once a loss or gradient was non-finite
+    diverged_at: Array  # () int32: the first non-finite step, -1 while finite
+
+
+class StepMetrics(NamedTuple):
+    """Per-step metrics of one network, stacked over a chunk: (n,) each."""
+
+    loss: Array  # training loss of the step (NaN once the seed has diverged)
+    grad_norm: Array  # global gradient norm BEFORE clipping (NaN once diverged)
+    clipped: Array  # bool: clipping was active (the norm exceeded train.clip)
+    active: Array  # bool: the step was taken (alive and within the step budget)
+
+
+def make_optimizer(name: str, lr: float, clip: float | None) -> optax.GradientTransformation:
+    """optax's `name` optimizer, after global-norm clipping at `clip` (None: no clipping)."""
+    opt = OPTIMIZERS[name](lr)
+    return opt if clip is None else optax.chain(optax.clip_by_global_norm(clip), opt)
+
+
+def bptt_scale(key: Array, T: int, mode: str, truncate: int | None, dtype) -> Array | None:
+    """The (T,) gradient factors into H_{t-1} for one training step.
+
+    full: None. truncated: 0 every `truncate` steps (d2l's detach). randomized (Tallec &
+    Ollivier 2017; d2l 9.7): at each step the backward chain is kept with probability
+    pi = 1 - 1/truncate and then scaled by 1/pi, so the gradient is unbiased and the expected
+    truncation length is `truncate`.
+    """
+    if mode == "full":
+        return None
+    if mode == "truncated":
+        return truncation_scale(T, truncate, dtype)
+    pi = 1.0 - 1.0 / truncate
+    keep = jax.random.bernoulli(key, pi, (T,))
+    return jnp.where(keep, 1.0 / pi, 0.0).astype(dtype)
+
+
+def make_train_chunk(
+    activation_name: str, loss_at: str, kind: str, tx: optax.GradientTransformation,
+    train_batch: Callable, total_steps: int, n: int, bptt: str = "full",
+    truncate: int | None = None, clip: float | None = None,
+) -> Callable[[TrainState, Array, Array], tuple[TrainState, StepMetrics]]:
+    """Builds `train_chunk(state, key, start) -> (state, metrics)`: steps start..start+n-1.
+
+    Steps at or beyond `total_steps` are computed but not applied, so every chunk has the
+    same shape (one compilation). A non-finite loss or gradient freezes that network where it
+    is and records the step; the other networks (other vmap lanes) are unaffected.
+
+    Args:
+      activation_name, loss_at, kind: the model and loss, as for `make_probe`.
+      tx: the optax transformation (clipping included).
+      train_batch: (key, step) -> (x, y, mask), pure.
+      total_steps: the step budget.
+      n: steps per chunk.
+      bptt, truncate: see `bptt_scale`.
+      clip: the clipping threshold, to report whether clipping was active.
+    """
+    phi = activation(activation_name)
+    loss = make_loss(kind, loss_at)
+
+    def loss_fn(params, x, y, mask, scale):
+        _, outputs = forward(params, x, phi, grad_scale=scale)
+        return loss(outputs, y, mask)
+
+    def step(carry, i):
+        state, key = carry
+        k_data, k_bptt = jax.random.split(key)
+        x, y, mask = train_batch(k_data, i)
+        scale = bptt_scale(jax.random.fold_in(k_bptt, i), x.shape[1], bptt, truncate,
+                           state.params.W_hh.dtype)
+        value, grads = jax.value_and_grad(loss_fn)(state.params, x, y, mask, scale)
+        gnorm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(value) & jnp.isfinite(gnorm)
+        live = state.alive & (i < total_steps)
+        take = live & finite
+
+        def pick(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)
+
+        new_state = TrainState(
+            params=pick(params, state.params),
+            opt_state=pick(opt_state, state.opt_state),
+            alive=state.alive & (finite | (i >= total_steps)),
+            diverged_at=jnp.where(live & ~finite, i, state.diverged_at).astype(jnp.int32),
+        )
+        nan = jnp.nan
+        clipped = live & (gnorm > clip) if clip is not None else jnp.zeros((), bool)
+        metrics = StepMetrics(jnp.where(take, value, nan), jnp.where(live, gnorm, nan),
+                              clipped, live)
+        return (new_state, key), metrics
+
+    def train_chunk(state: TrainState, key: Array, start: Array):
+        (state, _), metrics = jax.lax.scan(step, (state, key), start + jnp.arange(n))
+        return state, metrics
+
+    return train_chunk
+
+
+def init_state(params: RNNParams, tx: optax.GradientTransformation) -> TrainState:
+    """The training state of one network at step 0."""
+    return TrainState(params, tx.init(params), jnp.ones((), bool), jnp.full((), -1, jnp.int32))
+
+
+def make_eval(activation_name: str, loss_at: str, kind: str) -> Callable[..., Array]:
+    """`evaluate(params, x, y) -> loss` on a whole (validation) set, full BPTT."""
+    phi = activation(activation_name)
+    loss = make_loss(kind, loss_at)
+
+    def evaluate(params: RNNParams, x: Array, y: Array) -> Array:
+        return loss(forward(params, x, phi)[1], y)
+
+    return evaluate
+
+
+def make_generate(activation_name: str, num_preds: int) -> Callable[[RNNParams, Array], Array]:
+    """d2l's `predict`: warm up on a prefix, then append the argmax token `num_preds` times.
+
+    Returns:
+      generate(params, prefix (P,) int) -> (num_preds,) int tokens.
+    """
+    phi = activation(activation_name)
+
+    def generate(params: RNNParams, prefix: Array) -> Array:
+        hs, _ = forward(params, prefix[None, :], phi)  # (P, 1, H)
+
+        def step(h, _):
+            tok = jnp.argmax(h @ params.W_hq + params.b_q, axis=-1)  # (1,)
+            xw = input_drive(params.W_xh, tok[:, None])[0]  # (1, H)
+            h = phi(xw + h @ params.W_hh + params.b_h)
+            return h, tok[0]
+
+        _, toks = jax.lax.scan(step, hs[-1], None, length=num_preds)
+        return toks
+
+    return generate
+
+
+__all__ = ["OPTIMIZERS", "StepMetrics", "TrainState", "bptt_scale", "init_state", "make_eval",
+           "make_generate", "make_optimizer", "make_train_chunk"]
