@@ -176,6 +176,7 @@ def train_job(cfg, task, params, x, y, data_keys, probe, steps, frames, columns,
     state = jax.vmap(init_state, (0, None))(params, tx)
 
     rows = []
+    n_clipped = n_taken = 0
     tokens = task.kind == "tokens"
     with tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True,
               disable=None) as bar:
@@ -184,6 +185,8 @@ def train_job(cfg, task, params, x, y, data_keys, probe, steps, frames, columns,
             val = np.asarray(evaluate(state.params, val_x, val_y))
             prof = jax.tree.map(np.asarray, probe(state.params, x, y))
             m = jax.tree.map(np.asarray, m)
+            n_clipped += int(m.clipped.sum())
+            n_taken += int(m.active.sum())
             done = min(begin + n, steps)
             frames.append(results.probe_frame(seeds, prof.grad_norm, prof.param_grad_norm,
                                               columns, train_step=done))
@@ -195,9 +198,9 @@ def train_job(cfg, task, params, x, y, data_keys, probe, steps, frames, columns,
                 rows.append({
                     "seed": int(seed), "train_step": done,
                     "train_loss": train_loss,
-                    "train_ppl": math.exp(train_loss) if tokens else math.nan,
+                    "train_ppl": _exp(train_loss) if tokens else math.nan,
                     "val_loss": val_loss,
-                    "val_ppl": math.exp(val_loss) if tokens else math.nan,
+                    "val_ppl": _exp(val_loss) if tokens else math.nan,
                     "grad_norm_global": _last(m.grad_norm[s][active]),
                     "grad_norm_global_mean": _mean(m.grad_norm[s][active]),
                     "clipped": bool(m.clipped[s][active][-1]) if active.any() else False,
@@ -205,7 +208,8 @@ def train_job(cfg, task, params, x, y, data_keys, probe, steps, frames, columns,
                     "alive": bool(alive[s]),
                 })
             bar.update(done - begin)
-            bar.set_postfix(loss=f"{_mean(np.array([r['train_loss'] for r in rows[-len(seeds):]])):.4f}")
+            recent = np.array([r["train_loss"] for r in rows[-len(seeds):]])
+            bar.set_postfix(loss=f"{_mean(recent):.4f}")
             log.debug("step %d: %s", done, rows[-len(seeds):])
 
     metrics = pd.DataFrame(rows)
@@ -217,13 +221,12 @@ def train_job(cfg, task, params, x, y, data_keys, probe, steps, frames, columns,
         "metrics": metrics,
         "steps": steps,
         "final_train_loss": _mean(last.train_loss.to_numpy()),
-        "final_train_ppl": _mean(np.exp(last.train_loss.to_numpy())) if tokens else None,
+        "final_train_ppl": _mean(last.train_ppl.to_numpy()) if tokens else None,
         "final_val_loss": _mean(last.val_loss.to_numpy()),
-        "final_val_ppl": _mean(np.exp(last.val_loss.to_numpy())) if tokens else None,
-        "final_val_ppl_per_seed": np.exp(last.val_loss.to_numpy()).tolist() if tokens else None,
-        "final_train_ppl_per_seed": (np.exp(last.train_loss.to_numpy()).tolist()
-                                     if tokens else None),
-        "clip_fraction": float(np.sum(metrics.clip_fraction * n) / (len(seeds) * steps)),
+        "final_val_ppl": _mean(last.val_ppl.to_numpy()) if tokens else None,
+        "final_val_ppl_per_seed": last.val_ppl.tolist() if tokens else None,
+        "final_train_ppl_per_seed": last.train_ppl.tolist() if tokens else None,
+        "clip_fraction": n_clipped / max(n_taken, 1),  # over every step every seed took
         "diverged_seeds": {int(s): int(d) for s, d in zip(seeds, diverged, strict=True) if d >= 0},
     }
     if task.vocab is not None:
@@ -241,6 +244,11 @@ def sample_text(cfg: Config, task: Task, params) -> str:
     return SAMPLE_PREFIX + "".join(task.vocab[int(i)] for i in toks)
 
 
+def _exp(x: float) -> float:
+    """exp that saturates to inf (a diverging loss is data, not an OverflowError)."""
+    return math.exp(x) if x < 709 else math.inf
+
+
 def _mean(a: np.ndarray) -> float:
     a = np.asarray(a, dtype=np.float64)
     a = a[np.isfinite(a)]
@@ -252,7 +260,7 @@ def _last(a: np.ndarray) -> float:
 
 
 def _fmt(x) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _nanmedian(a: np.ndarray) -> float:

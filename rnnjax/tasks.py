@@ -12,8 +12,8 @@ import re
 import tempfile
 import urllib.request
 from collections.abc import Callable
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

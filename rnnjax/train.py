@@ -93,7 +93,7 @@ def make_train_chunk(
         scale = bptt_scale(jax.random.fold_in(k_bptt, i), x.shape[1], bptt, truncate,
                            state.params.W_hh.dtype)
         value, grads = jax.value_and_grad(loss_fn)(state.params, x, y, mask, scale)
-        gnorm = optax.global_norm(grads)
+        gnorm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(value) & jnp.isfinite(gnorm)

@@ -109,6 +109,31 @@ def test_multirun_and_load_sweep(tmp_path, jax_cache):
                               for i in ("normal", "orthogonal") for T in (4, 9)}
 
 
+def test_training_job_and_divergence_is_data(tmp_path, jax_cache):
+    job = tmp_path / "job"
+    run([f"hydra.run.dir={job}", "task=adding", "seq_len=12", "hidden_size=8", "batch_size=8",
+         "seeds=2", "train.steps=25", "train.log_every=10", "train.optimizer=adam",
+         "train.lr=0.01", "train.clip=0.5"], tmp_path, jax_cache)
+    m = pd.read_parquet(job / "metrics.parquet")
+    assert list(m.train_step.unique()) == [10, 20, 25] and len(m) == 6
+    assert m.train_ppl.isna().all() and np.isfinite(m.val_loss).all()  # regression: no ppl
+    g = pd.read_parquet(job / "grad_norms.parquet")
+    assert sorted(g.train_step.unique()) == [0, 10, 20, 25] and (g.loss_at == "last").all()
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["training"]["steps"] == 25
+    assert 0 <= summary["training"]["clip_fraction"] <= 1
+
+    bad = tmp_path / "bad"  # an IRNN with gain 3 overflows float32 in its first step
+    p = run([f"hydra.run.dir={bad}", "task=adding", "activation=relu", "init=identity",
+             "init.gain=3", "seq_len=200", "hidden_size=8", "batch_size=4", "seeds=2",
+             "train.steps=3"], tmp_path, jax_cache)
+    assert p.returncode == 0
+    summary = json.loads((bad / "summary.json").read_text())
+    assert summary["status"] == "nonfinite"
+    assert summary["training"]["diverged_seeds"] == {"0": 0, "1": 0}
+    assert (bad / "metrics.parquet").is_file()
+
+
 @pytest.mark.parametrize("override,key", [
     ("activation=softsign", "activation"),
     ("seq_len=0", "seq_len"),
@@ -139,5 +164,6 @@ def test_help_lists_groups(tmp_path, jax_cache):
     for line in ("activation: linear, relu, sigmoid, tanh",
                  "init: gaussian, identity, normal, orthogonal, spectral, xavier",
                  "task: adding, copy, random, timemachine",
-                 "experiment: d2l_no_clip, d2l_rnn_scratch"):
+                 "experiment: d2l_irnn_clipping, d2l_no_clip, d2l_rnn_scratch, irnn_adding, "
+                 "urnn_gradients"):
         assert line in p.stdout

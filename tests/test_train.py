@@ -1,0 +1,151 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+import pytest
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from numpy_bptt import bptt
+
+from rnnjax.config import register_configs, validate
+from rnnjax.init import gaussian, init_params, make_init, xavier
+from rnnjax.job import run_job
+from rnnjax.probes import make_probe
+from rnnjax.results import load_sweep
+from rnnjax.tasks import (
+    COPY_VOCAB,
+    make_adding_batch,
+    make_copy_batch,
+    make_random_batch,
+)
+from rnnjax.train import bptt_scale, init_state, make_optimizer, make_train_chunk
+
+register_configs()
+
+
+def fixed_batch(x, y):
+    return lambda key, i: (x, y, jnp.ones((x.shape[0],), jnp.float32))
+
+
+def net(key, H=6, V=5, gain=1.2):
+    return init_params(key, gaussian(gain), xavier(), V, H, V, jnp.float64)
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3, 1e3])
+def test_clipping_changes_the_update_exactly_as_optax_says(key, clip):
+    p = net(key)
+    x, y = make_random_batch(5, 4, 7)(jax.random.fold_in(key, 1))
+    # the gradient from the independent numpy BPTT (W_hh) and jax.grad (the rest)
+    g_hh = bptt({k: np.asarray(v) for k, v in p._asdict().items()}, np.asarray(x),
+                np.asarray(y), "tanh", "all")[4]
+    lr = 0.5
+    tx = make_optimizer("sgd", lr, clip)
+    chunk = make_train_chunk("tanh", "all", "tokens", tx, fixed_batch(x, y), 1, 1, clip=clip)
+    state, m = chunk(init_state(p, tx), key, jnp.asarray(0))
+    grads = jax.grad(lambda q: make_probe("tanh", "all")(q, x, y).loss)(p)
+    norm = float(optax.tree.norm(grads))
+    np.testing.assert_allclose(grads.W_hh, g_hh, rtol=1e-9)
+    factor = 1.0 if clip is None else min(1.0, clip / norm)
+    for new, old, g in zip(state.params, p, grads, strict=True):
+        np.testing.assert_allclose(new, old - lr * factor * g, rtol=1e-9, atol=1e-15)
+    assert float(m.grad_norm[0]) == pytest.approx(norm, rel=1e-12)  # reported before clipping
+    assert bool(m.clipped[0]) == (clip is not None and norm > clip)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_truncated_bptt_gives_zero_gradient_across_the_cut(key, k):
+    T = 13
+    p = net(key)
+    x, y = make_random_batch(5, 3, T)(jax.random.fold_in(key, 2))
+    g = np.asarray(make_probe("tanh", "last", truncate=k)(p, x, y).grad_norm)
+    last_cut = (T - 1) // k * k  # the gradient from step last_cut + 1 never reaches H_last_cut
+    assert (g[:last_cut] == 0).all()
+    assert (g[last_cut:] > 0).all()
+    full = np.asarray(make_probe("tanh", "last")(p, x, y).grad_norm)
+    np.testing.assert_allclose(g[last_cut:], full[last_cut:], rtol=1e-12)  # same after the cut
+    assert (full > 0).all()
+
+
+def test_randomized_truncation_is_unbiased(key):
+    k = 4
+    scales = jax.vmap(lambda kk: bptt_scale(kk, 50, "randomized", k, jnp.float64))(
+        jax.random.split(key, 4000))
+    s = np.asarray(scales)
+    assert set(np.unique(s)) == {0.0, 1 / (1 - 1 / k)}
+    assert s.mean() == pytest.approx(1.0, abs=0.01)  # E[xi] = 1
+    assert (s == 0).mean() == pytest.approx(1 / k, abs=0.01)  # mean truncation length k
+
+
+def test_planted_divergence_stops_one_seed_only(key):
+    S, T = 3, 8
+    keys = jax.random.split(key, S)
+    params = jax.vmap(lambda kk: init_params(kk, make_init("identity", gain=1.0), xavier(),
+                                             5, 6, 5, jnp.float32))(keys)
+    params = params._replace(W_hh=params.W_hh.at[1].multiply(1e30))  # seed 1 overflows
+    x, y = make_random_batch(5, 4, T)(key)
+    tx = make_optimizer("sgd", 0.1, None)
+    chunk = jax.jit(jax.vmap(make_train_chunk("relu", "all", "tokens", tx, fixed_batch(x, y),
+                                              5, 5), in_axes=(0, 0, None)))
+    state, m = chunk(jax.vmap(init_state, (0, None))(params, tx), keys, jnp.asarray(0))
+    assert list(np.asarray(state.alive)) == [True, False, True]
+    assert list(np.asarray(state.diverged_at)) == [-1, 0, -1]
+    assert np.isfinite(np.asarray(m.loss)[[0, 2]]).all()
+    assert np.isnan(np.asarray(m.loss)[1]).all()
+    assert np.array_equal(state.params.W_hh[1], params.W_hh[1])  # frozen where it diverged
+    assert not np.array_equal(state.params.W_hh[0], params.W_hh[0])  # the others trained
+
+
+def test_adding_problem_matches_its_definition(key):
+    T = 20
+    x, y = make_adding_batch(20000, T)(key)
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.shape == (20000, T, 2) and y.shape == (20000,)
+    marks = x[..., 1]
+    assert (marks.sum(1) == 2).all()
+    assert (marks[:, : T // 2].sum(1) == 1).all() and (marks[:, T // 2:].sum(1) == 1).all()
+    np.testing.assert_allclose(y, (x[..., 0] * marks).sum(1), rtol=1e-6)
+    assert 0 <= x[..., 0].min() and x[..., 0].max() <= 1
+    assert np.mean((y - 1.0) ** 2) == pytest.approx(1 / 6, abs=0.005)  # the baseline 0.167
+
+
+def test_copy_problem_matches_its_definition(key):
+    delay = 15
+    x, y = make_copy_batch(4000, delay)(key)
+    x, y = np.asarray(x), np.asarray(y)
+    L = delay + 20
+    assert x.shape == y.shape == (4000, L)
+    data = x[:, :10]
+    assert data.min() >= 1 and data.max() <= 8
+    assert (x[:, 10:delay + 9] == 0).all() and (x[:, delay + 9] == COPY_VOCAB - 1).all()
+    assert (x[:, delay + 10:] == 0).all()
+    assert (y[:, :delay + 10] == 0).all() and (y[:, delay + 10:] == data).all()
+    # the memoryless baseline: blank with certainty, then uniform over the 8 symbols
+    ce = np.where(np.arange(L) < delay + 10, 0.0, math.log(8)).mean()
+    assert ce == pytest.approx(10 * math.log(8) / (delay + 20), rel=1e-12)
+
+
+def compose_cfg(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return validate(compose("config", overrides=overrides))
+
+
+def test_short_d2l_run_lowers_perplexity(tmp_path, timemachine_file):
+    cfg = compose_cfg(["+experiment=d2l_rnn_scratch", f"task.path={timemachine_file}",
+                       "seeds=2", "batch_size=256", "seq_len=16", "train.epochs=3",
+                       "train.log_every=13", "hidden_size=32"])
+    summary = run_job(cfg, tmp_path)
+    tr = summary["training"]
+    m = load_sweep(tmp_path)
+    metrics = pd.read_parquet(tmp_path / "metrics.parquet")
+    assert tr["steps"] == 3 * 40  # ceil(10000 / 256) = 40 steps per epoch
+    first = metrics[metrics.train_step == metrics.train_step.min()].val_ppl.mean()
+    assert tr["final_val_ppl"] < 0.85 * first and tr["final_val_ppl"] < 20
+    assert first < 28.5  # a fresh model is near uniform over 28 tokens
+    assert set(metrics.columns) >= {"train_loss", "train_ppl", "val_loss", "val_ppl",
+                                    "grad_norm_global", "clipped", "clip_fraction", "seed"}
+    assert sorted(m.train_step.unique()) == [0, 13, 26, 39, 52, 65, 78, 91, 104, 117, 120]
+    assert tr["sample"].startswith("time traveller ") and len(tr["sample"]) == 15 + 50
+    assert summary["status"] == "ok" and tr["diverged_seeds"] == {}
