@@ -1,0 +1,155 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rnnjax.init import gaussian, init_params, orthogonal, spectral, xavier
+from rnnjax.probes import make_probe, make_time_grads
+from rnnjax.results import log10_slope
+from rnnjax.tasks import make_random_batch
+from rnnjax.theory import (
+    GAMMA,
+    effective_gain,
+    gauss_expect,
+    input_drive_variance,
+    jacobian_product_singular_values,
+    linear_profile,
+    make_lyapunov,
+    mean_field,
+    mean_field_q,
+    pascanu_log10_bound,
+)
+
+
+def test_gauss_expect_against_closed_forms_and_monte_carlo():
+    assert gauss_expect(lambda h: h**2, 2.5) == pytest.approx(2.5, rel=1e-12)
+    assert gauss_expect(lambda h: h**4, 0.7) == pytest.approx(3 * 0.49, rel=1e-12)
+    assert gauss_expect(lambda h: (h > 0) * 1.0, 1.3) == pytest.approx(0.5, abs=1e-12)
+    z = np.random.default_rng(0).normal(0, math.sqrt(0.8), 2_000_000)
+    for f in (lambda h: np.tanh(h) ** 2, lambda h: (1 - np.tanh(h) ** 2) ** 2,
+              lambda h: 1 / (1 + np.exp(-h))):
+        mc = f(z)
+        assert gauss_expect(f, 0.8) == pytest.approx(mc.mean(), abs=4 * mc.std() / 1414)
+
+
+@pytest.mark.parametrize("g", [0.5, 0.9, 1.3, 2.0])
+def test_landmarks(g):
+    assert mean_field("linear", g, input_var=0.3)["chi1"] == pytest.approx(g**2, rel=1e-12)
+    assert mean_field("relu", g, input_var=0.3)["chi1"] == pytest.approx(g**2 / 2, rel=1e-9)
+    assert mean_field("sigmoid", g, input_var=0.3)["chi1"] <= g**2 / 16
+    if g <= 1:  # tanh, no input, no bias: q* = 0 and chi_1 = g^2
+        mf = mean_field("tanh", g)
+        assert mf["q_star"] < 1e-6 and mf["chi1"] == pytest.approx(g**2, rel=1e-4)
+    assert mean_field("relu", math.sqrt(2), input_var=0.1)["chi1"] == pytest.approx(1, rel=1e-9)
+
+
+@pytest.mark.parametrize("name,g,v,b", [("tanh", 1.5, 0.2, 0.05), ("sigmoid", 3.0, 0.3, 0.0),
+                                        ("relu", 1.0, 0.2, 0.0)])
+def test_q_star_is_a_fixed_point_and_matches_a_wide_network(name, g, v, b):
+    q = mean_field_q(name, g, v, b)
+    phi = {"tanh": np.tanh, "sigmoid": lambda h: 1 / (1 + np.exp(-h)),
+           "relu": lambda h: np.maximum(h, 0)}[name]
+    assert q == pytest.approx(g**2 * gauss_expect(lambda h: phi(h) ** 2, q) + v + b, rel=1e-10)
+    # brute force: a wide random network driven by Gaussian input of variance v
+    rng = np.random.default_rng(1)
+    H = 3000
+    W = rng.normal(0, g / math.sqrt(H), (H, H))
+    bias = rng.normal(0, math.sqrt(b), H) if b else np.zeros(H)
+    h = np.zeros(H)
+    qs = []
+    for t in range(60):
+        a = h @ W + rng.normal(0, math.sqrt(v), H) + bias
+        h = phi(a)
+        if t >= 30:
+            qs.append(np.mean(a**2))
+    assert np.mean(qs) == pytest.approx(q, rel=0.05)
+
+
+def test_depth_scale_and_factor():
+    mf = mean_field("linear", 0.5)
+    assert mf["log10_factor_per_step"] == pytest.approx(math.log10(0.5), rel=1e-12)
+    assert mf["depth_scale"] == pytest.approx(-1 / math.log(0.25), rel=1e-12)
+    assert math.isinf(mean_field("relu", math.sqrt(2), 0.1)["depth_scale"]) or abs(
+        mean_field("relu", math.sqrt(2), 0.1)["depth_scale"]) > 1e8
+
+
+def rand_net(key, act, H=12, gain=1.3, dtype=jnp.float64):
+    init = gaussian(gain)
+    return init_params(key, init, xavier(), 5, H, 5, dtype)
+
+
+@pytest.mark.parametrize("act", sorted(GAMMA))
+def test_pascanu_bound_holds(key, act):
+    p = rand_net(key, act, gain=0.9)
+    x = np.asarray(make_random_batch(5, 1, 30)(key)[0])[0]
+    bound = pascanu_log10_bound(act, p.W_hh)
+    for t in (1, 10, 25):
+        top = jacobian_product_singular_values(p, x, act, t)[0]
+        assert math.log10(top) <= bound * (30 - t) + 1e-9
+
+
+def test_linear_profile_is_exact_and_orthogonal_gives_rho_powers(key):
+    T = 25
+    p = init_params(key, spectral(1.05), xavier(), 5, 10, 5, jnp.float64)
+    x, y = make_random_batch(5, 4, T)(jax.random.fold_in(key, 1))
+    g = make_time_grads("linear", "last")(p, x, y)
+    probe = np.asarray(make_probe("linear", "last")(p, x, y).grad_norm)
+    np.testing.assert_allclose(linear_profile(p.W_hh, g.dL_dH[-1], T), probe, rtol=1e-10)
+    rho = 0.8
+    W = np.asarray(orthogonal(rho)(key, (10, 10), jnp.float64))
+    prof = linear_profile(W, np.ones((3, 10)), T)
+    np.testing.assert_allclose(prof, prof[-1] * rho ** (T - np.arange(1, T + 1)), rtol=1e-12)
+    assert effective_gain(W) == pytest.approx(rho, rel=1e-12)
+
+
+def test_lyapunov_of_linear_orthogonal_is_log_rho(key):
+    rho = 0.7
+    p = init_params(key, orthogonal(rho), xavier(), 5, 16, 5, jnp.float64)
+    x = make_random_batch(5, 3, 50)(key)[0]
+    lam = np.asarray(make_lyapunov("linear", k=4)(p, x))
+    np.testing.assert_allclose(lam, math.log(rho), rtol=1e-10)
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "sigmoid"])
+def test_lyapunov_matches_brute_force_singular_values(key, act):
+    p = rand_net(key, act, H=10, gain=1.5)
+    # with k = H, the QR logs add up to log |det dH_T/dH_0| exactly (short T: the brute-force
+    # product still resolves its smallest singular value in float64)
+    T = 8
+    x = make_random_batch(5, 1, T)(jax.random.fold_in(key, 3))[0]
+    sv = jacobian_product_singular_values(p, np.asarray(x)[0], act, 0)
+    lam_all = np.asarray(make_lyapunov(act, k=10)(p, x))
+    with np.errstate(divide="ignore"):  # a dead ReLU unit makes the determinant 0
+        assert lam_all.sum() * T == pytest.approx(np.log(sv).sum(), rel=1e-8)
+    assert lam_all[0] * T <= math.log(sv[0]) + 1e-9  # one direction grows at most by sigma_1
+    # long T: the top exponent is the growth rate of the top singular value
+    T = 300
+    x = make_random_batch(5, 1, T)(jax.random.fold_in(key, 4))[0]
+    lam = float(make_lyapunov(act, k=1)(p, x)[0])
+    top = math.log(jacobian_product_singular_values(p, np.asarray(x)[0], act, 0)[0]) / T
+    assert lam == pytest.approx(top, abs=0.02)
+
+
+def test_input_drive_variance_of_one_hot_tokens(key):
+    p = init_params(key, gaussian(1.0), xavier(), 28, 64, 28, jnp.float64)
+    x = make_random_batch(28, 64, 40)(key)[0]
+    want = np.mean(np.asarray(p.W_xh) ** 2)  # uniform tokens: the mean square of W_xh's rows
+    assert input_drive_variance(p.W_xh, x) == pytest.approx(want, rel=0.05)
+
+
+@pytest.mark.parametrize("act,g", [("tanh", 0.8), ("tanh", 2.0), ("relu", 1.0),
+                                   ("sigmoid", 3.0), ("linear", 0.9)])
+def test_wide_network_factor_matches_mean_field(key, act, g):
+    """H = 512: the measured per-step factor of ||dL/dH_t|| agrees with sqrt(chi_1) within a
+    few percent away from criticality."""
+    H, T, S = 512, 48, 4
+    keys = jax.random.split(key, S)
+    ps = jax.vmap(lambda k: init_params(k, gaussian(g), xavier(), 28, H, 28, jnp.float32))(keys)
+    xs, ys = jax.vmap(lambda k: make_random_batch(28, 16, T)(k))(keys)
+    prof = np.asarray(jax.jit(jax.vmap(make_probe(act, "last")))(ps, xs, ys).grad_norm)
+    measured = 10 ** np.median([log10_slope(p)[0] for p in prof])
+    v = np.mean([input_drive_variance(ps.W_xh[s], xs[s]) for s in range(S)])
+    predicted = 10 ** mean_field(act, g, input_var=v)["log10_factor_per_step"]
+    assert measured == pytest.approx(predicted, rel=0.04)
