@@ -18,6 +18,13 @@ from rnnjax.config import Config
 from rnnjax.init import init_params, make_init, normal, xavier
 from rnnjax.probes import make_probe
 from rnnjax.tasks import Task, cache_dir, make_task
+from rnnjax.theory import (
+    effective_gain,
+    input_drive_variance,
+    make_lyapunov,
+    mean_field,
+    pascanu_log10_bound,
+)
 from rnnjax.train import init_state, make_eval, make_generate, make_optimizer, make_train_chunk
 
 log = logging.getLogger("rnnjax")
@@ -130,6 +137,7 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
         "n_nonfinite": int(nonfinite + (~np.isfinite(res.param_grad_norm)).sum()),
         "n_underflow": int((res.grad_norm == 0).sum()),
     }
+    headline["theory"] = theory_summary(cfg, params, x, headline["log10_slope_per_step_back"])
     finite = headline["n_nonfinite"] == 0 and not training.get("diverged_seeds")
     summary = {
         "status": "ok" if finite else "nonfinite",
@@ -140,12 +148,15 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
             OmegaConf.structured(cfg), enum_to_str=True),
     }
     results.write_json(summary, out / results.SUMMARY)
+    th = headline["theory"]
     log.info(
-        "%s/%s T=%d H=%d S=%d: log10 grad_norm per step back %+.4f (median over seeds), "
-        "loss %.4f, underflow %d, status %s, %.2fs",
+        "%s/%s T=%d H=%d S=%d: log10 grad_norm per step back %+.4f (median over seeds; mean "
+        "field %+.4f, Pascanu bound %+.4f, top Lyapunov %+.4f), loss %.4f, underflow %d, "
+        "status %s, %.2fs",
         cfg.activation.name.value, cfg.init.name.value, cfg.seq_len, cfg.hidden_size, cfg.seeds,
-        headline["log10_slope_per_step_back"], headline["loss_mean"],
-        headline["n_underflow"], summary["status"], wall,
+        headline["log10_slope_per_step_back"], th["mean_field"]["log10_factor_per_step"],
+        th["pascanu_log10_bound_per_step"], th["lyapunov_top_log10_per_step"],
+        headline["loss_mean"], headline["n_underflow"], summary["status"], wall,
     )
     if training:
         log.info("trained %d steps: train ppl %s, val ppl %s, clipping active in %.1f%% of "
@@ -153,6 +164,49 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
                  _fmt(training["final_val_ppl"]), 100 * training["clip_fraction"],
                  training["diverged_seeds"] or "none")
     return summary
+
+
+LYAPUNOV_SEQUENCES = 4  # of the probe batch: the exponents are averaged over these
+LYAPUNOV_K = 3  # exponents per network
+
+
+def theory_summary(cfg: Config, params, x, measured: float) -> dict:
+    """Predictions at initialization, beside the measured slope (log10 per step back).
+
+    mean_field: for W_hh ~ N(0, g^2/H) with g the effective gain sqrt(H mean W_hh^2) and the
+    input variance of this job's W_xh and batch (medians over seeds). pascanu: log10 of
+    gamma sigma_max(W_hh). lyapunov: the top exponents of the driven dynamics (natural log
+    per step; /ln 10 for log10), on the first sequences of each seed's probe batch.
+    """
+    act = cfg.activation.name.value
+    W_hh, W_xh = np.asarray(params.W_hh, np.float64), np.asarray(params.W_xh, np.float64)
+    gains = [effective_gain(w) for w in W_hh]
+    input_var = [input_drive_variance(W_xh[s], np.asarray(x[s])) for s in range(len(W_hh))]
+    bias_var = float(np.mean(np.asarray(params.b_h, np.float64) ** 2))
+    mf = mean_field(act, float(np.median(gains)), float(np.median(input_var)), bias_var)
+    bounds = [pascanu_log10_bound(act, w) for w in W_hh]
+    k = min(LYAPUNOV_K, cfg.hidden_size)
+    lyap = jax.jit(jax.vmap(make_lyapunov(act, k, burn_in=cfg.seq_len // 4)))
+    lam = np.asarray(lyap(params, x[:, :LYAPUNOV_SEQUENCES]), np.float64)  # (S, k)
+    top = _nanmedian(lam[:, 0])
+    return {
+        "measured_log10_slope_per_step_back": measured,
+        "mean_field": {"gain": float(np.median(gains)), "input_var": float(np.median(input_var)),
+                       "bias_var": bias_var, **mf,
+                       "relative_error": _rel(measured, mf["log10_factor_per_step"])},
+        "pascanu_log10_bound_per_step": _nanmedian(np.array(bounds)),
+        "pascanu_guarantees_vanishing": bool(max(bounds) < 0),
+        "lyapunov_top_per_step": top,
+        "lyapunov_top_log10_per_step": top / math.log(10),
+        "lyapunov_exponents_per_seed": lam.tolist(),
+    }
+
+
+def _rel(measured: float, predicted: float) -> float:
+    """|measured - predicted| / |predicted| (NaN when undefined)."""
+    if not (math.isfinite(measured) and math.isfinite(predicted)) or predicted == 0:
+        return math.nan
+    return abs(measured - predicted) / abs(predicted)
 
 
 def profile_truncation(cfg: Config) -> int | None:

@@ -153,3 +153,28 @@ def test_wide_network_factor_matches_mean_field(key, act, g):
     v = np.mean([input_drive_variance(ps.W_xh[s], xs[s]) for s in range(S)])
     predicted = 10 ** mean_field(act, g, input_var=v)["log10_factor_per_step"]
     assert measured == pytest.approx(predicted, rel=0.04)
+
+
+def test_job_summary_sets_theory_beside_measurement(tmp_path):
+    """Linear RNN, W_hh = 0.9 * orthogonal, loss at the last step: the measured slope, the mean
+    field, Pascanu's bound and the top Lyapunov exponent all equal log10 0.9 per step."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+    from rnnjax.config import register_configs, validate
+    from rnnjax.job import run_job
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = validate(compose("config", overrides=[
+            "activation=linear", "init=orthogonal", "init.gain=0.9", "probe.loss_at=last",
+            "seq_len=40", "hidden_size=16", "batch_size=4", "seeds=2", "dtype=float64"]))
+    th = run_job(cfg, tmp_path)["headline"]["theory"]
+    want = math.log10(0.9)
+    assert th["measured_log10_slope_per_step_back"] == pytest.approx(want, abs=1e-9)
+    assert th["mean_field"]["log10_factor_per_step"] == pytest.approx(want, abs=1e-9)
+    assert th["mean_field"]["relative_error"] < 1e-6
+    assert th["pascanu_log10_bound_per_step"] == pytest.approx(want, abs=1e-9)
+    assert th["lyapunov_top_log10_per_step"] == pytest.approx(want, abs=1e-9)
+    assert len(th["lyapunov_exponents_per_seed"]) == 2
+    assert th["pascanu_guarantees_vanishing"] is True
