@@ -14,12 +14,13 @@ from rnnjax.init import (
     xavier,
 )
 from rnnjax.probes import ProbeResult, TimeGrads, make_probe, make_time_grads
-from rnnjax.results import load_sweep
+from rnnjax.results import load_metrics, load_summaries, load_sweep
 from rnnjax.tasks import load_timemachine
 
 __all__ = [
     "ACTIVATIONS", "INITS", "Config", "ConfigError", "ProbeResult", "RNNParams", "TimeGrads",
-    "activation", "forward", "gaussian", "identity", "init_params", "load_sweep",
+    "activation", "forward", "gaussian", "identity", "init_params", "load_metrics",
+    "load_summaries", "load_sweep",
     "load_timemachine", "make_init", "make_probe", "make_time_grads", "normal", "orthogonal",
     "rnn_cell", "spectral", "validate", "xavier",
 ]

@@ -160,6 +160,57 @@ def write_json(obj: Mapping[str, Any], path: Path) -> None:
     _atomic(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
+def _finished_jobs(root: Path) -> tuple[list[Path], list[Path]]:
+    """(finished, unfinished) job directories under root: a job has a grad_norms.parquet or a
+    Hydra `.hydra/` folder, and is finished once its summary.json (written last) exists."""
+    marks = [*root.rglob(GRAD_NORMS), *root.rglob(".hydra")]
+    jobs = sorted({p.parent for p in marks})
+    done = [j for j in jobs if (j / SUMMARY).is_file() and (j / GRAD_NORMS).is_file()]
+    return done, [j for j in jobs if j not in done]
+
+
+def _check_root(path) -> Path:
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{str(root)!r} is not a directory")
+    return root
+
+
+def _warn_unfinished(root: Path, unfinished: list[Path]) -> None:
+    if unfinished:
+        names = ", ".join(str(j.relative_to(root)) for j in unfinished)
+        warnings.warn(f"load_sweep: skipped {len(unfinished)} unfinished job(s): {names}",
+                      stacklevel=3)
+
+
+def load_summaries(path: str | os.PathLike) -> pd.DataFrame:
+    """One row per finished job under `path`: its summary.json flattened (dots join nested
+    keys: `headline.theory.mean_field.chi1`, `config.activation.name`, ...), per-seed lists
+    dropped, plus a `job` column as in `load_sweep`."""
+    root = _check_root(path)
+    done, unfinished = _finished_jobs(root)
+    _warn_unfinished(root, unfinished)
+    rows = []
+    for job in done:
+        summary = json.loads((job / SUMMARY).read_text())
+        row = pd.json_normalize(summary).iloc[0].to_dict()
+        row = {k: v for k, v in row.items() if not isinstance(v, list | dict)}
+        rows.append({"job": str(job.relative_to(root)), **row})
+    if not rows:
+        raise FileNotFoundError(f"load_summaries: no finished job under {str(root)!r}")
+    return pd.DataFrame(rows)
+
+
+def load_metrics(path: str | os.PathLike) -> pd.DataFrame | None:
+    """The training metrics (metrics.parquet) of every finished job under `path`, with a `job`
+    column; None when no job trained."""
+    root = _check_root(path)
+    done, _ = _finished_jobs(root)
+    frames = [pd.read_parquet(j / METRICS).assign(job=str(j.relative_to(root)))
+              for j in done if (j / METRICS).is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
 def load_sweep(path: str | os.PathLike) -> pd.DataFrame:
     """One tidy DataFrame of every finished job under `path` (a run or a multirun directory).
 
@@ -167,23 +218,14 @@ def load_sweep(path: str | os.PathLike) -> pd.DataFrame:
     finished once its `summary.json` exists (written last). Unfinished jobs are skipped with a
     warning. A `job` column holds each job's directory relative to `path`.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"load_sweep: {str(root)!r} is not a directory")
-    marks = [*root.rglob(GRAD_NORMS), *root.rglob(".hydra")]
-    jobs = sorted({p.parent for p in marks})
-    frames, unfinished = [], []
-    for job in jobs:
-        if not (job / SUMMARY).is_file() or not (job / GRAD_NORMS).is_file():
-            unfinished.append(job)
-            continue
+    root = _check_root(path)
+    done, unfinished = _finished_jobs(root)
+    frames = []
+    for job in done:
         df = pd.read_parquet(job / GRAD_NORMS)
         df.insert(0, "job", str(job.relative_to(root)))
         frames.append(df)
-    if unfinished:
-        names = ", ".join(str(j.relative_to(root)) for j in unfinished)
-        warnings.warn(f"load_sweep: skipped {len(unfinished)} unfinished job(s): {names}",
-                      stacklevel=2)
+    _warn_unfinished(root, unfinished)
     if not frames:
         raise FileNotFoundError(f"load_sweep: no finished job under {str(root)!r}")
     return pd.concat(frames, ignore_index=True)

@@ -158,9 +158,9 @@ def test_wide_network_factor_matches_mean_field(key, act, g):
 def test_job_summary_sets_theory_beside_measurement(tmp_path):
     """Linear RNN, W_hh = 0.9 * orthogonal, loss at the last step: the measured slope, the mean
     field, Pascanu's bound and the top Lyapunov exponent all equal log10 0.9 per step."""
+    from conftest import ROOT
     from hydra import compose, initialize_config_dir
 
-    from conftest import ROOT
     from rnnjax.config import register_configs, validate
     from rnnjax.job import run_job
 
