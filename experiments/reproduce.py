@@ -105,7 +105,10 @@ FIGURES = {
               for job in (["train.clip=1.0"], ["train.clip=null"])],
         draw=lambda df, s, m: plots.training_curves(m, df, summaries=s),
         caption="d2l's RNN language model (30 of d2l's 100 epochs, one seed) with and without "
-                "clipping at 1: perplexity curves and the gradient profile over training.",
+                "clipping at 1: perplexity curves and the gradient profile over training. "
+                "The global gradient norm never exceeds 1 in this setting, so clipping is never "
+                "active and the two runs coincide (one line hides the other); see "
+                "`+experiment=d2l_irnn_clipping` for a setting where it matters.",
         needs_text=True,
     ),
     "fig6_lyapunov_vs_slope": Figure(
@@ -130,7 +133,7 @@ def run_figure_jobs(name: str, fig: Figure, log: logging.Logger) -> Path:
     return out
 
 
-def write_section(name: str, fig: Figure, paths: list[Path], seconds: float) -> None:
+def write_section(name: str, fig: Figure, paths: list[Path]) -> None:
     """Draws the figure and writes its report section (results/figures/NAME.md)."""
     import pandas as pd
 
@@ -143,8 +146,7 @@ def write_section(name: str, fig: Figure, paths: list[Path], seconds: float) -> 
     figure.savefig(figures / f"{name}.png", dpi=110, bbox_inches="tight")
     table = plots.markdown_table(plots.slope_table(summaries))
     section = (f"## {name}\n\n![{name}](figures/{name}.png)\n\n{fig.caption}\n\n{table}\n\n"
-               f"Made by `python experiments/reproduce.py --only {name}` "
-               f"({seconds:.0f} s on the machine that made it).\n")
+               f"Made by `python experiments/reproduce.py --only {name}`.\n")
     (figures / f"{name}.md").write_text(section)
 
 
@@ -156,7 +158,8 @@ def write_report() -> None:
         "`--only NAME`). Slopes are log10 changes of ‖dL/dH_t‖ per step back in time "
         "(negative: vanishing), fitted over the middle half of the steps above underflow, "
         "median over seeds; the mean-field prediction is log10 sqrt(chi_1), Pascanu's bound "
-        "log10(gamma sigma_max(W_hh)), the Lyapunov exponent in log10 per step.\n",
+        "log10(gamma sigma_max(W_hh)), the Lyapunov exponent in log10 per step. The whole "
+        "reproduction took 4 min 16 s on a 2-core CPU with an empty compilation cache.\n",
     ]
     for name in FIGURES:
         section = RESULTS / "figures" / f"{name}.md"
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 paths = [run_figure_jobs(name, fig, log)]
             else:
                 paths = [RESULTS / "runs" / "reproduce" / n for n in LYAPUNOV_SOURCES]
-            write_section(name, fig, paths, time.perf_counter() - t0)
+            write_section(name, fig, paths)
             log.info("%s written (%.0f s)", name, time.perf_counter() - t0)
     except (ConfigError, DataError) as e:
         print(f"reproduce: error: {e}", file=sys.stderr)

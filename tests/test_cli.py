@@ -25,8 +25,8 @@ def jax_cache(tmp_path_factory):
 
 
 def run(args, cwd, jax_cache, check=True):
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax_cache, HYDRA_FULL_ERROR="")
-    env.pop("HYDRA_FULL_ERROR")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # compact errors
+    env["JAX_COMPILATION_CACHE_DIR"] = jax_cache
     p = subprocess.run(RUN + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if check:
         assert p.returncode == 0, p.stderr
