@@ -151,11 +151,12 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     th = headline["theory"]
     log.info(
         "%s/%s T=%d H=%d S=%d: log10 grad_norm per step back %+.4f (median over seeds; mean "
-        "field %+.4f, Pascanu bound %+.4f, top Lyapunov %+.4f), loss %.4f, underflow %d, "
+        "field %+.4f, Pascanu bound %+.4f, top Lyapunov %+.4f%s), loss %.4f, underflow %d, "
         "status %s, %.2fs",
         cfg.activation.name.value, cfg.init.name.value, cfg.seq_len, cfg.hidden_size, cfg.seeds,
         headline["log10_slope_per_step_back"], th["mean_field"]["log10_factor_per_step"],
         th["pascanu_log10_bound_per_step"], th["lyapunov_top_log10_per_step"],
+        "; theory predicts the loss_at=last profile" if cfg.probe.loss_at.value == "all" else "",
         headline["loss_mean"], headline["n_underflow"], summary["status"], wall,
     )
     if training:
