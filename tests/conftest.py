@@ -27,6 +27,12 @@ def timemachine_file():
     return SHARED_TEXT
 
 
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory):
+    """A compilation cache shared by the subprocesses of the whole session."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Never read or write the user's ~/.cache from tests (downloads included)."""

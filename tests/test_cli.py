@@ -19,11 +19,6 @@ COLUMNS = ["seed", "t", "grad_norm", "param_grad_norm", "train_step", "activatio
            "init_gain", "init_radius"]
 
 
-@pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax_cache"))
-
-
 def run(args, cwd, jax_cache, check=True):
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # compact errors
     env["JAX_COMPILATION_CACHE_DIR"] = jax_cache
