@@ -56,18 +56,14 @@ def token_loss(logits: Array, y: Array, loss_at: str, mask: Array | None = None)
     return jnp.sum(ce * mask) / jnp.sum(mask)
 
 
-def regression_loss(outputs: Array, y: Array, loss_at: str, mask: Array | None = None) -> Array:
+def regression_loss(outputs: Array, y: Array, mask: Array | None = None) -> Array:
     """Batch-mean squared error of the last output (the adding problem).
 
     Args:
       outputs: (T, B, 1).
       y: (B,) real targets.
-      loss_at: must be "last".
       mask: optional (B,) weights.
     """
-    if loss_at != "last":
-        raise ValueError(f"probe.loss_at={loss_at!r}: a regression task is scored at the last "
-                         "step only; allowed: ['last']")
     se = jnp.square(outputs[-1, :, 0] - y)
     return se.mean() if mask is None else jnp.sum(se * mask) / jnp.sum(mask)
 
@@ -79,8 +75,10 @@ def make_loss(kind: str, loss_at: str) -> Callable[..., Array]:
     if kind == "tokens":
         return lambda o, y, mask=None: token_loss(o, y, loss_at, mask)
     if kind == "regression":
-        regression_loss(jnp.zeros((1, 1, 1)), jnp.zeros((1,)), loss_at)  # fail early
-        return lambda o, y, mask=None: regression_loss(o, y, loss_at, mask)
+        if loss_at != "last":
+            raise ValueError(f"probe.loss_at={loss_at!r}: a regression task is scored at the "
+                             "last step only; allowed: ['last']")
+        return regression_loss
     raise ValueError(f"loss kind {kind!r} is unknown; allowed: {list(LOSS_KINDS)}")
 
 
