@@ -79,10 +79,10 @@ FIGURES = {
                 "the last step), with the mean-field prediction dashed.",
     ),
     "fig3_phase_diagram": Figure(
+        # The gains of one activation are vmapped in one job (init.gain as a list).
         jobs=[["init=gaussian", "probe.loss_at=last", "seq_len=48", "hidden_size=512",
-               "batch_size=16", "seeds=4", *job]
-              for job in grid(activation=["tanh", "relu", "sigmoid", "linear"],
-                              **{"init.gain": GAINS})],
+               "batch_size=16", "seeds=4", f"init.gain=[{','.join(map(str, GAINS))}]", *job]
+              for job in grid(activation=["tanh", "relu", "sigmoid", "linear"])],
         draw=lambda df, s, m: plots.phase_diagram(s),
         caption="Measured per-step factor of ‖dL/dH_t‖ against the gain g of W_hh ~ N(0, g²/H) "
                 "(H = 512, 4 seeds), with the mean-field curve sqrt(chi_1(g)) and the critical "

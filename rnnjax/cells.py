@@ -21,6 +21,16 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+# phi'(A) as a function of H = phi(A), for the probe's backward scan, which keeps H_t only.
+# (relu: jax.nn.relu's derivative at 0 is 0, and H = 0 there.)
+DERIVATIVES_FROM_OUTPUT: dict[str, Callable[[Array], Array]] = {
+    "tanh": lambda h: 1 - jnp.square(h),
+    "sigmoid": lambda h: h * (1 - h),
+    "relu": lambda h: (h > 0).astype(h.dtype),
+    "linear": jnp.ones_like,
+}
+
+
 class RNNParams(NamedTuple):
     """Parameters of one network (a leading seed axis S is added by `vmap`)."""
 
@@ -70,6 +80,13 @@ def input_drive(W_xh: Array, x: Array) -> Array:
         # A row gather equals the one-hot product; on a CPU it is also ~2x faster end to end.
         return W_xh[x.T]
     return jnp.einsum("btd,dh->tbh", x.astype(W_xh.dtype), W_xh)
+
+
+def step_drive(W_xh: Array, x_t: Array) -> Array:
+    """X_t W_xh for one step: (B, H). x_t is (B,) tokens or (B, D) real inputs."""
+    if jnp.issubdtype(x_t.dtype, jnp.integer):
+        return W_xh[x_t]
+    return x_t.astype(W_xh.dtype) @ W_xh
 
 
 def forward(

@@ -5,8 +5,13 @@ cross-field rules are checked by `validate`, which the `ValidateConfig` callback
 job of a run or a sweep before Hydra creates any output directory.
 """
 
+import hashlib
+import json
+import math
+import re
 import sys
-from dataclasses import dataclass, field, fields
+import time
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -14,8 +19,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from rnnjax.tasks import DataError, check_readable, timemachine_path
+from rnnjax.tasks import DataError, check_readable, check_windows, load_timemachine
 
 
 class Activation(Enum):
@@ -81,10 +87,13 @@ class ActivationConfig:
 
 @dataclass
 class InitConfig:
+    # The parameter of the init is a number, or a list of numbers ([0.5,1.0,2.0]) that are
+    # vmapped inside one job, one network per value and seed (typed Any so that it can be a
+    # list; `validate` checks it).
     name: InitName = InitName.normal  # initializer of W_hh
-    std: float | None = None  # normal: entry std (d2l: 0.01)
-    gain: float | None = None  # orthogonal, identity, gaussian: the gain g
-    radius: float | None = None  # spectral: the exact spectral radius of W_hh
+    std: Any = None  # normal: entry std (d2l: 0.01)
+    gain: Any = None  # orthogonal, identity, gaussian: the gain g
+    radius: Any = None  # spectral: the exact spectral radius of W_hh
 
 
 @dataclass
@@ -124,6 +133,8 @@ class Config:
     seeds: int = 4  # S, independent networks and batches, vmapped in one call (>= 1)
     seed: int = 0  # base seed: network s uses seed + s
     dtype: DType = DType.float32  # float64 enables JAX's x64 mode for the job
+    max_memory_gb: float | None = None  # per compiled call; null: 80% of free device memory
+    resume: bool = True  # skip a job whose directory holds a finished run of the same config
 
 
 def register_configs() -> None:
@@ -140,6 +151,81 @@ def _check_size(key: str, value: int) -> None:
         raise ConfigError(f"{key}={value} is invalid: must be an integer >= 1")
 
 
+def _check_keys(node: DictConfig, schema: type, prefix: str) -> None:
+    """Raises ConfigError for a key the schema does not have (`+train.clipp=1` would otherwise
+    be ignored, silently)."""
+    known = {f.name: f for f in fields(schema)}
+    for key in node.keys():
+        if prefix == "" and key == "hydra":
+            continue
+        if key not in known:
+            raise ConfigError(f"{prefix}{key} is not a config key; allowed in "
+                              f"{prefix.rstrip('.') or 'the config'}: {', '.join(known)}")
+        sub = known[key].default_factory
+        value = node._get_node(key)
+        if isinstance(value, DictConfig) and is_dataclass(sub):
+            _check_keys(value, sub, f"{prefix}{key}.")
+
+
+def check_group_options(argv: list[str], conf_dir: Path) -> None:
+    """Exits with a one-line error when a config group is given a value that is not an option
+    name (`activation=null`, `task=5`), which Hydra would report with a traceback."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import HydraException
+
+    groups = {p.name: sorted(f.stem for f in p.glob("*.yaml"))
+              for p in Path(conf_dir).iterdir() if p.is_dir()}
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except HydraException:
+        return  # Hydra reports its own syntax errors
+    for o in parsed:
+        if o.key_or_group not in groups or o.is_delete():
+            continue
+        value = o.value()
+        items = value.list if isinstance(value, ChoiceSweep) else [value]
+        if not all(isinstance(v, str) for v in items):
+            given = o.input_line or o.key_or_group
+            _fail(f"{given} is invalid: {o.key_or_group} takes option names; allowed: "
+                  f"{', '.join(groups[o.key_or_group])}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check_init_value(p: str, value: Any) -> None:
+    allowed = "must be a number > 0, or a list of them ([0.5,1.0]) vmapped in one job"
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(_is_number(v) and 0 < v < math.inf for v in items):
+        shown = "[" + ",".join(map(str, items)) + "]" if isinstance(value, list) else value
+        raise ConfigError(f"init.{p}={shown} is invalid: {allowed}")
+    if isinstance(value, list) and len(set(items)) != len(items):
+        raise ConfigError(f"init.{p}={value} is invalid: the values must differ")
+
+
+def init_values(cfg: Config) -> tuple[str | None, list[float | None], bool]:
+    """(the init's parameter name, its values, whether it was given as a list).
+
+    A parameter left unset is its default (normal: std 0.01; orthogonal, identity, gaussian:
+    gain 1; spectral: radius 1); xavier takes none: (None, [None], False).
+    """
+    p = INIT_PARAM[cfg.init.name.value]
+    if p is None:
+        return None, [None], False
+    value = getattr(cfg.init, p)
+    if value is None:
+        return p, [INIT_DEFAULT[p]], False
+    if isinstance(value, list):
+        return p, [float(v) for v in value], True
+    return p, [float(value)], False
+
+
+INIT_DEFAULT = {"std": 0.01, "gain": 1.0, "radius": 1.0}
+
+
 def validate(cfg: DictConfig | Config) -> Config:
     """Checks ranges and cross-field rules and returns the config as a `Config` object.
 
@@ -147,13 +233,23 @@ def validate(cfg: DictConfig | Config) -> Config:
       ConfigError: one line naming the offending key and what is allowed.
     """
     if isinstance(cfg, DictConfig):
+        _check_keys(cfg, Config, "")
         keys = [f.name for f in fields(Config)]
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config),
-                                                  OmegaConf.masked_copy(cfg, keys)))
+        try:
+            cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config),
+                                                      OmegaConf.masked_copy(cfg, keys)))
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "config"
+            reason = str(e).splitlines()[0]
+            raise ConfigError(f"{key} is invalid: {reason}") from None
     for key in ("seq_len", "hidden_size", "batch_size", "seeds"):
         _check_size(key, getattr(cfg, key))
-    if cfg.seed < 0:
-        raise ConfigError(f"seed={cfg.seed} is invalid: must be an integer >= 0")
+    if not 0 <= cfg.seed <= 2**32 - cfg.seeds:
+        raise ConfigError(f"seed={cfg.seed} is invalid: must be an integer >= 0 with seed + seeds "
+                          f"<= 2**32 (JAX's PRNG seeds are 32-bit)")
+    if cfg.max_memory_gb is not None and not 0 < cfg.max_memory_gb < math.inf:
+        raise ConfigError(f"max_memory_gb={cfg.max_memory_gb} is invalid: must be > 0, or null "
+                          "for 80% of the free device memory")
 
     init = cfg.init.name.value
     wanted = INIT_PARAM[init]
@@ -162,8 +258,12 @@ def validate(cfg: DictConfig | Config) -> Config:
         if p != wanted and value is not None:
             takes = f"init.{wanted}" if wanted else "no parameter"
             raise ConfigError(f"init.{p} is not a parameter of init={init} (it takes {takes})")
-        if p == wanted and value is not None and not value > 0:
-            raise ConfigError(f"init.{p}={value} is invalid: must be > 0")
+        if p == wanted and value is not None:
+            _check_init_value(p, value)
+            if isinstance(value, list) and (cfg.train.steps or cfg.train.epochs):
+                raise ConfigError(f"init.{p} is a list: lists are vmapped for probing at "
+                                  f"initialization only; to train, sweep init.{p} as separate "
+                                  f"jobs (-m init.{p}=a,b)")
 
     task = cfg.task.name.value
     if task in ("adding", "copy", "timemachine") and cfg.task.vocab_size is not None and not (
@@ -204,10 +304,11 @@ def _validate_train(cfg: Config) -> None:
             raise ConfigError(f"train.epochs={tr.epochs} is invalid: must be an integer >= 1")
         if tr.steps:
             raise ConfigError("train.epochs and train.steps are both set: give one of them")
-    if not tr.lr > 0:
-        raise ConfigError(f"train.lr={tr.lr} is invalid: must be > 0")
-    if tr.clip is not None and not tr.clip > 0:
-        raise ConfigError(f"train.clip={tr.clip} is invalid: must be > 0, or null for no clipping")
+    if not 0 < tr.lr < math.inf:
+        raise ConfigError(f"train.lr={tr.lr} is invalid: must be a finite number > 0")
+    if tr.clip is not None and not 0 < tr.clip < math.inf:
+        raise ConfigError(f"train.clip={tr.clip} is invalid: must be a finite number > 0, or null "
+                          "for no clipping")
     if tr.log_every < 1:
         raise ConfigError(f"train.log_every={tr.log_every} is invalid: must be an integer >= 1")
     bptt = tr.bptt.value
@@ -239,15 +340,52 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def prepare_data(cfg: Config) -> None:
-    """Makes sure the data a job needs is on disk (downloading it once if needed)."""
+def prepare_data(cfg: Config, corpus_sizes: dict | None = None) -> None:
+    """Makes sure the data a job needs is on disk (downloading it once if needed) and long
+    enough for its seq_len. `corpus_sizes` caches the token counts of texts already read."""
     if cfg.task.name.value == "timemachine":
-        timemachine_path(cfg.task.path)
+        sizes = {} if corpus_sizes is None else corpus_sizes
+        if cfg.task.path not in sizes:
+            sizes[cfg.task.path] = len(load_timemachine(cfg.task.path)[0])
+        check_windows(sizes[cfg.task.path], cfg.seq_len)
+
+
+SWEEP_ROOT = "results/runs/multirun"
+_NAME_MAX = 120
+
+
+def sweep_name(overrides: list[str]) -> str:
+    """A directory name for a sweep from its command-line overrides, the same whatever their
+    order: `activation=tanh,relu seq_len=16` -> `activation=tanh,relu__seq_len=16`.
+
+    Hydra's own settings (`hydra.*`, `hydra/launcher=...`) and `resume` are left out, so a
+    sweep interrupted under one launcher resumes under another. Characters other than letters,
+    digits and `_.,=+-` become `_`; a name over 120 characters is cut and given a hash.
+    """
+    keep = sorted(o for o in overrides
+                  if not re.match(r"^[+~]*(hydra[./]|resume=)", o) and not o.startswith("-"))
+    name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", "__".join(keep)) or "default"
+    if len(name) > _NAME_MAX:
+        digest = hashlib.sha1("\0".join(keep).encode()).hexdigest()[:12]
+        name = f"{name[:_NAME_MAX - 13]}-{digest}"
+    return name
+
+
+def sweep_dir_override(argv: list[str]) -> list[str]:
+    """The `hydra.sweep.dir=...` override naming a multirun by its overrides (see `sweep_name`),
+    so that re-running an interrupted sweep's command maps every job to its old directory;
+    none when not a multirun or when the command sets hydra.sweep.dir itself."""
+    if not {"-m", "--multirun"} & set(argv) or any(
+            a.startswith("hydra.sweep.dir=") for a in argv):
+        return []
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    return [f"hydra.sweep.dir='{SWEEP_ROOT}/{sweep_name(overrides)}'"]
 
 
 class ValidateConfig(Callback):
     """Hydra callback: validates every job's config (and fetches its data) before any output
-    directory is created, so bad input writes nothing."""
+    directory is created, so bad input writes nothing; after a sweep, prints a closing line
+    with every job's status and the failed jobs' overrides."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -259,15 +397,14 @@ class ValidateConfig(Callback):
         from hydra import compose
         from hydra.errors import HydraException
 
+        self._started = time.time()
         config_name = kwargs.get("config_name") or "config"
-        seen = []
+        sizes: dict = {}
         for overrides in _job_overrides(config):
             job = " ".join(overrides)
             try:
                 cfg = validate(compose(config_name=config_name, overrides=overrides))
-                if cfg.task not in seen:
-                    prepare_data(cfg)
-                    seen.append(cfg.task)
+                prepare_data(cfg, sizes)
             except (ConfigError, DataError) as e:
                 _fail(f"{e} (in job {job})")
             except HydraException as e:
@@ -276,3 +413,51 @@ class ValidateConfig(Callback):
                 if e.__cause__ is not None:
                     text += f"\n{e.__cause__}"
                 _fail(f"{text}\n(in job {job})")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        line, failed = sweep_report(Path(config.hydra.sweep.dir), _job_overrides(config),
+                                    getattr(self, "_started", None))
+        print(line, file=sys.stderr)
+        if failed:
+            raise SystemExit(1)
+
+
+def sweep_report(sweep: Path, jobs: list[list[str]], started: float | None) -> tuple[str, int]:
+    """The closing line of a sweep and its number of failed jobs.
+
+    Jobs are matched to their directories by the overrides Hydra saved in `.hydra/`; a job
+    whose summary.json is older than this sweep's start was skipped as finished earlier.
+    """
+    from rnnjax.results import SUMMARY, job_status
+
+    def key(overrides):
+        return tuple(sorted(o for o in overrides if not re.match(r"^[+~]*resume=", o)))
+
+    dirs = {}
+    for saved in sweep.rglob(".hydra/overrides.yaml"):
+        dirs[key(OmegaConf.load(saved))] = saved.parent.parent
+    counts: dict[str, int] = {}
+    skipped, failures = 0, []
+    for job in jobs:
+        d = dirs.get(key(job))
+        status = job_status(d) if d is not None else "unfinished"
+        counts[status] = counts.get(status, 0) + 1
+        if status == "failed":
+            error = _read_json(d / SUMMARY).get("error", "?")
+            failures.append(f"{' '.join(job) or '(no overrides)'} ({error})")
+        elif status != "unfinished" and started and (d / SUMMARY).stat().st_mtime < started:
+            skipped += 1
+    parts = [f"{n} {s}" for s, n in sorted(counts.items())]
+    line = f"rnnjax: sweep {sweep}: {len(jobs)} jobs: {', '.join(parts)}"
+    if skipped:
+        line += f" ({skipped} skipped: finished earlier)"
+    if failures:
+        line += "; failed: " + "; ".join(failures)
+    return line, len(failures)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,8 +1,10 @@
 """One job: initialize S networks, probe them (and train them) with vmap, write the results."""
 
+import json
 import logging
 import math
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,9 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from rnnjax import results
-from rnnjax.config import Config
+from rnnjax.config import Config, init_values
 from rnnjax.init import init_params, make_init, normal, xavier
+from rnnjax.memory import fit_seeds, memory_budget
 from rnnjax.probes import make_probe
 from rnnjax.tasks import Task, cache_dir, make_task
 from rnnjax.theory import (
@@ -40,22 +43,21 @@ def job_task(cfg: Config) -> Task:
 
 
 def make_setup(cfg: Config, task: Task):
-    """`setup(seed) -> (params, x, y, keys)`: one network, its probed batch, and the keys of
-    its training data and validation set (shape (2,) of keys).
+    """`setup(seed, value) -> (params, x, y, keys)`: one network, its probed batch, and the
+    keys of its training data and validation set (shape (2,) of keys).
 
-    vmap it over seeds. Network s of a job uses seed `cfg.seed + s`, so a seed names the same
-    network (and batch) in any job with the same shapes.
+    vmap it over seeds and init values (`value`: the init's parameter, see `init_values`).
+    Network s of a job uses seed `cfg.seed + s`, so a seed names the same network (and batch)
+    in any job with the same shapes, and the values of a list scale the same random draws.
     """
     dtype = jnp.dtype(cfg.dtype.value)
-    init = cfg.init
-    w_hh_init = make_init(init.name.value, std=init.std, gain=init.gain, radius=init.radius)
-    # d2l's scratch RNN draws every weight matrix from N(0, 0.01^2); the others use Glorot.
-    if init.name.value == "normal":
-        io_init = normal(0.01 if init.std is None else init.std)
-    else:
-        io_init = xavier()
+    name = cfg.init.name.value
+    param, _, _ = init_values(cfg)
 
-    def setup(seed):
+    def setup(seed, value):
+        w_hh_init = make_init(name, **({param: value} if param else {}))
+        # d2l's scratch RNN draws every weight matrix from N(0, std^2); the others use Glorot.
+        io_init = normal(value) if name == "normal" else xavier()
         k_params, k_batch, k_train, k_val = jax.random.split(jax.random.key(seed), 4)
         params = init_params(k_params, w_hh_init, io_init, task.D, cfg.hidden_size, task.Q, dtype)
         x, y = task.probe_batch(k_batch)
@@ -87,6 +89,61 @@ def total_steps(cfg: Config, task: Task) -> int:
     return cfg.train.steps
 
 
+FINISHED = ("ok", "nonfinite")  # statuses of a job that ran to the end (nonfinite is data)
+
+
+def finished_summary(out_dir: str | Path, resolved: dict[str, Any]) -> dict | None:
+    """The summary of a finished earlier run of the same config in `out_dir`, else None.
+
+    The configs are compared as written to summary.json, without `resume`; a directory whose
+    config differs (the code's defaults changed, say) is run again.
+    """
+    path = Path(out_dir) / results.SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("status") not in FINISHED or not (Path(out_dir) / results.GRAD_NORMS).is_file():
+        return None
+
+    def strip(c):
+        return {k: v for k, v in (c or {}).items() if k != "resume"}
+
+    if strip(summary.get("config")) != strip(results.json_safe(resolved)):
+        log.warning("%s holds a finished run of another config: running this one again",
+                    out_dir)
+        return None
+    return summary
+
+
+def run_or_resume(cfg: Config, out_dir: str | Path, resolved: dict[str, Any]) -> dict:
+    """What a Hydra job does: skips a finished run (with `resume`), else runs the job; a job
+    that raises writes summary.json with status "failed" and the error, and returns it.
+
+    Only Exceptions are caught: an interrupt (Ctrl-C) still stops the sweep.
+    """
+    out = Path(out_dir)
+    if cfg.resume:
+        done = finished_summary(out, resolved)
+        if done is not None:
+            log.info("skipped: %s already holds a finished run of this config (status %s; "
+                     "resume=false runs it again)", out, done["status"])
+            return done
+    # A stale summary.json would mark half-rewritten files as finished: remove it first.
+    (out / results.SUMMARY).unlink(missing_ok=True)
+    start = time.perf_counter()
+    try:
+        return run_job(cfg, out, resolved=resolved)
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}".splitlines()[0]
+        summary = {"status": "failed", "error": error, "traceback": traceback.format_exc(),
+                   "wall_time_s": time.perf_counter() - start, "config": resolved}
+        out.mkdir(parents=True, exist_ok=True)
+        results.write_json(summary, out / results.SUMMARY)
+        log.error("job failed: %s (traceback in %s)", error, out / results.SUMMARY)
+        return summary
+
+
 def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = None) -> dict:
     """Probes `cfg.seeds` networks in one compiled call, trains them if asked, writes files.
 
@@ -104,30 +161,71 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
 
     task = job_task(cfg)
     seeds = np.arange(cfg.seed, cfg.seed + cfg.seeds)
-    params, x, y, data_keys = jax.jit(jax.vmap(make_setup(cfg, task)))(jnp.asarray(seeds))
-    probe = jax.jit(jax.vmap(make_probe(cfg.activation.name.value, cfg.probe.loss_at.value,
-                                        task.kind, profile_truncation(cfg))))
+    param, values, is_list = init_values(cfg)
+    # Networks value-major, seed-minor: network i has value i // S and seed seeds[i % S].
+    net_seeds = np.tile(seeds, len(values))
+    net_values = np.repeat(np.array([0.0 if v is None else v for v in values]), len(seeds))
+    params, x, y, data_keys = jax.jit(jax.vmap(make_setup(cfg, task)))(
+        jnp.asarray(net_seeds), jnp.asarray(net_values, cfg.dtype.value))
+    budget = memory_budget(cfg.max_memory_gb)
+    probe = fit_seeds(make_probe(cfg.activation.name.value, cfg.probe.loss_at.value, task.kind,
+                                 profile_truncation(cfg)), (0, 0, 0), (params, x, y), budget,
+                      "probe")
     res = jax.tree.map(np.asarray, probe(params, x, y))
 
     columns = results.config_columns(cfg)
     columns["vocab_size"] = task.D if task.kind == "tokens" else None
-    frames = [results.probe_frame(seeds, res.grad_norm, res.param_grad_norm, columns)]
+    groups = [slice(g * cfg.seeds, (g + 1) * cfg.seeds) for g in range(len(values))]
+    group_columns = [{**columns, **({f"init_{param}": v} if is_list else {})} for v in values]
+    frames = [results.probe_frame(seeds, res.grad_norm[sl], res.param_grad_norm[sl], c)
+              for sl, c in zip(groups, group_columns, strict=True)]
     results.write_npz(out / results.PARAMS, **jax.tree.map(np.asarray, params._asdict()))
     results.write_npz(out / results.BATCH, x=np.asarray(x), y=np.asarray(y))
 
     steps = total_steps(cfg, task)
     training = {}
-    if steps:
+    if steps:  # validate() allows training with a single init value only
         frames, training = train_job(cfg, task, params, x, y, data_keys, probe, steps, frames,
-                                     columns, seeds)
+                                     columns, seeds, budget)
         results.write_parquet(training.pop("metrics"), out / results.METRICS)
     results.write_parquet(pd.concat(frames, ignore_index=True), out / results.GRAD_NORMS)
-    wall = time.perf_counter() - start
 
+    headlines = []
+    for sl, v in zip(groups, values, strict=True):
+        h = headline(jax.tree.map(lambda a, sl=sl: a[sl], res))
+        h["theory"] = theory_summary(cfg, jax.tree.map(lambda a, sl=sl: a[sl], params), x[sl],
+                                     h["log10_slope_per_step_back"])
+        headlines.append({**({"init_param": param, "init_value": v} if is_list else {}), **h})
+    wall = time.perf_counter() - start
+    finite = (all(h["n_nonfinite"] == 0 for h in headlines)
+              and not training.get("diverged_seeds"))
+    summary = {
+        "status": "ok" if finite else "nonfinite",
+        "wall_time_s": wall,
+        # a list of values: one headline per value under "headlines" (load_summaries gives
+        # each its row)
+        **({"headlines": headlines} if is_list else {"headline": headlines[0]}),
+        **({"training": training} if training else {}),
+        "config": resolved if resolved is not None else OmegaConf.to_container(
+            OmegaConf.structured(cfg), enum_to_str=True),
+    }
+    results.write_json(summary, out / results.SUMMARY)
+    for h in headlines:
+        log_headline(cfg, h, summary["status"], wall)
+    if training:
+        log.info("trained %d steps: train ppl %s, val ppl %s, clipping active in %.1f%% of "
+                 "steps, diverged seeds %s", steps, _fmt(training["final_train_ppl"]),
+                 _fmt(training["final_val_ppl"]), 100 * training["clip_fraction"],
+                 training["diverged_seeds"] or "none")
+    return summary
+
+
+def headline(res) -> dict:
+    """The headline numbers of one group of networks (one init value, every seed)."""
     fits = [results.log10_slope(g) for g in res.grad_norm]
     slopes = np.array([f[0] for f in fits])
     nonfinite = (~np.isfinite(res.grad_norm)).sum() + (~np.isfinite(res.loss)).sum()
-    headline = {
+    return {
         "log10_slope_per_step_back": _nanmedian(slopes),
         "log10_slope_per_seed": slopes.tolist(),
         "fit_window_t_per_seed": [list(f[1]) for f in fits],
@@ -135,36 +233,24 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
         "grad_norm_t1_median": float(np.median(res.grad_norm[:, 0])),
         "grad_norm_tT_median": float(np.median(res.grad_norm[:, -1])),
         "n_nonfinite": int(nonfinite + (~np.isfinite(res.param_grad_norm)).sum()),
+        "n_overflow": int(np.isposinf(res.grad_norm).sum()),
         "n_underflow": int((res.grad_norm == 0).sum()),
     }
-    headline["theory"] = theory_summary(cfg, params, x, headline["log10_slope_per_step_back"])
-    finite = headline["n_nonfinite"] == 0 and not training.get("diverged_seeds")
-    summary = {
-        "status": "ok" if finite else "nonfinite",
-        "wall_time_s": wall,
-        "headline": headline,
-        **({"training": training} if training else {}),
-        "config": resolved if resolved is not None else OmegaConf.to_container(
-            OmegaConf.structured(cfg), enum_to_str=True),
-    }
-    results.write_json(summary, out / results.SUMMARY)
-    th = headline["theory"]
+
+
+def log_headline(cfg: Config, h: dict, status: str, wall: float) -> None:
+    th = h["theory"]
+    value = f" {h['init_param']}={h['init_value']:g}" if "init_param" in h else ""
     log.info(
-        "%s/%s T=%d H=%d S=%d: log10 grad_norm per step back %+.4f (median over seeds; mean "
+        "%s/%s%s T=%d H=%d S=%d: log10 grad_norm per step back %+.4f (median over seeds; mean "
         "field %+.4f, Pascanu bound %+.4f, top Lyapunov %+.4f%s), loss %.4f, underflow %d, "
-        "status %s, %.2fs",
-        cfg.activation.name.value, cfg.init.name.value, cfg.seq_len, cfg.hidden_size, cfg.seeds,
-        headline["log10_slope_per_step_back"], th["mean_field"]["log10_factor_per_step"],
+        "overflow %d, status %s, %.2fs",
+        cfg.activation.name.value, cfg.init.name.value, value, cfg.seq_len, cfg.hidden_size,
+        cfg.seeds, h["log10_slope_per_step_back"], th["mean_field"]["log10_factor_per_step"],
         th["pascanu_log10_bound_per_step"], th["lyapunov_top_log10_per_step"],
         "; theory predicts the loss_at=last profile" if cfg.probe.loss_at.value == "all" else "",
-        headline["loss_mean"], headline["n_underflow"], summary["status"], wall,
+        h["loss_mean"], h["n_underflow"], h["n_overflow"], status, wall,
     )
-    if training:
-        log.info("trained %d steps: train ppl %s, val ppl %s, clipping active in %.1f%% of "
-                 "steps, diverged seeds %s", steps, _fmt(training["final_train_ppl"]),
-                 _fmt(training["final_val_ppl"]), 100 * training["clip_fraction"],
-                 training["diverged_seeds"] or "none")
-    return summary
 
 
 LYAPUNOV_SEQUENCES = 4  # of the probe batch: the exponents are averaged over these
@@ -216,19 +302,20 @@ def profile_truncation(cfg: Config) -> int | None:
     return cfg.train.truncate if cfg.train.bptt.value == "truncated" else None
 
 
-def train_job(cfg, task, params, x, y, data_keys, probe, steps, frames, columns, seeds):
+def train_job(cfg, task, params, x, y, data_keys, probe, steps, frames, columns, seeds,
+              budget=None):
     """Trains all seeds together; returns the profile frames and the training summary
     (with the metrics DataFrame under "metrics")."""
     tr = cfg.train
     act, loss_at = cfg.activation.name.value, cfg.probe.loss_at.value
     tx = make_optimizer(tr.optimizer.value, tr.lr, tr.clip)
     n = min(tr.log_every, steps)
-    chunk = jax.jit(jax.vmap(make_train_chunk(
-        act, loss_at, task.kind, tx, task.train_batch, steps, n, tr.bptt.value, tr.truncate,
-        tr.clip), in_axes=(0, 0, None)))
     evaluate = jax.jit(jax.vmap(make_eval(act, loss_at, task.kind)))
     val_x, val_y = jax.vmap(task.val_batch)(data_keys[:, 1])
     state = jax.vmap(init_state, (0, None))(params, tx)
+    chunk = fit_seeds(make_train_chunk(act, loss_at, task.kind, tx, task.train_batch, steps, n,
+                                       tr.bptt.value, tr.truncate, tr.clip),
+                      (0, 0, None), (state, data_keys[:, 0], jnp.asarray(0)), budget, "training")
 
     rows = []
     n_clipped = n_taken = 0

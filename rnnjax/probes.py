@@ -11,7 +11,14 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from rnnjax.cells import RNNParams, activation, forward
+from rnnjax.cells import (
+    DERIVATIVES_FROM_OUTPUT,
+    RNNParams,
+    activation,
+    forward,
+    rnn_cell,
+    step_drive,
+)
 
 LOSS_AT = ("all", "last")
 
@@ -131,8 +138,17 @@ def safe_norm(x: Array, axes: tuple[int, ...]) -> Array:
     overflows, so a plain sqrt(sum(x^2)) reports 0 or inf for gradients that float32 still holds.
     """
     m = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
-    scale = jnp.where(m > 0, m, 1).astype(x.dtype)
-    return jnp.squeeze(m, axes) * jnp.sqrt(jnp.sum(jnp.square(x / scale), axis=axes))
+    return jnp.squeeze(m, axes) * jnp.sqrt(jnp.sum(jnp.square(_unit(x, m)), axis=axes))
+
+
+def _unit(x: Array, m: Array) -> Array:
+    """x / m for m = max |x| (broadcast), as two divisions by sqrt(m).
+
+    Why: XLA may divide by multiplying with 1/m, and for m above ~1e38 in float32 that
+    reciprocal is subnormal, which XLA on a CPU flushes to zero: the norm would read 0.
+    """
+    r = jnp.sqrt(jnp.where(m > 0, m, 1).astype(x.dtype))
+    return x / r / r
 
 
 def step_contribution_norms(h_prev: Array, dL_dA: Array) -> Array:
@@ -151,8 +167,8 @@ def step_contribution_norms(h_prev: Array, dL_dA: Array) -> Array:
     """
     mh = jnp.max(jnp.abs(h_prev), axis=(1, 2))  # (T,)
     md = jnp.max(jnp.abs(dL_dA), axis=(1, 2))
-    hn = h_prev / jnp.where(mh > 0, mh, 1)[:, None, None]
-    dn = dL_dA / jnp.where(md > 0, md, 1)[:, None, None]
+    hn = _unit(h_prev, mh[:, None, None])
+    dn = _unit(dL_dA, md[:, None, None])
     B, H = h_prev.shape[1:]
     if B > H:  # shapes are static: form the (T, H, H) contributions when they are the smaller
         return mh * md * jnp.sqrt(jnp.sum(jnp.square(jnp.einsum("tbi,tbj->tij", hn, dn)), (1, 2)))
@@ -163,10 +179,44 @@ def step_contribution_norms(h_prev: Array, dL_dA: Array) -> Array:
     return mh * md * jnp.sqrt(sq)
 
 
+def make_step_loss(kind: str, loss_at: str, T: int) -> Callable[..., Array]:
+    """`step_loss(o_t, y, t) -> l_t` with L = sum_t l_t: step t's share of the loss.
+
+    Args:
+      kind, loss_at: as `make_loss`.
+      T: the sequence length.
+
+    Returns:
+      A function of the step's outputs o_t (B, Q), the targets (y (B, T) tokens, or (B,) real
+      values for a regression task) and the 0-based step t.
+    """
+    loss = make_loss(kind, loss_at)
+    if kind == "tokens":
+        weight = (lambda t: 1 / T) if loss_at == "all" else (lambda t: t == T - 1)
+        # A one-step sequence: its "all" loss is the batch-mean cross-entropy at that step.
+        step = make_loss(kind, "all")
+        return lambda o, y, t: weight(t) * step(o[None], jax.lax.dynamic_slice_in_dim(y, t, 1,
+                                                                                         1))
+    return lambda o, y, t: (t == T - 1) * loss(o[None], y)
+
+
 def make_probe(
     activation_name: str, loss_at: str, kind: str = "tokens", truncate: int | None = None
 ) -> Callable[[RNNParams, Array, Array], ProbeResult]:
     """Builds `probe(params, x, y) -> ProbeResult` for one network and one batch.
+
+    One forward scan keeps H_1..H_T (the only trajectory-sized array); one backward scan runs
+    BPTT by hand from t = T down to 1, with autodiff for each step's loss term:
+
+        dL/dH_t = dl_t/dH_t + s_{t+1} dL/dA_{t+1} W_hh^T,   dL/dA_t = dL/dH_t * phi'(A_t),
+
+    and emits the two norms of each step, so memory stays near one trajectory (T, B, H)
+    however long T is. `make_time_grads` computes the same by autodiff through perturbations
+    (the tests hold the two together).
+
+    A float overflow in the backward chain is reported as inf from the step it happened back
+    to t = 1 (the chain cannot be continued there) rather than the NaN that inf * 0 gives;
+    NaN means the forward pass itself was not finite.
 
     Args: as `make_time_grads`.
 
@@ -174,15 +224,48 @@ def make_probe(
       A pure function of (params, x (B, T) int or (B, T, D) float, y); vmap it over seeds and
       jit it at the call site.
     """
-    time_grads = make_time_grads(activation_name, loss_at, kind, truncate)
+    phi = activation(activation_name)
+    dphi = DERIVATIVES_FROM_OUTPUT[activation_name]
+    make_loss(kind, loss_at)  # checks kind and loss_at now, not at trace time
 
     def probe(params: RNNParams, x: Array, y: Array) -> ProbeResult:
-        g = time_grads(params, x, y)
-        h_prev = jnp.concatenate([jnp.zeros_like(g.hs[:1]), g.hs[:-1]])  # (T, B, H) H_0..
-        return ProbeResult(
-            loss=g.loss,
-            grad_norm=safe_norm(g.dL_dH, axes=(1, 2)),
-            param_grad_norm=step_contribution_norms(h_prev, g.dL_dA),
-        )
+        B, T = x.shape[:2]
+        xs = jnp.swapaxes(x, 0, 1)  # (T, B) or (T, B, D)
+
+        def forward_step(carry, x_t):
+            h, finite = carry
+            h = rnn_cell(params.W_hh, phi, h, step_drive(params.W_xh, x_t) + params.b_h)
+            return (h, finite & jnp.all(jnp.isfinite(h))), h
+
+        h0 = jnp.zeros((B, params.W_hh.shape[0]), params.W_hh.dtype)
+        (_, finite), hs = jax.lax.scan(forward_step, (h0, jnp.ones((), bool)), xs)  # (T, B, H)
+
+        step_loss = make_step_loss(kind, loss_at, T)
+        scale = truncation_scale(T, truncate, params.W_hh.dtype)
+
+        def local_loss(h, t):
+            return step_loss(h @ params.W_hq + params.b_q, y, t).astype(h.dtype)
+
+        def backward_step(carry, t):
+            from_later, overflowed, loss = carry  # from_later: s_{t+1} dL/dA_{t+1} W_hh^T
+            h = hs[t]
+            h_prev = jnp.where(t > 0, hs[jnp.maximum(t - 1, 0)], 0)
+            l_t, local = jax.value_and_grad(local_loss)(h, t)
+            dH = local + from_later  # (B, H)
+            dA = dH * dphi(h)
+            overflowed = overflowed | ~jnp.all(jnp.isfinite(dH))
+            to_earlier = dA @ params.W_hh.T
+            if scale is not None:
+                to_earlier = scale[t] * to_earlier
+            norms = (safe_norm(dH, (0, 1)), step_contribution_norms(h_prev[None], dA[None])[0])
+            return (to_earlier, overflowed, loss + l_t), (norms, overflowed)
+
+        init = (jnp.zeros_like(h0), jnp.zeros((), bool), jnp.zeros((), h0.dtype))
+        (_, _, loss), ((g, pg), overflowed) = jax.lax.scan(
+            backward_step, init, jnp.arange(T), reverse=True)
+        # With a finite forward pass, a non-finite gradient can only come from an overflow.
+        overflow = overflowed & jnp.isfinite(loss) & finite
+        return ProbeResult(loss=loss, grad_norm=jnp.where(overflow, jnp.inf, g),
+                           param_grad_norm=jnp.where(overflow, jnp.inf, pg))
 
     return probe

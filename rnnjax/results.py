@@ -64,13 +64,18 @@ def log10_slope(grad_norm: np.ndarray) -> tuple[float, tuple[int, int]]:
 
 
 def config_columns(cfg) -> dict[str, Any]:
-    """The config as flat columns, so that a sweep's frames concatenate with no joins."""
+    """The config as flat columns, so that a sweep's frames concatenate with no joins.
+
+    An init parameter given as a list is None here: the job sets it per network group."""
+    def scalar(v):
+        return None if isinstance(v, list | tuple) else v
+
     return {
         "activation": cfg.activation.name.value,
         "init": cfg.init.name.value,
-        "init_std": cfg.init.std,
-        "init_gain": cfg.init.gain,
-        "init_radius": cfg.init.radius,
+        "init_std": scalar(cfg.init.std),
+        "init_gain": scalar(cfg.init.gain),
+        "init_radius": scalar(cfg.init.radius),
         "task": cfg.task.name.value,
         "vocab_size": cfg.task.vocab_size,
         "seq_len": cfg.seq_len,
@@ -85,7 +90,8 @@ def probe_frame(
     seeds: np.ndarray, grad_norm: np.ndarray, param_grad_norm: np.ndarray,
     columns: Mapping[str, Any], train_step: int = 0,
 ) -> pd.DataFrame:
-    """One row per (seed, t).
+    """One row per (seed, t), with the flags `underflow` (grad_norm is 0: below the dtype's
+    range, or exactly zero) and `overflow` (grad_norm is inf: beyond the dtype's range).
 
     Args:
       seeds: (S,) seed of each network.
@@ -94,12 +100,15 @@ def probe_frame(
       train_step: the training step the profile was taken at (0: initialization).
     """
     S, T = grad_norm.shape
+    g = np.asarray(grad_norm, dtype=np.float64).ravel()
     df = pd.DataFrame({
         "seed": np.repeat(np.asarray(seeds, dtype=np.int64), T),
         "t": np.tile(np.arange(1, T + 1, dtype=np.int64), S),
-        "grad_norm": np.asarray(grad_norm, dtype=np.float64).ravel(),
+        "grad_norm": g,
         "param_grad_norm": np.asarray(param_grad_norm, dtype=np.float64).ravel(),
         "train_step": np.int64(train_step),
+        "underflow": g == 0,
+        "overflow": np.isposinf(g),
     })
     for k, v in columns.items():
         df[k] = v
@@ -142,31 +151,52 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     _atomic(Path(path), write)
 
 
-def _json_safe(x):
+def json_safe(x):
+    """x with NaN as None and infinities as the strings \"inf\"/\"-inf\" (strict JSON)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.generic):
-        return _json_safe(x.item())
+        return json_safe(x.item())
     return x
 
 
 def write_json(obj: Mapping[str, Any], path: Path) -> None:
     """Strict JSON (NaN becomes null, infinities the strings "inf"/"-inf"), written atomically."""
-    text = json.dumps(_json_safe(dict(obj)), indent=2, allow_nan=False)
+    text = json.dumps(json_safe(dict(obj)), indent=2, allow_nan=False)
     _atomic(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
+def job_status(job: Path) -> str:
+    """"ok" or "nonfinite" (finished), "failed" (the job raised), or "unfinished" (running, or
+    killed before its summary.json, which is written last)."""
+    try:
+        status = json.loads((job / SUMMARY).read_text()).get("status")
+    except (OSError, ValueError):
+        return "unfinished"
+    if status == "failed":
+        return status
+    return status if (job / GRAD_NORMS).is_file() else "unfinished"
+
+
 def _finished_jobs(root: Path) -> tuple[list[Path], list[Path]]:
-    """(finished, unfinished) job directories under root: a job has a grad_norms.parquet or a
-    Hydra `.hydra/` folder, and is finished once its summary.json (written last) exists."""
-    marks = [*root.rglob(GRAD_NORMS), *root.rglob(".hydra")]
+    """(finished, not finished) job directories under root: a job has a grad_norms.parquet, a
+    summary.json or a Hydra `.hydra/` folder, and is finished once its summary.json (written
+    last) says it ran to the end."""
+    marks = [*root.rglob(GRAD_NORMS), *root.rglob(SUMMARY), *root.rglob(".hydra")]
     jobs = sorted({p.parent for p in marks})
-    done = [j for j in jobs if (j / SUMMARY).is_file() and (j / GRAD_NORMS).is_file()]
+    status = {j: job_status(j) for j in jobs}
+    done = [j for j in jobs if status[j] not in ("failed", "unfinished")]
     return done, [j for j in jobs if j not in done]
+
+
+def _list_param(job: Path) -> str | None:
+    """The init parameter a job vmapped over as a list, or None."""
+    summary = json.loads((job / SUMMARY).read_text())
+    return summary["headlines"][0]["init_param"] if "headlines" in summary else None
 
 
 def _check_root(path) -> Path:
@@ -177,10 +207,33 @@ def _check_root(path) -> Path:
 
 
 def _warn_unfinished(root: Path, unfinished: list[Path]) -> None:
-    if unfinished:
-        names = ", ".join(str(j.relative_to(root)) for j in unfinished)
-        warnings.warn(f"load_sweep: skipped {len(unfinished)} unfinished job(s): {names}",
-                      stacklevel=3)
+    for kind in ("failed", "unfinished"):
+        jobs = [j for j in unfinished if job_status(j) == kind]
+        if jobs:
+            names = ", ".join(str(j.relative_to(root)) or "." for j in jobs)
+            warnings.warn(f"load_sweep: skipped {len(jobs)} {kind} job(s): {names}",
+                          stacklevel=3)
+
+
+def value_job(job: str, param: str, value: float) -> str:
+    """The `job` name of one value of a job whose init parameter was a list:
+    `JOB[init.gain=0.5]`."""
+    return f"{job}[init.{param}={value:g}]"
+
+
+def _per_value(job: str, summary: dict) -> list[tuple[str, dict]]:
+    """A summary as (job name, summary) pairs, one per init value when the init parameter was
+    a list (its headline under "headline", the value in config.init)."""
+    if "headlines" not in summary:
+        return [(job, summary)]
+    pairs = []
+    for h in summary["headlines"]:
+        one = {k: v for k, v in summary.items() if k != "headlines"}
+        param, value = h["init_param"], h["init_value"]
+        one["headline"] = h
+        one["config"] = {**one["config"], "init": {**one["config"]["init"], param: value}}
+        pairs.append((value_job(job, param, value), one))
+    return pairs
 
 
 def load_summaries(path: str | os.PathLike) -> pd.DataFrame:
@@ -193,9 +246,10 @@ def load_summaries(path: str | os.PathLike) -> pd.DataFrame:
     rows = []
     for job in done:
         summary = json.loads((job / SUMMARY).read_text())
-        row = pd.json_normalize(summary).iloc[0].to_dict()
-        row = {k: v for k, v in row.items() if not isinstance(v, list | dict)}
-        rows.append({"job": str(job.relative_to(root)), **row})
+        for name, one in _per_value(str(job.relative_to(root)), summary):
+            row = pd.json_normalize(one).iloc[0].to_dict()
+            row = {k: v for k, v in row.items() if not isinstance(v, list | dict)}
+            rows.append({"job": name, **row})
     if not rows:
         raise FileNotFoundError(f"load_summaries: no finished job under {str(root)!r}")
     return pd.DataFrame(rows)
@@ -215,15 +269,21 @@ def load_sweep(path: str | os.PathLike) -> pd.DataFrame:
     """One tidy DataFrame of every finished job under `path` (a run or a multirun directory).
 
     A job is a directory with a `grad_norms.parquet` or a Hydra `.hydra/` folder; it counts as
-    finished once its `summary.json` exists (written last). Unfinished jobs are skipped with a
-    warning. A `job` column holds each job's directory relative to `path`.
+    finished once its `summary.json` (written last) says so. Unfinished and failed jobs are
+    skipped with a warning. A `job` column holds each job's directory relative to `path`, with
+    `[init.gain=0.5]` appended for each value of a job whose init parameter was a list.
     """
     root = _check_root(path)
     done, unfinished = _finished_jobs(root)
     frames = []
     for job in done:
         df = pd.read_parquet(job / GRAD_NORMS)
-        df.insert(0, "job", str(job.relative_to(root)))
+        name = str(job.relative_to(root))
+        param = _list_param(job)
+        if param is None:
+            df.insert(0, "job", name)
+        else:
+            df.insert(0, "job", [value_job(name, param, v) for v in df[f"init_{param}"]])
         frames.append(df)
     _warn_unfinished(root, unfinished)
     if not frames:

@@ -224,10 +224,18 @@ def split_windows(wins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """d2l's split: the first 10000 windows train, the next 5000 validate.
 
     Raises DataError when the text has fewer than 10001 windows."""
-    if len(wins) <= NUM_TRAIN:
-        raise DataError(f"task=timemachine: {len(wins)} windows, fewer than d2l's {NUM_TRAIN} "
-                        "training windows plus validation")
+    check_windows(len(wins) + wins.shape[1] - 1, wins.shape[1] - 1)
     return wins[:NUM_TRAIN], wins[NUM_TRAIN:NUM_TRAIN + NUM_VAL]
+
+
+def check_windows(n_tokens: int, seq_len: int) -> None:
+    """Raises DataError unless a text of `n_tokens` tokens has more than d2l's 10000 windows of
+    `seq_len + 1` tokens (10000 to train on, and at least one to validate)."""
+    n = max(n_tokens - seq_len, 0)
+    if n <= NUM_TRAIN:
+        raise DataError(f"task.path: the text has {n_tokens} characters after preprocessing, so "
+                        f"{n} windows of seq_len + 1 = {seq_len + 1}; task=timemachine needs "
+                        f"more than d2l's {NUM_TRAIN} (use a longer text or a smaller seq_len)")
 
 
 def make_window_batch(wins: np.ndarray, batch_size: int) -> Callable[[Array], tuple[Array, Array]]:

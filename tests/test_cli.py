@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from numpy_bptt import bptt
 
-from rnnjax import load_sweep
+from rnnjax import load_summaries, load_sweep
 
 RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 COLUMNS = ["seed", "t", "grad_norm", "param_grad_norm", "train_step", "activation", "init",
@@ -162,3 +162,25 @@ def test_help_lists_groups(tmp_path, jax_cache):
                  "experiment: d2l_irnn_clipping, d2l_no_clip, d2l_rnn_scratch, irnn_adding, "
                  "urnn_gradients"):
         assert line in p.stdout
+
+
+def test_init_value_list_is_vmapped_in_one_job(tmp_path, jax_cache):
+    common = ["init=gaussian", "probe.loss_at=last", "seq_len=15", "hidden_size=6",
+              "batch_size=3", "seeds=2"]
+    p = run([f"hydra.run.dir={tmp_path / 'list'}", "init.gain=[0.5,2.0]"] + common, tmp_path,
+            jax_cache)
+    assert "gaussian g=" not in p.stdout and "gaussian gain=0.5" in p.stdout + p.stderr
+    df = load_sweep(tmp_path / "list")
+    assert sorted(df.job.unique()) == [".[init.gain=0.5]", ".[init.gain=2]"]
+    summaries = load_summaries(tmp_path / "list")
+    assert sorted(summaries["config.init.gain"]) == [0.5, 2.0]
+    for gain in (0.5, 2.0):  # the same numbers as one job per value
+        run([f"hydra.run.dir={tmp_path / str(gain)}", f"init.gain={gain}"] + common, tmp_path,
+            jax_cache)
+        one = pd.read_parquet(tmp_path / str(gain) / "grad_norms.parquet")
+        mine = df[df.init_gain == gain]
+        np.testing.assert_array_equal(mine.grad_norm.to_numpy(), one.grad_norm.to_numpy())
+        s_one = load_summaries(tmp_path / str(gain)).iloc[0]
+        s_mine = summaries[summaries["config.init.gain"] == gain].iloc[0]
+        assert s_mine["headline.log10_slope_per_step_back"] == s_one[
+            "headline.log10_slope_per_step_back"]

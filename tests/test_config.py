@@ -26,7 +26,7 @@ def test_defaults_are_valid():
     ({"init.name": "orthogonal", "init.std": 0.1},
      "init.std is not a parameter of init=orthogonal"),
     ({"init.name": "xavier", "init.gain": 2.0}, "it takes no parameter"),
-    ({"init.name": "spectral", "init.radius": -1.0}, "init.radius=-1.0 is invalid: must be > 0"),
+    ({"init.name": "spectral", "init.radius": -1.0}, "init.radius=-1.0 is invalid: must be a number > 0"),
     ({"task.vocab_size": 1}, "task.vocab_size=1"),
     ({"task.path": "x.txt"}, "task.path is not a parameter of task=random"),
     ({"task.name": "timemachine", "task.vocab_size": None, "task.path": "/nope"}, "task.path"),

@@ -20,5 +20,7 @@ def test_sweep_through_launcher(tmp_path, jax_cache, launcher, plugin):
     df = load_sweep(sweep)
     assert df.job.nunique() == 2 and len(df) == 2 * 2 * 5
     assert set(df.activation) == {"tanh", "relu"}
-    for job in ("0", "1"):
-        assert json.loads((sweep / job / "summary.json").read_text())["status"] == "ok"
+    # Job directories are named by their overrides, whichever process ran them.
+    for act in ("tanh", "relu"):
+        job = sweep / f"activation={act},batch_size=2,hidden_size=4,seeds=2,seq_len=5"
+        assert json.loads((job / "summary.json").read_text())["status"] == "ok"

@@ -156,3 +156,17 @@ def test_unknown_names_raise():
     with pytest.raises(ValueError, match="allowed"):
         make_probe("tanh", "first")
     assert isinstance(RNNParams._fields, tuple)
+
+
+def test_safe_norm_near_the_float32_limits():
+    # Above ~1e38 the reciprocal of the scale is subnormal (flushed to zero by XLA on a CPU);
+    # below ~1e-19 squares underflow. The norm must stay exact in both ranges, and overflow to
+    # inf only when the norm itself is beyond float32.
+    norm = jax.jit(safe_norm, static_argnums=1)
+    base = np.array([[1.0, 0.5], [0.25, 0.0]])
+    for scale in (2e38, 1e30, 1e-20, 1e-36):
+        x = jnp.asarray(base * scale, jnp.float32)
+        want = np.linalg.norm(base) * scale
+        np.testing.assert_allclose(float(norm(x, (0, 1))), want, rtol=1e-6)
+    assert np.isposinf(norm(jnp.full((2, 2), 3e38, jnp.float32), (0, 1)))
+    assert norm(jnp.zeros((2, 2), jnp.float32), (0, 1)) == 0

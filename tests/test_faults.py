@@ -1,0 +1,179 @@
+"""Resumable sweeps and faults: a killed sweep re-run completes with its finished jobs
+skipped, a failing job is recorded and the sweep goes on, and gradients beyond float32's
+range are flagged data."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_cli import RUN, run
+
+from rnnjax import load_sweep
+from rnnjax.config import sweep_dir_override, sweep_name
+from rnnjax.results import job_status
+
+SMALL = ["hidden_size=4", "batch_size=2", "seeds=2"]
+
+
+def summaries(sweep):
+    return {p.parent.name: p for p in sweep.rglob("summary.json")}
+
+
+def test_sweep_name_is_order_free_and_ignores_hydra_and_resume():
+    a = sweep_name(["activation=tanh,relu", "seq_len=16", "hydra/launcher=local_parallel"])
+    b = sweep_name(["resume=false", "seq_len=16", "activation=tanh,relu", "hydra.verbose=true"])
+    assert a == b == "activation=tanh,relu__seq_len=16"
+    assert sweep_name([]) == "default"
+    assert sweep_name(["task.path=/data/my text.txt"]) == "task.path=_data_my_text.txt"
+    long = sweep_name([f"init.gain={'1,' * 100}1"])
+    assert len(long) == 120 and long != sweep_name([f"init.gain={'1,' * 101}1"])
+    assert sweep_dir_override(["seq_len=1,2"]) == []  # not a multirun
+    assert sweep_dir_override(["-m", "hydra.sweep.dir=x", "seq_len=1,2"]) == []
+    assert sweep_dir_override(["-m", "seq_len=1,2"]) == [
+        "hydra.sweep.dir='results/runs/multirun/seq_len=1,2'"]
+
+
+def test_killed_sweep_resumes_and_skips_finished_jobs(tmp_path, jax_cache):
+    # No hydra.sweep.dir: the default name from the overrides is what maps the re-run back.
+    args = ["-m", "seq_len=3,4,5,6,7,8"] + SMALL
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["JAX_COMPILATION_CACHE_DIR"] = jax_cache
+    p = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    sweep = tmp_path / "results" / "runs" / "multirun" / sweep_name(args[1:])
+    deadline = time.monotonic() + 240
+    while len(summaries(sweep)) < 2 and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)  # the whole sweep, mid-way
+    p.wait()
+    before = {name: path.read_bytes() for name, path in summaries(sweep).items()}
+    assert 2 <= len(before) < 6, "the sweep was not killed mid-way"
+
+    out = run(args, tmp_path, jax_cache)
+    assert (out.stdout + out.stderr).count("already holds a finished run") == len(before)
+    assert f"6 jobs: 6 ok ({len(before)} skipped: finished earlier)" in out.stderr
+    after = summaries(sweep)
+    assert len(after) == 6
+    for name, content in before.items():  # finished jobs were not run again
+        assert after[name].read_bytes() == content
+    df = load_sweep(sweep)
+    assert sorted(df.seq_len.unique()) == [3, 4, 5, 6, 7, 8] and len(df) == 2 * sum(range(3, 9))
+
+    again = run(args + ["resume=false"], tmp_path, jax_cache)
+    # resume=false runs every job again, into the same directories
+    assert "already holds" not in again.stdout + again.stderr
+    assert len(summaries(sweep)) == 6
+
+
+def test_changed_config_is_not_skipped(tmp_path, jax_cache):
+    job = tmp_path / "job"
+    run([f"hydra.run.dir={job}", "seq_len=3"] + SMALL, tmp_path, jax_cache)
+    p = run([f"hydra.run.dir={job}", "seq_len=4"] + SMALL, tmp_path, jax_cache)
+    assert "another config" in p.stdout + p.stderr
+    assert pd.read_parquet(job / "grad_norms.parquet").t.max() == 4
+
+
+PLANT = """
+import rnnjax.job as job
+_run = job.run_job
+def run_job(cfg, out, resolved=None):
+    if cfg.seq_len == 4:
+        raise FloatingPointError("planted failure")
+    return _run(cfg, out, resolved=resolved)
+job.run_job = run_job
+"""
+
+
+def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, jax_cache):
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    (plant / "sitecustomize.py").write_text(PLANT)  # imported by Python at start-up
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(JAX_COMPILATION_CACHE_DIR=jax_cache, PYTHONPATH=str(plant))
+    sweep = tmp_path / "sweep"
+    p = subprocess.run(RUN + ["-m", f"hydra.sweep.dir={sweep}", "seq_len=3,4,5"] + SMALL,
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr
+    closing = p.stderr.strip().splitlines()[-1]
+    assert closing.startswith(f"rnnjax: sweep {sweep}: 3 jobs: 1 failed, 2 ok; failed: ")
+    assert "seq_len=4" in closing and "FloatingPointError: planted failure" in closing
+    failed = [d for d in sweep.iterdir() if d.is_dir() and job_status(d) == "failed"]
+    assert len(failed) == 1 and "seq_len=4" in failed[0].name
+    summary = json.loads((failed[0] / "summary.json").read_text())
+    assert summary["error"] == "FloatingPointError: planted failure"
+    assert "sitecustomize.py" in summary["traceback"] and summary["config"]["seq_len"] == 4
+    with pytest.warns(UserWarning, match="skipped 1 failed job"):
+        df = load_sweep(sweep)
+    assert sorted(df.seq_len.unique()) == [3, 5]
+
+    # Without the fault, a re-run runs the failed job only.
+    env.pop("PYTHONPATH")
+    p = subprocess.run(RUN + ["-m", f"hydra.sweep.dir={sweep}", "seq_len=3,4,5"] + SMALL,
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "3 jobs: 3 ok (2 skipped: finished earlier)" in p.stderr
+
+    # A single run that fails exits 1 with one line.
+    env["PYTHONPATH"] = str(plant)
+    p = subprocess.run(RUN + [f"hydra.run.dir={tmp_path / 'one'}", "seq_len=4"] + SMALL,
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1] == (
+        "rnnjax: error: the job failed: FloatingPointError: planted failure")
+
+
+@pytest.mark.parametrize("flag", ["overflow", "underflow"])
+def test_float32_range_is_flagged_and_float64_is_finite(tmp_path, jax_cache, flag):
+    if flag == "overflow":
+        # tanh in the chaotic phase (g = 4): the gradient grows ~0.07 decades per step back,
+        # ~70 decades over 1000 steps: beyond float32 (1e38), within float64 (1e308); the
+        # forward pass stays bounded.
+        case = ["activation=tanh", "init=gaussian", "init.gain=4", "seq_len=1000",
+                "hidden_size=16"]
+    else:
+        # linear, W_hh = 0.5 * orthogonal: exactly 0.5 per step back, 1e-60 after 200 steps.
+        case = ["activation=linear", "init=orthogonal", "init.gain=0.5", "seq_len=200",
+                "hidden_size=8"]
+    common = case + ["probe.loss_at=last", "batch_size=2", "seeds=2"]
+    s, df = {}, {}
+    for dtype in ("float32", "float64"):
+        job = tmp_path / dtype
+        p = run([f"hydra.run.dir={job}", f"dtype={dtype}"] + common, tmp_path, jax_cache)
+        assert "Traceback" not in p.stderr
+        s[dtype] = json.loads((job / "summary.json").read_text())
+        df[dtype] = pd.read_parquet(job / "grad_norms.parquet")
+    h32, h64 = s["float32"]["headline"], s["float64"]["headline"]
+    d32, d64 = df["float32"], df["float64"]
+    # float64: finite and positive everywhere, nothing flagged.
+    assert np.isfinite(d64.grad_norm).all() and (d64.grad_norm > 0).all()
+    assert s["float64"]["status"] == "ok" and h64["n_nonfinite"] == h64["n_underflow"] == 0
+    assert not d64.underflow.any() and not d64.overflow.any()
+    # float32: the same profile until it leaves the range; every row is kept and flagged.
+    assert len(d32) == len(d64)
+    assert (d32.underflow == (d32.grad_norm == 0)).all()
+    assert (d32.overflow == np.isposinf(d32.grad_norm)).all()
+    assert not d32.grad_norm.isna().any()  # inf for an overflow, never NaN
+    if flag == "overflow":
+        assert s["float32"]["status"] == "nonfinite" and h32["n_overflow"] > 0
+        assert d32.overflow.any() and not d32.underflow.any()
+        assert h64["log10_slope_per_step_back"] > 0.03  # float64 holds ~70 decades
+        assert d64.grad_norm.max() > 1e45
+        # The overflowed rows are the earliest steps of each seed: t = 1 up to a last one.
+        for _, seed in d32.groupby("seed"):
+            n = int(seed.overflow.sum())
+            assert n > 0 and seed.sort_values("t").overflow.iloc[:n].all()
+        # float32 and float64 draw their own networks; both slopes are of the chaotic phase.
+        assert h32["log10_slope_per_step_back"] > 0.03
+    else:
+        assert s["float32"]["status"] == "ok" and h32["n_underflow"] > 0
+        assert d32.underflow.any() and not d32.overflow.any()
+        assert h64["log10_slope_per_step_back"] == pytest.approx(np.log10(0.5), abs=1e-9)
+        assert d64.grad_norm.min() < 1e-50
+        # The float32 slope is fitted above the underflowed steps and is exact there too.
+        assert h32["log10_slope_per_step_back"] == pytest.approx(np.log10(0.5), abs=1e-4)
