@@ -326,8 +326,11 @@ def _job_overrides(config: DictConfig) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    args = list(config.hydra.overrides.task)
+    # The raw strings: an override such as seq_len=${oops} must not be resolved here.
+    args = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    if params:
+        params = OmegaConf.to_container(params, resolve=False)
     args += [f"{k}={v}" for k, v in params.items()]
     parsed = OverridesParser.create().parse_overrides(args)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
@@ -392,6 +395,9 @@ class ValidateConfig(Callback):
             prepare_data(validate(config))
         except (ConfigError, DataError) as e:
             _fail(str(e))
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "config"
+            _fail(f"{key} is invalid: {str(e).splitlines()[0]}")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra import compose
@@ -407,12 +413,17 @@ class ValidateConfig(Callback):
                 prepare_data(cfg, sizes)
             except (ConfigError, DataError) as e:
                 _fail(f"{e} (in job {job})")
+            except OmegaConfBaseException as e:  # e.g. an interpolation that does not resolve
+                key = getattr(e, "full_key", None) or "config"
+                _fail(f"{key} is invalid: {str(e).splitlines()[0]} (in job {job})")
             except HydraException as e:
                 # Hydra's own message (unknown option, wrong type), without its search path.
                 text = str(e).split("Config search path:")[0].strip()
                 if e.__cause__ is not None:
                     text += f"\n{e.__cause__}"
                 _fail(f"{text}\n(in job {job})")
+            except Exception as e:  # Hydra would only warn, and skip the validation
+                _fail(f"{type(e).__name__}: {str(e).splitlines()[0]} (in job {job})")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         line, failed = sweep_report(Path(config.hydra.sweep.dir), _job_overrides(config),
