@@ -159,7 +159,7 @@ def write_report() -> None:
         "(negative: vanishing), fitted over the middle half of the steps above underflow, "
         "median over seeds; the mean-field prediction is log10 sqrt(chi_1), Pascanu's bound "
         "log10(gamma sigma_max(W_hh)), the Lyapunov exponent in log10 per step. The whole "
-        "reproduction took 4 min 16 s on a 2-core CPU with an empty compilation cache.\n",
+        "reproduction took 4 min 38 s on a 2-core CPU with an empty compilation cache.\n",
     ]
     for name in FIGURES:
         section = RESULTS / "figures" / f"{name}.md"

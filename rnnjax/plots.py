@@ -76,9 +76,10 @@ NAMES = {
 
 
 def job_order(jobs: Iterable[str]) -> list[str]:
-    """The distinct job names in natural order ("2" before "10")."""
-    def key(job: str) -> list[tuple[int, int, str]]:
-        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", job)]
+    """The distinct job names in natural order ("2" before "10", "g=1.25" before "g=1.5")."""
+    def key(job: str) -> list[tuple[int, float, str]]:
+        parts = re.split(r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)", job)
+        return [(0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts)]
 
     return sorted({str(j) for j in jobs}, key=key)
 
