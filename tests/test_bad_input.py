@@ -298,7 +298,7 @@ def check_case(case, base, jax_cache):
 # --------------------------------------------------------------------------------- tests
 
 
-@few(3)
+@few(2)
 @given(case=bad_sizes())
 @example(case=Case(("seeds=2", "seed=4294967295"), ("seed=",), True, "0"))  # wrapped to 0
 @example(case=Case(("train.steps=1", "train.lr=inf"), ("train.lr=",), True, "1.0"))  # NaN, "ok"
@@ -306,7 +306,7 @@ def test_out_of_range_values_give_one_line(case, tmp_path, jax_cache):
     check_case(case, tmp_path, jax_cache)
 
 
-@few(3)
+@few(2)
 @given(case=bad_types())
 def test_wrong_types_name_the_key(case, tmp_path, jax_cache):
     check_case(case, tmp_path, jax_cache)
