@@ -98,13 +98,9 @@ def finished_summary(out_dir: str | Path, resolved: dict[str, Any]) -> dict | No
     The configs are compared as written to summary.json, without `resume`; a directory whose
     config differs (the code's defaults changed, say) is run again.
     """
-    path = Path(out_dir) / results.SUMMARY
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
+    if results.job_status(Path(out_dir)) not in FINISHED:
         return None
-    if summary.get("status") not in FINISHED or not (Path(out_dir) / results.GRAD_NORMS).is_file():
-        return None
+    summary = json.loads((Path(out_dir) / results.SUMMARY).read_text())
 
     def strip(c):
         return {k: v for k, v in (c or {}).items() if k != "resume"}
