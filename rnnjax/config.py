@@ -151,6 +151,12 @@ def _check_size(key: str, value: int) -> None:
         raise ConfigError(f"{key}={value} is invalid: must be an integer >= 1")
 
 
+def _omegaconf_message(e: OmegaConfBaseException) -> str:
+    """One line from an OmegaConf error (an interpolation that does not resolve, say)."""
+    key = getattr(e, "full_key", None) or "config"
+    return f"{key} is invalid: {str(e).splitlines()[0]}"
+
+
 def _check_keys(node: DictConfig, schema: type, prefix: str) -> None:
     """Raises ConfigError for a key the schema does not have (`+train.clipp=1` would otherwise
     be ignored, silently)."""
@@ -239,9 +245,7 @@ def validate(cfg: DictConfig | Config) -> Config:
             cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config),
                                                       OmegaConf.masked_copy(cfg, keys)))
         except OmegaConfBaseException as e:
-            key = getattr(e, "full_key", None) or "config"
-            reason = str(e).splitlines()[0]
-            raise ConfigError(f"{key} is invalid: {reason}") from None
+            raise ConfigError(_omegaconf_message(e)) from None
     for key in ("seq_len", "hidden_size", "batch_size", "seeds"):
         _check_size(key, getattr(cfg, key))
     if not 0 <= cfg.seed <= 2**32 - cfg.seeds:
@@ -396,8 +400,7 @@ class ValidateConfig(Callback):
         except (ConfigError, DataError) as e:
             _fail(str(e))
         except OmegaConfBaseException as e:
-            key = getattr(e, "full_key", None) or "config"
-            _fail(f"{key} is invalid: {str(e).splitlines()[0]}")
+            _fail(_omegaconf_message(e))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra import compose
@@ -414,8 +417,7 @@ class ValidateConfig(Callback):
             except (ConfigError, DataError) as e:
                 _fail(f"{e} (in job {job})")
             except OmegaConfBaseException as e:  # e.g. an interpolation that does not resolve
-                key = getattr(e, "full_key", None) or "config"
-                _fail(f"{key} is invalid: {str(e).splitlines()[0]} (in job {job})")
+                _fail(f"{_omegaconf_message(e)} (in job {job})")
             except HydraException as e:
                 # Hydra's own message (unknown option, wrong type), without its search path.
                 text = str(e).split("Config search path:")[0].strip()
