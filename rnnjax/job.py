@@ -89,16 +89,13 @@ def total_steps(cfg: Config, task: Task) -> int:
     return cfg.train.steps
 
 
-FINISHED = ("ok", "nonfinite")  # statuses of a job that ran to the end (nonfinite is data)
-
-
 def finished_summary(out_dir: str | Path, resolved: dict[str, Any]) -> dict | None:
     """The summary of a finished earlier run of the same config in `out_dir`, else None.
 
     The configs are compared as written to summary.json, without `resume`; a directory whose
     config differs (the code's defaults changed, say) is run again.
     """
-    if results.job_status(Path(out_dir)) not in FINISHED:
+    if results.job_status(Path(out_dir)) not in results.FINISHED:
         return None
     summary = json.loads((Path(out_dir) / results.SUMMARY).read_text())
 

@@ -182,15 +182,17 @@ def job_status(job: Path) -> str:
     return status if (job / GRAD_NORMS).is_file() else "unfinished"
 
 
-def _finished_jobs(root: Path) -> tuple[list[Path], list[Path]]:
-    """(finished, not finished) job directories under root: a job has a grad_norms.parquet, a
-    summary.json or a Hydra `.hydra/` folder, and is finished once its summary.json (written
-    last) says it ran to the end."""
+FINISHED = ("ok", "nonfinite")  # statuses of a job that ran to the end (nonfinite is data)
+
+
+def _finished_jobs(root: Path) -> tuple[list[Path], dict[Path, str]]:
+    """The finished job directories under root, and the failed and unfinished ones with their
+    `job_status`: a job has a grad_norms.parquet, a summary.json or a Hydra `.hydra/` folder,
+    and is finished once its summary.json (written last) says it ran to the end."""
     marks = [*root.rglob(GRAD_NORMS), *root.rglob(SUMMARY), *root.rglob(".hydra")]
-    jobs = sorted({p.parent for p in marks})
-    status = {j: job_status(j) for j in jobs}
-    done = [j for j in jobs if status[j] not in ("failed", "unfinished")]
-    return done, [j for j in jobs if j not in done]
+    status = {j: job_status(j) for j in sorted({p.parent for p in marks})}
+    others = {j: s for j, s in status.items() if s in ("failed", "unfinished")}
+    return [j for j in status if j not in others], others
 
 
 def _list_param(job: Path) -> str | None:
@@ -206,11 +208,11 @@ def _check_root(path) -> Path:
     return root
 
 
-def _warn_unfinished(root: Path, unfinished: list[Path]) -> None:
+def _warn_unfinished(root: Path, others: dict[Path, str]) -> None:
     for kind in ("failed", "unfinished"):
-        jobs = [j for j in unfinished if job_status(j) == kind]
+        jobs = [j for j, s in others.items() if s == kind]
         if jobs:
-            names = ", ".join(str(j.relative_to(root)) or "." for j in jobs)
+            names = ", ".join(str(j.relative_to(root)) for j in jobs)
             warnings.warn(f"load_sweep: skipped {len(jobs)} {kind} job(s): {names}",
                           stacklevel=3)
 
