@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from rnnjax.cells import RNNParams, activation, forward, input_drive
+from rnnjax.cells import RNNParams, activation, forward, rnn_cell, step_drive
 from rnnjax.probes import make_loss, truncation_scale
 
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam, "rmsprop": optax.rmsprop}
@@ -151,8 +151,7 @@ def make_generate(activation_name: str, num_preds: int) -> Callable[[RNNParams, 
 
         def step(h, _):
             tok = jnp.argmax(h @ params.W_hq + params.b_q, axis=-1)  # (1,)
-            xw = input_drive(params.W_xh, tok[:, None])[0]  # (1, H)
-            h = phi(xw + h @ params.W_hh + params.b_h)
+            h = rnn_cell(params.W_hh, phi, h, step_drive(params.W_xh, tok) + params.b_h)
             return h, tok[0]
 
         _, toks = jax.lax.scan(step, hs[-1], None, length=num_preds)
