@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rnnjax.init import PARAM_DEFAULTS
 from rnnjax.tasks import DataError, check_readable, check_windows, load_timemachine
 
 
@@ -223,13 +224,10 @@ def init_values(cfg: Config) -> tuple[str | None, list[float | None], bool]:
         return None, [None], False
     value = getattr(cfg.init, p)
     if value is None:
-        return p, [INIT_DEFAULT[p]], False
+        return p, [PARAM_DEFAULTS[p]], False
     if isinstance(value, list):
         return p, [float(v) for v in value], True
     return p, [float(value)], False
-
-
-INIT_DEFAULT = {"std": 0.01, "gain": 1.0, "radius": 1.0}
 
 
 def validate(cfg: DictConfig | Config) -> Config:

@@ -70,21 +70,26 @@ def spectral(radius: float = 1.0) -> Initializer:
     return init
 
 
+# The value of each initializer parameter when it is not given (std: d2l's 0.01).
+PARAM_DEFAULTS = {"std": 0.01, "gain": 1.0, "radius": 1.0}
+
+
 def make_init(name: str, std: float | None = None, gain: float | None = None,
               radius: float | None = None) -> Initializer:
     """The W_hh initializer called `name`, with its one parameter (defaults where None)."""
+    d = PARAM_DEFAULTS
     if name == "normal":
-        return normal(0.01 if std is None else std)
+        return normal(d["std"] if std is None else std)
     if name == "xavier":
         return xavier()
     if name == "orthogonal":
-        return orthogonal(1.0 if gain is None else gain)
+        return orthogonal(d["gain"] if gain is None else gain)
     if name == "identity":
-        return identity(1.0 if gain is None else gain)
+        return identity(d["gain"] if gain is None else gain)
     if name == "gaussian":
-        return gaussian(1.0 if gain is None else gain)
+        return gaussian(d["gain"] if gain is None else gain)
     if name == "spectral":
-        return spectral(1.0 if radius is None else radius)
+        return spectral(d["radius"] if radius is None else radius)
     raise ValueError(f"init={name!r} is unknown; allowed: {list(INITS)}")
 
 
