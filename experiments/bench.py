@@ -4,7 +4,8 @@ One network (d2l's vanilla tanh RNN: B = 32 random token sequences over a 28-tok
 H = 256, every weight N(0, 0.01^2), biases zero, loss = mean softmax cross-entropy over all
 steps) and one batch, for each T; three implementations compute grad_norm (T,) side by side:
 
-  rnnjax            `jax.jit(make_probe("tanh", "all"))` (rnnjax.probes), BPTT through lax.scan.
+  rnnjax            `jax.jit(make_probe(vanilla("tanh"), "all"))` (rnnjax.probes), BPTT
+                    through lax.scan.
   PyTorch eager     what a PyTorch user writes: a Python loop over time, `H_t.retain_grad()` on
                     every step, `.backward()`, then the norms of every `H_t.grad`. The weights
                     are leaves that require grad (as in d2l), so their gradients are computed
@@ -51,8 +52,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from rnnjax.cells import RNNParams  # noqa: E402
-from rnnjax.init import init_params, normal  # noqa: E402
+from rnnjax.cells import RNNParams, vanilla  # noqa: E402
+from rnnjax.cells.vanilla import init_params  # noqa: E402
+from rnnjax.init import normal  # noqa: E402
 from rnnjax.probes import make_probe  # noqa: E402
 from rnnjax.results import write_json  # noqa: E402
 
@@ -219,7 +221,8 @@ def time_jax(fn, args, repeats, flops):
     out = jax.block_until_ready(compiled(*args))
     first_s = time.perf_counter() - start
     runs = time_calls(lambda: jax.block_until_ready(compiled(*args)), repeats)
-    grad_norm = out.grad_norm if hasattr(out, "grad_norm") else out
+    grad_norm = (10.0 ** np.asarray(out.log10_grad_norm, np.float64)
+                 if hasattr(out, "log10_grad_norm") else out)
     fields = {"compile_s": lower_s + compile_s, "trace_lower_s": lower_s,
               "xla_compile_s": compile_s, **timing(first_s, runs, flops)}
     return fields, np.asarray(grad_norm, np.float64)
@@ -300,7 +303,7 @@ def mem_worker(T, S, B, H):
     """Runs in its own process: rnnjax's vmapped probe of S networks at T, once. Returns XLA's
     memory estimate and the measured peak during the call, in bytes."""
     args = jax.block_until_ready(stacked_inputs(S, B, H, T))
-    compiled = jax.jit(jax.vmap(make_probe("tanh", "all"))).lower(*args).compile()
+    compiled = jax.jit(jax.vmap(make_probe(vanilla("tanh"), "all"))).lower(*args).compile()
     ma = compiled.memory_analysis()
     estimate = {k: int(getattr(ma, k)) for k in (
         "temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
@@ -476,7 +479,8 @@ def bench_one_t(T, sizes, args, torch):
     params, x, y = make_inputs(jax.random.key(SEED), B=B, H=H, T=T)
     row = {"T": T, "flops": flops, "repeats": repeats}
     print(f"T={T}: rnnjax...", end="", flush=True)
-    row["rnnjax"], ref = time_jax(make_probe("tanh", "all"), (params, x, y), repeats, flops)
+    row["rnnjax"], ref = time_jax(make_probe(vanilla("tanh"), "all"), (params, x, y), repeats,
+                                  flops)
     row["rnnjax"]["T_per_s"] = T / row["rnnjax"]["run_s_median"]
     peers = {}
     if torch is None:
@@ -503,7 +507,7 @@ def bench_one_t(T, sizes, args, torch):
 def sweep_throughput(S, T, sizes, repeats):
     """rnnjax with S networks vmapped into one call at T: network-timesteps per second."""
     args = stacked_inputs(S, sizes["B"], sizes["H"], T)
-    fields, _ = time_jax(jax.vmap(make_probe("tanh", "all")), args, repeats,
+    fields, _ = time_jax(jax.vmap(make_probe(vanilla("tanh"), "all")), args, repeats,
                          S * probe_flops(T, sizes["B"], sizes["H"]))
     return {"seeds": S, "T": T, **fields, "network_steps_per_s": S * T / fields["run_s_median"]}
 
@@ -580,7 +584,7 @@ def main():
         # One compile and call of each implementation first, so that the first T does not pay
         # for the process's first-use costs.
         warm = make_inputs(jax.random.key(SEED), B=B, H=H, T=2)
-        time_jax(make_probe("tanh", "all"), warm, 1, 1)
+        time_jax(make_probe(vanilla("tanh"), "all"), warm, 1, 1)
         if not args.skip_loop:
             time_jax(loop_probe, warm, 1, 1)
         if torch is not None:

@@ -1,26 +1,37 @@
-"""rnnjax: per-timestep gradient dynamics of recurrent networks, in JAX."""
+"""rnnjax: per-timestep gradient dynamics of recurrent networks, in JAX.
 
-from rnnjax.cells import ACTIVATIONS, RNNParams, activation, forward, rnn_cell
-from rnnjax.config import Config, ConfigError, validate
-from rnnjax.init import (
-    INITS,
-    gaussian,
-    identity,
-    init_params,
-    make_init,
-    normal,
-    orthogonal,
-    spectral,
-    xavier,
-)
-from rnnjax.probes import ProbeResult, TimeGrads, make_probe, make_time_grads
-from rnnjax.results import load_metrics, load_summaries, load_sweep
-from rnnjax.tasks import load_timemachine
+The names below are imported lazily, on first use, so that importing the core
+(`rnnjax.cells`, `rnnjax.probes`, `rnnjax.train`, `rnnjax.theory`) loads neither Hydra, OmegaConf,
+pandas nor matplotlib.
+"""
 
-__all__ = [
-    "ACTIVATIONS", "INITS", "Config", "ConfigError", "ProbeResult", "RNNParams", "TimeGrads",
-    "activation", "forward", "gaussian", "identity", "init_params", "load_metrics",
-    "load_summaries", "load_sweep",
-    "load_timemachine", "make_init", "make_probe", "make_time_grads", "normal", "orthogonal",
-    "rnn_cell", "spectral", "validate", "xavier",
-]
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "rnnjax.cells": ("ACTIVATIONS", "CELLS", "Cell", "RNNParams", "activation", "unroll",
+                     "vanilla"),
+    "rnnjax.cells.vanilla": ("init_params",),
+    "rnnjax.init": ("INITS", "gaussian", "identity", "make_init", "normal", "orthogonal",
+                    "spectral", "xavier"),
+    "rnnjax.probes": ("ProbeResult", "make_probe"),
+    "rnnjax.config": ("Config", "ConfigError", "validate"),
+    "rnnjax.results": ("load_metrics", "load_summaries", "load_sweep"),
+    "rnnjax.tasks": ("load_timemachine",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'rnnjax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

@@ -1,11 +1,8 @@
-"""Initializers for W_hh, and the full parameter initialization of one network.
+"""Initializers of recurrent weight matrices (the `init` config group).
 
 Each initializer is a factory returning a pure function `init(key, shape, dtype) -> Array`, so
-it can be vmapped over seeds.
-
-W_xh and W_hq: with `normal`, every weight matrix is N(0, std^2), exactly d2l's scratch RNN;
-with every other W_hh initializer they are Glorot normal, N(0, 2 / (fan_in + fan_out)).
-Biases start at zero (as in d2l).
+it can be vmapped over seeds. Which matrices a cell draws with them is the cell's business
+(`rnnjax.cells`).
 """
 
 from collections.abc import Callable
@@ -14,11 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from rnnjax.cells import RNNParams
-
 Initializer = Callable[[Array, tuple[int, ...], jnp.dtype], Array]
-
-INITS = ("normal", "xavier", "orthogonal", "identity", "gaussian", "spectral")
 
 
 def normal(std: float = 0.01) -> Initializer:
@@ -70,50 +63,34 @@ def spectral(radius: float = 1.0) -> Initializer:
     return init
 
 
-# The value of each initializer parameter when it is not given (std: d2l's 0.01).
+# The one parameter each initializer takes (None: it takes none), and each parameter's default
+# (std: d2l's 0.01). The config schema, its validation and the YAML files are checked against these.
+INIT_PARAM = {
+    "normal": "std",
+    "xavier": None,
+    "orthogonal": "gain",
+    "identity": "gain",
+    "gaussian": "gain",
+    "spectral": "radius",
+}
 PARAM_DEFAULTS = {"std": 0.01, "gain": 1.0, "radius": 1.0}
+INITS = tuple(INIT_PARAM)
 
 
-def make_init(name: str, std: float | None = None, gain: float | None = None,
-              radius: float | None = None) -> Initializer:
-    """The W_hh initializer called `name`, with its one parameter (defaults where None)."""
-    d = PARAM_DEFAULTS
-    if name == "normal":
-        return normal(d["std"] if std is None else std)
-    if name == "xavier":
-        return xavier()
-    if name == "orthogonal":
-        return orthogonal(d["gain"] if gain is None else gain)
-    if name == "identity":
-        return identity(d["gain"] if gain is None else gain)
-    if name == "gaussian":
-        return gaussian(d["gain"] if gain is None else gain)
-    if name == "spectral":
-        return spectral(d["radius"] if radius is None else radius)
-    raise ValueError(f"init={name!r} is unknown; allowed: {list(INITS)}")
+def param_value(name: str, value=None):
+    """The value of init `name`'s parameter: `value`, or its default where None (None for an
+    init that takes none)."""
+    p = INIT_PARAM[name]
+    return None if p is None else (PARAM_DEFAULTS[p] if value is None else value)
 
 
-def init_params(
-    key: Array, w_hh_init: Initializer, io_init: Initializer, D: int, H: int, Q: int,
-    dtype=jnp.float32,
-) -> RNNParams:
-    """Initial parameters of one network.
+def make_init(name: str, value=None) -> Initializer:
+    """The initializer called `name` with its one parameter `value` (its default where None).
 
-    Args:
-      key: a PRNG key.
-      w_hh_init: initializer of W_hh.
-      io_init: initializer of W_xh and W_hq.
-      D: input size (vocabulary or channels). H: hidden size. Q: output size.
-      dtype: parameter dtype.
-
-    Returns:
-      RNNParams with W_xh (D, H), W_hh (H, H), b_h (H,), W_hq (H, Q), b_q (Q,).
-    """
-    k_xh, k_hh, k_hq = jax.random.split(key, 3)
-    return RNNParams(
-        W_xh=io_init(k_xh, (D, H), dtype),
-        W_hh=w_hh_init(k_hh, (H, H), dtype),
-        b_h=jnp.zeros((H,), dtype),
-        W_hq=io_init(k_hq, (H, Q), dtype),
-        b_q=jnp.zeros((Q,), dtype),
-    )
+    `value` may be a traced array: the initializers only multiply by it."""
+    if name not in INIT_PARAM:
+        raise ValueError(f"init={name!r} is unknown; allowed: {list(INITS)}")
+    factory = {"normal": normal, "xavier": xavier, "orthogonal": orthogonal,
+               "identity": identity, "gaussian": gaussian, "spectral": spectral}[name]
+    v = param_value(name, value)
+    return factory() if v is None else factory(v)

@@ -16,18 +16,12 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from rnnjax import results
+from rnnjax.cells import CELLS, Cell
 from rnnjax.config import Config, init_values
-from rnnjax.init import init_params, make_init, normal, xavier
 from rnnjax.memory import fit_seeds, memory_budget
 from rnnjax.probes import make_probe
+from rnnjax.summary import headline, log_headline, theory_summary, to_host
 from rnnjax.tasks import Task, cache_dir, make_task
-from rnnjax.theory import (
-    effective_gain,
-    input_drive_variance,
-    make_lyapunov,
-    mean_field,
-    pascanu_log10_bound,
-)
 from rnnjax.train import init_state, make_eval, make_generate, make_optimizer, make_train_chunk
 
 log = logging.getLogger("rnnjax")
@@ -42,6 +36,15 @@ def job_task(cfg: Config) -> Task:
                      cfg.task.path)
 
 
+def build_cell(cfg: Config, init_value=None) -> Cell:
+    """The job's cell, built once from the config (`init_value`: the init's parameter, which
+    may be a traced value when a list of them is vmapped; None: the config's own)."""
+    if init_value is None:
+        init_value = init_values(cfg)[1][0]
+    return CELLS["vanilla"](activation=cfg.activation.name.value, init=cfg.init.name.value,
+                            init_value=init_value)
+
+
 def make_setup(cfg: Config, task: Task):
     """`setup(seed, value) -> (params, x, y, keys)`: one network, its probed batch, and the
     keys of its training data and validation set (shape (2,) of keys).
@@ -51,15 +54,12 @@ def make_setup(cfg: Config, task: Task):
     in any job with the same shapes, and the values of a list scale the same random draws.
     """
     dtype = jnp.dtype(cfg.dtype.value)
-    name = cfg.init.name.value
     param, _, _ = init_values(cfg)
 
     def setup(seed, value):
-        w_hh_init = make_init(name, **({param: value} if param else {}))
-        # d2l's scratch RNN draws every weight matrix from N(0, std^2); the others use Glorot.
-        io_init = normal(value) if name == "normal" else xavier()
+        cell = build_cell(cfg, value if param else None)
         k_params, k_batch, k_train, k_val = jax.random.split(jax.random.key(seed), 4)
-        params = init_params(k_params, w_hh_init, io_init, task.D, cfg.hidden_size, task.Q, dtype)
+        params = cell.init(k_params, task.D, cfg.hidden_size, task.Q, dtype)
         x, y = task.probe_batch(k_batch)
         return params, x, y, jnp.stack([k_train, k_val])
 
@@ -161,16 +161,17 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     params, x, y, data_keys = jax.jit(jax.vmap(make_setup(cfg, task)))(
         jnp.asarray(net_seeds), jnp.asarray(net_values, cfg.dtype.value))
     budget = memory_budget(cfg.max_memory_gb)
-    probe = fit_seeds(make_probe(cfg.activation.name.value, cfg.probe.loss_at.value, task.kind,
+    cell = build_cell(cfg)
+    probe = fit_seeds(make_probe(cell, cfg.probe.loss_at.value, task.kind,
                                  profile_truncation(cfg)), (0, 0, 0), (params, x, y), budget,
                       "probe")
-    res = jax.tree.map(np.asarray, probe(params, x, y))
+    prof = to_host(probe(params, x, y))
 
     columns = results.config_columns(cfg)
     columns["vocab_size"] = task.D if task.kind == "tokens" else None
     groups = [slice(g * cfg.seeds, (g + 1) * cfg.seeds) for g in range(len(values))]
     group_columns = [{**columns, **({f"init_{param}": v} if is_list else {})} for v in values]
-    frames = [results.probe_frame(seeds, res.grad_norm[sl], res.param_grad_norm[sl], c)
+    frames = [results.probe_frame(seeds, prof.select(sl), c)
               for sl, c in zip(groups, group_columns, strict=True)]
     results.write_npz(out / results.PARAMS, **jax.tree.map(np.asarray, params._asdict()))
     results.write_npz(out / results.BATCH, x=np.asarray(x), y=np.asarray(y))
@@ -178,15 +179,16 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     steps = total_steps(cfg, task)
     training = {}
     if steps:  # validate() allows training with a single init value only
-        frames, training = train_job(cfg, task, params, x, y, data_keys, probe, steps, frames,
-                                     columns, seeds, budget)
+        frames, training = train_job(cfg, cell, task, params, x, y, data_keys, probe, steps,
+                                     frames, columns, seeds, budget)
         results.write_parquet(training.pop("metrics"), out / results.METRICS)
     results.write_parquet(pd.concat(frames, ignore_index=True), out / results.GRAD_NORMS)
 
     headlines = []
     for sl, v in zip(groups, values, strict=True):
-        h = headline(jax.tree.map(lambda a, sl=sl: a[sl], res))
-        h["theory"] = theory_summary(cfg, jax.tree.map(lambda a, sl=sl: a[sl], params), x[sl],
+        h = headline(prof.select(sl))
+        h["theory"] = theory_summary(cell, cfg.activation.name.value,
+                                     jax.tree.map(lambda a, sl=sl: a[sl], params), x[sl],
                                      h["log10_slope_per_step_back"])
         headlines.append({**({"init_param": param, "init_value": v} if is_list else {}), **h})
     wall = time.perf_counter() - start
@@ -203,8 +205,10 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
             OmegaConf.structured(cfg), enum_to_str=True),
     }
     results.write_json(summary, out / results.SUMMARY)
+    name = f"{cfg.activation.name.value}/{cfg.init.name.value}"
+    sizes = f"T={x.shape[2]} H={cfg.hidden_size} S={cfg.seeds}"
     for h in headlines:
-        log_headline(cfg, h, summary["status"], wall)
+        log_headline(name, sizes, cfg.probe.loss_at.value, h, summary["status"], wall)
     if training:
         log.info("trained %d steps: train ppl %s, val ppl %s, clipping active in %.1f%% of "
                  "steps, diverged seeds %s", steps, _fmt(training["final_train_ppl"]),
@@ -213,100 +217,24 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     return summary
 
 
-def headline(res) -> dict:
-    """The headline numbers of one group of networks (one init value, every seed)."""
-    fits = [results.log10_slope(g) for g in res.grad_norm]
-    slopes = np.array([f[0] for f in fits])
-    nonfinite = (~np.isfinite(res.grad_norm)).sum() + (~np.isfinite(res.loss)).sum()
-    return {
-        "log10_slope_per_step_back": _nanmedian(slopes),
-        "log10_slope_per_seed": slopes.tolist(),
-        "fit_window_t_per_seed": [list(f[1]) for f in fits],
-        "loss_mean": float(np.mean(res.loss)),
-        "grad_norm_t1_median": float(np.median(res.grad_norm[:, 0])),
-        "grad_norm_tT_median": float(np.median(res.grad_norm[:, -1])),
-        "n_nonfinite": int(nonfinite + (~np.isfinite(res.param_grad_norm)).sum()),
-        "n_overflow": int(np.isposinf(res.grad_norm).sum()),
-        "n_underflow": int((res.grad_norm == 0).sum()),
-    }
-
-
-def log_headline(cfg: Config, h: dict, status: str, wall: float) -> None:
-    th = h["theory"]
-    value = f" {h['init_param']}={h['init_value']:g}" if "init_param" in h else ""
-    log.info(
-        "%s/%s%s T=%d H=%d S=%d: log10 grad_norm per step back %+.4f (median over seeds; mean "
-        "field %+.4f, Pascanu bound %+.4f, top Lyapunov %+.4f%s), loss %.4f, underflow %d, "
-        "overflow %d, status %s, %.2fs",
-        cfg.activation.name.value, cfg.init.name.value, value, cfg.seq_len, cfg.hidden_size,
-        cfg.seeds, h["log10_slope_per_step_back"], th["mean_field"]["log10_factor_per_step"],
-        th["pascanu_log10_bound_per_step"], th["lyapunov_top_log10_per_step"],
-        "; theory predicts the loss_at=last profile" if cfg.probe.loss_at.value == "all" else "",
-        h["loss_mean"], h["n_underflow"], h["n_overflow"], status, wall,
-    )
-
-
-LYAPUNOV_SEQUENCES = 4  # of the probe batch: the exponents are averaged over these
-LYAPUNOV_K = 3  # exponents per network
-
-
-def theory_summary(cfg: Config, params, x, measured: float) -> dict:
-    """Predictions at initialization, beside the measured slope (log10 per step back).
-
-    mean_field: for W_hh ~ N(0, g^2/H) with g the effective gain sqrt(H mean W_hh^2) and the
-    input variance of this job's W_xh and batch (medians over seeds). pascanu: log10 of
-    gamma sigma_max(W_hh). lyapunov: the top exponents of the driven dynamics (natural log
-    per step; /ln 10 for log10), on the first sequences of each seed's probe batch.
-    """
-    act = cfg.activation.name.value
-    W_hh, W_xh = np.asarray(params.W_hh, np.float64), np.asarray(params.W_xh, np.float64)
-    gains = [effective_gain(w) for w in W_hh]
-    input_var = [input_drive_variance(W_xh[s], np.asarray(x[s])) for s in range(len(W_hh))]
-    bias_var = float(np.mean(np.asarray(params.b_h, np.float64) ** 2))
-    mf = mean_field(act, float(np.median(gains)), float(np.median(input_var)), bias_var)
-    bounds = [pascanu_log10_bound(act, w) for w in W_hh]
-    k = min(LYAPUNOV_K, cfg.hidden_size)
-    lyap = jax.jit(jax.vmap(make_lyapunov(act, k, burn_in=cfg.seq_len // 4)))
-    lam = np.asarray(lyap(params, x[:, :LYAPUNOV_SEQUENCES]), np.float64)  # (S, k)
-    top = _nanmedian(lam[:, 0])
-    return {
-        "measured_log10_slope_per_step_back": measured,
-        "mean_field": {"gain": float(np.median(gains)), "input_var": float(np.median(input_var)),
-                       "bias_var": bias_var, **mf,
-                       "relative_error": _rel(measured, mf["log10_factor_per_step"])},
-        "pascanu_log10_bound_per_step": _nanmedian(np.array(bounds)),
-        "pascanu_guarantees_vanishing": bool(max(bounds) < 0),
-        "lyapunov_top_per_step": top,
-        "lyapunov_top_log10_per_step": top / math.log(10),
-        "lyapunov_exponents_per_seed": lam.tolist(),
-    }
-
-
-def _rel(measured: float, predicted: float) -> float:
-    """|measured - predicted| / |predicted| (NaN when undefined)."""
-    if not (math.isfinite(measured) and math.isfinite(predicted)) or predicted == 0:
-        return math.nan
-    return abs(measured - predicted) / abs(predicted)
-
-
 def profile_truncation(cfg: Config) -> int | None:
     """The profile shows the gradient that training uses: cut every k steps for truncated
     BPTT. Randomized truncation is unbiased, so its expected profile is the full one."""
     return cfg.train.truncate if cfg.train.bptt.value == "truncated" else None
 
 
-def train_job(cfg, task, params, x, y, data_keys, probe, steps, frames, columns, seeds,
+def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, columns, seeds,
               budget=None):
     """Trains all seeds together; returns the profile frames and the training summary
     (with the metrics DataFrame under "metrics")."""
     tr = cfg.train
-    act, loss_at = cfg.activation.name.value, cfg.probe.loss_at.value
+    loss_at = cfg.probe.loss_at.value
     tx = make_optimizer(tr.optimizer.value, tr.lr, tr.clip)
     n = min(tr.log_every, steps)
-    evaluate = jax.jit(jax.vmap(make_eval(act, loss_at, task.kind)))
+    evaluate = jax.jit(jax.vmap(make_eval(cell, loss_at, task.kind)))
     val_x, val_y = jax.vmap(task.val_batch)(data_keys[:, 1])
     state = jax.vmap(init_state, (0, None))(params, tx)
-    chunk = fit_seeds(make_train_chunk(act, loss_at, task.kind, tx, task.train_batch, steps, n,
+    chunk = fit_seeds(make_train_chunk(cell, loss_at, task.kind, tx, task.train_batch, steps, n,
                                        tr.bptt.value, tr.truncate, tr.clip),
                       (0, 0, None), (state, data_keys[:, 0], jnp.asarray(0)), budget, "training")
 
@@ -318,13 +246,12 @@ def train_job(cfg, task, params, x, y, data_keys, probe, steps, frames, columns,
         for begin in range(0, steps, n):
             state, m = chunk(state, data_keys[:, 0], jnp.asarray(begin))
             val = np.asarray(evaluate(state.params, val_x, val_y))
-            prof = jax.tree.map(np.asarray, probe(state.params, x, y))
+            prof = to_host(probe(state.params, x, y))
             m = jax.tree.map(np.asarray, m)
             n_clipped += int(m.clipped.sum())
             n_taken += int(m.active.sum())
             done = min(begin + n, steps)
-            frames.append(results.probe_frame(seeds, prof.grad_norm, prof.param_grad_norm,
-                                              columns, train_step=done))
+            frames.append(results.probe_frame(seeds, prof, columns, train_step=done))
             alive = np.asarray(state.alive)
             for s, seed in enumerate(seeds):
                 active = m.active[s]
@@ -365,17 +292,17 @@ def train_job(cfg, task, params, x, y, data_keys, probe, steps, frames, columns,
         "diverged_seeds": {int(s): int(d) for s, d in zip(seeds, diverged, strict=True) if d >= 0},
     }
     if task.vocab is not None:
-        training["sample"] = sample_text(cfg, task, state.params)
+        training["sample"] = sample_text(cell, task, state.params)
         log.info("sample (seed %d): %r", seeds[0], training["sample"])
     return frames, training
 
 
-def sample_text(cfg: Config, task: Task, params) -> str:
+def sample_text(cell: Cell, task: Task, params) -> str:
     """d2l's predict('time traveller ', 50) with the first seed's network."""
     index = {tok: i for i, tok in enumerate(task.vocab)}
     prefix = jnp.asarray([index[c] for c in SAMPLE_PREFIX], jnp.int32)
     first = jax.tree.map(lambda a: a[0], params)
-    toks = jax.jit(make_generate(cfg.activation.name.value, SAMPLE_LENGTH))(first, prefix)
+    toks = jax.jit(make_generate(cell, SAMPLE_LENGTH))(first, prefix)
     return SAMPLE_PREFIX + "".join(task.vocab[int(i)] for i in toks)
 
 
@@ -396,8 +323,3 @@ def _last(a: np.ndarray) -> float:
 
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
-
-
-def _nanmedian(a: np.ndarray) -> float:
-    a = a[np.isfinite(a)]
-    return float(np.median(a)) if a.size else float("nan")

@@ -1,4 +1,5 @@
-"""Per-timestep gradient probes: ||dL/dH_t|| and the step-t contribution to dL/dW_hh.
+"""The per-timestep gradient probe of any recurrent cell: ||dL/dH_t|| and step t's share of the
+gradient of the recurrent weights, for every t, from one forward and one backward scan.
 
 Everything here is pure and jit-safe; `jax.jit(jax.vmap(probe))` is applied where a job runs.
 """
@@ -8,264 +9,174 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import Array
 
-from rnnjax.cells import (
-    DERIVATIVES_FROM_OUTPUT,
-    RNNParams,
-    activation,
-    forward,
-    rnn_cell,
-    step_drive,
-)
-
-LOSS_AT = ("all", "last")
+from rnnjax.cells import Cell, finite, log10_norm
+from rnnjax.losses import make_loss, truncation_scale
 
 
 class ProbeResult(NamedTuple):
-    """What one probe call returns for one network (a leading seed axis S under `vmap`)."""
+    """What one probe call returns for one network (a leading seed axis S under `vmap`).
+
+    Norms are log10, so that a norm of finite entries is reported exactly even beyond the
+    dtype's range (see `rnnjax.cells.log10_norm`): -inf is a norm that underflowed to 0.
+    """
 
     loss: Array  # () batch-mean loss L
-    grad_norm: Array  # (T,) ||dL/dH_t||_F over the batch, total derivative, t = 1..T
-    param_grad_norm: Array  # (T,) ||H_{t-1}^T dL/dA_t||_F, step t's share of dL/dW_hh
+    log10_grad_norm: Array  # (T,) log10 ||dL/dH_t||_F over the batch, total derivative
+    log10_param_grad_norm: Array  # (T,) log10 of the norm of step t's share of dL/d(recurrent)
+    # (T,) bool: an entry of dL/dH_s left the dtype's range for some s >= t, so the backward
+    # chain is lost from there back to t = 1; the norms read inf there
+    overflow: Array
+    # () int32: the first t whose state H_t is not finite (the forward pass overflowed: the loss
+    # and every norm are then NaN); 0 when the forward pass is finite
+    forward_overflow_t: Array
+    taps: dict[str, Array]  # tap name -> (T,) log10 norms of the cell's extra total derivatives
 
 
-class TimeGrads(NamedTuple):
-    """Total derivatives along the time axis, from one backward pass."""
-
-    loss: Array  # ()
-    hs: Array  # (T, B, H) H_1..H_T
-    dL_dH: Array  # (T, B, H) dL/dH_t
-    dL_dA: Array  # (T, B, H) dL/dA_t = dL/dH_t * phi'(A_t)
-
-
-LOSS_KINDS = ("tokens", "regression")
-
-
-def token_loss(logits: Array, y: Array, loss_at: str, mask: Array | None = None) -> Array:
-    """Batch-mean softmax cross-entropy, over all steps or at the last step only.
-
-    Args:
-      logits: (T, B, Q).
-      y: (B, T) integer targets.
-      loss_at: "all" (mean over every step and sequence) or "last" (mean over sequences at T).
-      mask: optional (B,) weights of the sequences (0 for padding); None weighs all equally.
-    """
-    if loss_at == "all":
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y.T).mean(0)  # (B,)
-    elif loss_at == "last":
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits[-1], y[:, -1])  # (B,)
-    else:
-        raise ValueError(f"probe.loss_at={loss_at!r} is unknown; allowed: {list(LOSS_AT)}")
-    if mask is None:
-        return ce.mean()
-    return jnp.sum(ce * mask) / jnp.sum(mask)
-
-
-def regression_loss(outputs: Array, y: Array, mask: Array | None = None) -> Array:
-    """Batch-mean squared error of the last output (the adding problem).
-
-    Args:
-      outputs: (T, B, 1).
-      y: (B,) real targets.
-      mask: optional (B,) weights.
-    """
-    se = jnp.square(outputs[-1, :, 0] - y)
-    return se.mean() if mask is None else jnp.sum(se * mask) / jnp.sum(mask)
-
-
-def make_loss(kind: str, loss_at: str) -> Callable[..., Array]:
-    """`loss(outputs, y, mask=None)` for a task kind ("tokens" or "regression")."""
-    if loss_at not in LOSS_AT:
-        raise ValueError(f"probe.loss_at={loss_at!r} is unknown; allowed: {list(LOSS_AT)}")
-    if kind == "tokens":
-        return lambda o, y, mask=None: token_loss(o, y, loss_at, mask)
-    if kind == "regression":
-        if loss_at != "last":
-            raise ValueError(f"probe.loss_at={loss_at!r}: a regression task is scored at the "
-                             "last step only; allowed: ['last']")
-        return regression_loss
-    raise ValueError(f"loss kind {kind!r} is unknown; allowed: {list(LOSS_KINDS)}")
-
-
-def truncation_scale(T: int, every: int | None, dtype=jnp.float32) -> Array | None:
-    """(T,) gradient factors of truncated BPTT: 0 at steps t = k+1, 2k+1, ... (the gradient
-    from step t does not reach H_{t-1} when t - 1 is a multiple of k), 1 elsewhere.
-    None (full BPTT) when `every` is None."""
-    if every is None:
-        return None
-    i = jnp.arange(T)  # i = t - 1
-    return jnp.where((i > 0) & (i % every == 0), 0, 1).astype(dtype)
-
-
-def make_time_grads(
-    activation_name: str, loss_at: str, kind: str = "tokens", truncate: int | None = None
-) -> Callable[[RNNParams, Array, Array], TimeGrads]:
-    """Builds `time_grads(params, x, y) -> TimeGrads` for one network and one batch.
-
-    Args:
-      activation_name: one of `rnnjax.cells.ACTIVATIONS`.
-      loss_at: "all" or "last".
-      kind: "tokens" (softmax cross-entropy) or "regression" (squared error).
-      truncate: None for full BPTT; k to stop the gradient every k steps.
-    """
-    phi = activation(activation_name)
-    loss = make_loss(kind, loss_at)
-
-    def loss_fn(dH, dA, params, x, y):
-        scale = truncation_scale(x.shape[1], truncate, params.W_hh.dtype)
-        hs, outputs = forward(params, x, phi, dH=dH, dA=dA, grad_scale=scale)
-        return loss(outputs, y), hs
-
-    def time_grads(params: RNNParams, x: Array, y: Array) -> TimeGrads:
-        B, T = x.shape[:2]
-        zeros = jnp.zeros((T, B, params.W_hh.shape[0]), params.W_hh.dtype)
-        # Gradients with respect to zero perturbations of H_t and A_t are the total
-        # derivatives dL/dH_t and dL/dA_t: one backward pass gives all T of them.
-        (loss, hs), (dL_dH, dL_dA) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-            zeros, zeros, params, x, y
-        )
-        return TimeGrads(loss, hs, dL_dH, dL_dA)
-
-    return time_grads
-
-
-def safe_norm(x: Array, axes: tuple[int, ...]) -> Array:
-    """Frobenius norm over `axes`, scaled by the largest entry first.
-
-    Why: in float32, squaring an entry below ~1e-19 underflows to zero and one above ~1e19
-    overflows, so a plain sqrt(sum(x^2)) reports 0 or inf for gradients that float32 still holds.
-    """
-    m = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
-    return jnp.squeeze(m, axes) * jnp.sqrt(jnp.sum(jnp.square(_unit(x, m)), axis=axes))
-
-
-def _unit(x: Array, m: Array) -> Array:
-    """x / m for m = max |x| (broadcast), as two divisions by sqrt(m).
-
-    Why: XLA may divide by multiplying with 1/m, and for m above ~1e38 in float32 that
-    reciprocal is subnormal, which XLA on a CPU flushes to zero: the norm would read 0.
-    """
-    r = jnp.sqrt(jnp.where(m > 0, m, 1).astype(x.dtype))
-    return x / r / r
-
-
-def step_contribution_norms(h_prev: Array, dL_dA: Array) -> Array:
-    """||H_{t-1}^T dL/dA_t||_F for every t, without forming the (T, H, H) contributions.
-
-    When B <= H it uses ||H^T D||_F^2 = <H H^T, D D^T>_F, which costs B^2 H per step instead
-    of B H^2 and memory (T, B, B) instead of (T, H, H). Both factors are rescaled by their
-    largest entry first, for the same underflow reason as `safe_norm`.
-
-    Args:
-      h_prev: (T, B, H) H_0..H_{T-1}.
-      dL_dA: (T, B, H).
+def generic_backward(cell: Cell) -> Callable:
+    """The probe's backward step for any cell, by `jax.vjp` of its step (recomputed from the
+    stored previous state and x_t).
 
     Returns:
-      (T,) norms.
+      backward(params, state_prev, state, x_t, g) -> (cotangent of state_prev, log10 norm of the
+      recurrent parameters' share of the gradient, {tap: log10 norm of its total derivative}),
+      for g the total derivative dL/d(state_t).
     """
-    mh = jnp.max(jnp.abs(h_prev), axis=(1, 2))  # (T,)
-    md = jnp.max(jnp.abs(dL_dA), axis=(1, 2))
-    hn = _unit(h_prev, mh[:, None, None])
-    dn = _unit(dL_dA, md[:, None, None])
-    B, H = h_prev.shape[1:]
-    if B > H:  # shapes are static: form the (T, H, H) contributions when they are the smaller
-        return mh * md * jnp.sqrt(jnp.sum(jnp.square(jnp.einsum("tbi,tbj->tij", hn, dn)), (1, 2)))
-    gram_h = jnp.einsum("tbi,tci->tbc", hn, hn)  # (T, B, B)
-    gram_d = jnp.einsum("tbi,tci->tbc", dn, dn)
-    # The inner product of two PSD matrices is >= 0; clip rounding below zero.
-    sq = jnp.maximum(jnp.sum(gram_h * gram_d, axis=(1, 2)), 0)
-    return mh * md * jnp.sqrt(sq)
+    step = cell.tapped_step if cell.taps else (lambda p, s, x, taps: cell.step(p, s, x))
+
+    def backward(params, state_prev, state, x_t, g):
+        del state  # recomputed inside the vjp
+        rec = {k: getattr(params, k) for k in cell.recurrent}
+        taps = {k: jnp.zeros_like(cell.hidden(state_prev)) for k in cell.taps}
+
+        def f(rec, s, taps):
+            return step(params._replace(**rec), s, x_t, taps)
+
+        _, vjp = jax.vjp(f, rec, state_prev, taps)
+        rec_bar, s_bar, taps_bar = vjp(g)
+        return s_bar, log10_norm(rec_bar), {k: log10_norm(v) for k, v in taps_bar.items()}
+
+    return backward
 
 
-def make_step_loss(kind: str, loss_at: str, T: int) -> Callable[..., Array]:
-    """`step_loss(o_t, y, t) -> l_t` with L = sum_t l_t: step t's share of the loss.
-
-    Args:
-      kind, loss_at: as `make_loss`.
-      T: the sequence length.
-
-    Returns:
-      A function of the step's outputs o_t (B, Q), the targets (y (B, T) tokens, or (B,) real
-      values for a regression task) and the 0-based step t.
-    """
-    loss = make_loss(kind, loss_at)
-    if kind == "tokens":
-        weight = (lambda t: 1 / T) if loss_at == "all" else (lambda t: t == T - 1)
-        # A one-step sequence: its "all" loss is the batch-mean cross-entropy at that step.
-        step = make_loss(kind, "all")
-        return lambda o, y, t: weight(t) * step(o[None], jax.lax.dynamic_slice_in_dim(y, t, 1,
-                                                                                         1))
-    return lambda o, y, t: (t == T - 1) * loss(o[None], y)
-
-
-def make_probe(
-    activation_name: str, loss_at: str, kind: str = "tokens", truncate: int | None = None
-) -> Callable[[RNNParams, Array, Array], ProbeResult]:
+def make_probe(cell: Cell, loss_at: str, kind: str = "tokens", truncate: int | None = None,
+               unroll: int = 1) -> Callable[..., ProbeResult]:
     """Builds `probe(params, x, y) -> ProbeResult` for one network and one batch.
 
-    One forward scan keeps H_1..H_T (the only trajectory-sized array); one backward scan runs
-    BPTT by hand from t = T down to 1, with autodiff for each step's loss term:
+    One forward scan keeps the states (the only trajectory-sized arrays); the read-out's
+    gradient of every step is taken at once from them; one backward scan then runs BPTT from
+    t = T down to 1,
 
-        dL/dH_t = dl_t/dH_t + s_{t+1} dL/dA_{t+1} W_hh^T,   dL/dA_t = dL/dH_t * phi'(A_t),
+        dL/ds_t = dl/ds_t + s_{t+1} (d step_{t+1} / d s_t)^T dL/ds_{t+1},
 
-    and emits the two norms of each step, so memory stays near one trajectory (T, B, H)
-    however long T is. `make_time_grads` computes the same by autodiff through perturbations
-    (the tests hold the two together).
+    with the vector-Jacobian product of the cell's step (`jax.vjp`, or the cell's own faster
+    `backward`, which the tests hold to the generic one), and emits each step's norms, so memory
+    stays near one trajectory however long T is.
 
     A float overflow in the backward chain is reported as inf from the step it happened back
-    to t = 1 (the chain cannot be continued there) rather than the NaN that inf * 0 gives;
-    NaN means the forward pass itself was not finite.
+    to t = 1 (the chain cannot be continued there) and flagged (`overflow`), rather than the NaN
+    that inf * 0 gives. A forward pass that is not finite is flagged by `forward_overflow_t`.
 
-    Args: as `make_time_grads`.
+    Args:
+      cell: the recurrent cell.
+      loss_at: "all" (the loss averaged over every step) or "last" (the last step only).
+      kind: "tokens" (softmax cross-entropy) or "regression" (squared error at the last step).
+      truncate: None for full BPTT; k to stop the gradient every k steps (truncated BPTT).
+      unroll: steps per iteration of both scans (`lax.scan`'s unroll).
 
     Returns:
-      A pure function of (params, x (B, T) int or (B, T, D) float, y); vmap it over seeds and
+      A pure function of (params, x (B, T) int or (B, T, D) float, y); vmap it over networks and
       jit it at the call site.
     """
-    phi = activation(activation_name)
-    dphi = DERIVATIVES_FROM_OUTPUT[activation_name]
-    make_loss(kind, loss_at)  # checks kind and loss_at now, not at trace time
+    loss = make_loss(kind, loss_at)  # checks kind and loss_at now, not at trace time
+    backward = cell.backward or generic_backward(cell)
 
-    def probe(params: RNNParams, x: Array, y: Array) -> ProbeResult:
+    def probe(params, x: Array, y: Array) -> ProbeResult:
         B, T = x.shape[:2]
         xs = jnp.swapaxes(x, 0, 1)  # (T, B) or (T, B, D)
+        s0 = cell.initial_state(params, B)
 
-        def forward_step(carry, x_t):
-            h, finite = carry
-            h = rnn_cell(params.W_hh, phi, h, step_drive(params.W_xh, x_t) + params.b_h)
-            return (h, finite & jnp.all(jnp.isfinite(h))), h
+        def forward_step(carry, inputs):
+            s, bad_t = carry
+            x_t, t = inputs
+            s = cell.step(params, s, x_t)
+            bad_t = jnp.where((bad_t == 0) & ~finite(s), t, bad_t)
+            # With the loss over all steps, the outputs too (inside the scan: under vmap a
+            # read-out of the stacked states would copy them into a batched matmul's layout).
+            return (s, bad_t), (s, cell.readout(params, s)) if loss_at == "all" else s
 
-        h0 = jnp.zeros((B, params.W_hh.shape[0]), params.W_hh.dtype)
-        (_, finite), hs = jax.lax.scan(forward_step, (h0, jnp.ones((), bool)), xs)  # (T, B, H)
+        t1 = jnp.arange(1, T + 1, dtype=jnp.int32)
+        (_, forward_overflow_t), ys = jax.lax.scan(
+            forward_step, (s0, jnp.zeros((), jnp.int32)), (xs, t1), unroll=unroll)
 
-        step_loss = make_step_loss(kind, loss_at, T)
-        scale = truncation_scale(T, truncate, params.W_hh.dtype)
+        # The loss's gradient with respect to every step's outputs at once: one batched softmax
+        # (or squared-error) gradient over (T, B, Q); the read-out's vjp then takes it to the
+        # state inside the backward scan (a (B, Q) x (Q, H) product per step).
+        if loss_at == "all":
+            states, outputs = ys
+            value, dO = jax.value_and_grad(lambda o: loss(o, y))(outputs)
+        else:  # only the last step carries loss: it starts the backward chain
+            states = ys
+            last = jax.tree.map(lambda a: a[-1], states)
+            value, start = jax.value_and_grad(
+                lambda s: loss(cell.readout(params, s)[None], y))(last)
+        dtype = jax.tree.leaves(s0)[0].real.dtype
+        scale = truncation_scale(T, truncate, dtype)
 
-        def local_loss(h, t):
-            return step_loss(h @ params.W_hq + params.b_q, y, t).astype(h.dtype)
+        def local(s, dO_t):
+            return jax.vjp(lambda z: cell.readout(params, z), s)[1](dO_t)[0]
 
-        def backward_step(carry, t):
-            from_later, overflowed, loss = carry  # from_later: s_{t+1} dL/dA_{t+1} W_hh^T
-            h = hs[t]
-            h_prev = jnp.where(t > 0, hs[jnp.maximum(t - 1, 0)], 0)
-            l_t, local = jax.value_and_grad(local_loss)(h, t)
-            dH = local + from_later  # (B, H)
-            dA = dH * dphi(h)
-            overflowed = overflowed | ~jnp.all(jnp.isfinite(dH))
-            to_earlier = dA @ params.W_hh.T
-            if scale is not None:
-                to_earlier = scale[t] * to_earlier
-            norms = (safe_norm(dH, (0, 1)), step_contribution_norms(h_prev[None], dA[None])[0])
-            return (to_earlier, overflowed, loss + l_t), (norms, overflowed)
+        # The backward scan reads the states as its xs (under vmap a scan's xs keep the layout
+        # the forward scan produced; indexing the stack instead would copy it). Iteration i
+        # holds s_i (0-based) and carries s_{i+1} with its complete total derivative g_{i+1},
+        # so it runs step i + 1's backward; step 0's runs after the scan, from s0.
+        def step_back(g, s_prev, s, x_t, scale_t):
+            to_earlier, log_pg, log_taps = backward(params, s_prev, s, x_t, g)
+            if scale_t is not None:
+                to_earlier = jax.tree.map(lambda a: scale_t.astype(a.dtype) * a, to_earlier)
+            return to_earlier, (log10_norm(cell.hidden(g)), log_pg, log_taps)
 
-        init = (jnp.zeros_like(h0), jnp.zeros((), bool), jnp.zeros((), h0.dtype))
-        (_, _, loss), ((g, pg), overflowed) = jax.lax.scan(
-            backward_step, init, jnp.arange(T), reverse=True)
+        zero = jax.tree.map(jnp.zeros_like, s0)
+        shift = {"x": jnp.roll(xs, -1, axis=0)}  # x_{i+1} at i (x_T at T - 1 is never used)
+        if scale is not None:
+            shift["scale"] = jnp.roll(scale, -1)
+        if loss_at == "all":
+            shift["dO"] = dO
+
+        def backward_step(carry, inputs):
+            g_after, after, overflowed, i = carry
+            s_i = inputs["s"]
+            to_earlier, norms = step_back(g_after, s_i, after, inputs["x"], inputs.get("scale"))
+            first = i == T - 1  # nothing after the last step: its backward runs next iteration
+            g = jax.tree.map(lambda a: jnp.where(first, 0, a), to_earlier)
+            if loss_at == "all":
+                g = jax.tree.map(jnp.add, g, local(s_i, inputs["dO"]))
+            else:
+                g = jax.tree.map(lambda a, b: jnp.where(first, b, a), g, start)
+            overflowed = overflowed | (~first & ~finite(g_after))
+            return (g, s_i, overflowed, i - 1), (norms, overflowed)
+
+        init = (zero, zero, jnp.zeros((), bool), jnp.asarray(T - 1))
+        (g0, s1, overflowed, _), (norms, over) = jax.lax.scan(
+            backward_step, init, {"s": states, **shift}, reverse=True, unroll=unroll)
+        _, norms0 = step_back(g0, s0, s1, xs[0], None)
+        over0 = overflowed | ~finite(g0)
+        # ys[i] is step i + 1's (i < T - 1); ys[T - 1] is the unused first iteration's
+        lg, lpg, ltaps = jax.tree.map(lambda a0, a: jnp.concatenate([a0[None], a[:-1]]),
+                                      norms0, norms)
+        overflowed = jnp.concatenate([over0[None], over[:-1]])
         # With a finite forward pass, a non-finite gradient can only come from an overflow.
-        overflow = overflowed & jnp.isfinite(loss) & finite
-        return ProbeResult(loss=loss, grad_norm=jnp.where(overflow, jnp.inf, g),
-                           param_grad_norm=jnp.where(overflow, jnp.inf, pg))
+        # Without one, no gradient is defined (the loss is not finite): NaN throughout, even
+        # where a relu's zero derivative would have turned NaN into 0.
+        defined = (forward_overflow_t == 0) & jnp.isfinite(value)
+        overflow = overflowed & defined
+
+        def flag(a):
+            return jnp.where(defined, jnp.where(overflow, jnp.inf, a), jnp.nan)
+
+        return ProbeResult(loss=value, log10_grad_norm=flag(lg), log10_param_grad_norm=flag(lpg),
+                           overflow=overflow, forward_overflow_t=forward_overflow_t,
+                           taps={k: flag(v) for k, v in ltaps.items()})
 
     return probe

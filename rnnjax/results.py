@@ -86,29 +86,36 @@ def config_columns(cfg) -> dict[str, Any]:
     }
 
 
-def probe_frame(
-    seeds: np.ndarray, grad_norm: np.ndarray, param_grad_norm: np.ndarray,
-    columns: Mapping[str, Any], train_step: int = 0,
-) -> pd.DataFrame:
-    """One row per (seed, t), with the flags `underflow` (grad_norm is 0: below the dtype's
-    range, or exactly zero) and `overflow` (grad_norm is inf: beyond the dtype's range).
+def probe_frame(seeds: np.ndarray, profile, columns: Mapping[str, Any],
+                train_step: int = 0) -> pd.DataFrame:
+    """One row per (seed, t) of a probe's result, with its flags.
+
+    Flags: `underflow` (grad_norm is 0: below the dtype's range, or exactly zero), `overflow`
+    (the backward chain left the dtype's range at or after t: grad_norm is inf from there back
+    to t = 1), `forward_overflow` (the seed's forward pass was not finite from step
+    `forward_overflow_t` on, so its gradients are NaN; `forward_overflow_t` is 0 when finite).
 
     Args:
       seeds: (S,) seed of each network.
-      grad_norm, param_grad_norm: (S, T).
+      profile: a `rnnjax.summary.Profile` of S networks and T steps.
       columns: constant columns (the config).
       train_step: the training step the profile was taken at (0: initialization).
     """
-    S, T = grad_norm.shape
-    g = np.asarray(grad_norm, dtype=np.float64).ravel()
+    S, T = profile.grad_norm.shape
+    g = np.asarray(profile.grad_norm, dtype=np.float64).ravel()
+    fwd = np.repeat(np.asarray(profile.forward_overflow_t, dtype=np.int64), T)
     df = pd.DataFrame({
         "seed": np.repeat(np.asarray(seeds, dtype=np.int64), T),
         "t": np.tile(np.arange(1, T + 1, dtype=np.int64), S),
         "grad_norm": g,
-        "param_grad_norm": np.asarray(param_grad_norm, dtype=np.float64).ravel(),
+        "param_grad_norm": np.asarray(profile.param_grad_norm, dtype=np.float64).ravel(),
+        **{f"{k}_grad_norm": np.asarray(v, dtype=np.float64).ravel()
+           for k, v in profile.taps.items()},
         "train_step": np.int64(train_step),
         "underflow": g == 0,
-        "overflow": np.isposinf(g),
+        "overflow": np.asarray(profile.overflow, dtype=bool).ravel(),
+        "forward_overflow": fwd > 0,
+        "forward_overflow_t": fwd,
     })
     for k, v in columns.items():
         df[k] = v

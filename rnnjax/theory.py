@@ -4,11 +4,10 @@
   for W_hh ~ N(0, g^2/H): the pre-activation variance q* and chi_1 = g^2 E[phi'(h)^2]; the
   per-step factor of ||dL/dH_t|| is sqrt(chi_1), the depth scale xi = -1/ln(chi_1).
 - Pascanu, Mikolov & Bengio (2013): ||dH_T/dH_t|| <= (gamma sigma_max(W_hh))^(T-t).
-- Linear RNNs: the profile is exactly the powers of W_hh^T applied to dL/dH_T.
 - Lyapunov exponents of the driven hidden dynamics by the QR method (Engelken, Wolf & Abbott).
 
 Gaussian expectations use Gauss-Hermite quadrature (numpy, float64). The functions that need
-the network's trajectory (`lyapunov_exponents`) are pure JAX and vmappable.
+the network's trajectory (`make_lyapunov`) are pure JAX and vmappable, for any cell.
 """
 
 import math
@@ -18,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from jax.flatten_util import ravel_pytree
 
-from rnnjax.cells import RNNParams, activation, input_drive
+from rnnjax.cells import Cell
+from rnnjax.cells.vanilla import input_drive
 
 # sup |phi'|: the gamma of Pascanu et al.'s bound.
 GAMMA = {"tanh": 1.0, "relu": 1.0, "linear": 1.0, "sigmoid": 0.25}
@@ -115,74 +116,50 @@ def pascanu_log10_bound(name: str, W_hh: np.ndarray) -> float:
     return float(math.log10(GAMMA[name] * sigma)) if sigma > 0 else -math.inf
 
 
-def linear_profile(W_hh: np.ndarray, dL_dH_T: np.ndarray, T: int) -> np.ndarray:
-    """Exact ||dL/dH_t|| of a LINEAR RNN whose loss is at the last step: ||dL/dH_T (W^T)^(T-t)||.
+def make_lyapunov(cell: Cell, k: int = 3, burn_in: int = 0) -> Callable[..., Array]:
+    """Builds `lyapunov(params, x) -> (k,)`: the top k Lyapunov exponents (natural log per
+    step) of the cell's state dynamics driven by the batch x, by the QR method, averaged over the
+    sequences of the batch.
+
+    The Jacobian of one step, J_t = d s_t / d s_{t-1}, is applied to an orthonormal frame Q by
+    `jax.linearize` (a complex state is taken as its real and imaginary parts); Q is
+    re-orthonormalized, and the logs of |diag R| are averaged over the steps after `burn_in`.
+    For the vanilla RNN, J_t = diag(phi'(A_t)) W_hh^T.
 
     Args:
-      W_hh: (H, H). dL_dH_T: (B, H). T: steps.
-
-    Returns:
-      (T,) norms for t = 1..T, in float64.
+      cell: the cell.
+      k: how many exponents (at most the state's real dimension).
+      burn_in: steps left out of the average at the start.
     """
-    W = np.asarray(W_hh, np.float64)
-    g = np.asarray(dL_dH_T, np.float64)
-    out = np.empty(T)
-    for k in range(T):  # host-side numpy on an (B, H) vector: the reference, not the harness
-        out[T - 1 - k] = np.linalg.norm(g)
-        g = g @ W.T
-    return out
 
+    def one(params, x: Array) -> Array:  # x (T,) or (T, D): one sequence
+        s0 = cell.initial_state(params, 1)
+        flat0, unravel = ravel_pytree(s0)
+        n, is_complex = flat0.size, jnp.iscomplexobj(flat0)
 
-def make_lyapunov(activation_name: str, k: int = 3, burn_in: int = 0):
-    """Builds `lyapunov(params, x) -> (k,)`: the top k Lyapunov exponents (natural log per
-    step) of the hidden dynamics driven by the batch x, by the QR method, averaged over the batch.
+        def to_vec(s):
+            v = ravel_pytree(s)[0]
+            return jnp.concatenate([v.real, v.imag]) if is_complex else v
 
-    The Jacobian of one step is J_t = diag(phi'(A_t)) W_hh^T; an orthonormal frame Q is pushed
-    through J_t and re-orthonormalized, and the logs of |diag R| are averaged over the steps
-    after `burn_in`.
-    """
-    phi = activation(activation_name)
+        def from_vec(v):
+            return unravel(v[:n] + 1j * v[n:] if is_complex else v)
 
-    def one(params: RNNParams, drive: Array) -> Array:  # drive (T, H): one sequence
-        H = params.W_hh.shape[0]
-        Q0 = jnp.eye(H, k, dtype=params.W_hh.dtype)
+        Q0 = jnp.eye(to_vec(s0).size, k, dtype=flat0.real.dtype)
 
-        def step(carry, inp):
-            h, Q = carry
-            d, t = inp
-            a = d + h @ params.W_hh
-            dphi = jax.grad(lambda z: phi(z).sum())(a)
-            Q, R = jnp.linalg.qr(dphi[:, None] * (params.W_hh.T @ Q))
+        def step(carry, inputs):
+            s, Q = carry
+            x_t, t = inputs
+            s_next, jvp = jax.linearize(lambda z: cell.step(params, z, x_t[None]), s)
+            JQ = jax.vmap(lambda q: to_vec(jvp(from_vec(q))), in_axes=1, out_axes=1)(Q)
+            Q, R = jnp.linalg.qr(JQ)
             logs = jnp.log(jnp.abs(jnp.diagonal(R)))
-            return (phi(a), Q), jnp.where(t >= burn_in, logs, 0.0)
+            return (s_next, Q), jnp.where(t >= burn_in, logs, 0.0)
 
-        T = drive.shape[0]
-        h0 = jnp.zeros((H,), params.W_hh.dtype)
-        _, logs = jax.lax.scan(step, (h0, Q0), (drive, jnp.arange(T)))
+        T = x.shape[0]
+        _, logs = jax.lax.scan(step, (s0, Q0), (x, jnp.arange(T)))
         return logs.sum(0) / max(T - burn_in, 1)
 
-    def lyapunov(params: RNNParams, x: Array) -> Array:
-        drive = input_drive(params.W_xh, x) + params.b_h  # (T, B, H)
-        return jax.vmap(one, (None, 1))(params, drive).mean(0)
+    def lyapunov(params, x: Array) -> Array:
+        return jax.vmap(one, (None, 0))(params, x).mean(0)
 
     return lyapunov
-
-
-def jacobian_product_singular_values(params: RNNParams, x: np.ndarray, activation_name: str,
-                                     t: int) -> np.ndarray:
-    """Singular values of dH_T/dH_t for ONE sequence x (T,) or (T, D), brute force in float64.
-
-    Small cases only: it forms the (H, H) product of T - t Jacobians.
-    """
-    p = {k: np.asarray(v, np.float64) for k, v in params._asdict().items()}
-    drive = np.asarray(input_drive(jnp.asarray(p["W_xh"]), jnp.asarray(np.asarray(x)[None])),
-                       np.float64)[:, 0] + p["b_h"]
-    phi, dphi = _np_phi(activation_name)
-    h = np.zeros(p["W_hh"].shape[0])
-    P = np.eye(len(h))
-    for s, d in enumerate(drive, start=1):  # reference loop over time, float64
-        a = d + h @ p["W_hh"]
-        h = phi(a)
-        if s > t:
-            P = (dphi(a)[:, None] * p["W_hh"].T) @ P
-    return np.linalg.svd(P, compute_uv=False)

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from rnnjax.cells import RNNParams, activation, forward, rnn_cell, step_drive
-from rnnjax.probes import make_loss, truncation_scale
+from rnnjax.cells import Cell, unroll
+from rnnjax.losses import make_loss, truncation_scale
 
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam, "rmsprop": optax.rmsprop}
 
@@ -21,7 +21,7 @@ OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam, "rmsprop": optax.rmsprop}
 class TrainState(NamedTuple):
     """One network's training state (a leading seed axis S under `vmap`)."""
 
-    params: RNNParams
+    params: Any  # the cell's parameters
     opt_state: Any  # optax state
     alive: Array  # () bool: False once a loss or gradient was non-finite
     diverged_at: Array  # () int32: the first non-finite step, -1 while finite
@@ -60,7 +60,7 @@ def bptt_scale(key: Array, T: int, mode: str, truncate: int | None, dtype) -> Ar
 
 
 def make_train_chunk(
-    activation_name: str, loss_at: str, kind: str, tx: optax.GradientTransformation,
+    cell: Cell, loss_at: str, kind: str, tx: optax.GradientTransformation,
     train_batch: Callable, total_steps: int, n: int, bptt: str = "full",
     truncate: int | None = None, clip: float | None = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, StepMetrics]]:
@@ -71,7 +71,7 @@ def make_train_chunk(
     is and records the step; the other networks (other vmap lanes) are unaffected.
 
     Args:
-      activation_name, loss_at, kind: the model and loss, as for `make_probe`.
+      cell, loss_at, kind: the model and loss, as for `make_probe`.
       tx: the optax transformation (clipping included).
       train_batch: (key, step) -> (x, y, mask), pure.
       total_steps: the step budget.
@@ -79,19 +79,18 @@ def make_train_chunk(
       bptt, truncate: see `bptt_scale`.
       clip: the clipping threshold, to report whether clipping was active.
     """
-    phi = activation(activation_name)
     loss = make_loss(kind, loss_at)
 
     def loss_fn(params, x, y, mask, scale):
-        _, outputs = forward(params, x, phi, grad_scale=scale)
+        _, outputs = unroll(cell, params, x, grad_scale=scale)
         return loss(outputs, y, mask)
 
     def step(carry, i):
         state, key = carry
         k_data, k_bptt = jax.random.split(key)
         x, y, mask = train_batch(k_data, i)
-        scale = bptt_scale(jax.random.fold_in(k_bptt, i), x.shape[1], bptt, truncate,
-                           state.params.W_hh.dtype)
+        dtype = jax.tree.leaves(state.params)[0].dtype
+        scale = bptt_scale(jax.random.fold_in(k_bptt, i), x.shape[1], bptt, truncate, dtype)
         value, grads = jax.value_and_grad(loss_fn)(state.params, x, y, mask, scale)
         gnorm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -122,39 +121,37 @@ def make_train_chunk(
     return train_chunk
 
 
-def init_state(params: RNNParams, tx: optax.GradientTransformation) -> TrainState:
+def init_state(params, tx: optax.GradientTransformation) -> TrainState:
     """The training state of one network at step 0."""
     return TrainState(params, tx.init(params), jnp.ones((), bool), jnp.full((), -1, jnp.int32))
 
 
-def make_eval(activation_name: str, loss_at: str, kind: str) -> Callable[..., Array]:
+def make_eval(cell: Cell, loss_at: str, kind: str) -> Callable[..., Array]:
     """`evaluate(params, x, y) -> loss` on a whole (validation) set, full BPTT."""
-    phi = activation(activation_name)
     loss = make_loss(kind, loss_at)
 
-    def evaluate(params: RNNParams, x: Array, y: Array) -> Array:
-        return loss(forward(params, x, phi)[1], y)
+    def evaluate(params, x: Array, y: Array) -> Array:
+        return loss(unroll(cell, params, x)[1], y)
 
     return evaluate
 
 
-def make_generate(activation_name: str, num_preds: int) -> Callable[[RNNParams, Array], Array]:
+def make_generate(cell: Cell, num_preds: int) -> Callable[..., Array]:
     """d2l's `predict`: warm up on a prefix, then append the argmax token `num_preds` times.
 
     Returns:
       generate(params, prefix (P,) int) -> (num_preds,) int tokens.
     """
-    phi = activation(activation_name)
 
-    def generate(params: RNNParams, prefix: Array) -> Array:
-        hs, _ = forward(params, prefix[None, :], phi)  # (P, 1, H)
+    def generate(params, prefix: Array) -> Array:
+        states, _ = unroll(cell, params, prefix[None, :])  # leaves (P, 1, ...)
 
-        def step(h, _):
-            tok = jnp.argmax(h @ params.W_hq + params.b_q, axis=-1)  # (1,)
-            h = rnn_cell(params.W_hh, phi, h, step_drive(params.W_xh, tok) + params.b_h)
-            return h, tok[0]
+        def step(state, _):
+            tok = jnp.argmax(cell.readout(params, state), axis=-1)  # (1,)
+            return cell.step(params, state, tok), tok[0]
 
-        _, toks = jax.lax.scan(step, hs[-1], None, length=num_preds)
+        last = jax.tree.map(lambda a: a[-1], states)
+        _, toks = jax.lax.scan(step, last, None, length=num_preds)
         return toks
 
     return generate

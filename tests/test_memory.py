@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 from test_cli import run
 
-from rnnjax.init import init_params, normal
+from rnnjax.cells import vanilla
+from rnnjax.cells.vanilla import init_params
+from rnnjax.init import normal
 from rnnjax.memory import compiled_bytes, fit_seeds, free_bytes, memory_budget
 from rnnjax.probes import make_probe
 
@@ -23,15 +25,16 @@ def nets(S, B, T, H, V=11, dtype=jnp.float32):
 
 def test_chunked_seeds_give_the_same_results(caplog):
     p, x, y = nets(S=7, B=4, T=30, H=16)
-    probe = make_probe("tanh", "all")
+    probe = make_probe(vanilla("tanh"), "all")
     whole = fit_seeds(probe, (0, 0, 0), (p, x, y), None, "probe")(p, x, y)
     need = compiled_bytes(jax.jit(jax.vmap(probe)).lower(p, x, y).compile())
     assert need > 0
     with caplog.at_level(logging.INFO, logger="rnnjax"):
         chunked = fit_seeds(probe, (0, 0, 0), (p, x, y), need // 3, "probe")(p, x, y)
     assert "7 seeds need" in caplog.text and "chunks of 2 seeds" in caplog.text
-    for a, b in zip(whole, chunked, strict=True):
-        np.testing.assert_array_equal(a, b)
+    # Chunks of 2 seeds may compile to other kernels than 7 at once: equal to float rounding.
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_shared_arguments_stay_shared():
@@ -47,7 +50,8 @@ def test_probe_memory_is_within_2_5_trajectories():
     # The probe keeps one trajectory H_1..H_T; the goal is <= 2.5x S*T*B*H numbers.
     S, B, T, H = 4, 16, 512, 64
     p, x, y = nets(S, B, T, H)
-    need = compiled_bytes(jax.jit(jax.vmap(make_probe("tanh", "all"))).lower(p, x, y).compile())
+    probe = jax.jit(jax.vmap(make_probe(vanilla("tanh"), "all")))
+    need = compiled_bytes(probe.lower(p, x, y).compile())
     trajectory = S * T * B * H * 4
     assert need <= 2.5 * trajectory, need / trajectory
 

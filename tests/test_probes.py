@@ -6,13 +6,27 @@ import numpy as np
 import pytest
 from jax.extend.core import jaxprs_in_params
 from numpy_bptt import bptt
+from references import make_time_grads
 
-from rnnjax.cells import ACTIVATIONS, RNNParams
-from rnnjax.init import gaussian, init_params, orthogonal, xavier
-from rnnjax.probes import make_probe, make_time_grads, safe_norm, step_contribution_norms
+from rnnjax.cells import ACTIVATIONS, log10_norm, vanilla
+from rnnjax.cells.vanilla import init_params, log10_outer_norm
+from rnnjax.init import gaussian, orthogonal, xavier
+from rnnjax.probes import make_probe
 from rnnjax.results import log10_slope
 
 CASES = list(itertools.product(sorted(ACTIVATIONS), ["all", "last"]))
+
+
+def cell(act, path="fast"):
+    """The vanilla cell with its own fast backward step, or with the generic jax.vjp one."""
+    c = vanilla(act)
+    return c if path == "fast" else c._replace(backward=None)
+
+
+def norms(res):
+    """(grad_norm, param_grad_norm) of a ProbeResult as float64 numbers."""
+    return (10.0 ** np.asarray(res.log10_grad_norm, np.float64),
+            10.0 ** np.asarray(res.log10_param_grad_norm, np.float64))
 
 
 GAIN = {"tanh": 1.3, "sigmoid": 1.3, "relu": 1.1, "linear": 0.8}
@@ -37,20 +51,23 @@ def as_numpy(p):
 
 
 @pytest.mark.parametrize("act,loss_at", CASES)
-@pytest.mark.parametrize("B,H", [(3, 5), (6, 4)])  # B <= H and B > H take different norm paths
-def test_probe_matches_numpy_bptt(key, act, loss_at, B, H):
+@pytest.mark.parametrize("B,H,path", [(3, 5, "fast"), (6, 4, "fast"), (3, 5, "generic")])
+def test_probe_matches_numpy_bptt(key, act, loss_at, B, H, path):
+    # B <= H and B > H take different norm paths in the fast backward step
     k_net, k_tok = jax.random.split(key)
     T, V = 11, 7
     p = random_net(k_net, D=V, H=H, Q=V, gain=GAIN[act])
     x, y = tokens(k_tok, B, T, V)
-    res = jax.jit(make_probe(act, loss_at))(p, x, y)
+    res = jax.jit(make_probe(cell(act, path), loss_at))(p, x, y)
     loss, dH, dA, h_prev, _ = bptt(as_numpy(p), np.asarray(x), np.asarray(y), act, loss_at)
     want_g = np.sqrt((dH**2).sum(axis=(1, 2)))
     want_pg = np.array([np.linalg.norm(h_prev[t].T @ dA[t]) for t in range(T)])
-    assert res.grad_norm.dtype == jnp.float64
+    assert res.log10_grad_norm.dtype == jnp.float64
+    got_g, got_pg = norms(res)
     np.testing.assert_allclose(res.loss, loss, rtol=1e-10)
-    np.testing.assert_allclose(res.grad_norm, want_g, rtol=1e-8, atol=1e-14)
-    np.testing.assert_allclose(res.param_grad_norm, want_pg, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(got_g, want_g, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(got_pg, want_pg, rtol=1e-8, atol=1e-14)
+    assert not res.overflow.any() and int(res.forward_overflow_t) == 0
     # a comparison of all-zero gradients could not fail
     assert want_g[-1] > 0 and (want_g > 0).sum() >= T // 2
     if loss_at == "last":  # only the last step carries loss: the profile must vary
@@ -71,8 +88,9 @@ def test_step_contributions_sum_to_w_hh_gradient(key, act, loss_at):
 
     np.testing.assert_allclose(contributions.sum(0), jax.grad(loss)(p.W_hh), rtol=1e-10,
                                atol=1e-14)
-    norms = make_probe(act, loss_at)(p, x, y).param_grad_norm
-    np.testing.assert_allclose(norms, jnp.linalg.norm(contributions, axis=(1, 2)), rtol=1e-10)
+    for path in ("fast", "generic"):
+        got = norms(make_probe(cell(act, path), loss_at)(p, x, y))[1]
+        np.testing.assert_allclose(got, jnp.linalg.norm(contributions, axis=(1, 2)), rtol=1e-10)
 
 
 @pytest.mark.parametrize("rho", [0.5, 0.9, 1.0, 1.1])
@@ -82,7 +100,7 @@ def test_linear_orthogonal_slope_is_log_rho(key, rho):
     T = 40
     p = init_params(key, orthogonal(rho), xavier(), 6, 16, 6, jnp.float64)
     x, y = tokens(jax.random.fold_in(key, 1), 4, T, 6)
-    g = np.asarray(make_probe("linear", "last")(p, x, y).grad_norm)
+    g = norms(make_probe(vanilla("linear"), "last")(p, x, y))[0]
     np.testing.assert_allclose(g, g[-1] * rho ** (T - np.arange(1, T + 1)), rtol=1e-9)
     assert log10_slope(g)[0] == pytest.approx(np.log10(rho), abs=1e-10)
 
@@ -91,52 +109,54 @@ def test_vmapped_seeds_equal_per_seed_loop(key):
     keys = jax.random.split(key, 5)
     ps = jax.vmap(lambda k: random_net(k, dtype=jnp.float32))(keys)
     x, y = jax.vmap(lambda k: tokens(k, 3, 8, 7))(jax.random.split(jax.random.fold_in(key, 9), 5))
-    probe = make_probe("tanh", "all")
+    probe = make_probe(vanilla("tanh"), "all")
     batched = jax.jit(jax.vmap(probe))(ps, x, y)
     for s in range(5):
         one = probe(jax.tree.map(lambda a, s=s: a[s], ps), x[s], y[s])
-        np.testing.assert_allclose(batched.grad_norm[s], one.grad_norm, rtol=1e-5)
-        np.testing.assert_allclose(batched.param_grad_norm[s], one.param_grad_norm, rtol=1e-5)
+        np.testing.assert_allclose(batched.log10_grad_norm[s], one.log10_grad_norm, atol=3e-6)
+        np.testing.assert_allclose(batched.log10_param_grad_norm[s], one.log10_param_grad_norm,
+                                   atol=3e-6)
         np.testing.assert_allclose(batched.loss[s], one.loss, rtol=1e-6)
     # different seeds are different networks
-    assert not np.allclose(batched.grad_norm[0], batched.grad_norm[1])
+    assert not np.allclose(batched.log10_grad_norm[0], batched.log10_grad_norm[1])
 
 
 def test_float32_computes_in_float32_and_agrees_with_float64(key):
     p64 = random_net(key)
     p32 = jax.tree.map(lambda a: a.astype(jnp.float32), p64)
     x, y = tokens(jax.random.fold_in(key, 2), 3, 10, 7)
-    r32 = jax.jit(make_probe("sigmoid", "last"))(p32, x, y)
-    r64 = jax.jit(make_probe("sigmoid", "last"))(p64, x, y)
-    assert r32.grad_norm.dtype == jnp.float32 and r64.grad_norm.dtype == jnp.float64
-    np.testing.assert_allclose(r32.grad_norm, r64.grad_norm, rtol=1e-4)
-    assert not np.array_equal(np.asarray(r32.grad_norm, np.float64), np.asarray(r64.grad_norm))
+    r32 = jax.jit(make_probe(vanilla("sigmoid"), "last"))(p32, x, y)
+    r64 = jax.jit(make_probe(vanilla("sigmoid"), "last"))(p64, x, y)
+    assert r32.log10_grad_norm.dtype == jnp.float32 and r64.log10_grad_norm.dtype == jnp.float64
+    np.testing.assert_allclose(norms(r32)[0], norms(r64)[0], rtol=1e-4)
+    assert not np.array_equal(norms(r32)[0], norms(r64)[0])
 
 
-def test_safe_norm_survives_float32_underflow_and_overflow():
+def test_log10_norm_survives_float32_underflow_and_overflow():
     for scale in (1e-30, 1e25):
         v = jnp.full((3, 4), scale, jnp.float32)
-        assert float(safe_norm(v[None], axes=(1, 2))[0]) == pytest.approx(scale * np.sqrt(12),
-                                                                          rel=1e-5)
+        assert 10 ** float(log10_norm(v)) == pytest.approx(scale * np.sqrt(12), rel=1e-5)
         naive = jnp.sqrt(jnp.sum(v**2))
         assert naive == 0 or not np.isfinite(naive)  # what the scaling avoids
-    assert float(safe_norm(jnp.zeros((1, 2, 2), jnp.float32), axes=(1, 2))[0]) == 0.0
+    assert float(log10_norm(jnp.zeros((2, 2), jnp.float32))) == -np.inf
+    # several leaves, complex entries by modulus
+    tree = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([4j])}
+    assert float(log10_norm(tree)) == pytest.approx(np.log10(5.0), abs=1e-12)
 
 
-def test_contribution_norms_both_paths_agree(key):
+def test_outer_norms_both_paths_agree(key):
     kh, kd = jax.random.split(key)
     for B, H in [(2, 5), (7, 3)]:
-        h = jax.random.normal(kh, (4, B, H))
-        d = 1e-30 * jax.random.normal(kd, (4, B, H))
-        want = np.linalg.norm(np.einsum("tbi,tbj->tij", np.asarray(h), np.asarray(d) * 1e30),
-                              axis=(1, 2)) * 1e-30
-        np.testing.assert_allclose(step_contribution_norms(h, d), want, rtol=1e-10)
+        h = jax.random.normal(kh, (B, H))
+        d = 1e-30 * jax.random.normal(kd, (B, H))
+        want = np.linalg.norm(np.asarray(h).T @ (np.asarray(d) * 1e30)) * 1e-30
+        assert float(log10_outer_norm(h, d)) == pytest.approx(np.log10(want), abs=1e-10)
 
 
 def test_compiled_program_does_not_grow_with_seq_len(key):
     """The scan body is traced once: the jaxpr has the same number of equations for any T."""
     p = random_net(key)
-    probe = make_probe("tanh", "all")
+    probe = make_probe(vanilla("tanh"), "all")
 
     def count(jaxpr):
         subs = [count(j.jaxpr if hasattr(j, "jaxpr") else j)
@@ -152,21 +172,51 @@ def test_compiled_program_does_not_grow_with_seq_len(key):
 
 def test_unknown_names_raise():
     with pytest.raises(ValueError, match="allowed"):
-        make_probe("softsign", "all")
+        vanilla("softsign")
     with pytest.raises(ValueError, match="allowed"):
-        make_probe("tanh", "first")
-    assert isinstance(RNNParams._fields, tuple)
+        make_probe(vanilla("tanh"), "first")
 
 
-def test_safe_norm_near_the_float32_limits():
+def test_log10_norm_near_the_float32_limits():
     # Above ~1e38 the reciprocal of the scale is subnormal (flushed to zero by XLA on a CPU);
-    # below ~1e-19 squares underflow. The norm must stay exact in both ranges, and overflow to
-    # inf only when the norm itself is beyond float32.
-    norm = jax.jit(safe_norm, static_argnums=1)
+    # below ~1e-19 squares underflow. The norm must stay exact in both ranges, and beyond
+    # float32's range when every entry is finite (its log10 is), inf only for an inf entry.
+    norm = jax.jit(log10_norm)
     base = np.array([[1.0, 0.5], [0.25, 0.0]])
     for scale in (2e38, 1e30, 1e-20, 1e-36):
         x = jnp.asarray(base * scale, jnp.float32)
-        want = np.linalg.norm(base) * scale
-        np.testing.assert_allclose(float(norm(x, (0, 1))), want, rtol=1e-6)
-    assert np.isposinf(norm(jnp.full((2, 2), 3e38, jnp.float32), (0, 1)))
-    assert norm(jnp.zeros((2, 2), jnp.float32), (0, 1)) == 0
+        want = np.linalg.norm(base) * np.float64(scale)
+        # a float32 log10 near 38 is exact to ~4e-6 (its spacing there): 1e-5 relative in norm
+        assert float(norm(x)) == pytest.approx(np.log10(want), abs=5e-6)
+    big = float(norm(jnp.full((2, 2), 3e38, jnp.float32)))
+    assert big == pytest.approx(np.log10(6e38), abs=5e-6)  # 6e38 > float32's max, yet exact
+    assert np.isposinf(norm(jnp.array([1.0, np.inf], jnp.float32)))
+    assert np.isnan(norm(jnp.array([1.0, np.nan], jnp.float32)))
+    assert norm(jnp.zeros((2, 2), jnp.float32)) == -np.inf
+
+
+def test_norms_beyond_float32_are_exact_and_only_a_lost_chain_is_flagged(key):
+    """A linear RNN with W_hh = 2 I doubles every entry of dL/dH_t per step back, exactly. In
+    float32 the norm passes float32's maximum a step or two before any entry does: those steps
+    must read their exact norm (a float64 number > 3.4e38), not inf, and not be flagged; from
+    the first step whose entries overflow back to t = 1 the chain is lost: inf, flagged."""
+    T, B, H = 110, 4, 8
+    p64 = init_params(key, lambda k, s, d: 2 * jnp.eye(*s, dtype=d), xavier(), 6, H, 6,
+                      jnp.float64)
+    # a tiny input and a large read-out: the forward pass stays finite (H_T ~ 2^T 1e-20,
+    # logits ~ 1e21) while the backward chain (~ 2^(T - t) 1e8) leaves float32's range
+    p64 = p64._replace(W_xh=1e-20 * p64.W_xh, W_hq=1e8 * p64.W_hq)
+    p32 = jax.tree.map(lambda a: a.astype(jnp.float32), p64)
+    p64 = jax.tree.map(lambda a: a.astype(jnp.float64), p32)  # the very same weights
+    x, y = tokens(jax.random.fold_in(key, 5), B, T, 6)
+    r32 = make_probe(vanilla("linear"), "last")(p32, x, y)
+    g32, g64 = norms(r32)[0], norms(make_probe(vanilla("linear"), "last")(p64, x, y))[0]
+    f32_max = float(np.finfo(np.float32).max)
+    assert int(r32.forward_overflow_t) == 0 and np.isfinite(float(r32.loss))
+    over = np.asarray(r32.overflow)
+    n = int(over.sum())
+    assert 0 < n < T and over[:n].all() and not over[n:].any()
+    assert np.isposinf(g32[:n]).all() and np.isfinite(g32[n:]).all()
+    np.testing.assert_allclose(g32[n:], g64[n:], rtol=2e-5)
+    assert g32[n:].max() > f32_max  # exact beyond float32's range, unflagged
+    assert g64[n - 1] > f32_max  # where float32 lost the chain, float64 goes on

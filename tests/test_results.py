@@ -15,6 +15,7 @@ from rnnjax.results import (
     write_json,
     write_parquet,
 )
+from rnnjax.summary import Profile
 
 
 def test_fit_window_is_middle_half():
@@ -38,9 +39,18 @@ def test_slope_recovers_geometric_decay_and_skips_underflow():
     assert math.isnan(log10_slope(np.array([1.0]))[0])
 
 
+def profile(g, pg=None, overflow=None, forward_t=None):
+    """A Profile of S x T norms (flags off unless given)."""
+    g = np.asarray(g, np.float64)
+    S, _ = g.shape
+    return Profile(np.zeros(S), g, g if pg is None else pg,
+                   np.zeros(g.shape, bool) if overflow is None else overflow,
+                   np.zeros(S, np.int64) if forward_t is None else np.asarray(forward_t), {})
+
+
 def test_probe_frame_schema():
     cols = config_columns(Config())
-    df = probe_frame(np.array([3, 4]), np.ones((2, 5)), 2 * np.ones((2, 5)), cols)
+    df = probe_frame(np.array([3, 4]), profile(np.ones((2, 5)), 2 * np.ones((2, 5))), cols)
     assert list(df.seed) == [3] * 5 + [4] * 5 and list(df.t) == [1, 2, 3, 4, 5] * 2
     assert df.grad_norm.dtype == np.float64 and df.init_gain.dtype == np.float64
     assert (df.activation == "tanh").all() and (df.init == "normal").all()
@@ -48,7 +58,7 @@ def test_probe_frame_schema():
 
 
 def test_load_sweep_skips_unfinished_jobs(tmp_path):
-    df = probe_frame(np.array([0]), np.ones((1, 3)), np.ones((1, 3)), config_columns(Config()))
+    df = probe_frame(np.array([0]), profile(np.ones((1, 3))), config_columns(Config()))
     for name in ("0", "1", "2"):
         (tmp_path / name / ".hydra").mkdir(parents=True)
     write_parquet(df, tmp_path / "0" / "grad_norms.parquet")
@@ -69,10 +79,10 @@ def test_write_json_is_strict(tmp_path):
 
 
 def test_sweep_frames_concatenate(tmp_path):
-    a = probe_frame(np.array([0]), np.ones((1, 2)), np.ones((1, 2)), config_columns(Config()))
+    a = probe_frame(np.array([0]), profile(np.ones((1, 2))), config_columns(Config()))
     c = Config()
     c.init.name = type(c.init.name)("orthogonal")
     c.init.gain = 2.0
-    b = probe_frame(np.array([0]), np.ones((1, 2)), np.ones((1, 2)), config_columns(c))
+    b = probe_frame(np.array([0]), profile(np.ones((1, 2))), config_columns(c))
     both = pd.concat([a, b])
     assert both.init_gain.dtype == np.float64 and both.init_gain.isna().sum() == 2

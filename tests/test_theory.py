@@ -4,9 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from references import jacobian_product_singular_values, linear_profile, make_time_grads
 
-from rnnjax.init import gaussian, init_params, orthogonal, spectral, xavier
-from rnnjax.probes import make_probe, make_time_grads
+from rnnjax.cells import vanilla
+from rnnjax.cells.vanilla import init_params
+from rnnjax.init import gaussian, orthogonal, spectral, xavier
+from rnnjax.probes import make_probe
 from rnnjax.results import log10_slope
 from rnnjax.tasks import make_random_batch
 from rnnjax.theory import (
@@ -14,8 +17,6 @@ from rnnjax.theory import (
     effective_gain,
     gauss_expect,
     input_drive_variance,
-    jacobian_product_singular_values,
-    linear_profile,
     make_lyapunov,
     mean_field,
     mean_field_q,
@@ -95,7 +96,7 @@ def test_linear_profile_is_exact_and_orthogonal_gives_rho_powers(key):
     p = init_params(key, spectral(1.05), xavier(), 5, 10, 5, jnp.float64)
     x, y = make_random_batch(5, 4, T)(jax.random.fold_in(key, 1))
     g = make_time_grads("linear", "last")(p, x, y)
-    probe = np.asarray(make_probe("linear", "last")(p, x, y).grad_norm)
+    probe = 10 ** np.asarray(make_probe(vanilla("linear"), "last")(p, x, y).log10_grad_norm)
     np.testing.assert_allclose(linear_profile(p.W_hh, g.dL_dH[-1], T), probe, rtol=1e-10)
     rho = 0.8
     W = np.asarray(orthogonal(rho)(key, (10, 10), jnp.float64))
@@ -108,7 +109,7 @@ def test_lyapunov_of_linear_orthogonal_is_log_rho(key):
     rho = 0.7
     p = init_params(key, orthogonal(rho), xavier(), 5, 16, 5, jnp.float64)
     x = make_random_batch(5, 3, 50)(key)[0]
-    lam = np.asarray(make_lyapunov("linear", k=4)(p, x))
+    lam = np.asarray(make_lyapunov(vanilla("linear"), k=4)(p, x))
     np.testing.assert_allclose(lam, math.log(rho), rtol=1e-10)
 
 
@@ -120,14 +121,14 @@ def test_lyapunov_matches_brute_force_singular_values(key, act):
     T = 8
     x = make_random_batch(5, 1, T)(jax.random.fold_in(key, 3))[0]
     sv = jacobian_product_singular_values(p, np.asarray(x)[0], act, 0)
-    lam_all = np.asarray(make_lyapunov(act, k=10)(p, x))
+    lam_all = np.asarray(make_lyapunov(vanilla(act), k=10)(p, x))
     with np.errstate(divide="ignore"):  # a dead ReLU unit makes the determinant 0
         assert lam_all.sum() * T == pytest.approx(np.log(sv).sum(), rel=1e-8)
     assert lam_all[0] * T <= math.log(sv[0]) + 1e-9  # one direction grows at most by sigma_1
     # long T: the top exponent is the growth rate of the top singular value
     T = 300
     x = make_random_batch(5, 1, T)(jax.random.fold_in(key, 4))[0]
-    lam = float(make_lyapunov(act, k=1)(p, x)[0])
+    lam = float(make_lyapunov(vanilla(act), k=1)(p, x)[0])
     top = math.log(jacobian_product_singular_values(p, np.asarray(x)[0], act, 0)[0]) / T
     assert lam == pytest.approx(top, abs=0.02)
 
@@ -148,7 +149,8 @@ def test_wide_network_factor_matches_mean_field(key, act, g):
     keys = jax.random.split(key, S)
     ps = jax.vmap(lambda k: init_params(k, gaussian(g), xavier(), 28, H, 28, jnp.float32))(keys)
     xs, ys = jax.vmap(lambda k: make_random_batch(28, 16, T)(k))(keys)
-    prof = np.asarray(jax.jit(jax.vmap(make_probe(act, "last")))(ps, xs, ys).grad_norm)
+    prof = 10 ** np.asarray(jax.jit(jax.vmap(make_probe(vanilla(act), "last")))(ps, xs, ys)
+                            .log10_grad_norm, np.float64)
     measured = 10 ** np.median([log10_slope(p)[0] for p in prof])
     v = np.mean([input_drive_variance(ps.W_xh[s], xs[s]) for s in range(S)])
     predicted = 10 ** mean_field(act, g, input_var=v)["log10_factor_per_step"]

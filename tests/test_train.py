@@ -10,8 +10,10 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from numpy_bptt import bptt
 
+from rnnjax.cells import vanilla
+from rnnjax.cells.vanilla import init_params
 from rnnjax.config import register_configs, validate
-from rnnjax.init import gaussian, init_params, make_init, xavier
+from rnnjax.init import gaussian, make_init, xavier
 from rnnjax.job import run_job
 from rnnjax.probes import make_probe
 from rnnjax.results import load_sweep
@@ -43,9 +45,10 @@ def test_clipping_changes_the_update_exactly_as_optax_says(key, clip):
                 np.asarray(y), "tanh", "all")[4]
     lr = 0.5
     tx = make_optimizer("sgd", lr, clip)
-    chunk = make_train_chunk("tanh", "all", "tokens", tx, fixed_batch(x, y), 1, 1, clip=clip)
+    chunk = make_train_chunk(vanilla("tanh"), "all", "tokens", tx, fixed_batch(x, y), 1, 1,
+                             clip=clip)
     state, m = chunk(init_state(p, tx), key, jnp.asarray(0))
-    grads = jax.grad(lambda q: make_probe("tanh", "all")(q, x, y).loss)(p)
+    grads = jax.grad(lambda q: make_probe(vanilla("tanh"), "all")(q, x, y).loss)(p)
     norm = float(optax.tree.norm(grads))
     np.testing.assert_allclose(grads.W_hh, g_hh, rtol=1e-9)
     factor = 1.0 if clip is None else min(1.0, clip / norm)
@@ -60,11 +63,11 @@ def test_truncated_bptt_gives_zero_gradient_across_the_cut(key, k):
     T = 13
     p = net(key)
     x, y = make_random_batch(5, 3, T)(jax.random.fold_in(key, 2))
-    g = np.asarray(make_probe("tanh", "last", truncate=k)(p, x, y).grad_norm)
+    g = 10 ** np.asarray(make_probe(vanilla("tanh"), "last", truncate=k)(p, x, y).log10_grad_norm)
     last_cut = (T - 1) // k * k  # the gradient from step last_cut + 1 never reaches H_last_cut
     assert (g[:last_cut] == 0).all()
     assert (g[last_cut:] > 0).all()
-    full = np.asarray(make_probe("tanh", "last")(p, x, y).grad_norm)
+    full = 10 ** np.asarray(make_probe(vanilla("tanh"), "last")(p, x, y).log10_grad_norm)
     np.testing.assert_allclose(g[last_cut:], full[last_cut:], rtol=1e-12)  # same after the cut
     assert (full > 0).all()
 
@@ -82,13 +85,13 @@ def test_randomized_truncation_is_unbiased(key):
 def test_planted_divergence_stops_one_seed_only(key):
     S, T = 3, 8
     keys = jax.random.split(key, S)
-    params = jax.vmap(lambda kk: init_params(kk, make_init("identity", gain=1.0), xavier(),
+    params = jax.vmap(lambda kk: init_params(kk, make_init("identity", 1.0), xavier(),
                                              5, 6, 5, jnp.float32))(keys)
     params = params._replace(W_hh=params.W_hh.at[1].multiply(1e30))  # seed 1 overflows
     x, y = make_random_batch(5, 4, T)(key)
     tx = make_optimizer("sgd", 0.1, None)
-    chunk = jax.jit(jax.vmap(make_train_chunk("relu", "all", "tokens", tx, fixed_batch(x, y),
-                                              5, 5), in_axes=(0, 0, None)))
+    chunk = jax.jit(jax.vmap(make_train_chunk(vanilla("relu"), "all", "tokens", tx,
+                                              fixed_batch(x, y), 5, 5), in_axes=(0, 0, None)))
     state, m = chunk(jax.vmap(init_state, (0, None))(params, tx), keys, jnp.asarray(0))
     assert list(np.asarray(state.alive)) == [True, False, True]
     assert list(np.asarray(state.diverged_at)) == [-1, 0, -1]
