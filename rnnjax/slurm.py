@@ -1,0 +1,203 @@
+"""Refuse a SLURM launcher request that the partition can never satisfy, before submitting.
+
+A request beyond every node of its partition is rejected by sbatch in some cases (a GPU where
+no node has one, more memory than any node) but in others it is accepted and then pends forever
+(more CPUs than any node: `Reason=PartitionConfig`), while Hydra waits in silence. The
+partition's nodes are read with `sinfo` and compared with the launcher's keys.
+"""
+
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+# One line per node of each partition: partition (default marked *), node, CPUs, memory (MB),
+# GRES, time limit.
+SINFO_FORMAT = "%P|%N|%c|%m|%G|%l"
+
+
+class Node(NamedTuple):
+    """What one node of a partition offers a job."""
+
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: int
+
+
+class Partition(NamedTuple):
+    """A partition's nodes and its time limit (None: unlimited)."""
+
+    name: str
+    nodes: list[Node]
+    max_minutes: float | None
+
+
+class Request(NamedTuple):
+    """What a job asks of each node, with the launcher settings that ask it."""
+
+    nodes: int
+    cpus: int
+    mem_mb: float
+    gpus: int
+    minutes: float | None
+    keys: dict[str, str]  # resource ("cpus", "mem", "gpus", "nodes", "time") -> "key=value, ..."
+
+
+def is_slurm_launcher(launcher: Mapping) -> bool:
+    """Whether a `hydra.launcher` config is hydra-submitit-launcher's SLURM launcher."""
+    return str(launcher.get("_target_", "")).endswith("SlurmLauncher")
+
+
+def _count_gpus(gres: str) -> int:
+    """GPUs in a GRES string: `gpu:4`, `gpu:a100:2(S:0-1),gpu:v100:1`, `(null)` -> 0."""
+    total = 0
+    for item in gres.split(","):
+        parts = re.sub(r"\(.*?\)", "", item).strip().split(":")
+        if parts[0] == "gpu":
+            total += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+    return total
+
+
+def _minutes(limit: str) -> float | None:
+    """A SLURM time limit (`infinite`, `1-00:00:00`, `2:00:00`, `30:00`, `30`) in minutes."""
+    limit = limit.strip()
+    if limit.lower() in ("infinite", "unlimited", "n/a", ""):
+        return None
+    days, _, clock = limit.rpartition("-")
+    parts = [float(p) for p in clock.split(":")]
+    h, m, s = ([0.0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0.0, parts[0], 0.0)
+    return (float(days) if days else 0.0) * 1440 + h * 60 + m + s / 60
+
+
+def _mem_mb(value: Any) -> float:
+    """A SLURM memory value (`4G`, `512M`, `2T`, a number of MB) in MB."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)B?\s*", str(value), re.IGNORECASE)
+    if m is None:
+        raise ValueError(f"not a memory size: {value!r}")
+    scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2}[m.group(2).upper()]
+    return float(m.group(1)) * scale
+
+
+def parse_sinfo(text: str, partition: str | None) -> Partition | str:
+    """The partition (None: the cluster's default) from `sinfo -h -N -o SINFO_FORMAT` output.
+
+    Returns:
+        The Partition, or a one-line message when the cluster has no such partition.
+    """
+    nodes: dict[str, list[Node]] = {}
+    limits: dict[str, float | None] = {}
+    default = None
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 6:
+            continue
+        name, node, cpus, mem, gres, limit = fields
+        if name.endswith("*"):
+            name = default = name[:-1]
+        nodes.setdefault(name, []).append(
+            Node(node, int(cpus.rstrip("+")), int(mem.rstrip("+")), _count_gpus(gres)))
+        limits[name] = _minutes(limit)
+    want = partition if partition is not None else default
+    if want not in nodes:
+        known = ", ".join(sorted(nodes)) or "none"
+        if partition is None:
+            return f"hydra.launcher.partition=null: the cluster has no default partition " \
+                   f"(partitions: {known})"
+        return f"hydra.launcher.partition={partition}: no such partition (partitions: {known})"
+    return Partition(want, nodes[want], limits[want])
+
+
+def request(launcher: Mapping) -> Request:
+    """What a submitit SLURM launcher config asks of each node (as submitit passes it to sbatch).
+
+    `gres: gpu:N` and `gpus_per_task` count as GPUs beside `gpus_per_node`; `mem_per_cpu`
+    counts per CPU; `additional_parameters` are not read.
+    """
+    get = launcher.get
+    tasks = int(get("tasks_per_node") or 1)
+    cpus = int(get("cpus_per_task") or 1) * tasks
+    keys = {"cpus": f"cpus_per_task={get('cpus_per_task')}"
+                    + (f" x tasks_per_node={tasks}" if tasks > 1 else "")}
+    gpus, gpu_keys = 0, []
+    if get("gpus_per_node"):
+        gpus = int(get("gpus_per_node"))
+        gpu_keys.append(f"gpus_per_node={gpus}")
+    if get("gpus_per_task"):
+        gpus = max(gpus, int(get("gpus_per_task")) * tasks)
+        gpu_keys.append(f"gpus_per_task={get('gpus_per_task')}")
+    if get("gres"):
+        gpus = max(gpus, _count_gpus(str(get("gres"))))
+        gpu_keys.append(f"gres={get('gres')}")
+    keys["gpus"] = ", ".join(gpu_keys)
+    mem_mb = 0.0
+    if get("mem_gb") is not None:
+        mem_mb = float(get("mem_gb")) * 1024  # submitit passes --mem=<N>GB; SLURM's G is GiB
+        keys["mem"] = f"mem_gb={get('mem_gb')}"
+    elif get("mem_per_cpu") is not None:
+        mem_mb = _mem_mb(get("mem_per_cpu")) * cpus
+        keys["mem"] = f"mem_per_cpu={get('mem_per_cpu')}"
+    minutes = get("timeout_min")
+    nodes = int(get("nodes") or 1)
+    keys["time"] = f"timeout_min={minutes}"
+    keys["nodes"] = f"nodes={nodes}"
+    return Request(nodes, cpus, mem_mb, gpus, None if minutes is None else float(minutes), keys)
+
+
+def check_request(req: Request, part: Partition) -> str | None:
+    """Why the partition can never run the request, in one line; None when it can."""
+    if req.minutes is not None and part.max_minutes is not None \
+            and req.minutes > part.max_minutes:
+        return (f"hydra.launcher.{req.keys['time']} is over partition {part.name}'s time limit "
+                f"of {part.max_minutes:g} minutes")
+    fits = [n for n in part.nodes
+            if n.cpus >= req.cpus and n.mem_mb >= req.mem_mb and n.gpus >= req.gpus]
+    if len(fits) >= req.nodes:
+        return None
+    most_cpus = max(n.cpus for n in part.nodes)
+    most_mem = max(n.mem_mb for n in part.nodes)
+    most_gpus = max(n.gpus for n in part.nodes)
+    asked = [(req.keys["cpus"], req.cpus > most_cpus),
+             (req.keys.get("mem", ""), req.mem_mb > most_mem),
+             (req.keys["gpus"], req.gpus > most_gpus)]
+    over = [k for k, exceeded in asked if exceeded]
+    offer = (f"{len(part.nodes)} node{'s' * (len(part.nodes) != 1)} with at most {most_cpus} "
+             f"CPUs, {most_gpus} GPUs and {most_mem / 1024:.1f} GB of memory each")
+    if over:
+        what = "more than any node offers"
+    elif fits:
+        over = [req.keys["nodes"]]
+        what = (f"only {len(fits)} node{'s offer' if len(fits) > 1 else ' offers'} the rest of "
+                "the request")
+    else:
+        over = [k for k, _ in asked if k]
+        what = "no one node offers all of it"
+    keys = ", ".join(f"hydra.launcher.{k}" for k in over)
+    return f"{keys}: {what} in partition {part.name} ({offer}); nothing was submitted"
+
+
+def unsatisfiable(launcher: Mapping) -> str | None:
+    """Why a SLURM launcher request can never run in its partition, as one line; None when it
+    can, when the launcher is not SLURM's, or when `sinfo` is missing or does not answer (then
+    submitting fails or succeeds on its own).
+
+    Args:
+        launcher: the `hydra.launcher` config (hydra-submitit-launcher's keys).
+
+    Returns:
+        A message naming the launcher keys and what the partition offers, or None.
+    """
+    if not is_slurm_launcher(launcher) or shutil.which("sinfo") is None:
+        return None
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    part = parse_sinfo(out.stdout, launcher.get("partition"))
+    if isinstance(part, str):
+        return part
+    return check_request(request(launcher), part)
