@@ -225,12 +225,13 @@ start() {
 }
 
 stop_daemon() {  # stop_daemon NAME: SIGTERM the process in $RUN/NAME.pid, KILL after 30 s
-    local pid
+    local pid t0
     if pid=$(running "$RUN/$1.pid" "$1"); then
+        t0=$(now)
         kill -TERM "$pid"
         for _ in $(seq 150); do [ -d "/proc/$pid" ] || break; sleep 0.2; done
         [ -d "/proc/$pid" ] && kill -KILL "$pid"
-        say "$1: stopped (pid $pid)"
+        say "$1: stopped (pid $pid, $(since "$t0") s)"
     fi
     rm -f "$RUN/$1.pid"
 }
@@ -240,8 +241,10 @@ stop() {
         scancel --partition="$PARTITION" 2> /dev/null || true
         retry 20 bash -c '[ -z "$(squeue -h)" ]' || say "jobs still queued: $(squeue -h | wc -l)"
     fi
-    local d
-    for d in slurmd slurmctld slurmdbd mariadbd munged; do stop_daemon "$d"; done
+    # SLURM's daemons first, then its database, then what they all talk through.
+    stop_daemon slurmd & stop_daemon slurmctld & wait
+    stop_daemon slurmdbd
+    stop_daemon mariadbd & stop_daemon munged & wait
 }
 
 status() {
