@@ -9,7 +9,9 @@ partition's nodes are read with `sinfo` and compared with the launcher's keys.
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 # One line per node of each partition: partition (default marked *), node, CPUs, memory (MB),
@@ -201,3 +203,88 @@ def unsatisfiable(launcher: Mapping) -> str | None:
     if isinstance(part, str):
         return part
     return check_request(request(launcher), part)
+
+
+# Waiting for every task of a submitted array. hydra-submitit-launcher waits for its jobs one
+# after another and raises submitit's UncompletedJobError at the first task that ended without a
+# result (cancelled, timed out, killed), leaving the later tasks running; these helpers let a
+# sweeper find the tasks it submitted and wait until SLURM has ended every one of them.
+
+# States after which a task never runs again (sacct's State, first word).
+FINAL_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+                "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED"}
+_TASK = re.compile(r"\d+_\d+")
+
+
+def submitted_tasks(submitit_dir: Path, before: Iterable[str] = ()) -> list[str]:
+    """The array tasks (`ARRAY_TASK` ids) submitit has submitted into a folder, in array order.
+
+    submitit makes a folder `ARRAY_TASK` for every task when it submits the array, so the
+    listing taken before a launch (`before`) tells which tasks that launch submitted.
+
+    Args:
+        submitit_dir: the launcher's `submitit_folder` without its `%j` (`SWEEP/.submitit`).
+        before: names in that folder before the launch, to leave out.
+
+    Returns:
+        Task ids such as `["42_0", "42_1"]`, sorted by array id, then task index: for one launch,
+        task i runs job i of the batch it was given.
+    """
+    if not submitit_dir.is_dir():
+        return []
+    skip = set(before)
+    names = [d.name for d in submitit_dir.iterdir() if _TASK.fullmatch(d.name)
+             and d.name not in skip]
+    return sorted(names, key=lambda n: tuple(int(x) for x in n.split("_")))
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def task_states(task_ids: Iterable[str]) -> dict[str, str]:
+    """{task id: state} from SLURM's accounting (sacct); a task it does not list is absent."""
+    ids = set(task_ids)
+    arrays = sorted({t.split("_")[0] for t in ids})
+    if not arrays:
+        return {}
+    out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays)])
+    rows = (line.split("|") for line in out.stdout.splitlines() if line.count("|") == 1)
+    return {jid: state.split()[0] for jid, state in rows if jid in ids}
+
+
+def wait_for_tasks(task_ids: Iterable[str], poll_s: float = 2.0,
+                   accounting_s: float = 10.0) -> dict[str, str]:
+    """Waits until SLURM has ended every task, and returns how each ended.
+
+    The live queue (squeue) says when no task is pending or running any more; accounting
+    (sacct), which lags a second or so behind it, then says how each ended.
+
+    Args:
+        task_ids: `ARRAY_TASK` ids, e.g. from submitted_tasks.
+        poll_s: seconds between two looks at the queue.
+        accounting_s: how long to wait for accounting to record the final states.
+
+    Returns:
+        {task id: state}: `COMPLETED`, `CANCELLED`, `FAILED`, `TIMEOUT`, ...; `UNKNOWN` where
+        accounting has no final state after accounting_s: a task cancelled while it was still
+        pending in its array leaves no record at all (SLURM 22.05), nor does any task without
+        slurmdbd.
+    """
+    ids = set(task_ids)
+    arrays = ",".join(sorted({t.split("_")[0] for t in ids}))
+    while ids:
+        out = _run(["squeue", "-h", "-r", "-o", "%i", "-j", arrays])
+        # A job that ended long ago is unknown to the controller: squeue fails on it.
+        if out.returncode != 0 and "Invalid job id" not in out.stderr:
+            raise RuntimeError(f"squeue: {out.stderr.strip()}")
+        if not ids & set(out.stdout.split()):
+            break
+        time.sleep(poll_s)
+    end = time.time() + accounting_s
+    while True:
+        states = task_states(ids)
+        if all(states.get(t) in FINAL_STATES for t in ids) or time.time() > end:
+            return {t: states[t] if states.get(t) in FINAL_STATES else "UNKNOWN"
+                    for t in sorted(ids)}
+        time.sleep(0.5)

@@ -16,7 +16,14 @@ from conftest import ROOT
 from test_cli import RUN, run
 
 from rnnjax.config import register_configs
-from rnnjax.slurm import Partition, parse_sinfo, request, unsatisfiable
+from rnnjax.slurm import (
+    Partition,
+    parse_sinfo,
+    request,
+    submitted_tasks,
+    unsatisfiable,
+    wait_for_tasks,
+)
 
 # The README's overrides for a CPU-only node.
 CPU_NODE = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0",
@@ -248,6 +255,31 @@ def test_cpu_request_beyond_every_node_is_refused(cluster):
     assert message is not None and message.startswith(
         f"hydra.launcher.cpus_per_task={cpus + 1}: more than any node offers"), message
     assert unsatisfiable(launcher_config(CPU_NODE)) is None
+
+
+def test_wait_for_tasks_waits_for_every_task_and_says_how_it_ended(cluster, tmp_path):
+    # One task at a time (%1): task 0 is cancelled while it runs, task 2 while it is still
+    # pending in the array, which leaves no accounting record (submitit then waits forever).
+    out = subprocess.run(["sbatch", "--parsable", "--array=0-2%1", "--mem=100M",
+                          f"--output={tmp_path}/%A_%a.out", "--wrap", "sleep 3"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True, timeout=30)
+    ids = [f"{out.stdout.strip().split(';')[0]}_{i}" for i in range(3)]
+    assert _wait_running(tmp_path, 0) == ids[0]
+    subprocess.run(["scancel", ids[0], ids[2]], check=True, timeout=30)
+    assert wait_for_tasks(ids, poll_s=0.5, accounting_s=3) == {
+        ids[0]: "CANCELLED", ids[1]: "COMPLETED", ids[2]: "UNKNOWN"}
+    queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True,
+                           timeout=30).stdout.split()
+    assert not set(ids) & set(queue)
+
+
+def test_submitted_tasks_lists_a_launch_in_array_order(tmp_path):
+    folder = tmp_path / ".submitit"
+    for name in ["7", "7_0", "7_1", "9", "9_10", "9_2", "9_0", "notes"]:
+        (folder / name).mkdir(parents=True)
+    assert submitted_tasks(folder) == ["7_0", "7_1", "9_0", "9_2", "9_10"]
+    assert submitted_tasks(folder, before=["7", "7_0", "7_1"]) == ["9_0", "9_2", "9_10"]
+    assert submitted_tasks(tmp_path / "none") == []
 
 
 # The check itself, on sinfo's text: runs without a cluster.
