@@ -106,6 +106,13 @@ def slurm_id(job) -> str:
     return str(yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["id"])
 
 
+def closing_line(stderr: str) -> str:
+    """The sweep's closing line (`rnnjax: sweep DIR: N jobs: ...`)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("rnnjax: sweep ")]
+    assert lines, stderr
+    return lines[-1]
+
+
 def status(job) -> str:
     return json.loads((job / "summary.json").read_text())["status"]
 
@@ -142,7 +149,7 @@ def test_sweep_runs_every_job_as_a_task_of_a_slurm_array(finished_sweep):
 def test_rerun_skips_finished_jobs_without_submitting_a_task(finished_sweep, jax_cache):
     cwd, sweep = finished_sweep["cwd"], finished_sweep["sweep"]
     p = run(finished_sweep["args"], cwd, jax_cache)
-    assert "2 jobs: 2 ok (2 skipped" in p.stderr.splitlines()[-1]
+    assert "2 jobs: 2 ok (2 skipped" in closing_line(p.stderr)
     assert all(status(d) == "ok" for d in job_dirs(sweep).values())
     # No new task: neither in submitit's folder nor in SLURM's accounting.
     assert submitted(sweep) == finished_sweep["submitted"]
@@ -193,8 +200,8 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert first[slow] == "CANCELLED"
     assert proc.returncode == 1
     assert "Traceback" not in err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("rnnjax: sweep") and "1 failed" in line and "1 ok" in line
+    line = closing_line(err)
+    assert "1 failed" in line and "1 ok" in line
     assert "train.steps=20000" in line.split("failed:", 1)[1]
 
     # The re-run submits one task, for the cancelled job only, and it finishes.
@@ -208,7 +215,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     redone = next(d for o, d in jobs.items() if "train.steps=20000" in o.split())
     assert slurm_id(redone) == next(iter(new))
     assert slurm_id(quick) in first
-    assert "2 jobs: 2 ok (1 skipped" in p.stderr.splitlines()[-1]
+    assert "2 jobs: 2 ok (1 skipped" in closing_line(p.stderr)
 
 
 def _offers():
