@@ -1,9 +1,11 @@
-"""Refuse a SLURM launcher request that the partition can never satisfy, before submitting.
+"""SLURM beside hydra-submitit-launcher: refuse a request no node can run, wait for an array.
 
 A request beyond every node of its partition is rejected by sbatch in some cases (a GPU where
 no node has one, more memory than any node) but in others it is accepted and then pends forever
-(more CPUs than any node: `Reason=PartitionConfig`), while Hydra waits in silence. The
-partition's nodes are read with `sinfo` and compared with the launcher's keys.
+(more CPUs than any node: `Reason=PartitionConfig`), while Hydra waits in silence.
+`unsatisfiable` reads the partition's nodes with `sinfo` and compares them with the launcher's
+keys before anything is submitted. `submitted_tasks` and `wait_for_tasks` find the tasks of a
+submitted array and wait until SLURM has ended every one of them.
 """
 
 import re
