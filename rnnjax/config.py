@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnjax.init import PARAM_DEFAULTS
+from rnnjax.slurm import unsatisfiable
 from rnnjax.tasks import DataError, check_readable, check_windows, load_timemachine
 
 
@@ -424,6 +425,8 @@ class ValidateConfig(Callback):
                 _fail(f"{text}\n(in job {job})")
             except Exception as e:  # Hydra would only warn, and skip the validation
                 _fail(f"{type(e).__name__}: {str(e).splitlines()[0]} (in job {job})")
+        if error := unsatisfiable(config.hydra.launcher):  # a SLURM request no node can run
+            _fail(error)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         line, failed = sweep_report(Path(config.hydra.sweep.dir), _job_overrides(config),
