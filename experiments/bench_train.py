@@ -270,14 +270,14 @@ def write_json(obj, path):
 # ---------------------------------------------------------------- main
 
 def data_file(arg):
-    """--data (a directory holding timemachine.txt, or the file), else $RNNJAX_DATA, else
-    ../shared/data next to the repo."""
+    """--data (a directory holding timemachine.txt, or the file), else where rnnjax finds it
+    ($RNNJAX_DATA, else its download cache)."""
     if arg is not None:
         p = Path(arg).expanduser()
         return (p / DATA_FILE if p.is_dir() else p).resolve()
-    if os.environ.get("RNNJAX_DATA"):
-        return (Path(os.environ["RNNJAX_DATA"]).expanduser() / DATA_FILE).resolve()
-    return (REPO.parent / "shared" / "data" / DATA_FILE).resolve()
+    from rnnjax.tasks import timemachine_path
+
+    return timemachine_path(None).resolve()
 
 
 def parse_args():
@@ -288,8 +288,8 @@ def parse_args():
         "table and the speed ratios, and writes them with the machine's details as JSON.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", help="The Time Machine text: timemachine.txt or a directory "
-                        "holding it (default: $RNNJAX_DATA/timemachine.txt, else "
-                        "../shared/data/timemachine.txt next to the repo)")
+                        "holding it (default: $RNNJAX_DATA/timemachine.txt, else rnnjax's "
+                        "download cache)")
     parser.add_argument("--epochs", type=int, default=100, help="epochs, on both sides")
     parser.add_argument("--skip-torch", action="store_true", help="run rnnjax only")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench_train.json",

@@ -11,7 +11,6 @@ results/REPORT.md is assembled from every section present. Same seeds, same tabl
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 import time
@@ -33,7 +32,6 @@ from rnnjax.tasks import DataError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
-SHARED_TEXT = ROOT.parent / "shared" / "data"
 
 
 @dataclass(frozen=True)
@@ -178,8 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     log = logging.getLogger("reproduce")
     register_configs()
-    if "RNNJAX_DATA" not in os.environ and (SHARED_TEXT / "timemachine.txt").is_file():
-        os.environ["RNNJAX_DATA"] = str(SHARED_TEXT)
     names = args.only or list(FIGURES)
     if "fig6_lyapunov_vs_slope" in names:  # drawn from other figures' jobs
         names = [n for n in LYAPUNOV_SOURCES if n not in names] + names

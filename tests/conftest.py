@@ -2,6 +2,7 @@
 computed in JAX too; the harness passes dtypes explicitly, and tests check that float32 jobs
 still compute in float32."""
 
+import os
 from pathlib import Path
 
 import jax
@@ -10,7 +11,10 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_TEXT = ROOT.parent / "shared" / "data" / "timemachine.txt"
+# The Time Machine text, from $RNNJAX_DATA as the session started (each test then runs without
+# the variable, see _isolated_cache).
+DATA = os.environ.get("RNNJAX_DATA")
+TEXT = Path(DATA) / "timemachine.txt" if DATA else None
 
 
 @pytest.fixture
@@ -21,10 +25,11 @@ def key():
 
 @pytest.fixture
 def timemachine_file():
-    """The shared Time Machine text (skips where the checkout has no ../shared)."""
-    if not SHARED_TEXT.is_file():
-        pytest.skip(f"{SHARED_TEXT} not present")
-    return SHARED_TEXT
+    """The Time Machine text in $RNNJAX_DATA (skips, saying so, where there is none)."""
+    if TEXT is None or not TEXT.is_file():
+        pytest.skip("the Time Machine text is not available: set RNNJAX_DATA to a directory "
+                    "holding timemachine.txt to run this test")
+    return TEXT
 
 
 @pytest.fixture(scope="session")
