@@ -26,6 +26,10 @@ from rnnjax.slurm import unsatisfiable
 from rnnjax.tasks import DataError, check_readable, check_windows, load_timemachine
 
 
+class CellName(Enum):
+    vanilla = "vanilla"
+
+
 class Activation(Enum):
     tanh = "tanh"
     sigmoid = "sigmoid"
@@ -83,6 +87,11 @@ INIT_PARAM = {
 
 
 @dataclass
+class CellConfig:
+    name: CellName = CellName.vanilla  # the recurrent cell (rnnjax.cells.CELLS)
+
+
+@dataclass
 class ActivationConfig:
     name: Activation = Activation.tanh  # phi in H_t = phi(A_t)
 
@@ -108,6 +117,7 @@ class TaskConfig:
 @dataclass
 class ProbeConfig:
     loss_at: LossAt = LossAt.all  # L averaged over all steps, or at the last step only
+    unroll: int = 1  # steps per iteration of the probe's two scans (lax.scan's unroll, >= 1)
 
 
 @dataclass
@@ -124,6 +134,7 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    cell: CellConfig = field(default_factory=CellConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
     init: InitConfig = field(default_factory=InitConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -247,6 +258,7 @@ def validate(cfg: DictConfig | Config) -> Config:
             raise ConfigError(_omegaconf_message(e)) from None
     for key in ("seq_len", "hidden_size", "batch_size", "seeds"):
         _check_size(key, getattr(cfg, key))
+    _check_size("probe.unroll", cfg.probe.unroll)
     if not 0 <= cfg.seed <= 2**32 - cfg.seeds:
         raise ConfigError(f"seed={cfg.seed} is invalid: must be an integer >= 0 with seed + seeds "
                           f"<= 2**32 (JAX's PRNG seeds are 32-bit)")

@@ -41,8 +41,8 @@ def build_cell(cfg: Config, init_value=None) -> Cell:
     may be a traced value when a list of them is vmapped; None: the config's own)."""
     if init_value is None:
         init_value = init_values(cfg)[1][0]
-    return CELLS["vanilla"](activation=cfg.activation.name.value, init=cfg.init.name.value,
-                            init_value=init_value)
+    return CELLS[cfg.cell.name.value](activation=cfg.activation.name.value,
+                                      init=cfg.init.name.value, init_value=init_value)
 
 
 def make_setup(cfg: Config, task: Task):
@@ -163,8 +163,8 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     budget = memory_budget(cfg.max_memory_gb)
     cell = build_cell(cfg)
     probe = fit_seeds(make_probe(cell, cfg.probe.loss_at.value, task.kind,
-                                 profile_truncation(cfg)), (0, 0, 0), (params, x, y), budget,
-                      "probe")
+                                 profile_truncation(cfg), cfg.probe.unroll), (0, 0, 0),
+                      (params, x, y), budget, "probe")
     prof = to_host(probe(params, x, y))
 
     columns = results.config_columns(cfg)

@@ -65,9 +65,10 @@ class Case(NamedTuple):
 
 
 HYDRA_LITERALS = {"null", "true", "false", "nan", "inf"}  # parsed as values, not words
-CONFIG_KEYS = {"activation", "init", "task", "probe", "train", "experiment", "hydra", "seq_len",
+CONFIG_KEYS = {"cell", "activation", "init", "task", "probe", "train", "experiment", "hydra", "seq_len",
                "hidden_size", "batch_size", "seeds", "seed", "dtype", "resume", "max_memory_gb"}
 GROUPS = {
+    "cell": ("vanilla",),
     "activation": ("tanh", "sigmoid", "relu", "linear"),
     "init": ("normal", "xavier", "orthogonal", "identity", "gaussian", "spectral"),
     "task": ("random", "timemachine", "adding", "copy"),
@@ -84,7 +85,7 @@ GOOD = {"seq_len": "3", "hidden_size": "2", "batch_size": "1", "seeds": "1", "se
         "train.steps": "0", "train.log_every": "10", "task.vocab_size": "28", "train.lr": "1.0",
         "train.clip": "1.0", "init.std": "0.01", "dtype": "float32", "probe.loss_at": "all",
         "train.optimizer": "sgd", "train.bptt": "full"}
-GROUP_FIELDS = {"name", "std", "gain", "radius", "path", "vocab_size", "loss_at", "steps",
+GROUP_FIELDS = {"name", "unroll", "std", "gain", "radius", "path", "vocab_size", "loss_at", "steps",
                 "epochs", "optimizer", "lr", "clip", "bptt", "truncate", "log_every"}
 INIT_PARAM = {"normal": "std", "orthogonal": "gain", "identity": "gain", "gaussian": "gain",
               "spectral": "radius"}
