@@ -65,8 +65,9 @@ class Case(NamedTuple):
 
 
 HYDRA_LITERALS = {"null", "true", "false", "nan", "inf"}  # parsed as values, not words
-CONFIG_KEYS = {"cell", "activation", "init", "task", "probe", "train", "experiment", "hydra", "seq_len",
-               "hidden_size", "batch_size", "seeds", "seed", "dtype", "resume", "max_memory_gb"}
+CONFIG_KEYS = {"cell", "activation", "init", "task", "probe", "train", "experiment", "hydra",
+               "seq_len", "hidden_size", "batch_size", "seeds", "seed", "dtype", "resume",
+               "max_memory_gb"}
 GROUPS = {
     "cell": ("vanilla",),
     "activation": ("tanh", "sigmoid", "relu", "linear"),
