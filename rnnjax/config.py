@@ -21,74 +21,40 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rnnjax.init import PARAM_DEFAULTS
+from rnnjax.cells import ACTIVATIONS, CELLS
+from rnnjax.init import INIT_PARAM, INITS, PARAM_DEFAULTS
+from rnnjax.losses import LOSS_AT
 from rnnjax.slurm import unsatisfiable
-from rnnjax.tasks import DataError, check_readable, check_windows, load_timemachine
+from rnnjax.tasks import TASKS, DataError, check_readable, check_windows, load_timemachine
+from rnnjax.train import BPTT_MODES, OPTIMIZERS
 
 
-class CellName(Enum):
-    vanilla = "vanilla"
+def _options(name: str, names) -> type[Enum]:
+    """An Enum of option names, derived from the core's own list of them (one place)."""
+    return Enum(name, {n: n for n in names})
 
 
-class Activation(Enum):
-    tanh = "tanh"
-    sigmoid = "sigmoid"
-    relu = "relu"
-    linear = "linear"
-
-
-class InitName(Enum):
-    normal = "normal"
-    xavier = "xavier"
-    orthogonal = "orthogonal"
-    identity = "identity"
-    gaussian = "gaussian"
-    spectral = "spectral"
-
-
-class TaskName(Enum):
-    random = "random"
-    timemachine = "timemachine"
-    adding = "adding"
-    copy = "copy"
-
-
-class LossAt(Enum):
-    all = "all"
-    last = "last"
-
-
-class Optimizer(Enum):
-    sgd = "sgd"
-    adam = "adam"
-    rmsprop = "rmsprop"
-
-
-class BPTT(Enum):
-    full = "full"
-    truncated = "truncated"
-    randomized = "randomized"
-
-
-class DType(Enum):
-    float32 = "float32"
-    float64 = "float64"
-
-
-# The one parameter each W_hh initializer takes (None: it takes none).
-INIT_PARAM = {
-    "normal": "std",
-    "xavier": None,
-    "orthogonal": "gain",
-    "identity": "gain",
-    "gaussian": "gain",
-    "spectral": "radius",
-}
+# The options of each enum-valued key, from the lists of the core that implements them.
+CellName = _options("CellName", CELLS)
+Activation = _options("Activation", ACTIVATIONS)
+InitName = _options("InitName", INITS)
+TaskName = _options("TaskName", TASKS)
+LossAt = _options("LossAt", LOSS_AT)
+Optimizer = _options("Optimizer", OPTIMIZERS)
+BPTT = _options("BPTT", BPTT_MODES)
+DType = _options("DType", ("float32", "float64"))
 
 
 @dataclass
 class CellConfig:
+    # The options of every cell; a cell takes its own (rnnjax.cells.CELLS[name].options), the
+    # others stay null. null: the cell's default.
     name: CellName = CellName.vanilla  # the recurrent cell (rnnjax.cells.CELLS)
+    forget_bias: float | None = None  # lstm: initial bias of the forget gate (d2l: 0)
+    r_min: float | None = None  # lru: smallest |lambda| of the ring initialization, in (0, 1]
+    r_max: float | None = None  # lru: largest |lambda|, in [r_min, 1]
+    max_phase: float | None = None  # lru: phases of lambda uniform on [0, max_phase]
+    normalize: bool | None = None  # lru: gamma = sqrt(1 - |lambda|^2) on the input
 
 
 @dataclass
@@ -266,6 +232,7 @@ def validate(cfg: DictConfig | Config) -> Config:
         raise ConfigError(f"max_memory_gb={cfg.max_memory_gb} is invalid: must be > 0, or null "
                           "for 80% of the free device memory")
 
+    _validate_cell(cfg)
     init = cfg.init.name.value
     wanted = INIT_PARAM[init]
     for p in ("std", "gain", "radius"):
@@ -305,6 +272,43 @@ def validate(cfg: DictConfig | Config) -> Config:
                 raise ConfigError(str(e)) from None
     _validate_train(cfg)
     return cfg
+
+
+CELL_OPTIONS = tuple(f.name for f in fields(CellConfig) if f.name != "name")
+
+
+def cell_options(cfg: Config) -> dict[str, Any]:
+    """The options of the config's cell, with its defaults where the config leaves them null."""
+    spec = CELLS[cfg.cell.name.value]
+    return {k: default if getattr(cfg.cell, k) is None else getattr(cfg.cell, k)
+            for k, default in spec.options.items()}
+
+
+def _validate_cell(cfg: Config) -> None:
+    """The cell's options, and the activation and init options it takes."""
+    name = cfg.cell.name.value
+    spec = CELLS[name]
+    for key in CELL_OPTIONS:
+        if getattr(cfg.cell, key) is not None and key not in spec.options:
+            takes = ", ".join(f"cell.{k}" for k in spec.options) or "no options"
+            raise ConfigError(f"cell.{key} is not an option of cell={name} (it takes {takes})")
+    act = cfg.activation.name.value
+    if spec.activations is not None and act not in spec.activations:
+        raise ConfigError(f"activation={act} does not apply to cell={name}; allowed: "
+                          f"{', '.join(spec.activations)}")
+    init = cfg.init.name.value
+    if spec.inits is not None and init not in spec.inits:
+        raise ConfigError(f"init={init} does not apply to cell={name}; allowed: "
+                          f"{', '.join(spec.inits)}")
+    if spec.inits == ("normal",):  # the cell follows its paper: init is ignored
+        std = cfg.init.std
+        if std is not None and std != PARAM_DEFAULTS["std"]:
+            raise ConfigError(f"init.std={std} does not apply to cell={name} (it follows its "
+                              f"paper's initialization); leave init=normal at its default")
+    if spec.check is not None:
+        error = spec.check(cell_options(cfg))
+        if error:
+            raise ConfigError(error)
 
 
 def _validate_train(cfg: Config) -> None:

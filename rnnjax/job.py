@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from rnnjax import results
 from rnnjax.cells import CELLS, Cell
-from rnnjax.config import Config, init_values
+from rnnjax.config import Config, cell_options, init_values
 from rnnjax.memory import fit_seeds, memory_budget
 from rnnjax.probes import make_probe
 from rnnjax.summary import headline, log_headline, theory_summary, to_host
@@ -41,8 +41,20 @@ def build_cell(cfg: Config, init_value=None) -> Cell:
     may be a traced value when a list of them is vmapped; None: the config's own)."""
     if init_value is None:
         init_value = init_values(cfg)[1][0]
-    return CELLS[cfg.cell.name.value](activation=cfg.activation.name.value,
-                                      init=cfg.init.name.value, init_value=init_value)
+    return CELLS[cfg.cell.name.value].build(activation=cfg.activation.name.value,
+                                            init=cfg.init.name.value, init_value=init_value,
+                                            **cell_options(cfg))
+
+
+def job_name(cfg: Config) -> str:
+    """What the networks are, for the log: "tanh/normal" (vanilla: activation/init), "lstm",
+    "gru/orthogonal" (another cell, with its init where it takes one and it is not the
+    default)."""
+    cell = cfg.cell.name.value
+    if cell == "vanilla":
+        return f"{cfg.activation.name.value}/{cfg.init.name.value}"
+    init = cfg.init.name.value
+    return cell if init == "normal" else f"{cell}/{init}"
 
 
 def make_setup(cfg: Config, task: Task):
@@ -189,7 +201,8 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
         h = headline(prof.select(sl))
         h["theory"] = theory_summary(cell, cfg.activation.name.value,
                                      jax.tree.map(lambda a, sl=sl: a[sl], params), x[sl],
-                                     h["log10_slope_per_step_back"])
+                                     h["log10_slope_per_step_back"],
+                                     CELLS[cfg.cell.name.value].theory, cell_options(cfg))
         headlines.append({**({"init_param": param, "init_value": v} if is_list else {}), **h})
     wall = time.perf_counter() - start
     finite = (all(h["n_nonfinite"] == 0 for h in headlines)
@@ -205,7 +218,7 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
             OmegaConf.structured(cfg), enum_to_str=True),
     }
     results.write_json(summary, out / results.SUMMARY)
-    name = f"{cfg.activation.name.value}/{cfg.init.name.value}"
+    name = job_name(cfg)
     sizes = f"T={x.shape[2]} H={cfg.hidden_size} S={cfg.seeds}"
     for h in headlines:
         log_headline(name, sizes, cfg.probe.loss_at.value, h, summary["status"], wall)

@@ -71,6 +71,7 @@ def config_columns(cfg) -> dict[str, Any]:
         return None if isinstance(v, list | tuple) else v
 
     return {
+        "cell": cfg.cell.name.value,
         "activation": cfg.activation.name.value,
         "init": cfg.init.name.value,
         "init_std": scalar(cfg.init.std),

@@ -93,6 +93,9 @@ def log_headline(name: str, sizes: str, loss_at: str, h: dict, status: str, wall
                   f"{th['lyapunov_top_log10_per_step']:+.4f}")
     elif loss_at == "last":
         theory = f"; top Lyapunov {th['lyapunov_top_log10_per_step']:+.4f}"
+        if th.get("predicted_log10_slope_per_step_back") is not None:
+            theory = (f"; {th.get('prediction', 'predicted')} "
+                      f"{th['predicted_log10_slope_per_step_back']:+.4f}" + theory)
     else:
         theory = ("; with the loss over all steps each step's own loss term keeps the profile "
                   "flat, and no prediction applies: probe.loss_at=last measures one term's decay")
@@ -112,7 +115,8 @@ LYAPUNOV_SEQUENCES = 4  # of the probe batch: the exponents are averaged over th
 LYAPUNOV_K = 3  # exponents per network
 
 
-def theory_summary(cell: Cell, activation: str, params, x, measured: float) -> dict:
+def theory_summary(cell: Cell, activation: str, params, x, measured: float,
+                   cell_theory=None, options: dict | None = None) -> dict:
     """Predictions at initialization, beside the measured slope (log10 per step back).
 
     lyapunov (every cell): the top exponents of the driven state dynamics (natural log per
@@ -125,6 +129,9 @@ def theory_summary(cell: Cell, activation: str, params, x, measured: float) -> d
       cell: the job's cell. activation: its activation (vanilla).
       params: the networks' parameters (leading axis S). x: (S, B, T...) their probe batches.
       measured: the measured slope.
+      cell_theory: the cell's own theory (`rnnjax.cells.CellSpec.theory`), called as
+        cell_theory(cell, params, x, measured, **options); its dict is merged in.
+      options: the cell's options.
     """
     T = x.shape[2]
     S = x.shape[0]
@@ -153,6 +160,8 @@ def theory_summary(cell: Cell, activation: str, params, x, measured: float) -> d
                              **mf, "relative_error": _rel(measured, mf["log10_factor_per_step"])}
         out["pascanu_log10_bound_per_step"] = _nanmedian(np.array(bounds))
         out["pascanu_guarantees_vanishing"] = bool(max(bounds) < 0)
+    if cell_theory is not None:
+        out.update(cell_theory(cell, params, x, measured, **(options or {})))
     return out
 
 

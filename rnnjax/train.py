@@ -16,6 +16,7 @@ from rnnjax.cells import Cell, unroll
 from rnnjax.losses import make_loss, truncation_scale
 
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam, "rmsprop": optax.rmsprop}
+BPTT_MODES = ("full", "truncated", "randomized")  # see `bptt_scale`
 
 
 class TrainState(NamedTuple):
@@ -157,5 +158,5 @@ def make_generate(cell: Cell, num_preds: int) -> Callable[..., Array]:
     return generate
 
 
-__all__ = ["OPTIMIZERS", "StepMetrics", "TrainState", "bptt_scale", "init_state", "make_eval",
-           "make_generate", "make_optimizer", "make_train_chunk"]
+__all__ = ["BPTT_MODES", "OPTIMIZERS", "StepMetrics", "TrainState", "bptt_scale", "init_state",
+           "make_eval", "make_generate", "make_optimizer", "make_train_chunk"]

@@ -123,10 +123,37 @@ def unroll(cell: Cell, params: Params, x: Array, grad_scale: Array | None = None
     return states, jax.vmap(cell.readout, (None, 0))(params, states)
 
 
+class CellSpec(NamedTuple):
+    """An option of the config group `cell`: how to build its Cell and what it takes.
+
+    The config schema's `cell.*` keys, their validation and conf/cell/*.yaml are checked
+    against these (tests/test_cells.py).
+    """
+
+    # (activation, init, init_value, **options) -> Cell
+    build: Callable[..., Cell]
+    # its `cell.*` options and their defaults (None where the default is computed)
+    options: dict[str, Any] = {}
+    # the activations it takes; None: every one. A cell that has no free activation takes
+    # ("tanh",), the default, and ignores it.
+    activations: tuple[str, ...] | None = None
+    # the init options it takes; None: every one. A cell that follows its paper's
+    # initialization takes ("normal",), the default, with its default parameter, and ignores it.
+    inits: tuple[str, ...] | None = None
+    # options (defaults filled in) -> an error line naming the key and what is allowed, or None
+    check: Callable[[dict[str, Any]], str | None] | None = None
+    # Theory beside the measurement, for `summary.json`: (cell, params of S networks, x of
+    # (S, B, T...), the measured slope, options) -> a dict; it may hold
+    # "predicted_log10_slope_per_step_back" and "prediction" (what that number is), which the
+    # job's log line shows beside the measured slope.
+    theory: Callable[..., dict[str, Any]] | None = None
+
+
 from rnnjax.cells.vanilla import ACTIVATIONS, RNNParams, activation, vanilla  # noqa: E402
 
-# Every cell option, by name: a factory of keyword options returning a Cell.
-CELLS: dict[str, Callable[..., Cell]] = {"vanilla": vanilla}
+# Every option of the config group `cell`, by name.
+CELLS: dict[str, CellSpec] = {"vanilla": CellSpec(build=vanilla)}
 
-__all__ = ["ACTIVATIONS", "CELLS", "Cell", "RNNParams", "activation", "finite", "log10_norm",
+__all__ = ["ACTIVATIONS", "CELLS", "Cell", "CellSpec", "RNNParams", "activation", "finite",
+           "log10_norm",
            "scale_grad", "unit", "unroll", "vanilla"]
