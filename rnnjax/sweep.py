@@ -243,11 +243,14 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     _running["dir"] = out
     config, resolved = job_config(cfg)
     with _log_position(None if single else hc.job.env_set.get(POSITION)):
+        if not single:
+            log.info("%s in %s", " ".join(hc.overrides.task) or "(no overrides)", out)
         try:
             summary = run_or_resume(config, out, resolved=resolved)
         except JobBusy as e:
             if single:
-                _fail(str(e))
+                print(f"rnnjax: error: {e}", file=sys.stderr)
+                raise SystemExit(1) from None
             log.error("not run: %s", e)
             return {"status": "not run", "error": str(e)}
     _running.pop("dir", None)
