@@ -469,6 +469,22 @@ def run_sweep(sweeper: Any, arguments: Sequence[str]) -> list:
     return returns
 
 
+def register_sweeper() -> type:
+    """Registers rnnjax's sweeper with Hydra and returns its class.
+
+    Hydra finds plugins by walking the `hydra_plugins` package's directories, which misses a
+    package installed in editable mode (`pip install -e .`: setuptools serves it through an
+    import hook, not a directory); registering it by hand works for every install.
+    """
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()  # first: its scan re-imports the modules it walks
+    from hydra_plugins.rnnjax_sweeper.rnnjax_sweeper import RnnjaxSweeper
+
+    plugins.register(RnnjaxSweeper)
+    return RnnjaxSweeper
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -496,10 +512,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
     argv = list(sys.argv[1:] if argv is None else argv)
     check_group_options(argv, CONF_DIR)
     register_configs()
+    register_sweeper()
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR),
                      config_name=CONFIG_NAME)(task)
+    # The directory overrides go right after the command's own, where Hydra's parser takes
+    # overrides (a trailing `--cfg hydra` would leave them unparsed).
+    at = 1 + max((i for i, a in enumerate(argv) if a in _overrides(argv)), default=len(argv) - 1)
     saved = sys.argv
-    sys.argv = [prog, *argv, *sweep_dir_override(argv), *run_dir_override(argv)]
+    sys.argv = [prog, *argv[:at], *sweep_dir_override(argv), *run_dir_override(argv),
+                *argv[at:]]
     _running.clear()
     try:
         app()

@@ -39,6 +39,7 @@ from rnnjax.sweep import (
     job_list,
     job_name,
     main,
+    register_sweeper,
     run_dir_override,
     sweep_dir_override,
     sweep_name,
@@ -229,9 +230,9 @@ def experiment_params(name):
 def test_command_line_wins_over_an_experiment_grid(app, monkeypatch):
     params = experiment_params("irnn_adding")
     assert params == {"activation": "tanh,relu", "init": "normal,xavier,identity"}
-    # The sweeper as Hydra's plugin discovery finds it (hydra_plugins is a namespace package).
-    sweeper = Plugins.instance().class_name_to_class[
-        "hydra_plugins.rnnjax_sweeper.rnnjax_sweeper.RnnjaxSweeper"]
+    sweeper = register_sweeper()
+    assert Plugins.instance().class_name_to_class[
+        "hydra_plugins.rnnjax_sweeper.rnnjax_sweeper.RnnjaxSweeper"] is sweeper
     jobs = job_list(sweeper(max_batch_size=None, params=params),
                     ["+experiment=irnn_adding", "activation=relu", "init=identity,normal",
                      "train.steps=300"])
