@@ -392,7 +392,7 @@ def interrupted_line(sweep: Path, jobs: list[Job], outcomes: dict[int, Outcome])
     skipped = sum(j.done is not None for j in jobs)
     line = f"rnnjax: sweep {sweep} interrupted: {len(finished)} of {len(jobs)} jobs finished"
     if skipped:
-        line += f" ({skipped} earlier)"
+        line += f" ({skipped} skipped: finished earlier)"
     if failed:
         line += f", {failed} failed"
     line += f"; interrupted: {'; '.join(stopped) if stopped else 'none'}"
@@ -515,9 +515,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
     register_sweeper()
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR),
                      config_name=CONFIG_NAME)(task)
-    # The directory overrides go right after the command's own, where Hydra's parser takes
-    # overrides (a trailing `--cfg hydra` would leave them unparsed).
-    at = 1 + max((i for i, a in enumerate(argv) if a in _overrides(argv)), default=len(argv) - 1)
+    # The directory overrides go right after the command's own (or first, without any), where
+    # Hydra's parser takes overrides: after `--cfg hydra` or `--info` they would not parse.
+    at = 1 + max((i for i, a in enumerate(argv) if a in _overrides(argv)), default=-1)
     saved = sys.argv
     sys.argv = [prog, *argv[:at], *sweep_dir_override(argv), *run_dir_override(argv),
                 *argv[at:]]
@@ -527,7 +527,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
     except KeyboardInterrupt:
         where = _running.get("dir")
         print(f"rnnjax: interrupted: the job in {where} did not finish; the same command "
-              "resumes it" if where else "rnnjax: interrupted before the job started",
+              "resumes it" if where else "rnnjax: interrupted before any job started",
               file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
     finally:
