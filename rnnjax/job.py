@@ -252,7 +252,8 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
         h["theory"] = theory_summary(cell, cfg.activation.name.value,
                                      jax.tree.map(lambda a, sl=sl: a[sl], params), x[sl],
                                      h["log10_slope_per_step_back"],
-                                     CELLS[cfg.cell.name.value].theory, cell_options(cfg))
+                                     CELLS[cfg.cell.name.value].theory, cell_options(cfg),
+                                     y=y[sl], kind=task.kind, loss_at=cfg.probe.loss_at.value)
         headlines.append({**({"init_param": param, "init_value": v} if is_list else {}), **h})
     wall = time.perf_counter() - start
     finite = (all(h["n_nonfinite"] == 0 for h in headlines)
