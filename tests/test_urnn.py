@@ -244,6 +244,22 @@ def test_numpy_reference_against_finite_differences():
                 assert fd != 0
 
 
+def test_modrelu_stats_against_numpy():
+    """The theory's modReLU numbers: the fraction of units off, and the mean over steps of
+    0.5 log10 mean(on (1 + c^2) / 2), c = (|z| + b) / |z|, from the reference's z_t."""
+    p = random_params(5)
+    x, _ = tokens(5)
+    off, log_f = jax.jit(U.modrelu_stats)(cast(p, jnp.float64), x)
+    zs, _ = ref.forward(as_numpy(p), U.permutation(6), x)
+    r = np.abs(zs)
+    on = r + p.b > 0
+    c = (r + p.b) / r
+    want = np.mean([0.5 * np.log10(np.mean(np.where(on[t], (1 + c[t] ** 2) / 2, 0)))
+                    for t in range(len(zs))])
+    assert 0 < float(off) == pytest.approx(np.mean(~on), rel=1e-12)
+    assert float(log_f) == pytest.approx(want, rel=1e-10) and want != 0
+
+
 # ----------------------------------------------------------------------------- config and job
 
 

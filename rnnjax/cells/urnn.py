@@ -217,7 +217,7 @@ def modrelu_stats(params: URNNParams, x: Array) -> tuple[Array, Array]:
         on = m + params.b > 0
         c = jnp.where(on, (m + params.b) / jnp.where(m > 0, m, 1), 0)
         factor = jnp.mean(jnp.where(on, (1 + c**2) / 2, 0))
-        return modrelu(z, params.b), (jnp.mean(~on), 0.5 * jnp.log10(factor))
+        return modrelu(z, params.b), (jnp.mean(~on, dtype=m.dtype), 0.5 * jnp.log10(factor))
 
     _, (off, log_f) = jax.lax.scan(one, initial_state(params, x.shape[0]), jnp.swapaxes(x, 0, 1))
     return jnp.mean(off), jnp.mean(log_f)
