@@ -149,10 +149,15 @@ class CellSpec(NamedTuple):
     theory: Callable[..., dict[str, Any]] | None = None
 
 
+from rnnjax.cells import urnn as _urnn  # noqa: E402
 from rnnjax.cells.vanilla import ACTIVATIONS, RNNParams, activation, vanilla  # noqa: E402
 
 # Every option of the config group `cell`, by name.
-CELLS: dict[str, CellSpec] = {"vanilla": CellSpec(build=vanilla)}
+CELLS: dict[str, CellSpec] = {
+    "vanilla": CellSpec(build=vanilla),
+    "urnn": CellSpec(build=_urnn.urnn, activations=("tanh",), inits=("normal",),
+                     theory=_urnn.theory),
+}
 
 __all__ = ["ACTIVATIONS", "CELLS", "Cell", "CellSpec", "RNNParams", "activation", "finite",
            "log10_norm",
