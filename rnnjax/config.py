@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -203,14 +204,30 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _check_init_value(p: str, value: Any) -> None:
+def _check_init_value(p: str, value: Any, dtype: str) -> None:
     allowed = "must be a number > 0, or a list of them ([0.5,1.0]) vmapped in one job"
     items = value if isinstance(value, list) else [value]
+    strings = [v for v in items if isinstance(v, str)]
+    text = [repr(v) if isinstance(v, str) else str(v) for v in items]
+    shown = "[" + ",".join(text) + "]" if isinstance(value, list) else text[0] if text else ""
+    if strings:  # a quoted number ('1.5') reaches us as a string: say so
+        raise ConfigError(f"init.{p}={shown} is invalid: got the string {strings[0]!r}; "
+                          f"{allowed} (write numbers without quotes)")
     if not items or not all(_is_number(v) and 0 < v < math.inf for v in items):
-        shown = "[" + ",".join(map(str, items)) + "]" if isinstance(value, list) else value
         raise ConfigError(f"init.{p}={shown} is invalid: {allowed}")
     if isinstance(value, list) and len(set(items)) != len(items):
         raise ConfigError(f"init.{p}={value} is invalid: the values must differ")
+    info = np.finfo(dtype)
+    for v in items:
+        # The value scales the weights: one the dtype rounds to inf or 0 makes every number
+        # of the job NaN (and LAPACK complain), so it is bad input, not data.
+        with np.errstate(over="ignore"):
+            held = np.asarray(v, dtype)
+        if not 0 < held < np.inf:
+            raise ConfigError(f"init.{p}={v:g} is invalid: dtype={dtype} cannot hold it (it "
+                              f"holds {info.smallest_subnormal:.3g} to {info.max:.3g}); use "
+                              f"{'dtype=float64 or ' if dtype == 'float32' else ''}a value in "
+                              "that range")
 
 
 def init_values(cfg: Config) -> tuple[str | None, list[float | None], bool]:
@@ -261,7 +278,7 @@ def validate(cfg: DictConfig | Config) -> Config:
             takes = f"init.{wanted}" if wanted else "no parameter"
             raise ConfigError(f"init.{p} is not a parameter of init={init} (it takes {takes})")
         if p == wanted and value is not None:
-            _check_init_value(p, value)
+            _check_init_value(p, value, cfg.dtype.value)
             if isinstance(value, list) and (cfg.train.steps or cfg.train.epochs):
                 raise ConfigError(f"init.{p} is a list: lists are vmapped for probing at "
                                   f"initialization only; to train, sweep init.{p} as separate "
