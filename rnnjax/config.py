@@ -8,6 +8,7 @@ job of a run or a sweep before Hydra creates any output directory.
 import hashlib
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -23,7 +24,18 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnjax.init import PARAM_DEFAULTS
-from rnnjax.tasks import DataError, check_readable, check_windows, load_timemachine
+from rnnjax.memory import host_available, host_bytes
+from rnnjax.tasks import (
+    COPY_LENGTH,
+    COPY_VOCAB,
+    NUM_TRAIN,
+    TIMEMACHINE_FILE,
+    DataError,
+    cache_dir,
+    check_readable,
+    check_windows,
+    load_timemachine,
+)
 
 
 class Activation(Enum):
@@ -135,7 +147,7 @@ class Config:
     seeds: int = 4  # S, independent networks and batches, vmapped in one call (>= 1)
     seed: int = 0  # base seed: network s uses seed + s
     dtype: DType = DType.float32  # float64 enables JAX's x64 mode for the job
-    max_memory_gb: float | None = None  # per compiled call; null: 80% of free device memory
+    max_memory_gb: float | None = None  # GiB the job's peak device memory may reach; null: 80% free
     resume: bool = True  # skip a job whose directory holds a finished run of the same config
 
 
@@ -308,7 +320,59 @@ def validate(cfg: DictConfig | Config) -> Config:
             except DataError as e:
                 raise ConfigError(str(e)) from None
     _validate_train(cfg)
+    _check_host_memory(cfg)
     return cfg
+
+
+_SIZE_KEYS = ("seeds", "seq_len", "hidden_size", "batch_size")
+
+
+def _text_bytes(cfg: Config) -> int:
+    """The size of the text file a task=timemachine job would read (0 when not found yet): an
+    upper bound on its characters."""
+    if cfg.task.path is not None:
+        p = Path(cfg.task.path).expanduser()
+    elif os.environ.get("RNNJAX_DATA"):
+        p = Path(os.environ["RNNJAX_DATA"]).expanduser() / TIMEMACHINE_FILE
+    else:
+        p = cache_dir() / TIMEMACHINE_FILE
+    try:
+        return p.stat().st_size if p.is_file() else 0
+    except OSError:
+        return 0
+
+
+def _check_host_memory(cfg: Config) -> None:
+    """Refuses a job whose parameters, batches and outputs alone need more host memory than the
+    host has available (MemAvailable): the kernel's OOM killer would end it without a word.
+
+    The key named is the size furthest above its default; the message gives the estimate.
+    """
+    available = host_available()
+    if available is None:
+        return
+    task = cfg.task.name.value
+    T = cfg.seq_len + 2 * COPY_LENGTH if task == "copy" else cfg.seq_len
+    D, Q = {"random": (cfg.task.vocab_size, cfg.task.vocab_size), "timemachine": (28, 28),
+            "copy": (COPY_VOCAB, COPY_VOCAB), "adding": (2, 1)}[task]
+    tr = cfg.train
+    steps = (tr.epochs * -(-NUM_TRAIN // cfg.batch_size) if tr.epochs is not None
+             else tr.steps)
+    need = host_bytes(
+        networks=cfg.seeds * len(init_values(cfg)[1]), T=T, batch_size=cfg.batch_size,
+        hidden_size=cfg.hidden_size, inputs=D, outputs=Q,
+        dtype_bytes=np.dtype(cfg.dtype.value).itemsize,
+        profiles=1 + (-(-steps // tr.log_every) if steps else 0), training=bool(steps),
+        input_channels=2 if task == "adding" else 1,
+        text_windows=_text_bytes(cfg) if task == "timemachine" else 0)
+    if need > available:
+        default = Config()
+        key = max(_SIZE_KEYS, key=lambda k: getattr(cfg, k) / getattr(default, k))
+        sizes = " ".join(f"{k}={getattr(cfg, k)}" for k in _SIZE_KEYS if k != key)
+        raise ConfigError(f"{key}={getattr(cfg, key)} is invalid: with {sizes} the job needs "
+                          f"about {need / 1e9:,.1f} GB of host memory for its parameters, "
+                          f"batches and outputs, more than the {available / 1e9:,.1f} GB "
+                          f"available (MemAvailable); use a smaller {key}")
 
 
 def _validate_train(cfg: Config) -> None:
