@@ -290,7 +290,10 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, jax_cache):
     plant.mkdir()
     (plant / "sitecustomize.py").write_text(PLANT)  # imported by Python at start-up
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env.update(JAX_COMPILATION_CACHE_DIR=jax_cache, PYTHONPATH=str(plant))
+    # The plant first, then what the tests import (this checkout, when PYTHONPATH names it).
+    code = [p for p in [os.environ.get("PYTHONPATH")] if p]
+    env.update(JAX_COMPILATION_CACHE_DIR=jax_cache,
+               PYTHONPATH=os.pathsep.join([str(plant), *code]))
     sweep = tmp_path / "sweep"
     p = subprocess.run(RUN + ["-m", f"hydra.sweep.dir={sweep}", "seq_len=3,4,5"] + SMALL,
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -309,14 +312,14 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, jax_cache):
     assert sorted(df.seq_len.unique()) == [3, 5]
 
     # Without the fault, a re-run runs the failed job only.
-    env.pop("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(code)
     p = subprocess.run(RUN + ["-m", f"hydra.sweep.dir={sweep}", "seq_len=3,4,5"] + SMALL,
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "3 jobs: 3 ok (2 skipped: finished earlier)" in p.stderr
 
     # A single run that fails exits 1 with one line.
-    env["PYTHONPATH"] = str(plant)
+    env["PYTHONPATH"] = os.pathsep.join([str(plant), *code])
     p = subprocess.run(RUN + [f"hydra.run.dir={tmp_path / 'one'}", "seq_len=4"] + SMALL,
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1
