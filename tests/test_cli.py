@@ -136,7 +136,6 @@ def test_training_job_and_divergence_is_data(tmp_path, jax_cache):
     ("batch_size=abc", "batch_size"),
     ("seeds=0", "seeds"),
     ("task.path=/no/such/file.txt", "task.path"),
-    ("seeds=1000000000", "seeds=1000000000"),  # more host memory than the machine has
     ("init=orthogonal init.std=2", "init.std"),
     ("dtype=float16", "dtype"),
 ])
