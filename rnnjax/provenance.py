@@ -112,7 +112,10 @@ def provenance(started_at: str, data: dict[str, str] | None) -> dict[str, Any]:
       data: the job's `data_file`, or None.
     """
     commit, dirty = git_state()
-    device = jax.devices()[0]
+    try:
+        backend, device_kind = jax.default_backend(), jax.devices()[0].device_kind
+    except RuntimeError:  # a job that failed because the backend did not start
+        backend = device_kind = None
     return {
         "rnnjax_version": version("rnnjax"),
         "code_version": code_version(),
@@ -120,8 +123,8 @@ def provenance(started_at: str, data: dict[str, str] | None) -> dict[str, Any]:
         "git_dirty": dirty,
         "versions": {"python": sys.version.split()[0],
                      **{name: version(name) for name in LIBRARIES}},
-        "backend": jax.default_backend(),
-        "device_kind": device.device_kind,
+        "backend": backend,
+        "device_kind": device_kind,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started_at": started_at,
