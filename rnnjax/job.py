@@ -125,9 +125,11 @@ def finished_summary(out_dir: str | Path, resolved: dict[str, Any]) -> dict | No
     except DataError:
         return None  # the run will say what is wrong with the data
     before = summary["provenance"].get("data")
-    if (data and data["sha1"]) != (before.get("sha1") if isinstance(before, dict) else None):
-        log.warning("%s holds a finished run on other data (%s): running it again", out,
-                    "sha1 " + before["sha1"] if isinstance(before, dict) else "none")
+    recorded = before.get("sha1") if isinstance(before, dict) else None
+    now = data["sha1"] if data else None
+    if recorded != now:
+        log.warning("%s holds a finished run on other data (sha1 %s; the data now: %s): running "
+                    "it again", out, recorded, now)
         return None
     return summary
 
