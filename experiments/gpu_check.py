@@ -4,9 +4,9 @@ Runs the job `seeds=1024 seq_len=1024 hidden_size=256 batch_size=32` (`--quick`:
 seq_len=12 hidden_size=8 batch_size=4`, for a CPU) on the first device, with the memory
 planner's default budget or `--max-memory-gb G`, and reports the device's name, the measured
 peak memory (`memory_stats()["peak_bytes_in_use"]` on an accelerator; the process's peak
-resident memory on a CPU), the wall time and the chunks the planner chose (its log lines).
-Then it runs the first 64 seeds (`--quick`: all 3) again as a job of their own, one network at a
-time, and checks that their gradient norms equal the big job's. With `--max-memory-gb G` it
+resident memory, VmHWM, on a CPU), the wall time and the chunks the planner chose (its log
+lines). Then it runs the first 64 seeds (`--quick`: all 3) again as a job of their own, one
+network at a time, and checks that their gradient norms equal the big job's. With `--max-memory-gb G` it
 also checks that the peak stayed under G. Exit code 0 when every check holds.
 """
 
@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from rnnjax.config import register_configs, validate  # noqa: E402
 from rnnjax.job import run_job  # noqa: E402
+from rnnjax.memory import peak_resident_bytes  # noqa: E402
 
 FULL = ["seeds=1024", "seq_len=1024", "hidden_size=256", "batch_size=32"]
 QUICK = ["seeds=3", "seq_len=12", "hidden_size=8", "batch_size=4"]
@@ -54,7 +54,7 @@ def peak_bytes(device) -> tuple[int, str]:
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"]), "memory_stats()['peak_bytes_in_use']"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS (ru_maxrss)"
+    return peak_resident_bytes(), "the process's peak resident memory (VmHWM)"
 
 
 def main(argv=None) -> int:

@@ -26,11 +26,10 @@ FREE_FRACTION = 0.8  # of the free device memory a job may plan for by default
 # Measured peak memory of a call divided by XLA's estimate of it (`compiled_bytes`). On an H100
 # the probe's measured peak (memory_stats()["peak_bytes_in_use"]) was 3.0-3.1x the hidden-state
 # trajectory at T >= 1024 and 4.3x at T = 256 where XLA planned 2.0x: up to 2.15x XLA's
-# estimate, so 2.25. On a CPU the peak resident memory grew by 0.9-1.08x XLA's estimate (T
-# from 256 to 1024, H 24 to 128, B 32 to 512, all at once and in lax.map chunks), and one run
-# of many on a loaded machine went ~15% over its plan (the allocator keeps freed memory
-# mapped): 1.25. Other platforms: as a GPU.
-PEAK_FACTOR = {"cpu": 1.25, "gpu": 2.25}
+# estimate, so 2.25. On a CPU the peak resident memory (VmHWM) grew by 0.9-1.08x XLA's
+# estimate (T from 256 to 1024, H 24 to 128, B 32 to 512, all at once and in lax.map chunks):
+# 1.1. Other platforms: as a GPU.
+PEAK_FACTOR = {"cpu": 1.1, "gpu": 2.25}
 DEFAULT_PEAK_FACTOR = 2.25
 
 
@@ -64,6 +63,19 @@ def resident_bytes() -> int:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory (VmHWM of /proc/self/status), in bytes (0 when
+    unknown). Unlike getrusage's ru_maxrss, it does not count the memory of the parent that
+    started the program (Linux carries that over exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _device(device=None):

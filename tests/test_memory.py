@@ -221,11 +221,11 @@ def test_job_with_a_small_budget_chunks_its_seeds(tmp_path, monkeypatch, caplog)
 
 
 PEAK_SCRIPT = """
-import json, resource, sys, logging
+import json, sys, logging
 sys.path.insert(0, {tests!r})
 from test_train import compose_cfg
 from rnnjax.job import enable_compilation_cache, run_job
-from rnnjax.memory import resident_bytes
+from rnnjax.memory import peak_resident_bytes, resident_bytes
 lines = []
 logging.getLogger("rnnjax").addHandler(logging.Handler())
 logging.getLogger("rnnjax").handlers[-1].emit = lambda r: lines.append(r.getMessage())
@@ -236,7 +236,8 @@ base = resident_bytes()
 budget = base + {room}
 cfg = compose_cfg({job!r} + [f"max_memory_gb={{budget / 2**30}}"])
 run_job(cfg, {out!r} + "/job")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, the peak of this program's memory: ru_maxrss would also count the parent's before exec
+peak = peak_resident_bytes()
 print(json.dumps({{"base": base, "budget": budget, "peak": peak, "log": lines}}))
 """
 
