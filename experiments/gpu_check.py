@@ -6,8 +6,9 @@ planner's default budget or `--max-memory-gb G`, and reports the device's name, 
 peak memory (`memory_stats()["peak_bytes_in_use"]` on an accelerator; the process's peak
 resident memory, VmHWM, on a CPU), the wall time and the chunks the planner chose (its log
 lines). Then it runs the first 64 seeds (`--quick`: all 3) again as a job of their own, one
-network at a time, and checks that their gradient norms equal the big job's. With `--max-memory-gb G` it
-also checks that the peak stayed under G. Exit code 0 when every check holds.
+network at a time, and checks that their gradient norms equal the big job's. With
+`--max-memory-gb G` it also checks that the peak stayed under G. Exit code 0 when every check
+holds.
 """
 
 import argparse
