@@ -6,11 +6,13 @@ a sweep before Hydra creates any output directory.
 """
 
 import math
+import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -18,7 +20,19 @@ from omegaconf.errors import OmegaConfBaseException
 from rnnjax.cells import ACTIVATIONS, CELLS
 from rnnjax.init import INIT_PARAM, INITS, PARAM_DEFAULTS
 from rnnjax.losses import LOSS_AT
-from rnnjax.tasks import TASKS, DataError, check_readable, check_windows, load_timemachine
+from rnnjax.memory import host_available, host_bytes
+from rnnjax.tasks import (
+    COPY_LENGTH,
+    COPY_VOCAB,
+    NUM_TRAIN,
+    TASKS,
+    TIMEMACHINE_FILE,
+    DataError,
+    cache_dir,
+    check_readable,
+    check_windows,
+    load_timemachine,
+)
 from rnnjax.train import BPTT_MODES, OPTIMIZERS
 
 
@@ -105,7 +119,7 @@ class Config:
     seeds: int = 4  # S, independent networks and batches, vmapped in one call (>= 1)
     seed: int = 0  # base seed: network s uses seed + s
     dtype: DType = DType.float32  # float64 enables JAX's x64 mode for the job
-    max_memory_gb: float | None = None  # per compiled call; null: 80% of free device memory
+    max_memory_gb: float | None = None  # GiB the job's peak device memory may reach; null: 80% free
     resume: bool = True  # skip a job whose directory holds a finished run of the same config
 
 
@@ -149,14 +163,30 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _check_init_value(p: str, value: Any) -> None:
+def _check_init_value(p: str, value: Any, dtype: str) -> None:
     allowed = "must be a number > 0, or a list of them ([0.5,1.0]) vmapped in one job"
     items = value if isinstance(value, list) else [value]
+    strings = [v for v in items if isinstance(v, str)]
+    text = [repr(v) if isinstance(v, str) else str(v) for v in items]
+    shown = "[" + ",".join(text) + "]" if isinstance(value, list) else text[0] if text else ""
+    if strings:  # a quoted number ('1.5') reaches us as a string: say so
+        raise ConfigError(f"init.{p}={shown} is invalid: got the string {strings[0]!r}; "
+                          f"{allowed} (write numbers without quotes)")
     if not items or not all(_is_number(v) and 0 < v < math.inf for v in items):
-        shown = "[" + ",".join(map(str, items)) + "]" if isinstance(value, list) else value
         raise ConfigError(f"init.{p}={shown} is invalid: {allowed}")
     if isinstance(value, list) and len(set(items)) != len(items):
         raise ConfigError(f"init.{p}={value} is invalid: the values must differ")
+    info = np.finfo(dtype)
+    for v in items:
+        # The value scales the weights: one the dtype rounds to inf or 0 makes every number
+        # of the job NaN (and LAPACK complain), so it is bad input, not data.
+        with np.errstate(over="ignore"):
+            held = np.asarray(v, dtype)
+        if not 0 < held < np.inf:
+            raise ConfigError(f"init.{p}={v:g} is invalid: dtype={dtype} cannot hold it (it "
+                              f"holds {info.smallest_subnormal:.3g} to {info.max:.3g}); use "
+                              f"{'dtype=float64 or ' if dtype == 'float32' else ''}a value in "
+                              "that range")
 
 
 def init_values(cfg: Config) -> tuple[str | None, list[float | None], bool]:
@@ -209,7 +239,7 @@ def validate(cfg: DictConfig | Config) -> Config:
             takes = f"init.{wanted}" if wanted else "no parameter"
             raise ConfigError(f"init.{p} is not a parameter of init={init} (it takes {takes})")
         if p == wanted and value is not None:
-            _check_init_value(p, value)
+            _check_init_value(p, value, cfg.dtype.value)
             if isinstance(value, list) and (cfg.train.steps or cfg.train.epochs):
                 raise ConfigError(f"init.{p} is a list: lists are vmapped for probing at "
                                   f"initialization only; to train, sweep init.{p} as separate "
@@ -239,6 +269,7 @@ def validate(cfg: DictConfig | Config) -> Config:
             except DataError as e:
                 raise ConfigError(str(e)) from None
     _validate_train(cfg)
+    _check_host_memory(cfg)
     return cfg
 
 
@@ -277,6 +308,57 @@ def _validate_cell(cfg: Config) -> None:
         error = spec.check(cell_options(cfg))
         if error:
             raise ConfigError(error)
+
+
+_SIZE_KEYS = ("seeds", "seq_len", "hidden_size", "batch_size")
+
+
+def _text_bytes(cfg: Config) -> int:
+    """The size of the text file a task=timemachine job would read (0 when not found yet): an
+    upper bound on its characters."""
+    if cfg.task.path is not None:
+        p = Path(cfg.task.path).expanduser()
+    elif os.environ.get("RNNJAX_DATA"):
+        p = Path(os.environ["RNNJAX_DATA"]).expanduser() / TIMEMACHINE_FILE
+    else:
+        p = cache_dir() / TIMEMACHINE_FILE
+    try:
+        return p.stat().st_size if p.is_file() else 0
+    except OSError:
+        return 0
+
+
+def _check_host_memory(cfg: Config) -> None:
+    """Refuses a job whose parameters, batches and outputs alone need more host memory than the
+    host has available (MemAvailable): the kernel's OOM killer would end it without a word.
+
+    The key named is the size furthest above its default; the message gives the estimate.
+    """
+    available = host_available()
+    if available is None:
+        return
+    task = cfg.task.name.value
+    T = cfg.seq_len + 2 * COPY_LENGTH if task == "copy" else cfg.seq_len
+    D, Q = {"random": (cfg.task.vocab_size, cfg.task.vocab_size), "timemachine": (28, 28),
+            "copy": (COPY_VOCAB, COPY_VOCAB), "adding": (2, 1)}[task]
+    tr = cfg.train
+    steps = (tr.epochs * -(-NUM_TRAIN // cfg.batch_size) if tr.epochs is not None
+             else tr.steps)
+    need = host_bytes(
+        networks=cfg.seeds * len(init_values(cfg)[1]), T=T, batch_size=cfg.batch_size,
+        hidden_size=cfg.hidden_size, inputs=D, outputs=Q,
+        dtype_bytes=np.dtype(cfg.dtype.value).itemsize,
+        profiles=1 + (-(-steps // tr.log_every) if steps else 0), training=bool(steps),
+        input_channels=2 if task == "adding" else 1,
+        text_windows=_text_bytes(cfg) if task == "timemachine" else 0)
+    if need > available:
+        default = Config()
+        key = max(_SIZE_KEYS, key=lambda k: getattr(cfg, k) / getattr(default, k))
+        sizes = " ".join(f"{k}={getattr(cfg, k)}" for k in _SIZE_KEYS if k != key)
+        raise ConfigError(f"{key}={getattr(cfg, key)} is invalid: with {sizes} the job needs "
+                          f"about {need / 1e9:,.1f} GB of host memory for its parameters, "
+                          f"batches and outputs, more than the {available / 1e9:,.1f} GB "
+                          f"available (MemAvailable); use a smaller {key}")
 
 
 def _validate_train(cfg: Config) -> None:

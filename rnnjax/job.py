@@ -2,7 +2,6 @@
 
 import fcntl
 import functools
-import json
 import logging
 import math
 import os
@@ -21,13 +20,13 @@ import pandas as pd
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from rnnjax import results
+from rnnjax import provenance, results
 from rnnjax.cells import CELLS, Cell
 from rnnjax.config import Config, cell_options, init_values
 from rnnjax.memory import fit_seeds, memory_budget
 from rnnjax.probes import make_probe
 from rnnjax.summary import headline, log_headline, theory_summary, to_host
-from rnnjax.tasks import Task, cache_dir, make_task
+from rnnjax.tasks import DataError, Task, cache_dir, make_task
 from rnnjax.train import init_state, make_eval, make_generate, make_optimizer, make_train_chunk
 
 log = logging.getLogger("rnnjax")
@@ -36,10 +35,11 @@ SAMPLE_PREFIX = "time traveller "  # d2l's predict() prefix
 SAMPLE_LENGTH = 50
 
 
-def job_task(cfg: Config) -> Task:
-    """The job's task with its batch functions."""
+def job_task(cfg: Config, path: str | None = None) -> Task:
+    """The job's task with its batch functions (its text read from `path`, if given, else as
+    `cfg.task.path` says)."""
     return make_task(cfg.task.name.value, cfg.batch_size, cfg.seq_len, cfg.task.vocab_size,
-                     cfg.task.path)
+                     path or cfg.task.path)
 
 
 def build_cell(cfg: Config, init_value=None) -> Cell:
@@ -108,21 +108,46 @@ def total_steps(cfg: Config, task: Task) -> int:
 
 
 def finished_summary(out_dir: str | Path, resolved: dict[str, Any]) -> dict | None:
-    """The summary of a finished earlier run of the same config in `out_dir`, else None.
+    """The summary of a finished earlier run of the same job in `out_dir`, else None: THE
+    decision whether a job is finished (resume skips it, a sweep need not launch it).
 
-    The configs are compared as written to summary.json, without `resume`; a directory whose
-    config differs (the code's defaults changed, say) is run again.
+    Finished means: its summary.json validates and its files match the sizes and sha1 it lists
+    (`results.read_job`), and it was run with the same config (as written to summary.json,
+    without `resume`), the same code version (`provenance.code_version`: rnnjax's version and a
+    hash of its source) and the same data file contents (sha1; for task=timemachine). Any
+    difference is logged and the job runs again.
     """
-    if results.job_status(Path(out_dir)) not in results.FINISHED:
+    out = Path(out_dir)
+    state = results.read_job(out)
+    if state.status not in results.FINISHED:
+        if state.problem:
+            log.warning("%s holds an unfinished run (%s): running the job again", out,
+                        state.problem)
         return None
-    summary = json.loads((Path(out_dir) / results.SUMMARY).read_text())
+    summary = state.summary
 
     def strip(c):
         return {k: v for k, v in (c or {}).items() if k != "resume"}
 
-    if strip(summary.get("config")) != strip(results.json_safe(resolved)):
-        log.warning("%s holds a finished run of another config: running this one again",
-                    out_dir)
+    if strip(summary["config"]) != strip(results.json_safe(resolved)):
+        log.warning("%s holds a finished run of another config: running this one again", out)
+        return None
+    code = provenance.code_version()
+    if summary["provenance"]["code_version"] != code:
+        log.warning("%s holds a finished run of another code version (%s; this is %s): running "
+                    "it again", out, summary["provenance"]["code_version"], code)
+        return None
+    task = resolved.get("task") or {}
+    try:
+        data = provenance.data_file(task.get("name"), task.get("path"))
+    except DataError:
+        return None  # the run will say what is wrong with the data
+    before = summary["provenance"].get("data")
+    recorded = before.get("sha1") if isinstance(before, dict) else None
+    now = data["sha1"] if data else None
+    if recorded != now:
+        log.warning("%s holds a finished run on other data (sha1 %s; the data now: %s): running "
+                    "it again", out, recorded, now)
         return None
     return summary
 
@@ -184,15 +209,24 @@ def run_or_resume(cfg: Config, out_dir: str | Path, resolved: dict[str, Any]) ->
             log.info("skipped: %s already holds a finished run of this config (status %s; "
                      "resume=false runs it again)", out, done["status"])
             return done
-    # A stale summary.json would mark half-rewritten files as finished: remove it first.
+    # A stale summary.json would mark half-rewritten files as finished: remove it first, and
+    # the temporary files of a run killed between writing and renaming.
     (out / results.SUMMARY).unlink(missing_ok=True)
+    for tmp in results.remove_temporaries(out) if out.is_dir() else []:
+        log.info("removed %s, left by a run that was killed", tmp.name)
+    started_at = provenance.now()
     start = time.perf_counter()
     try:
         return run_job(cfg, out, resolved=resolved)
     except Exception as e:
         error = f"{type(e).__name__}: {e}".splitlines()[0]
+        try:
+            data = provenance.data_file(cfg.task.name.value, cfg.task.path)
+        except DataError:
+            data = None
         summary = {"status": "failed", "error": error, "traceback": traceback.format_exc(),
-                   "wall_time_s": time.perf_counter() - start, "config": resolved}
+                   "wall_time_s": time.perf_counter() - start, "config": resolved,
+                   "provenance": provenance.provenance(started_at, data)}
         out.mkdir(parents=True, exist_ok=True)
         results.write_json(summary, out / results.SUMMARY)
         log.error("job failed: %s (traceback in %s)", error, out / results.SUMMARY)
@@ -202,8 +236,9 @@ def run_or_resume(cfg: Config, out_dir: str | Path, resolved: dict[str, Any]) ->
 def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = None) -> dict:
     """Probes `cfg.seeds` networks in one compiled call, trains them if asked, writes files.
 
-    Files (each written atomically; `summary.json` last, so its presence means finished):
-    grad_norms.parquet, params.npz, batch.npz, summary.json, and metrics.parquet when training.
+    Files (each written atomically; `summary.json` last, listing the others with their sizes
+    and sha1, so that a valid summary means finished): grad_norms.parquet, params.npz,
+    batch.npz, summary.json, and metrics.parquet when training.
 
     Returns:
       The summary dict.
@@ -212,9 +247,12 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     enable_compilation_cache()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    started_at = provenance.now()
     start = time.perf_counter()
 
-    task = job_task(cfg)
+    # The job reads the very file it hashed (resume compares the sha1).
+    data = provenance.data_file(cfg.task.name.value, cfg.task.path)
+    task = job_task(cfg, data and data["path"])
     seeds = np.arange(cfg.seed, cfg.seed + cfg.seeds)
     param, values, is_list = init_values(cfg)
     # Networks value-major, seed-minor: network i has value i // S and seed seeds[i % S].
@@ -229,14 +267,17 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
                       (params, x, y), budget, "probe")
     prof = to_host(probe(params, x, y))
 
+    T = int(x.shape[2])  # x: (N, B, T) or (N, B, T, C); seq_len + 20 for task=copy
     columns = results.config_columns(cfg)
     columns["vocab_size"] = task.D if task.kind == "tokens" else None
+    columns["T"] = T
     groups = [slice(g * cfg.seeds, (g + 1) * cfg.seeds) for g in range(len(values))]
     group_columns = [{**columns, **({f"init_{param}": v} if is_list else {})} for v in values]
     frames = [results.probe_frame(seeds, prof.select(sl), c)
               for sl, c in zip(groups, group_columns, strict=True)]
     results.write_npz(out / results.PARAMS, **jax.tree.map(np.asarray, params._asdict()))
     results.write_npz(out / results.BATCH, x=np.asarray(x), y=np.asarray(y))
+    written = [results.GRAD_NORMS, results.PARAMS, results.BATCH]
 
     steps = total_steps(cfg, task)
     training = {}
@@ -244,6 +285,7 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
         frames, training = train_job(cfg, cell, task, params, x, y, data_keys, probe, steps,
                                      frames, columns, seeds, budget)
         results.write_parquet(training.pop("metrics"), out / results.METRICS)
+        written.append(results.METRICS)
     results.write_parquet(pd.concat(frames, ignore_index=True), out / results.GRAD_NORMS)
 
     headlines = []
@@ -261,12 +303,15 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     summary = {
         "status": "ok" if finite else "nonfinite",
         "wall_time_s": wall,
+        "T": T,
         # a list of values: one headline per value under "headlines" (load_summaries gives
         # each its row)
         **({"headlines": headlines} if is_list else {"headline": headlines[0]}),
         **({"training": training} if training else {}),
         "config": resolved if resolved is not None else OmegaConf.to_container(
             OmegaConf.structured(cfg), enum_to_str=True),
+        "provenance": provenance.provenance(started_at, data),
+        "files": {name: results.file_record(out / name) for name in sorted(written)},
     }
     results.write_json(summary, out / results.SUMMARY)
     name = job_name(cfg)

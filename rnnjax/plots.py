@@ -208,6 +208,12 @@ def _activations(names: Iterable[str]) -> list[str]:
     return [a for a in ACTIVATIONS if a in names] + sorted(names - set(ACTIVATIONS))
 
 
+def job_T(df: pd.DataFrame) -> pd.Series:
+    """Each job's number of timesteps T, indexed by job: the `T` column (seq_len, or
+    seq_len + 20 for task=copy), or the largest t in frames written before it existed."""
+    return df.groupby("job")["T" if "T" in df else "t"].max()
+
+
 def _jobs(df: pd.DataFrame) -> pd.DataFrame:
     """One row per job of a `load_sweep` frame: job, label and the canonical config columns,
     sorted by activation (in `ACTIVATIONS` order), then config, then job name."""
@@ -285,7 +291,7 @@ def _anchored_prediction(g: pd.DataFrame, slope: float) -> pd.DataFrame | None:
     finite = g[np.isfinite(g["median"])]
     if finite.empty or not np.isfinite(slope):
         return None
-    k0 = int(g["seq_len"].iloc[0]) // 4
+    k0 = int(g["T"].iloc[0]) // 4
     anchor = finite.iloc[int(np.argmin(np.abs(finite["steps_back"].to_numpy() - k0)))]
     k = np.sort(g["steps_back"].to_numpy())
     return pd.DataFrame({"steps_back": k,
@@ -315,9 +321,9 @@ def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None,
     jobs["row"] = _labels(jobs, exclude=("activation", hue))
     jobs["hue"] = _format(jobs[hue], hue).replace("", "n/a")
     palette = _hue_palette(jobs[hue], jobs["hue"])
-    stats = profile_stats(d).merge(jobs[["job", "activation", "row", "hue", "seq_len"]],
-                                   on="job")
-    stats["steps_back"] = stats["seq_len"] - stats["t"]
+    stats = profile_stats(d).merge(jobs[["job", "activation", "row", "hue"]], on="job")
+    stats["T"] = stats["job"].map(job_T(d))
+    stats["steps_back"] = stats["T"] - stats["t"]
     acts, rows = _activations(jobs["activation"]), list(dict.fromkeys(jobs["row"]))
     keys = [(row, act) for row in rows for act in acts]
     # a grid of rows × activations; a single row wraps into two columns

@@ -3,6 +3,8 @@
 pandas only runs here, after the jitted call has returned.
 """
 
+import functools
+import hashlib
 import json
 import math
 import os
@@ -10,7 +12,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -89,7 +91,8 @@ def config_columns(cfg) -> dict[str, Any]:
 
 def probe_frame(seeds: np.ndarray, profile, columns: Mapping[str, Any],
                 train_step: int = 0) -> pd.DataFrame:
-    """One row per (seed, t) of a probe's result, with its flags.
+    """One row per (seed, t) of a probe's result, with the job's number of timesteps `T`
+    (t = 1..T; seq_len, or seq_len + 20 for task=copy) and its flags.
 
     Flags: `underflow` (grad_norm is 0: below the dtype's range, or exactly zero), `overflow`
     (the backward chain left the dtype's range at or after t: grad_norm is inf from there back
@@ -108,6 +111,7 @@ def probe_frame(seeds: np.ndarray, profile, columns: Mapping[str, Any],
     df = pd.DataFrame({
         "seed": np.repeat(np.asarray(seeds, dtype=np.int64), T),
         "t": np.tile(np.arange(1, T + 1, dtype=np.int64), S),
+        "T": np.int64(T),
         "grad_norm": g,
         "param_grad_norm": np.asarray(profile.param_grad_norm, dtype=np.float64).ravel(),
         **{f"{k}_grad_norm": np.asarray(v, dtype=np.float64).ravel()
@@ -178,34 +182,179 @@ def write_json(obj: Mapping[str, Any], path: Path) -> None:
     _atomic(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
-def job_status(job: Path) -> str:
-    """"ok" or "nonfinite" (finished), "failed" (the job raised), or "unfinished" (running, or
-    killed before its summary.json, which is written last)."""
-    try:
-        status = json.loads((job / SUMMARY).read_text()).get("status")
-    except (OSError, ValueError):
-        return "unfinished"
-    if status == "failed":
-        return status
-    return status if (job / GRAD_NORMS).is_file() else "unfinished"
+# ------------------------------------------------------------------ summary.json: one schema
 
-
+STATUSES = ("ok", "nonfinite", "failed")  # what summary.json's `status` may say
 FINISHED = ("ok", "nonfinite")  # statuses of a job that ran to the end (nonfinite is data)
 
 
-def _finished_jobs(root: Path) -> tuple[list[Path], dict[Path, str]]:
-    """The finished job directories under root, and the failed and unfinished ones with their
-    `job_status`: a job has a grad_norms.parquet, a summary.json or a Hydra `.hydra/` folder,
-    and is finished once its summary.json (written last) says it ran to the end."""
+class JobState(NamedTuple):
+    """A job directory as read against the summary schema (`read_job`)."""
+
+    status: str  # "ok" or "nonfinite" (finished), "failed", or "unfinished"
+    summary: dict | None  # the validated summary.json; None when unfinished
+    problem: str | None  # why a job with a summary.json counts as unfinished; None otherwise
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """A result file as its summary lists it: {"bytes": size, "sha1": hex digest}."""
+    return {"bytes": path.stat().st_size, "sha1": _file_sha1(path)}
+
+
+def _file_sha1(path: Path) -> str:
+    st = path.stat()
+    return _sha1_cached(str(path), (st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha1_cached(path: str, stamp: tuple[int, int, int]) -> str:
+    # Loaders and resume check the same files again and again: hash each version once.
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_slope(v: Any) -> bool:  # a float as write_json writes it: NaN as null, inf as a string
+    return v is None or _is_number(v) or v in ("inf", "-inf")
+
+
+def _headline_problem(h: Any, listed: bool) -> str | None:
+    if not isinstance(h, dict):
+        return "a headline is not an object"
+    if not _is_slope(h.get("log10_slope_per_step_back", "missing")):
+        return "a headline has no number log10_slope_per_step_back"
+    if listed and not (isinstance(h.get("init_param"), str) and _is_number(h.get("init_value"))):
+        return "a headline of `headlines` has no init_param and init_value"
+    return None
+
+
+def _files_problem(job: Path, files: Any) -> str | None:
+    if not isinstance(files, dict) or GRAD_NORMS not in files:
+        return f"its file list (`files`) is missing or lacks {GRAD_NORMS}"
+    for name, rec in files.items():
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            return f"its file list names {name!r}, not a file of the job directory"
+        if not (isinstance(rec, dict) and isinstance(rec.get("bytes"), int)
+                and isinstance(rec.get("sha1"), str)):
+            return f"its file list has no bytes and sha1 for {name}"
+        path = job / name
+        try:
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != rec["bytes"]:
+                return f"{name} has {path.stat().st_size} bytes, the summary says {rec['bytes']}"
+            if _file_sha1(path) != rec["sha1"]:
+                return f"{name} does not match its sha1 in the summary"
+        except OSError as e:
+            return f"{name} cannot be read ({e.strerror})"
+    return None
+
+
+def summary_problem(summary: Any, job: Path) -> str | None:
+    """What makes `summary` (summary.json of the directory `job`) not a valid summary; None
+    when it is one. THE schema of summary.json:
+
+    - every summary: an object with `status` (one of STATUSES) and `config` (an object);
+    - `failed`: `error` (a string); also `traceback`, `wall_time_s`, `provenance`;
+    - `ok` / `nonfinite` (finished): `wall_time_s` (a number), `T` (an integer >= 1: the
+      timesteps backpropagated through), `provenance` (an object with a string
+      `code_version`), exactly one of `headline` (an object with
+      `log10_slope_per_step_back`) and `headlines` (a non-empty list of such objects, each
+      with `init_param` and `init_value`), optional `training` (an object), and `files`:
+      {file name: {"bytes": int, "sha1": str}} for every result file of the job, GRAD_NORMS
+      among them, each present with that size and sha1.
+    """
+    if not isinstance(summary, dict):
+        return f"summary.json holds {type(summary).__name__}, not an object"
+    status = summary.get("status")
+    if status not in STATUSES:
+        return f"status {status!r} is not one of {', '.join(STATUSES)}"
+    if not isinstance(summary.get("config"), dict):
+        return "summary.json has no config"
+    if status == "failed":
+        return None if isinstance(summary.get("error"), str) else "a failed job with no error"
+    if not _is_number(summary.get("wall_time_s")):
+        return "summary.json has no wall_time_s"
+    T = summary.get("T")
+    if not (isinstance(T, int) and not isinstance(T, bool) and T >= 1):
+        return "summary.json has no T (timesteps) >= 1"
+    prov = summary.get("provenance")
+    if not (isinstance(prov, dict) and isinstance(prov.get("code_version"), str)):
+        return "summary.json has no provenance.code_version (written by an older rnnjax?)"
+    if ("headline" in summary) == ("headlines" in summary):
+        return "summary.json needs exactly one of headline and headlines"
+    if "headline" in summary:
+        problem = _headline_problem(summary["headline"], listed=False)
+    elif not isinstance(summary["headlines"], list) or not summary["headlines"]:
+        problem = "headlines is not a non-empty list"
+    else:
+        problem = next(filter(None, (_headline_problem(h, listed=True)
+                                     for h in summary["headlines"])), None)
+    if problem:
+        return problem
+    if "training" in summary and not isinstance(summary["training"], dict):
+        return "training is not an object"
+    return _files_problem(job, summary.get("files"))
+
+
+def read_job(job: str | os.PathLike) -> JobState:
+    """A job directory's state, from its summary.json read against the schema
+    (`summary_problem`): the one place that decides whether a job finished.
+
+    No summary.json: unfinished (running, or killed before its summary, which is written last).
+    A summary.json that does not parse or validate, or whose result files do not match their
+    sizes and sha1: unfinished too, with the `problem`.
+    """
+    path = Path(job) / SUMMARY
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return JobState("unfinished", None, None)
+    except (OSError, UnicodeDecodeError) as e:
+        return JobState("unfinished", None, f"summary.json cannot be read ({e})")
+    try:
+        summary = json.loads(text)
+    except ValueError:
+        return JobState("unfinished", None, "summary.json is not valid JSON")
+    problem = summary_problem(summary, Path(job))
+    if problem:
+        return JobState("unfinished", None, problem)
+    return JobState(summary["status"], summary, None)
+
+
+def job_status(job: Path) -> str:
+    """"ok" or "nonfinite" (finished), "failed" (the job raised), or "unfinished" (see
+    `read_job`)."""
+    return read_job(job).status
+
+
+def remove_temporaries(job: Path) -> list[Path]:
+    """Deletes the temporary files (`.NAME.*.tmp`) that a writer killed between writing and
+    renaming left in `job`, and returns them. Only for a job about to run again: the job's
+    own writer is the only one that makes them."""
+    stale = [p for p in Path(job).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _finished_jobs(root: Path) -> tuple[dict[Path, dict], dict[Path, JobState]]:
+    """The finished job directories under root with their summaries, and the others with their
+    `JobState`: a job has a grad_norms.parquet, a summary.json or a Hydra `.hydra/` folder."""
     marks = [*root.rglob(GRAD_NORMS), *root.rglob(SUMMARY), *root.rglob(".hydra")]
-    status = {j: job_status(j) for j in sorted({p.parent for p in marks})}
-    others = {j: s for j, s in status.items() if s in ("failed", "unfinished")}
-    return [j for j in status if j not in others], others
+    states = {j: read_job(j) for j in sorted({p.parent for p in marks})}
+    done = {j: s.summary for j, s in states.items() if s.status in FINISHED}
+    return done, {j: s for j, s in states.items() if s.status not in FINISHED}
 
 
-def _list_param(job: Path) -> str | None:
+def _list_param(summary: dict) -> str | None:
     """The init parameter a job vmapped over as a list, or None."""
-    summary = json.loads((job / SUMMARY).read_text())
     return summary["headlines"][0]["init_param"] if "headlines" in summary else None
 
 
@@ -216,13 +365,19 @@ def _check_root(path) -> Path:
     return root
 
 
-def _warn_unfinished(root: Path, others: dict[Path, str]) -> None:
+def _warn_unfinished(root: Path, others: dict[Path, JobState], who: str) -> None:
     for kind in ("failed", "unfinished"):
-        jobs = [j for j, s in others.items() if s == kind]
+        jobs = {j: st for j, st in others.items() if st.status == kind}
         if jobs:
-            names = ", ".join(str(j.relative_to(root)) for j in jobs)
-            warnings.warn(f"load_sweep: skipped {len(jobs)} {kind} job(s): {names}",
-                          stacklevel=3)
+            names = ", ".join(str(j.relative_to(root)) + (f" ({st.problem})" if st.problem else "")
+                              for j, st in jobs.items())
+            warnings.warn(f"{who}: skipped {len(jobs)} {kind} job(s): {names}", stacklevel=3)
+
+
+def _warn_unreadable(who: str, root: Path, job: Path, name: str, e: Exception) -> None:
+    error = f"{type(e).__name__}: {e}".splitlines()[0]
+    warnings.warn(f"{who}: skipped 1 unreadable job: {job.relative_to(root)} ({name}: {error})",
+                  stacklevel=3)
 
 
 def value_job(job: str, param: str, value: float) -> str:
@@ -249,14 +404,15 @@ def _per_value(job: str, summary: dict) -> list[tuple[str, dict]]:
 def load_summaries(path: str | os.PathLike) -> pd.DataFrame:
     """One row per finished job under `path`: its summary.json flattened (dots join nested
     keys: `headline.theory.mean_field.chi1`, `config.activation.name`, ...), per-seed lists
-    dropped, plus a `job` column as in `load_sweep`."""
+    and the file list dropped, plus a `job` column as in `load_sweep`. Jobs that are not
+    finished (see `read_job`) are skipped with a warning."""
     root = _check_root(path)
     done, unfinished = _finished_jobs(root)
-    _warn_unfinished(root, unfinished)
+    _warn_unfinished(root, unfinished, "load_summaries")
     rows = []
-    for job in done:
-        summary = json.loads((job / SUMMARY).read_text())
-        for name, one in _per_value(str(job.relative_to(root)), summary):
+    for job, summary in done.items():
+        kept = {k: v for k, v in summary.items() if k != "files"}
+        for name, one in _per_value(str(job.relative_to(root)), kept):
             row = pd.json_normalize(one).iloc[0].to_dict()
             row = {k: v for k, v in row.items() if not isinstance(v, list | dict)}
             rows.append({"job": name, **row})
@@ -266,36 +422,49 @@ def load_summaries(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def load_metrics(path: str | os.PathLike) -> pd.DataFrame | None:
-    """The training metrics (metrics.parquet) of every finished job under `path`, with a `job`
-    column; None when no job trained."""
+    """The training metrics (metrics.parquet) of every finished job under `path` that trained,
+    with a `job` column; None when no job trained. A file that cannot be read skips its job
+    with a warning."""
     root = _check_root(path)
     done, _ = _finished_jobs(root)
-    frames = [pd.read_parquet(j / METRICS).assign(job=str(j.relative_to(root)))
-              for j in done if (j / METRICS).is_file()]
+    frames = []
+    for job, summary in done.items():
+        if METRICS not in summary["files"]:  # a metrics.parquet it does not list is stale
+            continue
+        try:
+            frames.append(pd.read_parquet(job / METRICS).assign(job=str(job.relative_to(root))))
+        except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds; one job never fails all
+            _warn_unreadable("load_metrics", root, job, METRICS, e)
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def load_sweep(path: str | os.PathLike) -> pd.DataFrame:
     """One tidy DataFrame of every finished job under `path` (a run or a multirun directory).
 
-    A job is a directory with a `grad_norms.parquet` or a Hydra `.hydra/` folder; it counts as
-    finished once its `summary.json` (written last) says so. Unfinished and failed jobs are
-    skipped with a warning. A `job` column holds each job's directory relative to `path`, with
-    `[init.gain=0.5]` appended for each value of a job whose init parameter was a list.
+    A job is a directory with a `grad_norms.parquet`, a `summary.json` or a Hydra `.hydra/`
+    folder; it counts as finished when its summary.json validates and its files match the
+    sizes and sha1 it lists (see `read_job`). Unfinished and failed jobs, and a job whose file
+    cannot be read, are skipped with a warning: one bad job never fails the whole load. A `job`
+    column holds each job's directory relative to `path`, with `[init.gain=0.5]` appended for
+    each value of a job whose init parameter was a list.
     """
     root = _check_root(path)
     done, unfinished = _finished_jobs(root)
     frames = []
-    for job in done:
-        df = pd.read_parquet(job / GRAD_NORMS)
+    for job, summary in done.items():
+        try:
+            df = pd.read_parquet(job / GRAD_NORMS)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds; one job never fails all
+            _warn_unreadable("load_sweep", root, job, GRAD_NORMS, e)
+            continue
         name = str(job.relative_to(root))
-        param = _list_param(job)
+        param = _list_param(summary)
         if param is None:
             df.insert(0, "job", name)
         else:
             df.insert(0, "job", [value_job(name, param, v) for v in df[f"init_{param}"]])
         frames.append(df)
-    _warn_unfinished(root, unfinished)
+    _warn_unfinished(root, unfinished, "load_sweep")
     if not frames:
         raise FileNotFoundError(f"load_sweep: no finished job under {str(root)!r}")
     return pd.concat(frames, ignore_index=True)

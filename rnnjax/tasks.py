@@ -9,6 +9,7 @@
 import hashlib
 import os
 import re
+import stat
 import tempfile
 import urllib.request
 from collections.abc import Callable
@@ -113,9 +114,10 @@ def make_copy_batch(batch_size: int, delay: int) -> Callable[[Array], tuple[Arra
 # ----------------------------------------------------------------------------- time machine
 
 
-def sha1_of(path: Path) -> str:
-    """Hex sha1 of a file's bytes."""
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+def sha1_of(path: Path, key: str = "data file") -> str:
+    """Hex sha1 of a data file's bytes (read as `read_data_file` does: a regular file of at
+    most 1 GiB, else DataError naming `key`)."""
+    return hashlib.sha1(read_data_file(Path(path), key)).hexdigest()
 
 
 def cache_dir() -> Path:
@@ -166,13 +168,65 @@ def timemachine_path(path: str | None = None) -> Path:
     return download(TIMEMACHINE_URL, p, TIMEMACHINE_SHA1)
 
 
-def check_readable(p: Path, key: str) -> None:
-    """Raises DataError naming `key` unless `p` is a readable UTF-8 text file."""
+MAX_TEXT_BYTES = 2**30  # a data file larger than 1 GiB is refused, not read
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n} bytes"
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_data_file(p: Path, key: str) -> bytes:
+    """The bytes of a regular file of at most MAX_TEXT_BYTES (1 GiB).
+
+    The file is opened without blocking and checked on the open descriptor, so a FIFO, a device
+    such as /dev/zero or /dev/urandom, or a directory is refused at once, never read (a FIFO
+    would block forever, a device never ends), and at most MAX_TEXT_BYTES + 1 bytes are read
+    even from a file that grows meanwhile.
+
+    Raises:
+      DataError: one line naming `key` and what is allowed.
+    """
+    allowed = f"allowed: a regular text file of at most {_size(MAX_TEXT_BYTES)}"
     try:
-        p.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise DataError(f"{key}: cannot read {str(p)!r} as a text file ({reason})") from None
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise DataError(f"{key}: cannot read {str(p)!r} as a text file ({e.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise DataError(f"{key}: {str(p)!r} is {_file_kind(mode)}; {allowed}")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_TEXT_BYTES + 1)
+        except OSError as e:
+            raise DataError(f"{key}: cannot read {str(p)!r} ({e.strerror})") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise DataError(f"{key}: {str(p)!r} is larger than {_size(MAX_TEXT_BYTES)}; {allowed}")
+    return data
+
+
+def read_text(p: Path, key: str) -> str:
+    """A data file as UTF-8 text (see `read_data_file`); DataError naming `key` otherwise."""
+    try:
+        return read_data_file(p, key).decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{key}: cannot read {str(p)!r} as a text file (not UTF-8 text)"
+                        ) from None
+
+
+def check_readable(p: Path, key: str) -> None:
+    """Raises DataError naming `key` unless `p` is a readable UTF-8 text file of at most
+    MAX_TEXT_BYTES."""
+    read_text(p, key)
 
 
 def preprocess(text: str) -> str:
@@ -194,7 +248,7 @@ def load_timemachine(path: str | None = None) -> tuple[np.ndarray, list[str]]:
     Returns:
       corpus: (N,) int32 character ids; vocab: list of 28 tokens.
     """
-    text = preprocess(timemachine_path(path).read_text(encoding="utf-8"))
+    text = preprocess(read_text(timemachine_path(path), "task.path" if path else "the text"))
     tokens = list(text)
     vocab = build_vocab(tokens)
     index = {tok: i for i, tok in enumerate(vocab)}

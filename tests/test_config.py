@@ -1,7 +1,18 @@
+import re
+
 import pytest
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from rnnjax.config import Config, ConfigError, InitName, TaskName, validate
+from rnnjax.config import (
+    Config,
+    ConfigError,
+    InitName,
+    TaskName,
+    register_configs,
+    validate,
+)
 
 
 def cfg(**kw):
@@ -43,3 +54,39 @@ def test_types_are_checked_by_the_schema():
         cfg(batch_size="abc")
     with pytest.raises(Exception, match="loss_at"):
         cfg(**{"probe.loss_at": "first"})
+
+
+@pytest.mark.parametrize("dtype,value,ok", [
+    ("float32", 1e308, False), ("float32", 1e39, False), ("float32", 1e-46, False),
+    ("float32", 3e38, True), ("float64", 1e308, True), ("float64", 1e-300, True),
+])
+def test_init_values_the_dtype_cannot_hold_are_bad_input(dtype, value, ok):
+    c = cfg(**{"init.name": "orthogonal", "init.gain": value, "dtype": dtype})
+    if ok:
+        validate(c)
+        return
+    with pytest.raises(ConfigError) as e:
+        validate(c)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"init.gain={value:g} is invalid: dtype={dtype} "
+                                              "cannot hold it")
+    # a list is checked value by value
+    with pytest.raises(ConfigError, match=re.escape(f"init.gain={value:g} is invalid")):
+        validate(cfg(**{"init.name": "orthogonal", "init.gain": [1.0, value], "dtype": dtype}))
+
+
+@pytest.mark.parametrize("value,shown", [("1.5", "'1.5'"), (["1.5", 2.0], "['1.5',2.0]")])
+def test_a_quoted_number_is_reported_as_a_string(value, shown):
+    with pytest.raises(ConfigError) as e:
+        validate(cfg(**{"init.name": "gaussian", "init.gain": value}))
+    assert str(e.value).startswith(f"init.gain={shown} is invalid: got the string '1.5'; must be "
+                                   "a number")
+
+
+def test_quoted_init_value_through_hydra():
+    # Hydra parses init.gain='1.5' (quoted on the command line) to the string "1.5".
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        c = compose("config", overrides=["init=gaussian", "init.gain='1.5'"])
+    with pytest.raises(ConfigError, match="got the string '1.5'"):
+        validate(c)

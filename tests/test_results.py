@@ -8,10 +8,12 @@ import pytest
 from rnnjax.config import Config
 from rnnjax.results import (
     config_columns,
+    file_record,
     fit_window,
     load_sweep,
     log10_slope,
     probe_frame,
+    summary_problem,
     write_json,
     write_parquet,
 )
@@ -57,19 +59,55 @@ def test_probe_frame_schema():
     assert (df.init_std == 0.01).all() or df.init_std.isna().all()
 
 
+def finished_summary_of(job, **extra):
+    """A valid summary of a job directory holding a grad_norms.parquet (see summary_problem)."""
+    return {"status": "ok", "wall_time_s": 1.0, "T": 3, "config": {},
+            "provenance": {"code_version": "test"}, "headline": {"log10_slope_per_step_back": 0.0},
+            "files": {"grad_norms.parquet": file_record(job / "grad_norms.parquet")}, **extra}
+
+
 def test_load_sweep_skips_unfinished_jobs(tmp_path):
     df = probe_frame(np.array([0]), profile(np.ones((1, 3))), config_columns(Config()))
-    for name in ("0", "1", "2"):
+    for name in ("0", "1", "2", "3"):
         (tmp_path / name / ".hydra").mkdir(parents=True)
     write_parquet(df, tmp_path / "0" / "grad_norms.parquet")
-    write_json({"status": "ok"}, tmp_path / "0" / "summary.json")
+    write_json(finished_summary_of(tmp_path / "0"), tmp_path / "0" / "summary.json")
     write_parquet(df, tmp_path / "1" / "grad_norms.parquet")  # killed before its summary
-    with pytest.warns(UserWarning, match="skipped 2 unfinished"):
+    write_parquet(df, tmp_path / "3" / "grad_norms.parquet")
+    write_json({"status": "ok"}, tmp_path / "3" / "summary.json")  # does not validate
+    with pytest.warns(UserWarning, match="skipped 3 unfinished") as w:
         out = load_sweep(tmp_path)
+    assert "3 (summary.json has no config)" in str(w[0].message)
     assert list(out.job.unique()) == ["0"] and len(out) == 3
     assert len(load_sweep(tmp_path / "0")) == 3  # a single run directory
     with pytest.raises(FileNotFoundError):
         load_sweep(tmp_path / "nope")
+
+
+def test_summary_schema(tmp_path):
+    df = probe_frame(np.array([0]), profile(np.ones((1, 3))), config_columns(Config()))
+    write_parquet(df, tmp_path / "grad_norms.parquet")
+    good = finished_summary_of(tmp_path)
+    assert summary_problem(good, tmp_path) is None
+    assert summary_problem({**good, "headline": {"log10_slope_per_step_back": None}},
+                           tmp_path) is None  # NaN is written as null
+    failed = {"status": "failed", "error": "E: x", "config": {}}
+    assert summary_problem(failed, tmp_path) is None
+    for bad, problem in [
+        ([], "holds list"), ("ok", "holds str"), ({**good, "status": "banana"}, "'banana'"),
+        ({**failed, "error": None}, "no error"), ({**good, "T": True}, "no T"),
+        ({**good, "wall_time_s": "1"}, "wall_time_s"),
+        ({**good, "headline": {}}, "log10_slope_per_step_back"),
+        ({**good, "headlines": [good["headline"]]}, "exactly one"),
+        ({**good, "training": []}, "training"),
+        ({**good, "files": {"grad_norms.parquet": {"bytes": 1, "sha1": "x"}}}, "has 1"),
+    ]:
+        assert problem in summary_problem(bad, tmp_path), bad
+    listed = {k: v for k, v in good.items() if k != "headline"}
+    one = {"log10_slope_per_step_back": 1.0, "init_param": "gain", "init_value": 0.5}
+    assert summary_problem({**listed, "headlines": [one]}, tmp_path) is None
+    assert "init_param" in summary_problem(
+        {**listed, "headlines": [{**one, "init_param": None}]}, tmp_path)
 
 
 def test_write_json_is_strict(tmp_path):

@@ -1,4 +1,7 @@
+import os
+import threading
 import urllib.request
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -116,3 +119,49 @@ def test_unreadable_or_binary_file(tmp_path):
         timemachine_path(str(bad))
     with pytest.raises(DataError, match="task.path"):
         timemachine_path(str(tmp_path))  # a directory
+
+
+def _within(seconds, f):
+    """f() in a daemon thread: its result or exception, or TimeoutError if it blocks (a FIFO
+    read without a writer would block forever)."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = f()
+        except BaseException as e:  # noqa: BLE001 - handed back to the test
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise TimeoutError(f"still blocked after {seconds} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/dev/urandom", "fifo", "dir"])
+def test_only_regular_files_are_read(tmp_path, special):
+    if special == "fifo":
+        special = tmp_path / "fifo"
+        os.mkfifo(special)
+    elif special == "dir":
+        special = tmp_path
+    elif not Path(special).exists():
+        pytest.skip(f"{special} does not exist here")
+    with pytest.raises(DataError) as e:
+        _within(10, lambda: timemachine_path(str(special)))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("task.path: ") and "regular text file" in msg
+
+
+def test_data_files_over_the_size_limit_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks, "MAX_TEXT_BYTES", 1000)
+    ok, big = tmp_path / "ok.txt", tmp_path / "big.txt"
+    ok.write_text("a" * 1000)
+    big.write_text("a" * 1001)
+    assert tasks.read_text(ok, "task.path") == "a" * 1000
+    with pytest.raises(DataError, match="larger than"):
+        timemachine_path(str(big))

@@ -152,3 +152,26 @@ def test_short_d2l_run_lowers_perplexity(tmp_path, timemachine_file):
     assert sorted(m.train_step.unique()) == [0, 13, 26, 39, 52, 65, 78, 91, 104, 117, 120]
     assert tr["sample"].startswith("time traveller ") and len(tr["sample"]) == 15 + 50
     assert summary["status"] == "ok" and tr["diverged_seeds"] == {}
+
+
+def test_copy_task_records_its_T_and_uses_it(tmp_path, monkeypatch):
+    """task=copy backpropagates through T = seq_len + 20 steps: the T column, the summary, the
+    Lyapunov burn-in and the plots' steps back all use that T, and the seq_len column keeps
+    the config value (metrics.parquet's T: test_memory's training job)."""
+    from rnnjax import plots
+    from rnnjax import summary as summary_module
+
+    burn_ins = []
+    real = summary_module.make_lyapunov
+    monkeypatch.setattr(summary_module, "make_lyapunov",
+                        lambda cell, k, burn_in: burn_ins.append(burn_in) or real(cell, k,
+                                                                                  burn_in))
+    cfg = compose_cfg(["task=copy", "seq_len=5", "hidden_size=6", "batch_size=2", "seeds=2"])
+    summary = run_job(cfg, tmp_path)
+    assert summary["T"] == 25 and burn_ins == [25 // 4]
+    df = load_sweep(tmp_path)
+    assert (df["T"] == 25).all() and (df.seq_len == 5).all() and df.t.max() == 25
+    assert plots.job_T(df).to_dict() == {".": 25}
+    fig = plots.decay_curves(df)
+    xs = np.concatenate([line.get_xdata() for ax in fig.axes for line in ax.get_lines()])
+    assert xs.min() == 0 and xs.max() == 24  # T - t for t = 25..1, never negative
