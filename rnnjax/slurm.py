@@ -4,15 +4,19 @@ A request beyond every node of its partition is rejected by sbatch in some cases
 no node has one, more memory than any node) but in others it is accepted and then pends forever
 (more CPUs than any node: `Reason=PartitionConfig`), while Hydra waits in silence.
 `unsatisfiable` reads the partition's nodes with `sinfo` and compares them with the launcher's
-keys before anything is submitted. `submitted_tasks` and `wait_for_tasks` find the tasks of a
-submitted array and wait until SLURM has ended every one of them.
+keys before anything is submitted.
+
+`wait_for_tasks` waits until SLURM has ended every task of a submitted array and says how each
+ended, `task_return` makes a job's JobReturn from that (rnnjax's SLURM launcher,
+hydra_plugins/rnnjax_sweeper/slurm_launcher.py, uses both), `cancel` cancels arrays, and
+`submitted_tasks` lists the tasks submitit submitted into its folder.
 """
 
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -209,84 +213,208 @@ def unsatisfiable(launcher: Mapping) -> str | None:
 
 # Waiting for every task of a submitted array. hydra-submitit-launcher waits for its jobs one
 # after another and raises submitit's UncompletedJobError at the first task that ended without a
-# result (cancelled, timed out, killed), leaving the later tasks running; these helpers let a
-# sweeper find the tasks it submitted and wait until SLURM has ended every one of them.
+# result (cancelled, timed out, killed), leaving the later tasks running; and it never returns
+# when a task is cancelled while still pending (SLURM keeps no record of such a task). rnnjax's
+# SLURM launcher (hydra_plugins/rnnjax_sweeper/slurm_launcher.py) submits as it does, then waits
+# for every task with `wait_for_tasks` and makes each job's JobReturn with `task_return`.
 
-# States after which a task never runs again (sacct's State, first word).
+# States after which a task never runs again (squeue's and sacct's State, first word).
 FINAL_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                 "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED"}
-_TASK = re.compile(r"\d+_\d+")
+_TASK = re.compile(r"\d+(_\d+)?")
+SQUEUE_PATIENCE_S = 300.0  # how long wait_for_tasks bears with squeue failing before it gives up
+
+
+class TaskEnded(RuntimeError):
+    """A SLURM task ended without a result: cancelled, timed out, killed, or never started."""
+
+    def __init__(self, task_id: str, state: str) -> None:
+        why = (" (SLURM has no record of how it ended, as for a task cancelled before it "
+               "started)") if state == "UNKNOWN" else ""
+        super().__init__(f"SLURM task {task_id} ended {state} without a result{why}")
+        self.task_id = task_id
+        self.state = state
 
 
 def submitted_tasks(submitit_dir: Path, before: Iterable[str] = ()) -> list[str]:
-    """The array tasks (`ARRAY_TASK` ids) submitit has submitted into a folder, in array order.
+    """The SLURM tasks submitit has submitted into a folder, in order.
 
-    submitit makes a folder `ARRAY_TASK` for every task when it submits the array, so the
-    listing taken before a launch (`before`) tells which tasks that launch submitted.
+    submitit makes a folder for every task it submits, named by the task's id, which holds
+    `ID_submitted.pkl`: `ARRAY_TASK` for a task of an array, a plain `JOB` for a launch of one
+    job (submitit submits a single job without an array); an array's own folder `ARRAY` holds
+    only its submission script. The listing taken before a launch (`before`) tells which tasks
+    that launch submitted.
 
     Args:
         submitit_dir: the launcher's `submitit_folder` without its `%j` (`SWEEP/.submitit`).
         before: names in that folder before the launch, to leave out.
 
     Returns:
-        Task ids such as `["42_0", "42_1"]`, sorted by array id, then task index: for one launch,
-        task i runs job i of the batch it was given.
+        Task ids such as `["42_0", "42_1", "45"]`, sorted by job id, then task index: for one
+        launch, task i runs job i of the batch it was given.
     """
     if not submitit_dir.is_dir():
         return []
     skip = set(before)
     names = [d.name for d in submitit_dir.iterdir() if _TASK.fullmatch(d.name)
-             and d.name not in skip]
-    return sorted(names, key=lambda n: tuple(int(x) for x in n.split("_")))
+             and d.name not in skip and (d / f"{d.name}_submitted.pkl").is_file()]
+    return sorted(names, key=_task_key)
+
+
+def _task_key(task_id: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in task_id.split("_"))
+
+
+def _arrays(task_ids: Iterable[str]) -> list[str]:
+    return sorted({t.split("_")[0] for t in task_ids}, key=int)
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
+def expand_task_ids(job_id: str) -> list[str]:
+    """The task ids a JobID of SLURM's stands for: `42_3` -> `[42_3]`; an array's pending
+    remainder, `42_[1-3,7%2]` (`%2`: at most 2 at once) -> `[42_1, 42_2, 42_3, 42_7]`."""
+    m = re.fullmatch(r"(\d+)_\[([0-9,-]+)(?:%\d+)?\]", job_id)
+    if m is None:
+        return [job_id]
+    ids = []
+    for part in m.group(2).split(","):
+        lo, _, hi = part.partition("-")
+        ids += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return ids
+
+
 def task_states(task_ids: Iterable[str]) -> dict[str, str]:
-    """{task id: state} from SLURM's accounting (sacct); a task it does not list is absent."""
+    """{task id: state} from SLURM's accounting (sacct); a task it does not list is absent.
+
+    A task still in its array's pending remainder (one record `42_[1-3]`) gets that record's
+    state: CANCELLED when the remaining pending tasks were cancelled together.
+    """
     ids = set(task_ids)
-    arrays = sorted({t.split("_")[0] for t in ids})
-    if not arrays:
+    if not ids:
         return {}
-    out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays)])
+    out = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(_arrays(ids))])
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.count("|") == 1]
+    states: dict[str, str] = {}
+    # A task's own record wins over the pending remainder's: the remainders go first.
+    for jid, state in sorted(rows, key=lambda r: "[" not in r[0]):
+        states.update({t: state.split()[0] for t in expand_task_ids(jid) if t in ids})
+    return states
+
+
+def queue_states(task_ids: Iterable[str]) -> dict[str, str]:
+    """{task id: state} of the tasks SLURM's controller still holds (`squeue -t all`): pending
+    and running ones, and those that ended less than MinJobAge ago (300 s by default).
+
+    It forgets a task cancelled while pending at once."""
+    ids = set(task_ids)
+    if not ids:
+        return {}
+    out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(_arrays(ids))])
+    # A job that ended long ago is unknown to the controller: squeue fails on it.
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        raise RuntimeError(f"squeue: {out.stderr.strip()}")
     rows = (line.split("|") for line in out.stdout.splitlines() if line.count("|") == 1)
     return {jid: state.split()[0] for jid, state in rows if jid in ids}
 
 
-def wait_for_tasks(task_ids: Iterable[str], poll_s: float = 2.0,
-                   accounting_s: float = 10.0) -> dict[str, str]:
+def wait_for_tasks(task_ids: Iterable[str], poll_s: float = 0.5, accounting_s: float = 10.0,
+                   max_poll_s: float = 10.0) -> dict[str, str]:
     """Waits until SLURM has ended every task, and returns how each ended.
 
-    The live queue (squeue) says when no task is pending or running any more; accounting
-    (sacct), which lags a second or so behind it, then says how each ended.
+    The controller (`squeue -t all`) says which tasks still pend or run, and how the others
+    ended, without accounting's lag. A task it no longer holds without a final state is looked
+    up in accounting (sacct), which lags a second or so behind.
 
     Args:
-        task_ids: `ARRAY_TASK` ids, e.g. from submitted_tasks.
-        poll_s: seconds between two looks at the queue.
-        accounting_s: how long to wait for accounting to record the final states.
+        task_ids: `ARRAY_TASK` ids, e.g. from submitted_tasks or submitit's `job.job_id`.
+        poll_s: seconds between the first two looks at the queue; each next wait is a quarter
+            longer, up to max_poll_s, so that a long sweep asks the controller rarely.
+        accounting_s: how long to wait for accounting to record how a task ended that ran but
+            that the controller no longer holds.
+        max_poll_s: the longest wait between two looks at the queue.
 
     Returns:
         {task id: state}: `COMPLETED`, `CANCELLED`, `FAILED`, `TIMEOUT`, ...; `UNKNOWN` where
-        accounting has no final state after accounting_s: a task cancelled while it was still
-        pending in its array leaves no record at all (SLURM 22.05), nor does any task without
-        slurmdbd.
+        SLURM has no final state: a task cancelled while it was still pending in its array
+        leaves no record at all (SLURM 22.05; it is answered at once, without waiting for
+        accounting), nor does any task without slurmdbd.
     """
     ids = set(task_ids)
-    arrays = ",".join(sorted({t.split("_")[0] for t in ids}))
+    seen: dict[str, str] = {}  # the last state the controller gave each task
+    start, wait, failing = time.time(), poll_s, None
     while ids:
-        out = _run(["squeue", "-h", "-r", "-o", "%i", "-j", arrays])
-        # A job that ended long ago is unknown to the controller: squeue fails on it.
-        if out.returncode != 0 and "Invalid job id" not in out.stderr:
-            raise RuntimeError(f"squeue: {out.stderr.strip()}")
-        if not ids & set(out.stdout.split()):
+        try:
+            queue = queue_states(ids)
+            failing = None
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            # A busy controller times out now and then: the tasks are still there.
+            failing = failing or time.time()
+            if time.time() - failing > SQUEUE_PATIENCE_S:
+                raise RuntimeError(f"squeue has failed for {SQUEUE_PATIENCE_S:g} s: {e}") from e
+            queue = {t: "UNREACHABLE" for t in ids}
+        seen.update({t: s for t, s in queue.items() if s != "UNREACHABLE"})
+        active = [t for t in ids if t in queue and queue[t] not in FINAL_STATES]
+        # A task not listed yet may not have reached the controller's listing: give it time.
+        if not active and (len(seen) == len(ids) or time.time() - start > accounting_s):
             break
-        time.sleep(poll_s)
+        time.sleep(wait)
+        wait = min(wait * 1.25, max_poll_s)
+    ended = {t: s for t, s in seen.items() if s in FINAL_STATES}
     end = time.time() + accounting_s
-    while True:
-        states = task_states(ids)
-        if all(states.get(t) in FINAL_STATES for t in ids) or time.time() > end:
-            return {t: states[t] if states.get(t) in FINAL_STATES else "UNKNOWN"
-                    for t in sorted(ids)}
+    while rest := ids - set(ended):
+        states = task_states(rest)
+        ended.update({t: states[t] for t in rest if states.get(t) in FINAL_STATES})
+        # Last seen pending, gone from the queue, unknown to accounting: cancelled before it
+        # started, which SLURM never records.
+        ended.update({t: "UNKNOWN" for t in rest if t not in states and seen.get(t) == "PENDING"})
+        if time.time() > end:
+            break
+        if ids - set(ended):
+            time.sleep(0.5)
+    return {t: ended.get(t, "UNKNOWN") for t in sorted(ids, key=_task_key)}
+
+
+def cancel(task_ids: Iterable[str]) -> list[str]:
+    """Cancels the arrays these tasks belong to (`scancel ARRAY ...`; one launch of rnnjax's
+    SLURM launcher submits one array) and returns their ids."""
+    arrays = _arrays(task_ids)
+    if arrays:
+        _run(["scancel", *arrays])
+    return arrays
+
+
+def task_return(job: Any, state: str, overrides: Sequence[str], grace_s: float = 15.0) -> Any:
+    """A submitted job's JobReturn, once SLURM has ended its task.
+
+    submitit's `job.results()` is read only where the task left its result file: without one it
+    waits for it, forever for a task cancelled while pending.
+
+    Args:
+        job: the submitit Job of the task (`job_id`, `paths.result_pickle`, `results()`).
+        state: how SLURM says the task ended (from wait_for_tasks).
+        overrides: the job's overrides.
+        grace_s: how long a COMPLETED task's result file may take to appear (a shared file
+            system can lag behind the node that wrote it; submitit waits 15 s as well).
+
+    Returns:
+        The job's own JobReturn, from its result file; a FAILED JobReturn whose value is the
+        exception when the task raised outside the job (submitit's FailedJobError), or a
+        `TaskEnded` naming the task and its state when it left no result.
+    """
+    from hydra.core.utils import JobReturn, JobStatus
+
+    result = job.paths.result_pickle
+    end = time.time() + (grace_s if state == "COMPLETED" else 0.0)
+    while not result.exists() and time.time() < end:
         time.sleep(0.5)
+    if result.exists():
+        try:
+            return job.results()[0]
+        except Exception as e:
+            value: BaseException = e
+    else:
+        value = TaskEnded(job.job_id, state)
+    return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=value)

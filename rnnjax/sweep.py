@@ -39,7 +39,7 @@ from rnnjax.config import (
     register_configs,
     validate,
 )
-from rnnjax.slurm import unsatisfiable
+from rnnjax.slurm import TaskEnded, unsatisfiable
 from rnnjax.tasks import DataError
 
 log = logging.getLogger("rnnjax")
@@ -323,13 +323,18 @@ def plan_jobs(sweeper: Any, jobs: list[list[str]]) -> list[Job]:
     return plan
 
 
-def _launched_outcome(ret: Any) -> Outcome:
-    """A job's outcome from the JobReturn its launcher gave back."""
+def _launched_outcome(job: Job, ret: Any, started: float) -> Outcome:
+    """A job's outcome from the JobReturn its launcher gave back (read without Hydra's
+    `return_value`, which raises a failed job's error)."""
     from hydra.core.utils import JobStatus
 
     value = ret._return_value
     if ret.status == JobStatus.COMPLETED and isinstance(value, dict) and "status" in value:
         return Outcome(value["status"], value.get("error"))
+    if isinstance(value, TaskEnded):
+        # Its SLURM task left no result (cancelled, say): the directory tells whether the job
+        # finished before the task ended, else the task's end is the error.
+        return _disk_outcome(job, started, str(value))
     if ret.status == JobStatus.FAILED:
         return Outcome("failed", f"{type(value).__name__}: {value}".splitlines()[0])
     return Outcome("unfinished")
@@ -345,7 +350,7 @@ def _disk_outcome(job: Job, started: float, launcher_error: str | None) -> Outco
         return Outcome(status)
     if status == "failed":
         return Outcome(status, _read_json(job.dir / SUMMARY).get("error", "?"))
-    if launcher_error is not None:  # a cancelled SLURM task, say
+    if launcher_error is not None:  # a SLURM task that ended without a result, say
         return Outcome("failed", launcher_error)
     began = job.dir / ".hydra" / "overrides.yaml"  # Hydra writes it as the job starts
     if began.is_file() and began.stat().st_mtime >= started:
@@ -382,9 +387,10 @@ def closing_line(sweep: Path, jobs: list[Job], outcomes: dict[int, Outcome]) -> 
     return line, int(bool(problems))
 
 
-def interrupted_line(sweep: Path, jobs: list[Job], outcomes: dict[int, Outcome]) -> str:
-    """The one line after Ctrl-C: how many jobs finished, which were interrupted, and how to
-    resume."""
+def interrupted_line(sweep: Path, jobs: list[Job], outcomes: dict[int, Outcome],
+                     note: str = "") -> str:
+    """The one line after Ctrl-C: how many jobs finished, which were interrupted, what the
+    launcher did about its jobs (`note`: "cancelled its SLURM array 42"), and how to resume."""
     finished = [j for j in jobs if j.done is not None
                 or outcomes.get(j.number, Outcome("")).status in ("ok", "nonfinite")]
     stopped = [" ".join(j.overrides) or "(no overrides)" for j in jobs
@@ -400,6 +406,8 @@ def interrupted_line(sweep: Path, jobs: list[Job], outcomes: dict[int, Outcome])
     rest = len(jobs) - len(finished) - len(stopped) - failed
     if rest:
         line += f"; {rest} not started"
+    if note:
+        line += f"; {note}"
     return line + "; the same command resumes the sweep"
 
 
@@ -447,24 +455,24 @@ def run_sweep(sweeper: Any, arguments: Sequence[str]) -> list:
     todo = [job for job in jobs if job.done is None]
     size = sweeper.max_batch_size or len(todo) or 1
     outcomes: dict[int, Outcome] = {}
-    returns, launcher_error, interrupted = [], None, False
+    returns, launcher_error, interrupted = [], None, None
     try:
         for begin in range(0, len(todo), size):
             batch = todo[begin:begin + size]
             rets = sweeper.launcher.launch([launch_overrides(j, len(jobs)) for j in batch],
                                            initial_job_idx=begin)
             returns.append(rets)
-            outcomes.update({j.number: _launched_outcome(r)
+            outcomes.update({j.number: _launched_outcome(j, r, started)
                              for j, r in zip(batch, rets, strict=True)})
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as e:  # its text: what the launcher did about its jobs, if any
+        interrupted = str(e)
     except Exception as e:  # e.g. submitit's UncompletedJobError for a cancelled SLURM task
         launcher_error = f"{type(e).__name__}: {e}".splitlines()[0]
     for job in todo:
         if job.number not in outcomes:
             outcomes[job.number] = _disk_outcome(job, started, launcher_error)
-    if interrupted:
-        print(interrupted_line(sweep_dir, jobs, outcomes), file=sys.stderr)
+    if interrupted is not None:
+        print(interrupted_line(sweep_dir, jobs, outcomes, interrupted), file=sys.stderr)
         raise SystemExit(INTERRUPTED)
     line, code = closing_line(sweep_dir, jobs, outcomes)
     print("\n".join([line, *open_lines(sweep_dir)]), file=sys.stderr)
@@ -474,7 +482,8 @@ def run_sweep(sweeper: Any, arguments: Sequence[str]) -> list:
 
 
 def register_sweeper() -> type:
-    """Registers rnnjax's sweeper with Hydra and returns its class.
+    """Registers rnnjax's sweeper with Hydra, and its SLURM launcher where
+    hydra-submitit-launcher is installed, and returns the sweeper's class.
 
     Hydra finds plugins by walking the `hydra_plugins` package's directories, which misses a
     package installed in editable mode (`pip install -e .`: setuptools serves it through an
@@ -483,9 +492,12 @@ def register_sweeper() -> type:
     from hydra.core.plugins import Plugins
 
     plugins = Plugins.instance()  # first: its scan re-imports the modules it walks
+    from hydra_plugins.rnnjax_sweeper import slurm_launcher
     from hydra_plugins.rnnjax_sweeper.rnnjax_sweeper import RnnjaxSweeper
 
     plugins.register(RnnjaxSweeper)
+    if slurm_launcher.submitit_launcher is not None:
+        plugins.register(slurm_launcher.SlurmLauncher)
     return RnnjaxSweeper
 
 
