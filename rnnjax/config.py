@@ -1,30 +1,23 @@
 """Structured configs (Hydra ConfigStore schema) and their validation.
 
 Types and enum values are checked by OmegaConf when Hydra composes the config; ranges and
-cross-field rules are checked by `validate`, which the `ValidateConfig` callback runs on every
-job of a run or a sweep before Hydra creates any output directory.
+cross-field rules are checked by `validate`, which `rnnjax.sweep` runs on every job of a run or
+a sweep before Hydra creates any output directory.
 """
 
-import hashlib
-import json
 import math
-import re
-import sys
-import time
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnjax.cells import ACTIVATIONS, CELLS
 from rnnjax.init import INIT_PARAM, INITS, PARAM_DEFAULTS
 from rnnjax.losses import LOSS_AT
-from rnnjax.slurm import unsatisfiable
 from rnnjax.tasks import TASKS, DataError, check_readable, check_windows, load_timemachine
 from rnnjax.train import BPTT_MODES, OPTIMIZERS
 
@@ -150,31 +143,6 @@ def _check_keys(node: DictConfig, schema: type, prefix: str) -> None:
         value = node._get_node(key)
         if isinstance(value, DictConfig) and is_dataclass(sub):
             _check_keys(value, sub, f"{prefix}{key}.")
-
-
-def check_group_options(argv: list[str], conf_dir: Path) -> None:
-    """Exits with a one-line error when a config group is given a value that is not an option
-    name (`activation=null`, `task=5`), which Hydra would report with a traceback."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep
-    from hydra.errors import HydraException
-
-    groups = {p.name: sorted(f.stem for f in p.glob("*.yaml"))
-              for p in Path(conf_dir).iterdir() if p.is_dir()}
-    args = [a for a in argv if "=" in a and not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(args)
-    except HydraException:
-        return  # Hydra reports its own syntax errors
-    for o in parsed:
-        if o.key_or_group not in groups or o.is_delete():
-            continue
-        value = o.value()
-        items = value.list if isinstance(value, ChoiceSweep) else [value]
-        if not all(isinstance(v, str) for v in items):
-            given = o.input_line or o.key_or_group
-            _fail(f"{given} is invalid: {o.key_or_group} takes option names; allowed: "
-                  f"{', '.join(groups[o.key_or_group])}")
 
 
 def _is_number(v: Any) -> bool:
@@ -340,28 +308,6 @@ def _validate_train(cfg: Config) -> None:
                           f"be an integer >= {least}")
 
 
-def _job_overrides(config: DictConfig) -> list[list[str]]:
-    """The override lists of every job a multirun will launch (as Hydra's basic sweeper)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    # The raw strings: an override such as seq_len=${oops} must not be resolved here.
-    args = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
-    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    if params:
-        params = OmegaConf.to_container(params, resolve=False)
-    args += [f"{k}={v}" for k, v in params.items()]
-    parsed = OverridesParser.create().parse_overrides(args)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-def _fail(message: str) -> None:
-    # One line and a non-zero exit, before Hydra writes anything. SystemExit passes through
-    # Hydra's error reporting, which would otherwise add a traceback and a hint.
-    print(f"rnnjax: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def prepare_data(cfg: Config, corpus_sizes: dict | None = None) -> None:
     """Makes sure the data a job needs is on disk (downloading it once if needed) and long
     enough for its seq_len. `corpus_sizes` caches the token counts of texts already read."""
@@ -370,124 +316,3 @@ def prepare_data(cfg: Config, corpus_sizes: dict | None = None) -> None:
         if cfg.task.path not in sizes:
             sizes[cfg.task.path] = len(load_timemachine(cfg.task.path)[0])
         check_windows(sizes[cfg.task.path], cfg.seq_len)
-
-
-SWEEP_ROOT = "results/runs/multirun"
-_NAME_MAX = 120
-
-
-def sweep_name(overrides: list[str]) -> str:
-    """A directory name for a sweep from its command-line overrides, the same whatever their
-    order: `activation=tanh,relu seq_len=16` -> `activation=tanh,relu__seq_len=16`.
-
-    Hydra's own settings (`hydra.*`, `hydra/launcher=...`) and `resume` are left out, so a
-    sweep interrupted under one launcher resumes under another. Characters other than letters,
-    digits and `_.,=+-` become `_`; a name over 120 characters is cut and given a hash.
-    """
-    keep = sorted(o for o in overrides
-                  if not re.match(r"^[+~]*(hydra[./]|resume=)", o) and not o.startswith("-"))
-    name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", "__".join(keep)) or "default"
-    if len(name) > _NAME_MAX:
-        digest = hashlib.sha1("\0".join(keep).encode()).hexdigest()[:12]
-        name = f"{name[:_NAME_MAX - 13]}-{digest}"
-    return name
-
-
-def sweep_dir_override(argv: list[str]) -> list[str]:
-    """The `hydra.sweep.dir=...` override naming a multirun by its overrides (see `sweep_name`),
-    so that re-running an interrupted sweep's command maps every job to its old directory;
-    none when not a multirun or when the command sets hydra.sweep.dir itself."""
-    if not {"-m", "--multirun"} & set(argv) or any(
-            a.startswith("hydra.sweep.dir=") for a in argv):
-        return []
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    return [f"hydra.sweep.dir='{SWEEP_ROOT}/{sweep_name(overrides)}'"]
-
-
-class ValidateConfig(Callback):
-    """Hydra callback: validates every job's config (and fetches its data) before any output
-    directory is created, so bad input writes nothing; after a sweep, prints a closing line
-    with every job's status and the failed jobs' overrides."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            prepare_data(validate(config))
-        except (ConfigError, DataError) as e:
-            _fail(str(e))
-        except OmegaConfBaseException as e:
-            _fail(_omegaconf_message(e))
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra import compose
-        from hydra.errors import HydraException
-
-        self._started = time.time()
-        config_name = kwargs.get("config_name") or "config"
-        sizes: dict = {}
-        for overrides in _job_overrides(config):
-            job = " ".join(overrides)
-            try:
-                cfg = validate(compose(config_name=config_name, overrides=overrides))
-                prepare_data(cfg, sizes)
-            except (ConfigError, DataError) as e:
-                _fail(f"{e} (in job {job})")
-            except OmegaConfBaseException as e:  # e.g. an interpolation that does not resolve
-                _fail(f"{_omegaconf_message(e)} (in job {job})")
-            except HydraException as e:
-                # Hydra's own message (unknown option, wrong type), without its search path.
-                text = str(e).split("Config search path:")[0].strip()
-                if e.__cause__ is not None:
-                    text += f"\n{e.__cause__}"
-                _fail(f"{text}\n(in job {job})")
-            except Exception as e:  # Hydra would only warn, and skip the validation
-                _fail(f"{type(e).__name__}: {str(e).splitlines()[0]} (in job {job})")
-        if error := unsatisfiable(config.hydra.launcher):  # a SLURM request no node can run
-            _fail(error)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        line, failed = sweep_report(Path(config.hydra.sweep.dir), _job_overrides(config),
-                                    getattr(self, "_started", None))
-        print(line, file=sys.stderr)
-        if failed:
-            raise SystemExit(1)
-
-
-def sweep_report(sweep: Path, jobs: list[list[str]], started: float | None) -> tuple[str, int]:
-    """The closing line of a sweep and its number of failed jobs.
-
-    Jobs are matched to their directories by the overrides Hydra saved in `.hydra/`; a job
-    whose summary.json is older than this sweep's start was skipped as finished earlier.
-    """
-    from rnnjax.results import SUMMARY, job_status
-
-    def key(overrides):
-        return tuple(sorted(o for o in overrides if not re.match(r"^[+~]*resume=", o)))
-
-    dirs = {}
-    for saved in sweep.rglob(".hydra/overrides.yaml"):
-        dirs[key(OmegaConf.load(saved))] = saved.parent.parent
-    counts: dict[str, int] = {}
-    skipped, failures = 0, []
-    for job in jobs:
-        d = dirs.get(key(job))
-        status = job_status(d) if d is not None else "unfinished"
-        counts[status] = counts.get(status, 0) + 1
-        if status == "failed":
-            error = _read_json(d / SUMMARY).get("error", "?")
-            failures.append(f"{' '.join(job) or '(no overrides)'} ({error})")
-        elif status != "unfinished" and started and (d / SUMMARY).stat().st_mtime < started:
-            skipped += 1
-    parts = [f"{n} {s}" for s, n in sorted(counts.items())]
-    line = f"rnnjax: sweep {sweep}: {len(jobs)} jobs: {', '.join(parts)}"
-    if skipped:
-        line += f" ({skipped} skipped: finished earlier)"
-    if failures:
-        line += "; failed: " + "; ".join(failures)
-    return line, len(failures)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}

@@ -1,10 +1,16 @@
 """One job: initialize S networks, probe them (and train them) with vmap, write the results."""
 
+import fcntl
+import functools
 import json
 import logging
 import math
+import os
+import socket
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +127,50 @@ def finished_summary(out_dir: str | Path, resolved: dict[str, Any]) -> dict | No
     return summary
 
 
+LOCK = ".lock"  # in a job's directory; whoever holds its flock runs the job
+
+
+class JobBusy(RuntimeError):
+    """Another live process holds the job directory's lock: it runs the same job now."""
+
+
+@contextmanager
+def job_lock(out_dir: str | Path) -> Iterator[None]:
+    """Holds an exclusive lock on a job directory (fcntl.flock on `out_dir/.lock`) for the
+    block, so that two processes never write one job's files.
+
+    Raises:
+      JobBusy: at once, naming the directory and the process that holds it.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # "a+": opening must not erase the holder's name before the lock says who holds it.
+    with open(out / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise JobBusy(f"{out} is in use by {holder}, which runs the same job: wait for it "
+                          "(the same command then resumes) or stop it") from None
+        f.truncate(0)
+        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        yield  # closing the file releases the lock, also when the process dies
+
+
+def holding_job_lock(run):
+    """Decorates `run(cfg, out_dir, ...)` to run under `job_lock(out_dir)`."""
+
+    @functools.wraps(run)
+    def locked(cfg, out_dir, *args, **kwargs):
+        with job_lock(out_dir):
+            return run(cfg, out_dir, *args, **kwargs)
+
+    return locked
+
+
+@holding_job_lock
 def run_or_resume(cfg: Config, out_dir: str | Path, resolved: dict[str, Any]) -> dict:
     """What a Hydra job does: skips a finished run (with `resume`), else runs the job; a job
     that raises writes summary.json with status "failed" and the error, and returns it.
@@ -202,7 +252,8 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
         h["theory"] = theory_summary(cell, cfg.activation.name.value,
                                      jax.tree.map(lambda a, sl=sl: a[sl], params), x[sl],
                                      h["log10_slope_per_step_back"],
-                                     CELLS[cfg.cell.name.value].theory, cell_options(cfg))
+                                     CELLS[cfg.cell.name.value].theory, cell_options(cfg),
+                                     y=y[sl], kind=task.kind, loss_at=cfg.probe.loss_at.value)
         headlines.append({**({"init_param": param, "init_value": v} if is_list else {}), **h})
     wall = time.perf_counter() - start
     finite = (all(h["n_nonfinite"] == 0 for h in headlines)

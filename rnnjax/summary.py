@@ -116,7 +116,8 @@ LYAPUNOV_K = 3  # exponents per network
 
 
 def theory_summary(cell: Cell, activation: str, params, x, measured: float,
-                   cell_theory=None, options: dict | None = None) -> dict:
+                   cell_theory=None, options: dict | None = None, y=None,
+                   kind: str | None = None, loss_at: str | None = None) -> dict:
     """Predictions at initialization, beside the measured slope (log10 per step back).
 
     lyapunov (every cell): the top exponents of the driven state dynamics (natural log per
@@ -130,7 +131,9 @@ def theory_summary(cell: Cell, activation: str, params, x, measured: float,
       params: the networks' parameters (leading axis S). x: (S, B, T...) their probe batches.
       measured: the measured slope.
       cell_theory: the cell's own theory (`rnnjax.cells.CellSpec.theory`), called as
-        cell_theory(cell, params, x, measured, **options); its dict is merged in.
+        cell_theory(cell, params, x, measured, y=y, kind=kind, loss_at=loss_at, **options);
+        its dict is merged in.
+      y: (S, B, T) or (S, B) the probe batches' targets; kind, loss_at: the probe's loss.
       options: the cell's options.
     """
     T = x.shape[2]
@@ -161,7 +164,8 @@ def theory_summary(cell: Cell, activation: str, params, x, measured: float,
         out["pascanu_log10_bound_per_step"] = _nanmedian(np.array(bounds))
         out["pascanu_guarantees_vanishing"] = bool(max(bounds) < 0)
     if cell_theory is not None:
-        out.update(cell_theory(cell, params, x, measured, **(options or {})))
+        out.update(cell_theory(cell, params, x, measured, y=y, kind=kind, loss_at=loss_at,
+                               **(options or {})))
     return out
 
 

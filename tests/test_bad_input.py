@@ -1,4 +1,4 @@
-"""Bad input tried automatically (issue #5): hypothesis draws bad overrides (sizes, types,
+"""Bad input tried automatically: hypothesis draws bad overrides (sizes, types,
 unknown options and keys, missing, unreadable or too short files) and runs the app as a user
 does, once as a run and once as a sweep (in parallel, one per core). Every case must exit
 non-zero with a short message naming the offending key or value, without a traceback, and

@@ -47,7 +47,7 @@ def test_shared_arguments_stay_shared():
 
 
 def test_probe_memory_is_within_2_5_trajectories():
-    # The probe keeps one trajectory H_1..H_T; the goal is <= 2.5x S*T*B*H numbers.
+    # The probe keeps one trajectory H_1..H_T: at most 2.5x S*T*B*H numbers, by XLA's estimate.
     S, B, T, H = 4, 16, 512, 64
     p, x, y = nets(S, B, T, H)
     probe = jax.jit(jax.vmap(make_probe(vanilla("tanh"), "all")))

@@ -1,0 +1,538 @@
+"""Runs and sweeps from the command line: Hydra's app, job lists, directory names, resume
+decisions and the closing line.
+
+`main(argv)` is the command line (`python experiments/run.py ...`). A single run goes to
+`results/runs/single/<job name>`, a sweep to `results/runs/multirun/<sweep name>/<job name>`,
+both named by their overrides (`job_name`, `sweep_name`), so that the same command maps to the
+same directories and resumes. The sweeper (`hydra_plugins.rnnjax_sweeper`, selected in
+conf/config.yaml) calls `run_sweep`: it builds the job list with Hydra's BasicSweeper, validates
+every job before launching any, skips finished jobs without launching them, and ends with one
+closing line (`closing_line`) whatever the launcher raised.
+"""
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
+
+from rnnjax.config import (
+    Config,
+    ConfigError,
+    _omegaconf_message,
+    prepare_data,
+    register_configs,
+    validate,
+)
+from rnnjax.slurm import unsatisfiable
+from rnnjax.tasks import DataError
+
+log = logging.getLogger("rnnjax")
+
+# The one place that says where the app's configs are (conf/ at the repository root).
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_NAME = "config"
+SWEEP_ROOT = "results/runs/multirun"  # a sweep: SWEEP_ROOT/<sweep_name>/<job_name>
+RUN_ROOT = "results/runs/single"  # a single run: RUN_ROOT/<job_name>
+POSITION = "RNNJAX_JOB"  # hydra.job.env_set key: "i of N", set by the sweeper for each job
+INTERRUPTED = 130  # exit code after Ctrl-C, as a shell reports SIGINT
+_NAME_MAX = 120  # characters of a directory name (file systems allow 255 bytes)
+
+
+# --------------------------------------------------------------------------- directory names
+
+
+def _is_setting(override: str) -> bool:
+    """Hydra's own settings (`hydra.*`, `hydra/launcher=...`) and `resume` change no result."""
+    return bool(re.match(r"^[+~]*(hydra[./]|resume=)", override)) or override.startswith("-")
+
+
+def safe_name(text: str, key: str) -> str:
+    """`text` as one directory name: letters, digits and `_.,=+-` only (others become `_`), no
+    leading `.` (so never `.` or `..`), at most 120 characters.
+
+    A name that had to be changed or cut ends with `-` and 12 hex digits of the sha1 of `key`,
+    so that different overrides never share a directory and the same ones always get it.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)
+    name = re.sub(r"^\.", "_", name) or "default"
+    if name != (text or "default") or len(name) > _NAME_MAX:
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        name = f"{name[:_NAME_MAX - 13]}-{digest}"
+    return name
+
+
+def sweep_name(overrides: Sequence[str]) -> str:
+    """A directory name for a sweep from its command-line overrides, the same whatever their
+    order: `activation=tanh,relu seq_len=16` -> `activation=tanh,relu__seq_len=16`.
+
+    Hydra's own settings (`hydra.*`, `hydra/launcher=...`) and `resume` are left out, so a
+    sweep interrupted under one launcher resumes under another. See `safe_name` for the
+    characters kept and the bound on the length.
+    """
+    keep = sorted(o for o in overrides if not _is_setting(o))
+    return safe_name("__".join(keep), "\0".join(keep))
+
+
+def job_name(overrides: Sequence[str]) -> str:
+    """A directory name for one job (of a sweep, or a single run) from its overrides, the same
+    whatever their order: `seq_len=16 activation=tanh` -> `activation=tanh,seq_len=16`
+    (Hydra's `override_dirname`), `default` without overrides.
+
+    Settings and `resume` are left out (see `sweep_name`); a value with a path separator or
+    another character outside `safe_name`'s set, or a name over 120 characters, gets a hash,
+    so that `task.path=../../x.txt` stays inside the sweep directory.
+    """
+    keep = sorted(o for o in overrides if not _is_setting(o))
+    return safe_name(",".join(keep), "\0".join(keep))
+
+
+def _overrides(argv: Sequence[str]) -> list[str]:
+    return [a for a in argv if "=" in a and not a.startswith("-")]
+
+
+def _multirun(argv: Sequence[str]) -> bool:
+    return bool({"-m", "--multirun"} & set(argv))
+
+
+def sweep_dir_override(argv: Sequence[str]) -> list[str]:
+    """The `hydra.sweep.dir=...` override naming a multirun by its overrides (see `sweep_name`),
+    so that re-running an interrupted sweep's command maps every job to its old directory;
+    none when not a multirun or when the command sets hydra.sweep.dir itself."""
+    if not _multirun(argv) or any(a.startswith("hydra.sweep.dir=") for a in argv):
+        return []
+    return [f"hydra.sweep.dir='{SWEEP_ROOT}/{sweep_name(_overrides(argv))}'"]
+
+
+def run_dir_override(argv: Sequence[str]) -> list[str]:
+    """The `hydra.run.dir=...` override naming a single run by its overrides (`job_name`), so
+    that two runs of different configs never share a directory and re-running a command
+    resumes it; none for a multirun or when the command sets hydra.run.dir itself."""
+    if _multirun(argv) or any(a.startswith("hydra.run.dir=") for a in argv):
+        return []
+    return [f"hydra.run.dir='{RUN_ROOT}/{job_name(_overrides(argv))}'"]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _fail(message: str) -> None:
+    # One line and a non-zero exit, before Hydra writes anything. SystemExit passes through
+    # Hydra's error reporting, which would otherwise add a traceback and a hint.
+    print(f"rnnjax: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_group_options(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
+    """Exits with a one-line error when a config group is given a value that is not an option
+    name (`activation=null`, `task=5`), which Hydra would report with a traceback."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import HydraException
+
+    groups = {p.name: sorted(f.stem for f in p.glob("*.yaml"))
+              for p in Path(conf_dir).iterdir() if p.is_dir()}
+    try:
+        parsed = OverridesParser.create().parse_overrides(_overrides(argv))
+    except HydraException:
+        return  # Hydra reports its own syntax errors
+    for o in parsed:
+        if o.key_or_group not in groups or o.is_delete():
+            continue
+        value = o.value()
+        items = value.list if isinstance(value, ChoiceSweep) else [value]
+        if not all(isinstance(v, str) for v in items):
+            given = o.input_line or o.key_or_group
+            _fail(f"{given} is invalid: {o.key_or_group} takes option names; allowed: "
+                  f"{', '.join(groups[o.key_or_group])}")
+
+
+def job_config(cfg: DictConfig) -> tuple[Config, dict[str, Any]]:
+    """A job's validated config and its resolved form (what summary.json records and resume
+    compares), from the config Hydra gives the task function (without `hydra`)."""
+    return validate(cfg), OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def _error_line(e: BaseException) -> str:
+    """One message for whatever composing or validating a job raised."""
+    from hydra.errors import HydraException
+
+    if isinstance(e, ConfigError | DataError):
+        return str(e)
+    if isinstance(e, OmegaConfBaseException):  # e.g. an interpolation that does not resolve
+        return _omegaconf_message(e)
+    if isinstance(e, HydraException):
+        # Hydra's own message (unknown option, wrong type), without its search path.
+        text = str(e).split("Config search path:")[0].strip()
+        return text + (f"\n{e.__cause__}" if e.__cause__ is not None else "")
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+class ValidateConfig(Callback):
+    """Hydra callback: validates a single run's config (and fetches its data) before its output
+    directory is created, so bad input writes nothing. A sweep's jobs are validated by the
+    sweeper (`run_sweep`)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            prepare_data(validate(config))
+        except (ConfigError, DataError, OmegaConfBaseException) as e:
+            _fail(_error_line(e))
+
+
+# --------------------------------------------------------------------------- the job
+
+
+_running: dict[str, str] = {}  # the output directory of the job this process runs now
+
+
+class _Position(logging.Filter):
+    """Prefixes the job's log lines with its place in the sweep ("job 3 of 6: ...")."""
+
+    def __init__(self, position: str) -> None:
+        super().__init__()
+        self.prefix = f"job {position}: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and not record.msg.startswith(self.prefix):
+            record.msg = self.prefix + record.msg
+        return True
+
+
+@contextmanager
+def _log_position(position: str | None) -> Iterator[None]:
+    if not position:
+        yield
+        return
+    tag = _Position(position)
+    log.addFilter(tag)
+    try:
+        yield
+    finally:
+        log.removeFilter(tag)
+
+
+def task(cfg: DictConfig) -> dict[str, Any]:
+    """The Hydra task function: runs one job (or skips it when finished, see
+    `rnnjax.job.run_or_resume`) in Hydra's output directory.
+
+    Returns:
+      {"status": ..., "error": ...}: "ok", "nonfinite", "failed" or "not run" (another process
+      holds the job's directory). A single run that fails, or finds its directory held, exits
+      1 with one line instead.
+    """
+    from rnnjax.job import JobBusy, run_or_resume
+
+    hc = HydraConfig.get()
+    single = hc.mode == RunMode.RUN
+    out = hc.runtime.output_dir
+    _running["dir"] = out
+    config, resolved = job_config(cfg)
+    with _log_position(None if single else hc.job.env_set.get(POSITION)):
+        if not single:
+            log.info("%s in %s", " ".join(hc.overrides.task) or "(no overrides)", out)
+        try:
+            summary = run_or_resume(config, out, resolved=resolved)
+        except JobBusy as e:
+            if single:
+                print(f"rnnjax: error: {e}", file=sys.stderr)
+                raise SystemExit(1) from None
+            log.error("not run: %s", e)
+            return {"status": "not run", "error": str(e)}
+    _running.pop("dir", None)
+    if summary["status"] == "failed" and single:
+        # In a sweep the other jobs go on and the closing line lists the failures.
+        print(f"rnnjax: error: the job failed: {summary['error']}", file=sys.stderr)
+        raise SystemExit(1)
+    return {"status": summary["status"], "error": summary.get("error")}
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+class Job(NamedTuple):
+    """One job of a sweep, as the sweeper plans it."""
+
+    number: int  # 1..N, its place in Hydra's job list
+    overrides: list[str]  # its task overrides, as Hydra's BasicSweeper made them
+    dir: Path  # its output directory: the sweep directory / job_name(overrides)
+    done: dict | None  # the summary of a finished earlier run that resume skips, else None
+
+
+class Outcome(NamedTuple):
+    """What became of a job in this sweep."""
+
+    status: str  # ok, nonfinite, failed, not run, unfinished, interrupted
+    error: str | None = None
+
+
+def launch_overrides(job: Job, total: int) -> list[str]:
+    """What the launcher gets for a job: its overrides, its directory name (Hydra settings,
+    which are kept out of `.hydra/overrides.yaml` and the launcher's log) and its place."""
+    return [*job.overrides, f"hydra.sweep.subdir='{job.dir.name}'",
+            f"hydra.job.env_set.{POSITION}='{job.number} of {total}'"]
+
+
+def plan_jobs(sweeper: Any, jobs: list[list[str]]) -> list[Job]:
+    """Composes and validates every job (exiting with one line at the first bad one, before
+    anything is written) and decides which are finished already (`rnnjax.job.finished_summary`,
+    with `resume`)."""
+    from hydra.errors import HydraException
+
+    from rnnjax.job import finished_summary
+
+    loader = sweeper.hydra_context.config_loader
+    sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
+    sizes: dict = {}  # token counts of the texts read, for their windows check
+    plan = []
+    saved = HydraConfig.instance().cfg
+    try:
+        for number, overrides in enumerate(jobs, 1):
+            job = Job(number, list(overrides), sweep_dir / job_name(overrides), None)
+            try:
+                full = loader.load_sweep_config(sweeper.config, launch_overrides(job, len(jobs)))
+                HydraConfig.instance().set_config(full)  # as the launcher does for the job
+                cfg = copy.deepcopy(full)
+                with read_write(cfg), open_dict(cfg):
+                    del cfg["hydra"]
+                config, resolved = job_config(cfg)
+                prepare_data(config, sizes)
+            except Exception as e:  # Hydra would only warn, and skip the validation
+                # Hydra's messages take several lines: the job goes on a line of its own.
+                sep = "\n" if isinstance(e, HydraException) else " "
+                _fail(f"{_error_line(e)}{sep}(in job {' '.join(overrides)})")
+            done = finished_summary(job.dir, resolved) if config.resume else None
+            plan.append(job._replace(done=done))
+    finally:
+        HydraConfig.instance().cfg = saved
+    return plan
+
+
+def _launched_outcome(ret: Any) -> Outcome:
+    """A job's outcome from the JobReturn its launcher gave back."""
+    from hydra.core.utils import JobStatus
+
+    value = ret._return_value
+    if ret.status == JobStatus.COMPLETED and isinstance(value, dict) and "status" in value:
+        return Outcome(value["status"], value.get("error"))
+    if ret.status == JobStatus.FAILED:
+        return Outcome("failed", f"{type(value).__name__}: {value}".splitlines()[0])
+    return Outcome("unfinished")
+
+
+def _disk_outcome(job: Job, started: float, launcher_error: str | None) -> Outcome:
+    """A launched job's outcome from its directory, when the launcher gave nothing back (it
+    was interrupted or raised)."""
+    from rnnjax.results import FINISHED, SUMMARY, job_status
+
+    status = job_status(job.dir)
+    if status in FINISHED:
+        return Outcome(status)
+    if status == "failed":
+        return Outcome(status, _read_json(job.dir / SUMMARY).get("error", "?"))
+    if launcher_error is not None:  # a cancelled SLURM task, say
+        return Outcome("failed", launcher_error)
+    began = job.dir / ".hydra" / "overrides.yaml"  # Hydra writes it as the job starts
+    if began.is_file() and began.stat().st_mtime >= started:
+        return Outcome("interrupted")
+    return Outcome("unfinished")
+
+
+def closing_line(sweep: Path, jobs: list[Job], outcomes: dict[int, Outcome]) -> tuple[str, int]:
+    """The sweep's closing line and exit code (0; 1 when a job failed, was not run or did not
+    finish).
+
+    `rnnjax: sweep DIR: 3 jobs: 1 failed, 2 ok (1 skipped: finished earlier); failed:
+    seq_len=4 (FloatingPointError: ...)`
+    """
+    counts: Counter = Counter()
+    skipped, problems = 0, []
+    for job in jobs:
+        if job.done is not None:
+            outcome = Outcome(job.done["status"])
+            skipped += 1
+        else:
+            outcome = outcomes.get(job.number, Outcome("unfinished"))
+        counts[outcome.status] += 1
+        if outcome.status not in ("ok", "nonfinite"):
+            what = " ".join(job.overrides) or "(no overrides)"
+            problems.append((outcome.status, f"{what} ({outcome.error})" if outcome.error
+                             else what))
+    parts = [f"{n} {s}" for s, n in sorted(counts.items())]
+    line = f"rnnjax: sweep {sweep}: {len(jobs)} jobs: {', '.join(parts)}"
+    if skipped:
+        line += f" ({skipped} skipped: finished earlier)"
+    for status in sorted({s for s, _ in problems}):
+        line += f"; {status}: " + "; ".join(p for s, p in problems if s == status)
+    return line, int(bool(problems))
+
+
+def interrupted_line(sweep: Path, jobs: list[Job], outcomes: dict[int, Outcome]) -> str:
+    """The one line after Ctrl-C: how many jobs finished, which were interrupted, and how to
+    resume."""
+    finished = [j for j in jobs if j.done is not None
+                or outcomes.get(j.number, Outcome("")).status in ("ok", "nonfinite")]
+    stopped = [" ".join(j.overrides) or "(no overrides)" for j in jobs
+               if outcomes.get(j.number, Outcome("")).status == "interrupted"]
+    failed = sum(outcomes.get(j.number, Outcome("")).status == "failed" for j in jobs)
+    skipped = sum(j.done is not None for j in jobs)
+    line = f"rnnjax: sweep {sweep} interrupted: {len(finished)} of {len(jobs)} jobs finished"
+    if skipped:
+        line += f" ({skipped} skipped: finished earlier)"
+    if failed:
+        line += f", {failed} failed"
+    line += f"; interrupted: {'; '.join(stopped) if stopped else 'none'}"
+    rest = len(jobs) - len(finished) - len(stopped) - failed
+    if rest:
+        line += f"; {rest} not started"
+    return line + "; the same command resumes the sweep"
+
+
+def open_lines(path: Path) -> list[str]:
+    """The commands that open a sweep's (or run's) results."""
+    shell, py = shlex.quote(str(path)), json.dumps(str(path))
+    return [f"rnnjax: report: rnnjax report {shell}  (or: python experiments/report.py {shell})",
+            f"rnnjax: in Python: rnnjax.load_sweep({py})"]
+
+
+def job_list(sweeper: Any, arguments: Sequence[str]) -> list[list[str]]:
+    """Every job's overrides, as Hydra's BasicSweeper.sweep builds them: the sweeper's
+    `params` (an experiment's `hydra.sweeper.params`) first, the command line after, so that
+    the command line wins; then Hydra's own cartesian product (`split_arguments`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    context = getattr(sweeper, "hydra_context", None)
+    parser = OverridesParser.create(config_loader=context.config_loader if context else None)
+    parsed = parser.parse_overrides([*sweeper._parse_config(), *arguments])
+    return [job for batch in sweeper.split_arguments(parsed, None) for job in batch]
+
+
+def run_sweep(sweeper: Any, arguments: Sequence[str]) -> list:
+    """What the rnnjax sweeper does (see the module's docstring).
+
+    Returns:
+      The launchers' JobReturns, in batches, as Hydra's BasicSweeper.
+    Raises:
+      SystemExit: 2 on bad input (nothing written), 1 when a job failed or was not run, 130
+        when interrupted.
+    """
+    started = time.time()
+    sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
+    jobs = plan_jobs(sweeper, job_list(sweeper, arguments))
+    error = unsatisfiable(sweeper.config.hydra.launcher)  # a SLURM request no node can run
+    if error:
+        _fail(error)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(sweeper.config, sweep_dir / "multirun.yaml")
+    for job in jobs:
+        if job.done is not None:
+            log.info("job %d of %d skipped: %s holds a finished run of this config (status %s; "
+                     "resume=false runs it again)", job.number, len(jobs), job.dir,
+                     job.done["status"])
+    todo = [job for job in jobs if job.done is None]
+    size = sweeper.max_batch_size or len(todo) or 1
+    outcomes: dict[int, Outcome] = {}
+    returns, launcher_error, interrupted = [], None, False
+    try:
+        for begin in range(0, len(todo), size):
+            batch = todo[begin:begin + size]
+            rets = sweeper.launcher.launch([launch_overrides(j, len(jobs)) for j in batch],
+                                           initial_job_idx=begin)
+            returns.append(rets)
+            outcomes.update({j.number: _launched_outcome(r)
+                             for j, r in zip(batch, rets, strict=True)})
+    except KeyboardInterrupt:
+        interrupted = True
+    except Exception as e:  # e.g. submitit's UncompletedJobError for a cancelled SLURM task
+        launcher_error = f"{type(e).__name__}: {e}".splitlines()[0]
+    for job in todo:
+        if job.number not in outcomes:
+            outcomes[job.number] = _disk_outcome(job, started, launcher_error)
+    if interrupted:
+        print(interrupted_line(sweep_dir, jobs, outcomes), file=sys.stderr)
+        raise SystemExit(INTERRUPTED)
+    line, code = closing_line(sweep_dir, jobs, outcomes)
+    print("\n".join([line, *open_lines(sweep_dir)]), file=sys.stderr)
+    if code:
+        raise SystemExit(code)
+    return returns
+
+
+def register_sweeper() -> type:
+    """Registers rnnjax's sweeper with Hydra and returns its class.
+
+    Hydra finds plugins by walking the `hydra_plugins` package's directories, which misses a
+    package installed in editable mode (`pip install -e .`: setuptools serves it through an
+    import hook, not a directory); registering it by hand works for every install.
+    """
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()  # first: its scan re-imports the modules it walks
+    from hydra_plugins.rnnjax_sweeper.rnnjax_sweeper import RnnjaxSweeper
+
+    plugins.register(RnnjaxSweeper)
+    return RnnjaxSweeper
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") -> None:
+    """The command line: `prog [--help] [-m] [KEY=VALUE ...]`, Hydra's app.
+
+    Args:
+      argv: the arguments after the program name (default: sys.argv[1:]).
+      prog: the program name Hydra's help shows.
+    Raises:
+      SystemExit: the exit code (0 when all went well; see `run_sweep` and `task`).
+    """
+    import hydra
+
+    # Jobs that share a GPU (joblib processes, SLURM jobs on one node) must not each
+    # preallocate 75% of its memory; set before JAX starts its backend.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check_group_options(argv, CONF_DIR)
+    register_configs()
+    register_sweeper()
+    app = hydra.main(version_base="1.3", config_path=str(CONF_DIR),
+                     config_name=CONFIG_NAME)(task)
+    # The directory overrides go right after the command's own (or first, without any), where
+    # Hydra's parser takes overrides: after `--cfg hydra` or `--info` they would not parse.
+    at = 1 + max((i for i, a in enumerate(argv) if a in _overrides(argv)), default=-1)
+    saved = sys.argv
+    sys.argv = [prog, *argv[:at], *sweep_dir_override(argv), *run_dir_override(argv),
+                *argv[at:]]
+    _running.clear()
+    try:
+        app()
+    except KeyboardInterrupt:
+        where = _running.get("dir")
+        print(f"rnnjax: interrupted: the job in {where} did not finish; the same command "
+              "resumes it" if where else "rnnjax: interrupted before any job started",
+              file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+    finally:
+        sys.argv = saved
