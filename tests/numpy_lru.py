@@ -2,7 +2,9 @@
 out step by step in complex numpy from the paper's equations. It shares no code with rnnjax.
 
     lambda = exp(-exp(nu_log) + i exp(theta_log)),   h_t = lambda h_{t-1} + gamma (x_t B),
-    y_t = Re(h_t C) + D x_t,   o_t = y_t W_hq + b_q,   h_0 = 0.
+    y_t = Re(h_t C) + x_t D,   o_t = y_t W_hq + b_q,   h_0 = 0,
+
+with x_t a one-hot row for tokens, C (H, H) complex, D (D, H) real and W_hq (H, Q).
 
 Gradients of the real loss L with respect to a complex h are written G = dL/dRe h + i dL/dIm h,
 so that dL = Re(conj(G) dh). Then h_{t+1} = lambda h_t gives G_t += conj(lambda) G_{t+1}, and
@@ -12,12 +14,13 @@ Re(h C) W_hq gives the local G_t = dY_t conj(C)^T with dY_t = dO_t W_hq^T.
 import numpy as np
 
 
-def lru_bptt(p, x, y, loss_at, normalize=True, kind="tokens"):
+def lru_bptt(p, x, y, loss_at, normalize=True, kind="tokens", lam=None):
     """Returns a dict of float64/complex128 numpy arrays:
 
     loss (), G (T, B, H) dL/dh_t (total derivative), d_nu (T, H) and d_theta (T, H) step t's
     share of dL/dnu_log and dL/dtheta_log, G_lambda (H,) dL/dlambda (gamma held fixed), hs
-    (T + 1, B, H) with hs[0] = h_0 = 0.
+    (T + 1, B, H) with hs[0] = h_0 = 0, dhT_dlambda (B, H) the sensitivity of h_T to lambda
+    from its closed form sum_{j<T} (T - j) lambda^(T-j-1) gamma (x_j B).
 
     Args:
       p: dict of the LRU's parameters (nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, D,
@@ -25,14 +28,16 @@ def lru_bptt(p, x, y, loss_at, normalize=True, kind="tokens"):
       x: (B, T) integer tokens, or (B, T, D) real inputs.
       y: (B, T) integer targets (kind "tokens") or (B,) real targets ("regression": squared
         error of o_T[:, 0] at the last step).
+      lam: (H,) complex eigenvalues to use instead of those of nu_log and theta_log (for finite
+        differences in lambda itself), or None.
     """
     q = {k: np.asarray(v, np.float64) for k, v in p.items()}
     nu, theta = np.exp(q["nu_log"]), np.exp(q["theta_log"])
-    lam = np.exp(-nu + 1j * theta)
+    lam = np.exp(-nu + 1j * theta) if lam is None else np.asarray(lam, complex)
     gamma = np.exp(q["gamma_log"]) if normalize else np.ones_like(nu)
     Bc = q["B_re"] + 1j * q["B_im"]  # (D, H)
-    Cc = q["C_re"] + 1j * q["C_im"]  # (H, D)
-    Dv, W, b = q["D"], q["W_hq"], q["b_q"]
+    Cc = q["C_re"] + 1j * q["C_im"]  # (H, H)
+    Dm, W, b = q["D"], q["W_hq"], q["b_q"]  # (D, H), (H, Q), (Q,)
     x = np.asarray(x)
     Bsz, T = x.shape[:2]
     D, H = Bc.shape
@@ -43,10 +48,14 @@ def lru_bptt(p, x, y, loss_at, normalize=True, kind="tokens"):
 
     hs = np.zeros((T + 1, Bsz, H), complex)
     outs = np.zeros((T, Bsz, Q))
+    dhT_dlambda = np.zeros((Bsz, H), complex)
     for t in range(T):
         u = dense(t)
-        hs[t + 1] = lam * hs[t] + gamma * (u @ Bc)
-        ys = (hs[t + 1] @ Cc).real + Dv * u
+        drive = gamma * (u @ Bc)
+        hs[t + 1] = lam * hs[t] + drive
+        if t < T - 1:  # h_T = sum_j lambda^(T-j) drive_j, j = t + 1
+            dhT_dlambda += (T - 1 - t) * lam ** (T - 2 - t) * drive
+        ys = (hs[t + 1] @ Cc).real + u @ Dm
         outs[t] = ys @ W + b
 
     dO = np.zeros((T, Bsz, Q))
@@ -84,4 +93,4 @@ def lru_bptt(p, x, y, loss_at, normalize=True, kind="tokens"):
         G_lambda += np.sum(np.real(np.conj(G[t]) * h_prev)
                            + 1j * np.real(np.conj(G[t]) * 1j * h_prev), axis=0)
     return {"loss": loss, "G": G, "d_nu": d_nu, "d_theta": d_theta, "G_lambda": G_lambda,
-            "hs": hs, "lam": lam}
+            "hs": hs, "lam": lam, "dhT_dlambda": dhT_dlambda}

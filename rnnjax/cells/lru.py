@@ -3,20 +3,34 @@ Networks for Long Sequences", as one recurrent layer with an output layer:
 
     lambda = exp(-exp(nu_log) + i exp(theta_log))                    (H,) complex, |lambda| < 1
     h_t = lambda * h_{t-1} + gamma * (x_t B),   B = B_re + i B_im,   h_0 = 0   (B, H) complex
-    y_t = Re(h_t C) + D * x_t,                  C = C_re + i C_im               (B, D) real
+    y_t = Re(h_t C) + x_t D,                    C = C_re + i C_im  (H, H)       (B, H) real
     o_t = y_t W_hq + b_q                                                        (B, Q)
 
 with gamma = exp(gamma_log), initialized to sqrt(1 - |lambda|^2) when `normalize` (the paper's
-normalization of the input), else 1. x_t is a one-hot row for token inputs (x_t B is then a
-row lookup of B) or the real input. y_t has the input's width D, as the paper's y_t has the
-model's width: the skip term D * x_t is elementwise.
+normalization of the input), else 1. x_t is a one-hot row for token inputs (x_t B and x_t D are
+then row lookups) or the real input.
+
+A deviation from the paper: there the input, the state's read-out and the output share the
+model's width, and the skip term is elementwise, D * x_t with D (H,). Here the input's width D
+(a vocabulary, or the adding problem's 2 channels) differs from the model's width H, so y_t has
+the width H of every other cell's hidden output and the skip is a (D, H) matrix: the paper's
+diagonal D is the special case D = H with a diagonal matrix. With an elementwise skip y_t would
+have the input's width, and the output layer would see only D numbers (2 for the adding
+problem), a bottleneck no other cell has.
 
 Initialization follows the paper's appendix code: |lambda|^2 uniform on [r_min^2, r_max^2]
 (uniform on the ring's area), the phase uniform on [0, max_phase],
-nu_log = log(-log(u1 (r_max^2 - r_min^2) + r_min^2) / 2), theta_log = log(max_phase u2);
-B ~ N(0, 1/(2D)) (real and imaginary parts), C ~ N(0, 1/H) (each part), D ~ N(0, 1). The
-output layer W_hq, b_q is the paper's model's decoder, a dense layer: LeCun normal N(0, 1/D)
-(flax's Dense, which the public JAX ports use, truncates it at two standard deviations), bias 0.
+nu_log = log(-log(u1 (r_max^2 - r_min^2) + r_min^2) / 2), theta_log = log(max_phase u2).
+That code scales each projection by its fan-in: B ~ N(0, 1/(2 fan_in)) per part, C ~ N(0,
+1/fan_in) per part, and its diagonal D, whose fan-in is 1, N(0, 1). Here, by the same rule:
+B (D, H) ~ N(0, 1/(2D)) per part, C (H, H) ~ N(0, 1/H) per part and D (D, H) ~ N(0, 1/D), so
+that for unit-variance inputs the skip's variance per unit is the paper's (1), and so is its
+ratio to Re(h_t C). The output layer W_hq, b_q is the paper's model's decoder, a dense layer:
+LeCun normal N(0, 1/H), bias 0 (flax's Dense, which the public JAX ports use, truncates it at
+two standard deviations; this one does not).
+
+The cell is linear from x_t to o_t: the paper's block puts a nonlinear layer (MLP or GLU) after
+y_t, which this single layer does not have.
 """
 
 import functools
@@ -48,18 +62,19 @@ class LRUParams(NamedTuple):
     gamma_log: Array  # (H,) log gamma, the input normalization (0 when not normalized)
     B_re: Array  # (D, H) real part of the input matrix, one row per token
     B_im: Array  # (D, H) imaginary part
-    C_re: Array  # (H, D) real part of the output matrix
-    C_im: Array  # (H, D) imaginary part
-    D: Array  # (D,) the skip connection D * x_t
-    W_hq: Array  # (D, Q) output layer
+    C_re: Array  # (H, H) real part of the read-out matrix
+    C_im: Array  # (H, H) imaginary part
+    D: Array  # (D, H) the skip from the input x_t D, one row per token
+    W_hq: Array  # (H, Q) output layer
     b_q: Array  # (Q,)
 
 
 class LRUState(NamedTuple):
-    """The state after step t: h_t, and the step's input x_t (the read-out's skip term)."""
+    """The state after step t: h_t, and the read-out's skip term x_t D (it does not depend on
+    the previous state; it is carried so that the read-out is a function of the state)."""
 
     h: Array  # (B, H) complex: complex64 for float32 parameters, complex128 for float64
-    x: Array  # (B, D) real: x_t as a dense row (one-hot for tokens)
+    skip: Array  # (B, H) real: x_t D
 
 
 def eigenvalues(params: LRUParams) -> Array:
@@ -103,14 +118,14 @@ def init_params(key: Array, D: int, H: int, Q: int, r_min: float = R_MIN, r_max:
       dtype: parameter dtype (float32 or float64).
 
     Returns:
-      LRUParams with nu_log, theta_log, gamma_log (H,), B_re, B_im (D, H), C_re, C_im (H, D),
-      D (D,), W_hq (D, Q), b_q (Q,).
+      LRUParams with nu_log, theta_log, gamma_log (H,), B_re, B_im (D, H), C_re, C_im (H, H),
+      D (D, H), W_hq (H, Q), b_q (Q,).
     """
     k_ring, k_w = jax.random.split(key)
     nu_log, theta_log = ring_init(k_ring, H, r_min, r_max, max_phase, dtype)
     gamma_log = normalization_log(nu_log) if normalize else jnp.zeros((H,), dtype)
     # One draw for every Gaussian matrix (each random draw is compiled on its own), split up.
-    sizes = [D * H, D * H, H * D, H * D, D, D * Q]
+    sizes = [D * H, D * H, H * H, H * H, D * H, H * Q]
     w = jnp.split(jax.random.normal(k_w, (sum(sizes),), dtype), np.cumsum(sizes)[:-1])
     return LRUParams(
         nu_log=nu_log,
@@ -118,19 +133,19 @@ def init_params(key: Array, D: int, H: int, Q: int, r_min: float = R_MIN, r_max:
         gamma_log=gamma_log,
         B_re=w[0].reshape(D, H) / math.sqrt(2 * D),
         B_im=w[1].reshape(D, H) / math.sqrt(2 * D),
-        C_re=w[2].reshape(H, D) / math.sqrt(H),
-        C_im=w[3].reshape(H, D) / math.sqrt(H),
-        D=w[4],
-        W_hq=w[5].reshape(D, Q) / math.sqrt(D),
+        C_re=w[2].reshape(H, H) / math.sqrt(H),
+        C_im=w[3].reshape(H, H) / math.sqrt(H),
+        D=w[4].reshape(D, H) / math.sqrt(D),
+        W_hq=w[5].reshape(H, Q) / math.sqrt(H),
         b_q=jnp.zeros((Q,), dtype),
     )
 
 
-def dense_input(params: LRUParams, x_t: Array) -> Array:
-    """x_t as a dense (B, D) row: one-hot for (B,) tokens, the (B, D) real input as it is."""
+def skip_term(params: LRUParams, x_t: Array) -> Array:
+    """x_t D: (B, H) real; a row lookup of D for (B,) tokens, a matmul for (B, D) inputs."""
     if jnp.issubdtype(x_t.dtype, jnp.integer):
-        return jax.nn.one_hot(x_t, params.D.shape[0], dtype=params.D.dtype)
-    return x_t.astype(params.D.dtype)
+        return params.D[x_t]
+    return x_t.astype(params.D.dtype) @ params.D
 
 
 def input_drive(params: LRUParams, x_t: Array) -> Array:
@@ -148,14 +163,22 @@ def lru_step(params: LRUParams, lam: Array, normalize: bool, state: LRUState,
     u = input_drive(params, x_t)
     if normalize:
         u = jnp.exp(params.gamma_log) * u
-    return LRUState(h=lam * state.h + u, x=dense_input(params, x_t))
+    return LRUState(h=lam * state.h + u, skip=skip_term(params, x_t))
 
 
 def lru_readout(params: LRUParams, state: LRUState) -> Array:
-    """o_t = (Re(h_t C) + D * x_t) W_hq + b_q: (B, Q)."""
+    """o_t = (Re(h_t C) + x_t D) W_hq + b_q: (B, Q)."""
     h = state.h
-    y = h.real @ params.C_re - h.imag @ params.C_im + params.D * state.x
+    y = h.real @ params.C_re - h.imag @ params.C_im + state.skip
     return y @ params.W_hq + params.b_q
+
+
+def zero_state(params: LRUParams, B: int) -> LRUState:
+    """The state before the first step: h_0 = 0 (complex of the parameters' precision), and a
+    zero skip term."""
+    H, dtype = params.nu_log.shape[0], params.nu_log.dtype
+    return LRUState(h=jnp.zeros((B, H), jnp.result_type(dtype, jnp.complex64)),
+                    skip=jnp.zeros((B, H), dtype))
 
 
 def lru(activation: str = "tanh", init: str = "normal", init_value=None, r_min: float = R_MIN,
@@ -171,7 +194,7 @@ def lru(activation: str = "tanh", init: str = "normal", init_value=None, r_min: 
         paper's code), else gamma = 1 (gamma_log is then 0 and unused).
 
     Returns:
-      A Cell whose state is `LRUState` (h_t complex, x_t); `hidden` is h_t and `recurrent` the
+      A Cell whose state is `LRUState` (h_t complex, x_t D); `hidden` is h_t and `recurrent` the
       eigenvalues' parameters (nu_log, theta_log).
     """
     del activation, init, init_value
@@ -179,16 +202,10 @@ def lru(activation: str = "tanh", init: str = "normal", init_value=None, r_min: 
     def init_fn(key, D, H, Q, dtype=jnp.float32):
         return init_params(key, D, H, Q, r_min, r_max, max_phase, normalize, dtype)
 
-    def initial_state(params, B):
-        H, D = params.nu_log.shape[0], params.D.shape[0]
-        dtype = params.D.dtype
-        return LRUState(h=jnp.zeros((B, H), jnp.result_type(dtype, jnp.complex64)),
-                        x=jnp.zeros((B, D), dtype))
-
     def step(params, state, x_t):
         return lru_step(params, eigenvalues(params), normalize, state, x_t)
 
-    return Cell(name="lru", init=init_fn, initial_state=initial_state, step=step,
+    return Cell(name="lru", init=init_fn, initial_state=zero_state, step=step,
                 readout=lru_readout, hidden=lambda s: s.h, recurrent=("nu_log", "theta_log"))
 
 
@@ -252,9 +269,8 @@ def make_lambda_terms(normalize: bool, kind: str | None = None, loss_at: str | N
     def terms(params, x, y=None):
         B, T = x.shape[:2]
         lam = eigenvalues(params)
-        H, D = lam.shape[0], params.D.shape[0]
-        cdtype = lam.dtype
-        state0 = LRUState(jnp.zeros((B, H), cdtype), jnp.zeros((B, D), params.D.dtype))
+        H, cdtype = lam.shape[0], lam.dtype
+        state0 = zero_state(params, B)
         every_step = loss is not None and loss_at == "all"
 
         def step(carry, inputs):
@@ -284,13 +300,6 @@ def make_lambda_terms(normalize: bool, kind: str | None = None, loss_at: str | N
     return terms
 
 
-@functools.cache
-def _seed_terms(normalize: bool, kind: str | None = None, loss_at: str | None = None):
-    """`make_lambda_terms` vmapped over seeds and jitted, once per process and setting (the
-    jobs of a sweep run in one process)."""
-    return jax.jit(jax.vmap(make_lambda_terms(normalize, kind, loss_at)))
-
-
 def parameter_grads(params: LRUParams, lambda_grad: Array) -> tuple[Array, Array]:
     """dL/dnu_log and dL/dtheta_log (each (H,)) from dL/dlambda, by the chain rule through
     lambda = exp(a + i b), a = -exp(nu_log), b = exp(theta_log) (no division: exact at
@@ -298,6 +307,20 @@ def parameter_grads(params: LRUParams, lambda_grad: Array) -> tuple[Array, Array
     lam = eigenvalues(params)
     prod = jnp.conj(lambda_grad) * lam
     return prod.real * -jnp.exp(params.nu_log), -prod.imag * jnp.exp(params.theta_log)
+
+
+@functools.cache
+def _seed_terms(normalize: bool, kind: str | None = None, loss_at: str | None = None):
+    """`make_lambda_terms` and `parameter_grads` vmapped over seeds and jitted, once per process
+    and setting (the jobs of a sweep run in one process): (params, x[, y]) -> (LambdaTerms,
+    (dL/dnu_log, dL/dtheta_log)), each with a leading seed axis."""
+    terms = make_lambda_terms(normalize, kind, loss_at)
+
+    def one(params, x, y=None):
+        t = terms(params, x, y)
+        return t, parameter_grads(params, t.lambda_grad)
+
+    return jax.jit(jax.vmap(one))
 
 
 def exact_log10_profile(log_r: np.ndarray, weights: np.ndarray, T: int) -> np.ndarray:
@@ -403,9 +426,10 @@ def theory(cell: Cell, params: LRUParams, x: Array, measured: float, y: Array | 
     has_targets = y is not None and kind is not None and loss_at is not None
     fn = _seed_terms(normalize, kind, loss_at) if has_targets else _seed_terms(normalize)
     args = (params, jnp.asarray(x)) + ((jnp.asarray(y),) if has_targets else ())
-    terms = fn(*args)
+    terms, (g_nu, g_theta) = fn(*args)
     T = x.shape[2]
-    log_r = -np.exp(np.asarray(params.nu_log, np.float64))  # (S, H) ln |lambda|
+    host = jax.tree.map(np.asarray, params)  # per-seed slices in numpy, not one dispatch each
+    log_r = -np.exp(np.asarray(host.nu_log, np.float64))  # (S, H) ln |lambda|
     equal = r_min == r_max
     if has_targets:
         weights = np.asarray(terms.last_weights, np.float64)
@@ -428,7 +452,7 @@ def theory(cell: Cell, params: LRUParams, x: Array, measured: float, y: Array | 
         "state_lambda_sensitivity": _median(np.asarray(terms.sensitivity_rms, np.float64)),
         # for token inputs, whose drives are i.i.d. draws of B's rows on the random task
         "state_lambda_sensitivity_iid": _median(
-            [expected_sensitivity(jax.tree.map(lambda a, s=s: a[s], params), T, normalize)
+            [expected_sensitivity(jax.tree.map(lambda a, s=s: a[s], host), T, normalize)
              for s in range(x.shape[0])]) if jnp.issubdtype(x.dtype, jnp.integer) else None,
         "lambda_grad_norm": None,
         "lambda_grad_norm_per_seed": None,
@@ -437,7 +461,6 @@ def theory(cell: Cell, params: LRUParams, x: Array, measured: float, y: Array | 
     }
     if has_targets:
         g = np.asarray(terms.lambda_grad)
-        g_nu, g_theta = jax.vmap(parameter_grads)(params, terms.lambda_grad)
         per_seed = np.linalg.norm(g, axis=1)
         out.update(lambda_grad_norm=_median(per_seed), lambda_grad_norm_per_seed=per_seed.tolist(),
                    nu_log_grad_norm=_median(np.linalg.norm(np.asarray(g_nu), axis=1)),
