@@ -143,13 +143,15 @@ class CellSpec(NamedTuple):
     # options (defaults filled in) -> an error line naming the key and what is allowed, or None
     check: Callable[[dict[str, Any]], str | None] | None = None
     # Theory beside the measurement, for `summary.json`: (cell, params of S networks, x of
-    # (S, B, T...), the measured slope, options) -> a dict; it may hold
+    # (S, B, T...), the measured slope, options; and, where the caller passes them, y, kind,
+    # loss_at: the batches' targets and the probe's loss) -> a dict; it may hold
     # "predicted_log10_slope_per_step_back" and "prediction" (what that number is), which the
     # job's log line shows beside the measured slope.
     theory: Callable[..., dict[str, Any]] | None = None
 
 
 from rnnjax.cells import urnn as _urnn  # noqa: E402
+from rnnjax.cells.lru import SPEC as LRU_SPEC  # noqa: E402
 from rnnjax.cells.vanilla import ACTIVATIONS, RNNParams, activation, vanilla  # noqa: E402
 
 # Every option of the config group `cell`, by name.
@@ -157,6 +159,7 @@ CELLS: dict[str, CellSpec] = {
     "vanilla": CellSpec(build=vanilla),
     "urnn": CellSpec(build=_urnn.urnn, activations=("tanh",), inits=("normal",),
                      theory=_urnn.theory),
+    "lru": LRU_SPEC,
 }
 
 __all__ = ["ACTIVATIONS", "CELLS", "Cell", "CellSpec", "RNNParams", "activation", "finite",
