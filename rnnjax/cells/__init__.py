@@ -149,11 +149,15 @@ class CellSpec(NamedTuple):
     theory: Callable[..., dict[str, Any]] | None = None
 
 
+from rnnjax.cells.gru import SPEC as _GRU  # noqa: E402
+from rnnjax.cells.gru import gru  # noqa: E402
+from rnnjax.cells.lstm import SPEC as _LSTM  # noqa: E402
+from rnnjax.cells.lstm import lstm  # noqa: E402
 from rnnjax.cells.vanilla import ACTIVATIONS, RNNParams, activation, vanilla  # noqa: E402
 
 # Every option of the config group `cell`, by name.
-CELLS: dict[str, CellSpec] = {"vanilla": CellSpec(build=vanilla)}
+CELLS: dict[str, CellSpec] = {"vanilla": CellSpec(build=vanilla), "gru": _GRU, "lstm": _LSTM}
 
 __all__ = ["ACTIVATIONS", "CELLS", "Cell", "CellSpec", "RNNParams", "activation", "finite",
-           "log10_norm",
+           "gru", "log10_norm", "lstm",
            "scale_grad", "unit", "unroll", "vanilla"]
