@@ -10,7 +10,7 @@ gate of Gers et al. 2000), in row-vector form.
 
 The state is (H_t, C_t). `peephole` adds the bracketed term: a learned vector w_co (H,) through
 which the output gate sees the new cell C_t (the diagonal peephole of Gers & Schmidhuber 2000;
-the LSTM of Arjovsky et al. 2016 has one from the cell to the output gate).
+the code of Arjovsky et al. 2016 has a full matrix there, C_t V_o with V_o (H, H)).
 """
 
 import math
