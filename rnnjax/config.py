@@ -58,6 +58,7 @@ class CellConfig:
     # others stay null. null: the cell's default.
     name: CellName = CellName.vanilla  # the recurrent cell (rnnjax.cells.CELLS)
     forget_bias: float | None = None  # lstm: initial bias of the forget gate (d2l: 0)
+    peephole: bool | None = None  # lstm: output gate sees C_t through a learned w_co (H,)
     r_min: float | None = None  # lru: smallest |lambda| of the ring initialization, in (0, 1]
     r_max: float | None = None  # lru: largest |lambda|, in [r_min, 1]
     max_phase: float | None = None  # lru: phases of lambda uniform on [0, max_phase]

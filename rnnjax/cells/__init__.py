@@ -151,17 +151,23 @@ class CellSpec(NamedTuple):
 
 
 from rnnjax.cells import urnn as _urnn  # noqa: E402
-from rnnjax.cells.lru import SPEC as LRU_SPEC  # noqa: E402
+from rnnjax.cells.gru import SPEC as _GRU  # noqa: E402
+from rnnjax.cells.gru import gru  # noqa: E402
+from rnnjax.cells.lru import SPEC as _LRU  # noqa: E402
+from rnnjax.cells.lstm import SPEC as _LSTM  # noqa: E402
+from rnnjax.cells.lstm import lstm  # noqa: E402
 from rnnjax.cells.vanilla import ACTIVATIONS, RNNParams, activation, vanilla  # noqa: E402
 
 # Every option of the config group `cell`, by name.
 CELLS: dict[str, CellSpec] = {
     "vanilla": CellSpec(build=vanilla),
+    "gru": _GRU,
+    "lstm": _LSTM,
     "urnn": CellSpec(build=_urnn.urnn, activations=("tanh",), inits=("normal",),
                      theory=_urnn.theory),
-    "lru": LRU_SPEC,
+    "lru": _LRU,
 }
 
 __all__ = ["ACTIVATIONS", "CELLS", "Cell", "CellSpec", "RNNParams", "activation", "finite",
-           "log10_norm",
+           "gru", "log10_norm", "lstm",
            "scale_grad", "unit", "unroll", "vanilla"]
