@@ -70,6 +70,19 @@ class DType(Enum):
     float64 = "float64"
 
 
+class LoggerName(Enum):  # rnnjax.trackers.TRACKERS
+    none = "none"
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+    mlflow = "mlflow"
+    csv = "csv"
+
+
+class WandbMode(Enum):
+    online = "online"
+    offline = "offline"
+
+
 # The one parameter each W_hh initializer takes (None: it takes none).
 INIT_PARAM = {
     "normal": "std",
@@ -122,12 +135,24 @@ class TrainConfig:
 
 
 @dataclass
+class LoggerConfig:
+    # Options a tracker does not take stay null (rnnjax.trackers.check_options); each
+    # conf/logger/<name>.yaml sets its own defaults.
+    name: LoggerName = LoggerName.none  # experiment tracker (none: the job's files only)
+    dir: str | None = None  # where its files go; null: under the job's directory
+    project: str | None = None  # wandb: the project; mlflow: the experiment
+    mode: WandbMode | None = None  # wandb: null is offline unless WANDB_MODE/WANDB_API_KEY is set
+    uri: str | None = None  # mlflow: a tracking server or database; null: sqlite:///<dir>/mlflow.db
+
+
+@dataclass
 class Config:
     activation: ActivationConfig = field(default_factory=ActivationConfig)
     init: InitConfig = field(default_factory=InitConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seq_len: int = 64  # T, timesteps backpropagated through (>= 1)
     hidden_size: int = 64  # H (>= 1)
     batch_size: int = 32  # B, sequences per network (>= 1)
