@@ -36,7 +36,10 @@ OPTIONS = {
     "mlflow": ("dir", "project", "uri"),
     "csv": ("dir",),
 }
-EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # pip extras
+# The packages each backend imports, and the pip extra that installs them.
+PACKAGES = {"tensorboard": ("tensorboardX",), "wandb": ("wandb",),
+            "mlflow": ("mlflow", "sqlalchemy", "alembic")}  # sqlalchemy, alembic: sqlite store
+EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 _NAME_MAX = 120
 
 
@@ -46,8 +49,9 @@ class TrackerError(ValueError):
 
 
 def check_options(name: str, options: Mapping[str, Any] | None = None) -> None:
-    """Raises TrackerError for an unknown tracker name or a `logger.*` option that the
-    tracker does not take (set, that is, not None). `validate` can call it before a job."""
+    """Raises TrackerError for an unknown tracker name, a `logger.*` option that the tracker
+    does not take (set, that is, not None), or a package it needs that is not installed
+    (looked up, not imported). `validate` can call it before any job starts."""
     if name not in TRACKERS:
         raise TrackerError(f"logger={name} is invalid: allowed: {', '.join(TRACKERS)}")
     for key, value in (options or {}).items():
@@ -58,6 +62,12 @@ def check_options(name: str, options: Mapping[str, Any] | None = None) -> None:
     if name == "mlflow" and (options or {}).get("uri") and (options or {}).get("dir"):
         raise TrackerError("logger.uri and logger.dir are both set: give one of them (uri: a "
                            "tracking server or database; dir: a local sqlite store there)")
+    import importlib.util
+
+    for package in PACKAGES.get(name, ()):
+        if importlib.util.find_spec(package) is None:
+            raise TrackerError(f"logger={name} needs the package {package!r}: pip install "
+                               f"'rnnjax[{EXTRA[name]}]'")
 
 
 def make_tracker(name: str, job_dir: str | os.PathLike, run_name: str,

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from rnnjax import trackers
 from rnnjax.config import LoggerName, register_configs, validate
 from rnnjax.trackers import (
     OPTIONS,
@@ -83,6 +84,15 @@ def test_option_a_tracker_does_not_take_is_an_error(tmp_path):
     with pytest.raises(TrackerError, match="logger.uri and logger.dir are both set"):
         check_options("mlflow", {"dir": "x", "uri": "sqlite:///y.db"})
     check_options("wandb", {"name": "wandb", "dir": None, "project": "p", "mode": "offline"})
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_package_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(trackers.PACKAGES, "wandb", ("wandb_not_installed_here",))
+    with pytest.raises(TrackerError) as e:
+        make_tracker("wandb", tmp_path, RUN)
+    assert str(e.value) == ("logger=wandb needs the package 'wandb_not_installed_here': pip "
+                            "install 'rnnjax[wandb]'")
     assert not any(tmp_path.iterdir())
 
 
