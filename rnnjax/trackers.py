@@ -11,6 +11,8 @@ given (TensorBoard and CSV: one folder per run, `<dir>/<run name>`; wandb: `<dir
 MLflow: one store `<dir>/mlflow.db` shared by every job pointed there).
 """
 
+import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -62,8 +64,6 @@ def check_options(name: str, options: Mapping[str, Any] | None = None) -> None:
     if name == "mlflow" and (options or {}).get("uri") and (options or {}).get("dir"):
         raise TrackerError("logger.uri and logger.dir are both set: give one of them (uri: a "
                            "tracking server or database; dir: a local sqlite store there)")
-    import importlib.util
-
     for package in PACKAGES.get(name, ()):
         if importlib.util.find_spec(package) is None:
             raise TrackerError(f"logger={name} needs the package {package!r}: pip install "
@@ -77,7 +77,7 @@ def make_tracker(name: str, job_dir: str | os.PathLike, run_name: str,
     manager, which marks the run failed when the block raises).
 
     Args:
-      name: none, tensorboard, wandb, mlflow or csv.
+      name: none, tensorboard, wandb, mlflow or csv (or the config's LoggerName).
       job_dir: the job's output directory; the tracker's files go under it unless
         `options["dir"]` is given.
       run_name: the run's name in the tracker (a sweep job's overrides, say); under
@@ -92,6 +92,7 @@ def make_tracker(name: str, job_dir: str | os.PathLike, run_name: str,
       TrackerError: an unknown name, an option the tracker does not take, or its package is
         missing (the message says which extra to install).
     """
+    name = getattr(name, "value", name)
     check_options(name, options)
     opts = {k: v for k, v in (options or {}).items() if k != "name" and v is not None}
     opts = {k: (v.value if hasattr(v, "value") else v) for k, v in opts.items()}  # enums
@@ -196,8 +197,6 @@ def _safe_name(run_name: str) -> str:
     """A folder name from a run name (`task.path=/a/b` must not make folders)."""
     name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", run_name).strip(".") or "run"
     if len(name) > _NAME_MAX:
-        import hashlib
-
         digest = hashlib.sha1(run_name.encode()).hexdigest()[:12]
         name = f"{name[:_NAME_MAX - 13]}-{digest}"
     return name

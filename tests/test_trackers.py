@@ -96,7 +96,7 @@ def test_missing_package_is_one_clear_line(tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())
 
 
-def test_names_agree_across_schema_tracker_and_conf():
+def test_names_agree_across_schema_tracker_and_conf(tmp_path):
     """Every option of the group is a tracker, and each option file composes, validates and
     sets only the keys its tracker takes."""
     files = sorted(p.stem for p in (ROOT / "conf" / "logger").glob("*.yaml"))
@@ -110,6 +110,7 @@ def test_names_agree_across_schema_tracker_and_conf():
             assert logger.name.value == name
             check_options(name, vars(logger))
             assert set(OPTIONS[name]) <= {"dir", "project", "mode", "uri"}
+    assert type(make_tracker(LoggerName.none, tmp_path, RUN, {"name": LoggerName.none})) is Tracker
 
 
 def test_importing_trackers_imports_no_tracker_package(tmp_path):
