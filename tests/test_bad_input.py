@@ -66,13 +66,15 @@ class Case(NamedTuple):
 
 HYDRA_LITERALS = {"null", "true", "false", "nan", "inf"}  # parsed as values, not words
 CONFIG_KEYS = {"activation", "init", "task", "probe", "train", "experiment", "hydra", "seq_len",
-               "hidden_size", "batch_size", "seeds", "seed", "dtype", "resume", "max_memory_gb"}
+               "hidden_size", "batch_size", "seeds", "seed", "dtype", "resume", "max_memory_gb",
+               "logger"}
 GROUPS = {
     "activation": ("tanh", "sigmoid", "relu", "linear"),
     "init": ("normal", "xavier", "orthogonal", "identity", "gaussian", "spectral"),
     "task": ("random", "timemachine", "adding", "copy"),
     "probe": ("default",),
     "train": ("default",),
+    "logger": ("none", "tensorboard", "wandb", "mlflow", "csv"),
 }
 INT_KEYS = ("seq_len", "hidden_size", "batch_size", "seeds", "seed", "train.steps",
             "train.log_every", "task.vocab_size")
