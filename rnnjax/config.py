@@ -33,6 +33,7 @@ from rnnjax.tasks import (
     check_windows,
     load_timemachine,
 )
+from rnnjax.trackers import TRACKERS
 from rnnjax.train import BPTT_MODES, OPTIMIZERS
 
 
@@ -50,6 +51,8 @@ LossAt = _options("LossAt", LOSS_AT)
 Optimizer = _options("Optimizer", OPTIMIZERS)
 BPTT = _options("BPTT", BPTT_MODES)
 DType = _options("DType", ("float32", "float64"))
+LoggerName = _options("LoggerName", TRACKERS)
+WandbMode = _options("WandbMode", ("online", "offline"))
 
 
 @dataclass
@@ -107,6 +110,17 @@ class TrainConfig:
 
 
 @dataclass
+class LoggerConfig:
+    # Options a tracker does not take stay null (rnnjax.trackers.check_options); each
+    # conf/logger/<name>.yaml sets its own defaults.
+    name: LoggerName = LoggerName.none  # experiment tracker (none: the job's files only)
+    dir: str | None = None  # where its files go; null: under the job's directory
+    project: str | None = None  # wandb: the project; mlflow: the experiment
+    mode: WandbMode | None = None  # wandb: null is offline unless WANDB_MODE/WANDB_API_KEY is set
+    uri: str | None = None  # mlflow: a tracking server or database; null: sqlite:///<dir>/mlflow.db
+
+
+@dataclass
 class Config:
     cell: CellConfig = field(default_factory=CellConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
@@ -114,6 +128,7 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seq_len: int = 64  # T, timesteps backpropagated through (>= 1)
     hidden_size: int = 64  # H (>= 1)
     batch_size: int = 32  # B, sequences per network (>= 1)

@@ -67,7 +67,7 @@ class Case(NamedTuple):
 HYDRA_LITERALS = {"null", "true", "false", "nan", "inf"}  # parsed as values, not words
 CONFIG_KEYS = {"cell", "activation", "init", "task", "probe", "train", "experiment", "hydra",
                "seq_len", "hidden_size", "batch_size", "seeds", "seed", "dtype", "resume",
-               "max_memory_gb"}
+               "max_memory_gb", "logger"}
 GROUPS = {
     "cell": ("vanilla",),
     "activation": ("tanh", "sigmoid", "relu", "linear"),
@@ -75,6 +75,7 @@ GROUPS = {
     "task": ("random", "timemachine", "adding", "copy"),
     "probe": ("default",),
     "train": ("default",),
+    "logger": ("none", "tensorboard", "wandb", "mlflow", "csv"),
 }
 INT_KEYS = ("seq_len", "hidden_size", "batch_size", "seeds", "seed", "train.steps",
             "train.log_every", "task.vocab_size")
