@@ -33,7 +33,7 @@ from rnnjax.tasks import (
     check_windows,
     load_timemachine,
 )
-from rnnjax.trackers import TRACKERS
+from rnnjax.trackers import TRACKERS, TrackerError, check_options
 from rnnjax.train import BPTT_MODES, OPTIMIZERS
 
 
@@ -247,6 +247,10 @@ def validate(cfg: DictConfig | Config) -> Config:
                           "for 80% of the free device memory")
 
     _validate_cell(cfg)
+    try:
+        check_options(cfg.logger.name.value, vars(cfg.logger))
+    except TrackerError as e:
+        raise ConfigError(str(e)) from None
     init = cfg.init.name.value
     wanted = INIT_PARAM[init]
     for p in ("std", "gain", "radius"):

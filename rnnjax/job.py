@@ -27,12 +27,14 @@ from rnnjax.memory import fit_seeds, memory_budget
 from rnnjax.probes import make_probe
 from rnnjax.summary import headline, log_headline, theory_summary, to_host
 from rnnjax.tasks import DataError, Task, cache_dir, make_task
+from rnnjax.trackers import headline_numbers, make_tracker, median_profile
 from rnnjax.train import init_state, make_eval, make_generate, make_optimizer, make_train_chunk
 
 log = logging.getLogger("rnnjax")
 
 SAMPLE_PREFIX = "time traveller "  # d2l's predict() prefix
 SAMPLE_LENGTH = 50
+ADDING_BASELINE = 1 / 6  # the adding problem's MSE of always predicting 1
 
 
 def job_task(cfg: Config, path: str | None = None) -> Task:
@@ -262,6 +264,20 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
         jnp.asarray(net_seeds), jnp.asarray(net_values, cfg.dtype.value))
     budget = memory_budget(cfg.max_memory_gb)
     cell = build_cell(cfg)
+    # The tracker's run is named like the job's directory, grouped by its sweep's.
+    with make_tracker(cfg.logger.name, out, out.name, vars(cfg.logger),
+                      group=out.parent.name) as tracker:
+        tracker.log_config(resolved if resolved is not None else OmegaConf.to_container(
+            OmegaConf.structured(cfg), enum_to_str=True))
+        return _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out,
+                                resolved, started_at, start, tracker)
+
+
+def _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out, resolved,
+                     started_at, start, tracker) -> dict:
+    """The rest of `run_job`, with the job's experiment tracker."""
+    seeds = np.arange(cfg.seed, cfg.seed + cfg.seeds)
+    param, values, is_list = init_values(cfg)
     probe = fit_seeds(make_probe(cell, cfg.probe.loss_at.value, task.kind,
                                  profile_truncation(cfg), cfg.probe.unroll), (0, 0, 0),
                       (params, x, y), budget, "probe")
@@ -275,6 +291,9 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     group_columns = [{**columns, **({f"init_{param}": v} if is_list else {})} for v in values]
     frames = [results.probe_frame(seeds, prof.select(sl), c)
               for sl, c in zip(groups, group_columns, strict=True)]
+    for sl, v in zip(groups, values, strict=True):
+        tracker.log_profile(0, *median_profile(prof.grad_norm[sl]),
+                            name=f"grad_norm[{param}={v:g}]" if is_list else "grad_norm")
     results.write_npz(out / results.PARAMS, **jax.tree.map(np.asarray, params._asdict()))
     results.write_npz(out / results.BATCH, x=np.asarray(x), y=np.asarray(y))
     written = [results.GRAD_NORMS, results.PARAMS, results.BATCH]
@@ -283,7 +302,7 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     training = {}
     if steps:  # validate() allows training with a single init value only
         frames, training = train_job(cfg, cell, task, params, x, y, data_keys, probe, steps,
-                                     frames, columns, seeds, budget)
+                                     frames, columns, seeds, budget, tracker)
         results.write_parquet(training.pop("metrics"), out / results.METRICS)
         written.append(results.METRICS)
     results.write_parquet(pd.concat(frames, ignore_index=True), out / results.GRAD_NORMS)
@@ -297,6 +316,8 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
                                      CELLS[cfg.cell.name.value].theory, cell_options(cfg),
                                      y=y[sl], kind=task.kind, loss_at=cfg.probe.loss_at.value)
         headlines.append({**({"init_param": param, "init_value": v} if is_list else {}), **h})
+        tracker.log_headline({(f"{param}={v:g}/" if is_list else "") + k: value
+                              for k, value in headline_numbers(h).items()})
     wall = time.perf_counter() - start
     finite = (all(h["n_nonfinite"] == 0 for h in headlines)
               and not training.get("diverged_seeds"))
@@ -319,10 +340,12 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     for h in headlines:
         log_headline(name, sizes, cfg.probe.loss_at.value, h, summary["status"], wall)
     if training:
-        log.info("trained %d steps: train ppl %s, val ppl %s, clipping active in %.1f%% of "
-                 "steps, diverged seeds %s", steps, _fmt(training["final_train_ppl"]),
-                 _fmt(training["final_val_ppl"]), 100 * training["clip_fraction"],
-                 training["diverged_seeds"] or "none")
+        final = {"train_loss": training["final_train_loss"],
+                 "train_ppl": training["final_train_ppl"],
+                 "val_loss": training["final_val_loss"], "val_ppl": training["final_val_ppl"]}
+        log.info("trained %d steps: %s, clipping active in %.1f%% of steps, diverged seeds %s",
+                 steps, _progress(final, task.kind == "tokens"),
+                 100 * training["clip_fraction"], training["diverged_seeds"] or "none")
     return summary
 
 
@@ -333,7 +356,7 @@ def profile_truncation(cfg: Config) -> int | None:
 
 
 def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, columns, seeds,
-              budget=None):
+              budget=None, tracker=None):
     """Trains all seeds together; returns the profile frames and the training summary
     (with the metrics DataFrame under "metrics")."""
     tr = cfg.train
@@ -379,9 +402,15 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
                     "alive": bool(alive[s]),
                 })
             bar.update(done - begin)
-            recent = np.array([r["train_loss"] for r in rows[-len(seeds):]])
-            bar.set_postfix(loss=f"{_mean(recent):.4f}")
-            log.debug("step %d: %s", done, rows[-len(seeds):])
+            recent = {k: _mean(np.array([r[k] for r in rows[-len(seeds):]], float))
+                      for k in ("train_loss", "train_ppl", "val_loss", "val_ppl",
+                                "grad_norm_global", "grad_norm_global_mean", "clip_fraction")}
+            bar.set_postfix(loss=f"{recent['train_loss']:.4f}")
+            if bar.disable:  # no terminal (SLURM logs, nohup): a plain line instead of the bar
+                log.info("step %d of %d: %s", done, steps, _progress(recent, tokens))
+            if tracker is not None:
+                tracker.log_profile(done, *median_profile(prof.grad_norm))
+                tracker.log_metrics(done, recent | {"alive_fraction": float(alive.mean())})
 
     metrics = pd.DataFrame(rows)
     for k, v in columns.items():
@@ -430,5 +459,11 @@ def _last(a: np.ndarray) -> float:
     return float(a[-1]) if len(a) else math.nan
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+def _progress(m: dict, tokens: bool) -> str:
+    """Training numbers for the log: perplexities for a token task, the squared error (with
+    its trivial baseline) for a regression one."""
+    if tokens:
+        return (f"train loss {m['train_loss']:.4f} (ppl {m['train_ppl']:.3f}), val loss "
+                f"{m['val_loss']:.4f} (ppl {m['val_ppl']:.3f})")
+    return (f"train MSE {m['train_loss']:.4f}, val MSE {m['val_loss']:.4f} (always "
+            f"predicting 1 scores {ADDING_BASELINE:.4f})")

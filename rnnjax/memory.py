@@ -13,6 +13,7 @@ cannot hold before anything is allocated.
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -299,6 +300,8 @@ def fit_seeds(f: Callable, in_axes: Sequence[int | None], args: Sequence, budget
       (a MemoryPlan) says how it runs.
     """
     S = _networks(args, in_axes)
+    started = time.perf_counter()
+    log.info("%s: compiling for %d networks ...", what, S)
     factor = peak_factor()
     temp, outputs, compiled = _compile_estimate(f, in_axes, args)
     plan = plan_chunk(S, math.ceil(factor * temp), in_use_bytes() + outputs, budget)
@@ -323,6 +326,7 @@ def fit_seeds(f: Callable, in_axes: Sequence[int | None], args: Sequence, budget
                     "holds now), over the %.3g GB budget: running one at a time anyway", what,
                     plan.peak(1) / 1e9, budget / 1e9)
     calls.compile(args)
+    log.info("%s: compiled in %.1f s", what, time.perf_counter() - started)
     return calls
 
 

@@ -58,8 +58,12 @@ _NAME_MAX = 120  # characters of a directory name (file systems allow 255 bytes)
 
 
 def _is_setting(override: str) -> bool:
-    """Hydra's own settings (`hydra.*`, `hydra/launcher=...`) and `resume` change no result."""
-    return bool(re.match(r"^[+~]*(hydra[./]|resume=)", override)) or override.startswith("-")
+    """Hydra's own settings (`hydra.*`, `hydra/launcher=...`), `resume` and the experiment
+    tracker (`logger=...`, `logger.*`) change no result, so they do not name directories (a
+    finished job re-run with another tracker maps to its old directory, and runs again to be
+    logged: the config it recorded differs)."""
+    return (bool(re.match(r"^[+~]*(hydra[./]|resume=|logger[.=])", override))
+            or override.startswith("-"))
 
 
 def safe_name(text: str, key: str) -> str:

@@ -120,11 +120,13 @@ def test_training_job_and_divergence_is_data(tmp_path, jax_cache):
 def test_help_lists_groups(tmp_path, jax_cache):
     p = run(["--help"], tmp_path, jax_cache)
     for line in ("activation: linear, relu, sigmoid, tanh",
+                 "cell: gru, lru, lstm, urnn, vanilla",
                  "init: gaussian, identity, normal, orthogonal, spectral, xavier",
                  "task: adding, copy, random, timemachine",
-                 "experiment: d2l_irnn_clipping, d2l_no_clip, d2l_rnn_scratch, irnn_adding, "
-                 "urnn_gradients"):
+                 "logger: csv, mlflow, none, tensorboard, wandb"):
         assert line in p.stdout
+    experiments = sorted(f.stem for f in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    assert "experiment: " + ", ".join(experiments) in p.stdout
 
 
 def test_init_value_list_is_vmapped_in_one_job(tmp_path, jax_cache):

@@ -321,7 +321,9 @@ def test_sweep_runs_jobs_i_of_n_and_skips_finished_ones_without_launching(app, t
     sweep = Path(SWEEP_ROOT) / sweep_name(grid)
     assert r.code == 0, r.err
     for i in range(1, 5):
-        assert r.out.count(f"job {i} of 4: ") == 2  # its start and its headline line
+        # its start, the probe's compile (start, time taken) and its headline line
+        assert r.out.count(f"job {i} of 4: ") == 4
+        assert f"job {i} of 4: probe: compiled in " in r.out
     assert r.closing() == f"rnnjax: sweep {sweep}: 4 jobs: 4 ok"
     assert r.err.splitlines()[-2:] == [
         f"rnnjax: report: rnnjax report {sweep}  (or: python experiments/report.py {sweep})",
