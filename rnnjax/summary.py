@@ -88,14 +88,14 @@ def log_headline(name: str, sizes: str, loss_at: str, h: dict, status: str, wall
     th = h["theory"]
     value = f" {h['init_param']}={h['init_value']:g}" if "init_param" in h else ""
     if loss_at == "last" and "mean_field" in th:
-        theory = (f"; mean field {th['mean_field']['log10_factor_per_step']:+.4f}, Pascanu bound "
-                  f"{th['pascanu_log10_bound_per_step']:+.4f}, top Lyapunov "
-                  f"{th['lyapunov_top_log10_per_step']:+.4f}")
+        theory = (f"; mean field {th['mean_field']['log10_factor_per_step']:+.4g}, Pascanu bound "
+                  f"{th['pascanu_log10_bound_per_step']:+.4g}, top Lyapunov "
+                  f"{th['lyapunov_top_log10_per_step']:+.4g}")
     elif loss_at == "last":
-        theory = f"; top Lyapunov {th['lyapunov_top_log10_per_step']:+.4f}"
+        theory = f"; top Lyapunov {th['lyapunov_top_log10_per_step']:+.4g}"
         if th.get("predicted_log10_slope_per_step_back") is not None:
             theory = (f"; {th.get('prediction', 'predicted')} "
-                      f"{th['predicted_log10_slope_per_step_back']:+.4f}" + theory)
+                      f"{th['predicted_log10_slope_per_step_back']:+.4g}" + theory)
     else:
         theory = ("; with the loss over all steps each step's own loss term keeps the profile "
                   "flat, and no prediction applies: probe.loss_at=last measures one term's decay")
@@ -105,7 +105,7 @@ def log_headline(name: str, sizes: str, loss_at: str, h: dict, status: str, wall
         first = min(t for t in h["forward_overflow_t_per_seed"] if t > 0)
         fwd = (f", FORWARD OVERFLOW in {n_fwd} of {len(h['forward_overflow_t_per_seed'])} seeds "
                f"(H_t not finite from t={first}: gradients NaN)")
-    log.info("%s%s %s: log10 grad_norm per step back %+.4f (median over seeds%s), loss %.4f, "
+    log.info("%s%s %s: log10 grad_norm per step back %+.4g (median over seeds%s), loss %.4f, "
              "underflow %d, overflow %d%s, status %s, %.2fs", name, value, sizes,
              h["log10_slope_per_step_back"], theory, h["loss_mean"], h["n_underflow"],
              h["n_overflow"], fwd, status, wall)
