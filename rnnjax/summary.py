@@ -77,6 +77,13 @@ def headline(p: Profile) -> dict:
     }
 
 
+def theory_applies(loss_at: str | None) -> bool:
+    """Whether the predictions describe the measured profile: they are of the gradient of one
+    loss term, which `probe.loss_at=last` measures; with `all` each step's own loss term keeps
+    the profile flat (None: not said, taken as last)."""
+    return loss_at != "all"
+
+
 def log_headline(name: str, sizes: str, loss_at: str, h: dict, status: str, wall: float
                  ) -> None:
     """The job's log line: the measured slope, the predictions beside it where they apply
@@ -87,11 +94,11 @@ def log_headline(name: str, sizes: str, loss_at: str, h: dict, status: str, wall
     """
     th = h["theory"]
     value = f" {h['init_param']}={h['init_value']:g}" if "init_param" in h else ""
-    if loss_at == "last" and "mean_field" in th:
+    if theory_applies(loss_at) and "mean_field" in th:
         theory = (f"; mean field {th['mean_field']['log10_factor_per_step']:+.4f}, Pascanu bound "
                   f"{th['pascanu_log10_bound_per_step']:+.4f}, top Lyapunov "
                   f"{th['lyapunov_top_log10_per_step']:+.4f}")
-    elif loss_at == "last":
+    elif theory_applies(loss_at):
         theory = f"; top Lyapunov {th['lyapunov_top_log10_per_step']:+.4f}"
         if th.get("predicted_log10_slope_per_step_back") is not None:
             theory = (f"; {th.get('prediction', 'predicted')} "
@@ -118,7 +125,8 @@ LYAPUNOV_K = 3  # exponents per network
 def theory_summary(cell: Cell, activation: str, params, x, measured: float,
                    cell_theory=None, options: dict | None = None, y=None,
                    kind: str | None = None, loss_at: str | None = None) -> dict:
-    """Predictions at initialization, beside the measured slope (log10 per step back).
+    """Predictions at initialization, beside the measured slope (log10 per step back), and
+    whether they apply to it (`applies`: false with `loss_at="all"`, see `theory_applies`).
 
     lyapunov (every cell): the top exponents of the driven state dynamics (natural log per
     step; /ln 10 for log10), on the first sequences of each seed's probe batch, after a burn-in
@@ -144,6 +152,8 @@ def theory_summary(cell: Cell, activation: str, params, x, measured: float,
     lam = np.asarray(lyap(params, x[:, :LYAPUNOV_SEQUENCES]), np.float64)  # (S, k)
     top = _nanmedian(lam[:, 0])
     out = {
+        # false with loss_at=all: the numbers below are kept, but no plot or line compares them
+        "applies": theory_applies(loss_at),
         "measured_log10_slope_per_step_back": measured,
         "lyapunov_top_per_step": top,
         "lyapunov_top_log10_per_step": top / math.log(10),
