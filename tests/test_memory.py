@@ -223,8 +223,10 @@ def test_job_with_a_small_budget_chunks_its_seeds(tmp_path, monkeypatch, caplog)
         a = pd.read_parquet(tmp_path / "big" / name)
         assert (a["T"] == 12).all()
         for other in ("small", "planted"):
-            pd.testing.assert_frame_equal(a, pd.read_parquet(tmp_path / other / name),
-                                          rtol=1e-5)
+            b = pd.read_parquet(tmp_path / other / name)
+            # the same numbers; only the budget's own column says what differed
+            pd.testing.assert_frame_equal(a.drop(columns="max_memory_gb"),
+                                          b.drop(columns="max_memory_gb"), rtol=1e-5)
 
 
 PEAK_SCRIPT = """
