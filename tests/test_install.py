@@ -86,3 +86,22 @@ def test_installed_command_runs_from_any_directory(wheel, tmp_path, jax_cache):
     hydra = (job / ".hydra" / "hydra.yaml").read_text()
     assert f"path: {(target / 'rnnjax' / 'conf').resolve()}\n" in hydra
     assert sorted(p.name for p in cwd.iterdir()) == ["results"]
+
+
+def test_lock_pins_every_dependency_within_its_range():
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    for text in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"requirements.lock lacks {name} (run scripts/lock.py)"
+        assert req.specifier.contains(pins[name], prereleases=True), (text, pins[name])

@@ -205,8 +205,8 @@ def test_job_with_a_small_budget_chunks_its_seeds(tmp_path, monkeypatch, caplog)
     is over it, and the log says so besides the chunks), and again with a planted
     RESOURCE_EXHAUSTED, with the results of all seeds at once."""
     # the sizes of gpu_check.py --quick, which then finds these programs compiled
-    common = ["seq_len=12", "hidden_size=8", "batch_size=4", "seeds=3", "train.steps=4",
-              "train.log_every=2"]
+    common = ["seq_len=12", "hidden_size=8", "batch_size=4", "seeds=3", "probe.loss_at=all",
+              "train.steps=4", "train.log_every=2"]
     run_job(compose_cfg(common), tmp_path / "big")
     with caplog.at_level(logging.INFO, logger="rnnjax"):
         run_job(compose_cfg(common + ["max_memory_gb=1e-9"]), tmp_path / "small")
