@@ -17,6 +17,7 @@ from numpy_bptt import bptt
 from rnnjax import load_summaries, load_sweep
 from rnnjax.cli import COMMANDS, _call
 from rnnjax.cli import main as cli_main
+from rnnjax.results import config_schema_columns
 
 RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 COLUMNS = ["seed", "t", "grad_norm", "param_grad_norm", "train_step", "activation", "init",
@@ -105,6 +106,10 @@ def test_training_job_and_divergence_is_data(tmp_path, jax_cache):
          "train.lr=0.01", "train.clip=0.5"], tmp_path, jax_cache)
     m = pd.read_parquet(job / "metrics.parquet")
     assert list(m.train_step.unique()) == [10, 20, 25] and len(m) == 6
+    # the whole config as columns (test_job checks every value on a probe)
+    assert {c.name for c in config_schema_columns()} < set(m.columns)
+    assert (m.train_clip == 0.5).all() and (m.train_optimizer == "adam").all()
+    assert (m.train_steps == 25).all() and m.train_truncate.isna().all()
     assert m.train_ppl.isna().all() and np.isfinite(m.val_loss).all()  # regression: no ppl
     g = pd.read_parquet(job / "grad_norms.parquet")
     assert sorted(g.train_step.unique()) == [0, 10, 20, 25] and (g.loss_at == "last").all()
