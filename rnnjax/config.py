@@ -93,7 +93,7 @@ class TaskConfig:
 
 @dataclass
 class ProbeConfig:
-    loss_at: LossAt = LossAt.all  # L averaged over all steps, or at the last step only
+    loss_at: LossAt = LossAt.last  # L at the last step only, or averaged over all steps
     unroll: int = 1  # steps per iteration of the probe's two scans (lax.scan's unroll, >= 1)
 
 

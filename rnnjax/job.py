@@ -412,9 +412,7 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
                 tracker.log_profile(done, *median_profile(prof.grad_norm))
                 tracker.log_metrics(done, recent | {"alive_fraction": float(alive.mean())})
 
-    metrics = pd.DataFrame(rows)
-    for k, v in columns.items():
-        metrics[k] = v
+    metrics = results.with_config_columns(pd.DataFrame(rows), columns)
     diverged = np.asarray(state.diverged_at)
     last = metrics[metrics.train_step == metrics.train_step.max()]
     training = {

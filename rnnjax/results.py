@@ -3,14 +3,17 @@
 pandas only runs here, after the jitted call has returned.
 """
 
+import dataclasses
 import functools
 import hashlib
 import json
 import math
 import os
 import tempfile
+import typing
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from enum import Enum
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -65,28 +68,99 @@ def log10_slope(grad_norm: np.ndarray) -> tuple[float, tuple[int, int]]:
     return float(-np.polyfit(t, np.log10(g[t - 1]), 1)[0]), window
 
 
-def config_columns(cfg) -> dict[str, Any]:
-    """The config as flat columns, so that a sweep's frames concatenate with no joins.
+class Column(NamedTuple):
+    """A config key as a column of the tables (grad_norms.parquet, metrics.parquet,
+    `load_summaries`)."""
 
-    An init parameter given as a list is None here: the job sets it per network group."""
-    def scalar(v):
-        return None if isinstance(v, list | tuple) else v
+    key: str  # the dotted config key: "train.lr"
+    name: str  # the column: "train_lr"
+    dtype: str  # its pandas dtype, from the schema's type: "float64", "Int64", "object" (text)
 
-    return {
-        "cell": cfg.cell.name.value,
-        "activation": cfg.activation.name.value,
-        "init": cfg.init.name.value,
-        "init_std": scalar(cfg.init.std),
-        "init_gain": scalar(cfg.init.gain),
-        "init_radius": scalar(cfg.init.radius),
-        "task": cfg.task.name.value,
-        "vocab_size": cfg.task.vocab_size,
-        "seq_len": cfg.seq_len,
-        "hidden_size": cfg.hidden_size,
-        "batch_size": cfg.batch_size,
-        "loss_at": cfg.probe.loss_at.value,
-        "dtype": cfg.dtype.value,
-    }
+
+# Column names kept from before every key was a column; `seed` is taken by the network's seed.
+_COLUMN_NAMES = {"task.vocab_size": "vocab_size", "probe.loss_at": "loss_at", "seed": "base_seed"}
+
+
+def _dtype(annotation: Any) -> str:
+    """The pandas dtype of a schema field's type: nullable where the field may be None, so that
+    a column None in one job and a number in another concatenates to numbers."""
+    args = set(typing.get_args(annotation)) or {annotation}
+    optional = type(None) in args
+    (base,) = args - {type(None)}
+    if base is Any or base is float:  # Any: an init parameter (a number; a list is per group)
+        return "float64"
+    if base is bool:
+        return "boolean" if optional else "bool"
+    if base is int:
+        return "Int64" if optional else "int64"
+    return "object"  # str and the enums' option names
+
+
+@functools.cache
+def config_schema_columns() -> tuple[Column, ...]:
+    """Every key of the config schema (`rnnjax.config.Config`, walked field by field) as a
+    column: a group's `name` is named by the group (`cell`, `activation`, `init`, `task`,
+    `logger`), every other key by its dotted path with `_` (`train_lr`, `cell_forget_bias`,
+    `probe_unroll`, `seq_len`), except `task.vocab_size` (`vocab_size`), `probe.loss_at`
+    (`loss_at`) and `seed` (`base_seed`: `seed` is each network's own seed)."""
+    from rnnjax.config import Config  # the app's schema; results itself needs no Hydra
+
+    def walk(schema: type, prefix: str) -> Iterator[Column]:
+        hints = typing.get_type_hints(schema)
+        for f in dataclasses.fields(schema):
+            if dataclasses.is_dataclass(f.default_factory):
+                yield from walk(f.default_factory, f"{prefix}{f.name}.")
+                continue
+            key = prefix + f.name
+            name = (_COLUMN_NAMES.get(key) or (prefix[:-1] if f.name == "name" and prefix
+                                               else key.replace(".", "_")))
+            yield Column(key, name, _dtype(hints[f.name]))
+
+    return tuple(walk(Config, ""))
+
+
+def config_columns(cfg: Any) -> dict[str, Any]:
+    """The whole config as flat columns (`config_schema_columns`), so that a sweep's frames
+    concatenate with no joins and can be grouped on any key.
+
+    Args:
+      cfg: a validated `rnnjax.config.Config`, or the resolved config as nested dicts (a
+        summary.json's `config`; a key it lacks is None).
+    Returns:
+      {column: value}, option names as strings; an init parameter given as a list is None
+      here (the job sets it per network group).
+    """
+    out = {}
+    for col in config_schema_columns():
+        v = cfg
+        for part in col.key.split("."):
+            v = v.get(part) if isinstance(v, Mapping) else getattr(v, part, None)
+        if isinstance(v, Enum):
+            v = v.value
+        out[col.name] = None if isinstance(v, list | tuple) else v
+    return out
+
+
+def with_config_columns(df: pd.DataFrame, columns: Mapping[str, Any]) -> pd.DataFrame:
+    """`df` with the constant `columns` added (the job's config, its `T`), each config column
+    in its schema's dtype (`config_schema_columns`). Returns `df`, changed in place."""
+    for k, v in columns.items():
+        df[k] = v
+    return with_config_dtypes(df)
+
+
+def with_config_dtypes(df: pd.DataFrame) -> pd.DataFrame:
+    """`df`'s config columns in their schema's dtypes (in place; returns `df`): a column that
+    is None in one job and a number in another must still concatenate to numbers."""
+    for col in config_schema_columns():
+        if col.name not in df or col.dtype == "object":  # strings concatenate as they are
+            continue
+        dtype = col.dtype
+        if df[col.name].isna().any():  # a summary written before the key existed
+            dtype = {"int64": "Int64", "bool": "boolean"}.get(dtype, dtype)
+        if df[col.name].dtype != dtype:
+            df[col.name] = df[col.name].astype(dtype)
+    return df
 
 
 def probe_frame(seeds: np.ndarray, profile, columns: Mapping[str, Any],
@@ -122,16 +196,7 @@ def probe_frame(seeds: np.ndarray, profile, columns: Mapping[str, Any],
         "forward_overflow": fwd > 0,
         "forward_overflow_t": fwd,
     })
-    for k, v in columns.items():
-        df[k] = v
-    # Explicit dtypes: a column that is None in one job and a number in another must still
-    # concatenate to float, and strings stay strings.
-    for k in ("init_std", "init_gain", "init_radius"):
-        if k in df:
-            df[k] = df[k].astype("float64")
-    if "vocab_size" in df:
-        df["vocab_size"] = df["vocab_size"].astype("Int64")
-    return df
+    return with_config_columns(df, columns)
 
 
 _UMASK = os.umask(0)
@@ -404,7 +469,9 @@ def _per_value(job: str, summary: dict) -> list[tuple[str, dict]]:
 def load_summaries(path: str | os.PathLike) -> pd.DataFrame:
     """One row per finished job under `path`: its summary.json flattened (dots join nested
     keys: `headline.theory.mean_field.chi1`, `config.activation.name`, ...), per-seed lists
-    and the file list dropped, plus a `job` column as in `load_sweep`. Jobs that are not
+    and the file list dropped, plus a `job` column as in `load_sweep` and the config's flat
+    columns as in the tables (`activation`, `train_lr`, ...: `config_columns`; `vocab_size` is
+    the config's, null where the task fixes it). Jobs that are not
     finished (see `read_job`) are skipped with a warning."""
     root = _check_root(path)
     done, unfinished = _finished_jobs(root)
@@ -415,10 +482,10 @@ def load_summaries(path: str | os.PathLike) -> pd.DataFrame:
         for name, one in _per_value(str(job.relative_to(root)), kept):
             row = pd.json_normalize(one).iloc[0].to_dict()
             row = {k: v for k, v in row.items() if not isinstance(v, list | dict)}
-            rows.append({"job": name, **row})
+            rows.append({"job": name, **row, **config_columns(one.get("config", {}))})
     if not rows:
         raise FileNotFoundError(f"load_summaries: no finished job under {str(root)!r}")
-    return pd.DataFrame(rows)
+    return with_config_dtypes(pd.DataFrame(rows))
 
 
 def load_metrics(path: str | os.PathLike) -> pd.DataFrame | None:

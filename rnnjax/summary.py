@@ -77,6 +77,13 @@ def headline(p: Profile) -> dict:
     }
 
 
+def theory_applies(loss_at: str | None) -> bool:
+    """Whether the predictions describe the measured profile: they are of the gradient of one
+    loss term, which `probe.loss_at=last` measures; with `all` each step's own loss term keeps
+    the profile flat (None: not said, taken as last)."""
+    return loss_at != "all"
+
+
 def log_headline(name: str, sizes: str, loss_at: str, h: dict, status: str, wall: float
                  ) -> None:
     """The job's log line: the measured slope, the predictions beside it where they apply
@@ -87,15 +94,15 @@ def log_headline(name: str, sizes: str, loss_at: str, h: dict, status: str, wall
     """
     th = h["theory"]
     value = f" {h['init_param']}={h['init_value']:g}" if "init_param" in h else ""
-    if loss_at == "last" and "mean_field" in th:
-        theory = (f"; mean field {th['mean_field']['log10_factor_per_step']:+.4g}, Pascanu bound "
-                  f"{th['pascanu_log10_bound_per_step']:+.4g}, top Lyapunov "
-                  f"{th['lyapunov_top_log10_per_step']:+.4g}")
-    elif loss_at == "last":
-        theory = f"; top Lyapunov {th['lyapunov_top_log10_per_step']:+.4g}"
+    if theory_applies(loss_at) and "mean_field" in th:
+        theory = (f"; mean field {_num(th['mean_field']['log10_factor_per_step'])}, Pascanu bound "
+                  f"{_num(th['pascanu_log10_bound_per_step'])}, top Lyapunov "
+                  f"{_num(th['lyapunov_top_log10_per_step'])}")
+    elif theory_applies(loss_at):
+        theory = f"; top Lyapunov {_num(th['lyapunov_top_log10_per_step'])}"
         if th.get("predicted_log10_slope_per_step_back") is not None:
             theory = (f"; {th.get('prediction', 'predicted')} "
-                      f"{th['predicted_log10_slope_per_step_back']:+.4g}" + theory)
+                      f"{_num(th['predicted_log10_slope_per_step_back'])}" + theory)
     else:
         theory = ("; with the loss over all steps each step's own loss term keeps the profile "
                   "flat, and no prediction applies: probe.loss_at=last measures one term's decay")
@@ -105,9 +112,9 @@ def log_headline(name: str, sizes: str, loss_at: str, h: dict, status: str, wall
         first = min(t for t in h["forward_overflow_t_per_seed"] if t > 0)
         fwd = (f", FORWARD OVERFLOW in {n_fwd} of {len(h['forward_overflow_t_per_seed'])} seeds "
                f"(H_t not finite from t={first}: gradients NaN)")
-    log.info("%s%s %s: log10 grad_norm per step back %+.4g (median over seeds%s), loss %.4f, "
+    log.info("%s%s %s: log10 grad_norm per step back %s (median over seeds%s), loss %.4f, "
              "underflow %d, overflow %d%s, status %s, %.2fs", name, value, sizes,
-             h["log10_slope_per_step_back"], theory, h["loss_mean"], h["n_underflow"],
+             _num(h["log10_slope_per_step_back"]), theory, h["loss_mean"], h["n_underflow"],
              h["n_overflow"], fwd, status, wall)
 
 
@@ -118,7 +125,8 @@ LYAPUNOV_K = 3  # exponents per network
 def theory_summary(cell: Cell, activation: str, params, x, measured: float,
                    cell_theory=None, options: dict | None = None, y=None,
                    kind: str | None = None, loss_at: str | None = None) -> dict:
-    """Predictions at initialization, beside the measured slope (log10 per step back).
+    """Predictions at initialization, beside the measured slope (log10 per step back), and
+    whether they apply to it (`applies`: false with `loss_at="all"`, see `theory_applies`).
 
     lyapunov (every cell): the top exponents of the driven state dynamics (natural log per
     step; /ln 10 for log10), on the first sequences of each seed's probe batch, after a burn-in
@@ -144,6 +152,8 @@ def theory_summary(cell: Cell, activation: str, params, x, measured: float,
     lam = np.asarray(lyap(params, x[:, :LYAPUNOV_SEQUENCES]), np.float64)  # (S, k)
     top = _nanmedian(lam[:, 0])
     out = {
+        # false with loss_at=all: the numbers below are kept, but no plot or line compares them
+        "applies": theory_applies(loss_at),
         "measured_log10_slope_per_step_back": measured,
         "lyapunov_top_per_step": top,
         "lyapunov_top_log10_per_step": top / math.log(10),
@@ -167,6 +177,14 @@ def theory_summary(cell: Cell, activation: str, params, x, measured: float,
         out.update(cell_theory(cell, params, x, measured, y=y, kind=kind, loss_at=loss_at,
                                **(options or {})))
     return out
+
+
+def _num(v: float) -> str:
+    """A slope for the log: 4 decimals, or 3 significant digits when it is below 1e-3 (the
+    uRNN's deviations from 0 are ~1e-5 per step)."""
+    if v is None or not math.isfinite(v) or v == 0 or abs(v) >= 1e-3:
+        return f"{v:+.4f}" if v is not None else "n/a"
+    return f"{v:+.2e}"
 
 
 def _rel(measured: float, predicted: float) -> float:

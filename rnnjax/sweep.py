@@ -1,7 +1,7 @@
 """Runs and sweeps from the command line: Hydra's app, job lists, directory names, resume
 decisions and the closing line.
 
-`main(argv)` is the command line (`python experiments/run.py ...`). A single run goes to
+`main(argv)` is the command line (`rnnjax run`, experiments/run.py). A single run goes to
 `results/runs/single/<job name>`, a sweep to `results/runs/multirun/<sweep name>/<job name>`,
 both named by their overrides (`job_name`, `sweep_name`), so that the same command maps to the
 same directories and resumes. The sweeper (`hydra_plugins.rnnjax_sweeper`, selected in
@@ -44,8 +44,11 @@ from rnnjax.tasks import DataError
 
 log = logging.getLogger("rnnjax")
 
-# The one place that says where the app's configs are (conf/ at the repository root).
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The one place that says where the app's configs are: conf/ at the repository root in a
+# checkout (and an editable install), shipped as rnnjax/conf/ inside an installed package.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+CONF_DIR = next((d for d in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parent / "conf")
+                 if (d / "config.yaml").is_file()), _PACKAGE_DIR.parent / "conf")
 CONFIG_NAME = "config"
 SWEEP_ROOT = "results/runs/multirun"  # a sweep: SWEEP_ROOT/<sweep_name>/<job_name>
 RUN_ROOT = "results/runs/single"  # a single run: RUN_ROOT/<job_name>

@@ -1,17 +1,23 @@
-"""The Hydra app end to end, through a subprocess as a user runs it. (Sweeps, bad input and
-directory names, in-process: test_sweep.py.)"""
+"""The command line: the `rnnjax` dispatcher in-process, and the Hydra app end to end through a
+subprocess as a user runs it. (Sweeps, bad input and directory names, in-process:
+test_sweep.py; the installed command: test_install.py.)"""
 
 import json
+import logging
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import ROOT
 from numpy_bptt import bptt
 
 from rnnjax import load_summaries, load_sweep
+from rnnjax.cli import COMMANDS, _call
+from rnnjax.cli import main as cli_main
+from rnnjax.results import config_schema_columns
 
 RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 COLUMNS = ["seed", "t", "grad_norm", "param_grad_norm", "train_step", "activation", "init",
@@ -71,7 +77,8 @@ def test_single_run_files_schema_and_numbers(tmp_path, jax_cache):
 def test_float64_really_computes_in_float64(tmp_path, jax_cache):
     job = tmp_path / "job"
     run([f"hydra.run.dir={job}", "dtype=float64", "activation=tanh", "init=gaussian",
-         "init.gain=1.2", "seq_len=10", "hidden_size=6", "batch_size=2", "seeds=2"],
+         "init.gain=1.2", "seq_len=10", "hidden_size=6", "batch_size=2", "seeds=2",
+         "probe.loss_at=all"],
         tmp_path, jax_cache)
     assert np.load(job / "params.npz")["W_hh"].dtype == np.float64
     df = pd.read_parquet(job / "grad_norms.parquet")
@@ -99,6 +106,10 @@ def test_training_job_and_divergence_is_data(tmp_path, jax_cache):
          "train.lr=0.01", "train.clip=0.5"], tmp_path, jax_cache)
     m = pd.read_parquet(job / "metrics.parquet")
     assert list(m.train_step.unique()) == [10, 20, 25] and len(m) == 6
+    # the whole config as columns (test_job checks every value on a probe)
+    assert {c.name for c in config_schema_columns()} < set(m.columns)
+    assert (m.train_clip == 0.5).all() and (m.train_optimizer == "adam").all()
+    assert (m.train_steps == 25).all() and m.train_truncate.isna().all()
     assert m.train_ppl.isna().all() and np.isfinite(m.val_loss).all()  # regression: no ppl
     g = pd.read_parquet(job / "grad_norms.parquet")
     assert sorted(g.train_step.unique()) == [0, 10, 20, 25] and (g.loss_at == "last").all()
@@ -117,16 +128,6 @@ def test_training_job_and_divergence_is_data(tmp_path, jax_cache):
     assert (bad / "metrics.parquet").is_file()
 
 
-def test_help_lists_groups(tmp_path, jax_cache):
-    p = run(["--help"], tmp_path, jax_cache)
-    for line in ("activation: linear, relu, sigmoid, tanh",
-                 "cell: gru, lru, lstm, urnn, vanilla",
-                 "init: gaussian, identity, normal, orthogonal, spectral, xavier",
-                 "task: adding, copy, random, timemachine",
-                 "logger: csv, mlflow, none, tensorboard, wandb"):
-        assert line in p.stdout
-    experiments = sorted(f.stem for f in (ROOT / "conf" / "experiment").glob("*.yaml"))
-    assert "experiment: " + ", ".join(experiments) in p.stdout
 
 
 def test_init_value_list_is_vmapped_in_one_job(tmp_path, jax_cache):
@@ -149,3 +150,98 @@ def test_init_value_list_is_vmapped_in_one_job(tmp_path, jax_cache):
         s_mine = summaries[summaries["config.init.gain"] == gain].iloc[0]
         assert s_mine["headline.log10_slope_per_step_back"] == s_one[
             "headline.log10_slope_per_step_back"]
+
+
+# ------------------------------------------------------------------ the rnnjax command, in-process
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """`cli(*argv) -> (exit code, stdout, stderr)`: `rnnjax ARGV` in-process, in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    absl = sys.modules.get("absl.logging")
+    if absl is not None:  # Hydra's logging setup would close pytest's stream (see test_sweep)
+        monkeypatch.setattr(absl.get_absl_handler().python_handler, "stream", sys.__stderr__)
+
+    def call(*argv):
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        try:
+            code = cli_main(list(argv))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        finally:  # Hydra configured logging for the job: give pytest its handlers back
+            for h in root.handlers:
+                if h not in handlers:
+                    h.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+def test_help_lists_every_command(cli):
+    code, out, _ = cli("--help")
+    assert code == 0 and out.startswith("usage: rnnjax COMMAND")
+    for name, command in COMMANDS.items():
+        assert f"  {name} {command.usage}" in out
+    assert set(COMMANDS) == {"run", "report", "reproduce", "bench", "bench-train"}
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["frobnicate"], "rnnjax: error: unknown command 'frobnicate'; allowed: run, report, "
+                     "reproduce, bench, bench-train"),
+    ([], "rnnjax: error: a command is required: run, report"),
+    (["--run"], "rnnjax: error: unknown command '--run'"),
+])
+def test_unknown_or_missing_command_is_one_line(cli, argv, says):
+    code, out, err = cli(*argv)
+    assert code == 2 and out == "" and err.startswith(says) and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["report", "reproduce", "bench", "bench-train"])
+def test_each_command_has_help(cli, name):
+    code, out, _ = cli(name, "--help")
+    assert code == 0 and out.startswith("usage: ") and "--help" in out
+
+
+def test_run_help_lists_groups(cli):
+    code, out, _ = cli("run", "--help")
+    assert code == 0 and "Usage: rnnjax run [KEY=VALUE ...]" in out
+    for line in ("activation: linear, relu, sigmoid, tanh",
+                 "cell: gru, lru, lstm, urnn, vanilla",
+                 "init: gaussian, identity, normal, orthogonal, spectral, xavier",
+                 "task: adding, copy, random, timemachine",
+                 "logger: csv, mlflow, none, tensorboard, wandb"):
+        assert line in out
+    experiments = sorted(f.stem for f in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    assert "experiment: " + ", ".join(experiments) in out
+    code, out, _ = cli("run", "--hydra-help")
+    assert code == 0 and "Hydra (" in out and "--multirun" in out
+
+
+def test_run_writes_under_the_working_directory(cli, tmp_path):
+    code, _, err = cli("run", "seq_len=3", "hidden_size=2", "batch_size=1", "seeds=1")
+    assert code == 0, err
+    job = tmp_path / "results" / "runs" / "single" / "batch_size=1,hidden_size=2,seeds=1,seq_len=3"
+    assert json.loads((job / "summary.json").read_text())["status"] == "ok"
+    code, _, err = cli("run", "activation=softsign")  # Hydra's app: its errors, its exit code
+    assert code != 0 and "softsign" in err
+
+
+def test_subcommands_get_their_program_name():
+    seen = {}
+
+    def with_prog(argv, prog="x"):
+        seen["with"] = (argv, prog)
+        return 3
+
+    def without(argv):
+        seen["without"] = (argv, sys.argv[0])
+
+    argv0 = sys.argv[0]
+    assert _call(with_prog, ["a"], "rnnjax run") == 3 and seen["with"] == (["a"], "rnnjax run")
+    assert _call(without, ["b"], "rnnjax bench") == 0
+    assert seen["without"] == (["b"], "rnnjax bench") and sys.argv[0] == argv0

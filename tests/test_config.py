@@ -13,6 +13,7 @@ from rnnjax.config import (
     register_configs,
     validate,
 )
+from rnnjax.sweep import CONF_DIR
 
 
 def cfg(**kw):
@@ -90,3 +91,28 @@ def test_quoted_init_value_through_hydra():
         c = compose("config", overrides=["init=gaussian", "init.gain='1.5'"])
     with pytest.raises(ConfigError, match="got the string '1.5'"):
         validate(c)
+
+
+# The experiments whose training loss is the language model's, over every step.
+ALL_STEPS = {"d2l_rnn_scratch", "d2l_no_clip", "d2l_irnn_clipping", "d2l_gru_scratch",
+             "d2l_lstm_scratch"}
+
+
+def test_loss_at_defaults_to_last_and_language_models_keep_all():
+    # The probe's loss is also the loss that trains (job.train_job): an experiment or task
+    # scored over every step must say so, now that the default is the last step.
+    register_configs()
+    assert CONF_DIR == ROOT / "conf" and Config().probe.loss_at.value == "last"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        def loss_at(*overrides):
+            return compose("config", overrides=list(overrides)).probe.loss_at.value
+
+        assert loss_at() == "last" and loss_at("task=adding") == "last"
+        assert loss_at("task=timemachine") == loss_at("task=copy") == "all"
+        assert loss_at("task=timemachine", "probe.loss_at=last") == "last"  # the command wins
+        assert loss_at("task=random") == "last"
+        experiments = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
+        assert ALL_STEPS < experiments
+        for name in sorted(experiments):
+            assert loss_at(f"+experiment={name}") == ("all" if name in ALL_STEPS else "last"), \
+                name

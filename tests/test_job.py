@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from rnnjax.config import register_configs, validate
 from rnnjax.job import run_job
+from rnnjax.results import config_schema_columns, load_summaries, load_sweep
 
 register_configs()
 F32_MAX = float(np.finfo(np.float32).max)
@@ -101,3 +102,49 @@ def test_underflow_is_flagged_and_float64_is_exact(tmp_path):
     assert (d32.underflow == (d32.grad_norm == 0)).all() and not d32.overflow.any()
     # The float32 slope is fitted above the underflowed steps and is exact there too.
     assert h32["log10_slope_per_step_back"] == pytest.approx(np.log10(0.5), abs=1e-4)
+
+
+def test_the_default_job_shows_vanishing_beside_its_theory(tmp_path, caplog):
+    # The Quick start's first command (no overrides: tanh, normal(0.01), T=64, H=64, 4 seeds):
+    # the loss at the last step, so the profile decays as the mean field predicts.
+    with caplog.at_level(logging.INFO, logger="rnnjax"):
+        summary, df, _ = job(tmp_path, [])
+    h, theory = summary["headline"], summary["headline"]["theory"]
+    assert summary["config"]["probe"]["loss_at"] == "last" and theory["applies"] is True
+    predicted = theory["mean_field"]["log10_factor_per_step"]
+    assert h["log10_slope_per_step_back"] < -1.0 and predicted < -1.0
+    assert h["log10_slope_per_step_back"] == pytest.approx(predicted, rel=0.03)
+    line = next(r.getMessage() for r in caplog.records if "per step back" in r.getMessage())
+    assert f"mean field {predicted:+.4f}" in line
+    assert (df["T"] == 64).all() and df.seed.nunique() == 4
+
+
+def test_tables_carry_the_whole_config(tmp_path):
+    # Probes only (metrics.parquet: test_cli's training job); the training options are still
+    # config, and truncation cuts the second job's profile.
+    common = ["seq_len=4", "hidden_size=3", "batch_size=2", "seeds=2", "seed=7", "probe.unroll=2"]
+    summary, df, out = job(tmp_path, [*common, "probe.loss_at=all", "train.optimizer=adam",
+                                      "train.lr=0.05"], "all")
+    job(tmp_path, [*common, "train.clip=0.5", "train.bptt=truncated", "train.truncate=2"],
+        "clipped")
+    # the loss over all steps: the predictions are kept, marked as not applying
+    assert summary["headline"]["theory"]["applies"] is False
+    tables = {"grad_norms.parquet": df, "load_summaries": load_summaries(out)}
+    for col in config_schema_columns():
+        want = summary["config"]
+        for part in col.key.split("."):
+            want = want[part]
+        for name, table in tables.items():
+            assert col.name in table, (name, col.name)
+            got = table[col.name].unique()
+            same = want is None if pd.isna(got[0]) else got[0] == want
+            assert len(got) == 1 and same, (name, col.name, got, want)
+    assert sorted(df.seed.unique()) == [7, 8]
+    # a sweep over the training options can be grouped on them
+    both = load_sweep(tmp_path)
+    assert both.train_clip.dtype == np.float64 and both.train_truncate.dtype == "Int64"
+    assert sorted(both.groupby("train_clip", dropna=False).job.first()) == ["all", "clipped"]
+    assert both.groupby("loss_at").train_bptt.first().to_dict() == {"all": "full",
+                                                                    "last": "truncated"}
+    assert load_summaries(tmp_path).set_index("job").train_lr.to_dict() == {"all": 0.05,
+                                                                           "clipped": 1.0}

@@ -4,16 +4,19 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from rnnjax.config import Config
 from rnnjax.results import (
     config_columns,
+    config_schema_columns,
     file_record,
     fit_window,
     load_sweep,
     log10_slope,
     probe_frame,
     summary_problem,
+    with_config_dtypes,
     write_json,
     write_parquet,
 )
@@ -100,7 +103,7 @@ def test_summary_schema(tmp_path):
         ({**good, "headline": {}}, "log10_slope_per_step_back"),
         ({**good, "headlines": [good["headline"]]}, "exactly one"),
         ({**good, "training": []}, "training"),
-        ({**good, "files": {"grad_norms.parquet": {"bytes": 1, "sha1": "x"}}}, "has 1"),
+        ({**good, "files": {"grad_norms.parquet": {"bytes": 1, "sha1": "x"}}}, "says 1"),
     ]:
         assert problem in summary_problem(bad, tmp_path), bad
     listed = {k: v for k, v in good.items() if k != "headline"}
@@ -124,3 +127,54 @@ def test_sweep_frames_concatenate(tmp_path):
     b = probe_frame(np.array([0]), profile(np.ones((1, 2))), config_columns(c))
     both = pd.concat([a, b])
     assert both.init_gain.dtype == np.float64 and both.init_gain.isna().sum() == 2
+
+
+def _leaves(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield prefix + k
+
+
+def test_every_config_key_is_a_column():
+    # the schema's keys as OmegaConf sees them, independently of the dataclass walk
+    keys = set(_leaves(OmegaConf.to_container(OmegaConf.structured(Config))))
+    cols = config_schema_columns()
+    assert {c.key for c in cols} == keys and len(cols) == len(keys)
+    names = [c.name for c in cols]
+    assert len(set(names)) == len(names)
+    # the names the tables always had, kept; the rest by their key
+    assert {"cell", "activation", "init", "init_std", "init_gain", "init_radius", "task",
+            "vocab_size", "seq_len", "hidden_size", "batch_size", "loss_at", "dtype"} < set(names)
+    assert {"train_lr", "train_clip", "train_optimizer", "train_bptt", "train_truncate",
+            "train_steps", "train_epochs", "train_log_every", "cell_forget_bias",
+            "probe_unroll", "seeds", "base_seed", "max_memory_gb", "logger"} < set(names)
+    # a frame has every one, beside its own columns (seed: the network's seed)
+    c = Config()
+    c.seed = 3
+    df = probe_frame(np.array([3, 4]), profile(np.ones((2, 2))), config_columns(c))
+    assert set(names) < set(df.columns) and list(df.seed) == [3, 3, 4, 4]
+    assert (df.base_seed == 3).all() and (df.train_lr == 1.0).all()
+
+
+def test_config_columns_none_in_one_job_concatenate(tmp_path):
+    a = probe_frame(np.array([0]), profile(np.ones((1, 2))), config_columns(Config()))
+    c = Config()
+    c.train.clip, c.train.epochs, c.cell.peephole, c.max_memory_gb = 1.0, 3, True, 2.0
+    c.logger.dir, c.task.vocab_size = "logs", None
+    b = probe_frame(np.array([0]), profile(np.ones((1, 2))), config_columns(c))
+    write_parquet(a, tmp_path / "a.parquet")
+    write_parquet(b, tmp_path / "b.parquet")
+    for both in (pd.concat([a, b]), pd.concat([pd.read_parquet(tmp_path / "a.parquet"),
+                                               pd.read_parquet(tmp_path / "b.parquet")])):
+        assert both.train_clip.dtype == both.max_memory_gb.dtype == np.float64
+        assert list(both.train_clip.isna()) == [True, True, False, False]
+        assert both.train_epochs.dtype == both.vocab_size.dtype == "Int64"
+        assert both.cell_peephole.dtype == "boolean" and both.cell_peephole.iloc[-1]
+        assert list(both.logger_dir.iloc[[0, 2]]) == [None, "logs"]
+    # a summary's config (nested dicts), even one written before a key existed
+    old = config_columns({"train": {"lr": 0.5}, "activation": {"name": "relu"}})
+    assert old["train_lr"] == 0.5 and old["activation"] == "relu" and old["seq_len"] is None
+    df = with_config_dtypes(pd.DataFrame([old, config_columns(Config())]))
+    assert df.seq_len.dtype == "Int64" and df.seq_len.isna().tolist() == [True, False]

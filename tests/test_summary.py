@@ -49,7 +49,7 @@ def test_log_line_shows_predictions_only_where_they_apply(caplog, loss_at):
     with caplog.at_level(logging.INFO, logger="rnnjax"):
         log_headline("tanh/normal", "T=8 H=4 S=2", loss_at, h, "ok", 0.1)
     line = caplog.records[-1].getMessage()
-    assert line.startswith("tanh/normal T=8 H=4 S=2: log10 grad_norm per step back -1.2 ")
+    assert line.startswith("tanh/normal T=8 H=4 S=2: log10 grad_norm per step back -1.2000 ")
     assert ("mean field -1.1" in line) == (loss_at == "last")
     assert ("no prediction applies" in line) == (loss_at == "all")
 
@@ -62,5 +62,5 @@ def test_log_line_reads_small_slopes_and_forward_overflow(caplog):
     with caplog.at_level(logging.INFO, logger="rnnjax"):
         log_headline("urnn", "T=8 H=4 S=2", "last", h, "nonfinite", 0.1)
     line = caplog.records[-1].getMessage()
-    assert "per step back -2.1e-05" in line and "unitary W +0" in line
+    assert "per step back -2.10e-05" in line and "unitary W +0.0000" in line
     assert "FORWARD OVERFLOW in 1 of 2 seeds (H_t not finite from t=12" in line
