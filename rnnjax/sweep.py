@@ -421,7 +421,7 @@ def interrupted_line(sweep: Path, jobs: list[Job], outcomes: dict[int, Outcome],
 def open_lines(path: Path) -> list[str]:
     """The commands that open a sweep's (or run's) results."""
     shell, py = shlex.quote(str(path)), json.dumps(str(path))
-    return [f"rnnjax: report: rnnjax report {shell}  (or: python experiments/report.py {shell})",
+    return [f"rnnjax: report: rnnjax report {shell}",
             f"rnnjax: in Python: rnnjax.load_sweep({py})"]
 
 

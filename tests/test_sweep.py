@@ -326,7 +326,7 @@ def test_sweep_runs_jobs_i_of_n_and_skips_finished_ones_without_launching(app, t
         assert f"job {i} of 4: probe: compiled in " in r.out
     assert r.closing() == f"rnnjax: sweep {sweep}: 4 jobs: 4 ok"
     assert r.err.splitlines()[-2:] == [
-        f"rnnjax: report: rnnjax report {sweep}  (or: python experiments/report.py {sweep})",
+        f"rnnjax: report: rnnjax report {sweep}",
         f'rnnjax: in Python: rnnjax.load_sweep("{sweep}")']
     df = load_sweep(sweep)
     assert df.job.nunique() == 4 and len(df) == 4 * 2 * 3
