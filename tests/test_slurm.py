@@ -211,16 +211,16 @@ def _finish(proc: subprocess.Popen, array: str | None, timeout: float) -> str:
 def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, jax_cache):
     sweep = tmp_path / "sweep"
     # One quick job and one that trains for a few seconds, which is cancelled mid-run.
-    args = ["-m", *CPU_NODE, f"hydra.sweep.dir={sweep}", "train.steps=0,8000",
-            "train.log_every=2000", *SMALL]
+    args = ["-m", *CPU_NODE, f"hydra.sweep.dir={sweep}", "train.steps=0,20000",
+            "train.log_every=5000", *SMALL]
     since = _now()
     proc = _start(args, tmp_path, jax_cache)
     slow = None
     try:
-        # map_array submits the jobs in order: task 1 is train.steps=8000. It is cancelled
+        # map_array submits the jobs in order: task 1 is train.steps=20000. It is cancelled
         # once its job has started (Hydra has written its directory).
         slow = _wait_running(tmp_path, 1)
-        _wait_started(sweep, "train.steps=8000")
+        _wait_started(sweep, "train.steps=20000")
         subprocess.run(["scancel", slow], check=True, timeout=30)
     finally:
         err = _finish(proc, slow and slow.split("_")[0], timeout=240)
@@ -230,7 +230,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     jobs = job_dirs(sweep)
     quick = next(d for o, d in jobs.items() if "train.steps=0" in o.split())
     assert status(quick) == "ok"
-    cancelled = next(d for o, d in jobs.items() if "train.steps=8000" in o.split())
+    cancelled = next(d for o, d in jobs.items() if "train.steps=20000" in o.split())
     assert not (cancelled / "summary.json").exists()
     first = settled(tmp_path, since, submitted(sweep), timeout=10)
     assert len(first) == 2 and all(s in FINAL for s in first.values()), first
@@ -238,7 +238,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert proc.returncode == 1
     assert "Traceback" not in err
     line = closing_line(err)
-    assert line.endswith(f"2 jobs: 1 failed, 1 ok; failed: train.steps=8000 train.log_every=2000 "
+    assert line.endswith(f"2 jobs: 1 failed, 1 ok; failed: train.steps=20000 train.log_every=5000 "
                          f"{' '.join(SMALL)} (SLURM task {slow} ended CANCELLED without a result)")
 
     # The re-run submits one task, for the cancelled job only, and it finishes.
@@ -249,7 +249,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert {j: s for j, s in now.items() if j not in first} == {next(iter(new)): "COMPLETED"}
     jobs = job_dirs(sweep)
     assert all(status(d) == "ok" for d in jobs.values())
-    redone = next(d for o, d in jobs.items() if "train.steps=8000" in o.split())
+    redone = next(d for o, d in jobs.items() if "train.steps=20000" in o.split())
     assert slurm_id(redone) == next(iter(new))
     assert slurm_id(quick) in first
     assert "2 jobs: 2 ok (1 skipped" in closing_line(p.stderr)
