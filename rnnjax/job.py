@@ -367,7 +367,8 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
     val_x, val_y = jax.vmap(task.val_batch)(data_keys[:, 1])
     state = jax.vmap(init_state, (0, None))(params, tx)
     chunk = fit_seeds(make_train_chunk(cell, loss_at, task.kind, tx, task.train_batch, steps, n,
-                                       tr.bptt.value, tr.truncate, tr.clip),
+                                       tr.bptt.value, tr.truncate, tr.clip,
+                                       task.chunk_batches),
                       (0, 0, None), (state, data_keys[:, 0], jnp.asarray(0)), budget, "training")
 
     rows = []
@@ -440,7 +441,8 @@ def sample_text(cell: Cell, task: Task, params) -> str:
     index = {tok: i for i, tok in enumerate(task.vocab)}
     prefix = jnp.asarray([index[c] for c in SAMPLE_PREFIX], jnp.int32)
     first = jax.tree.map(lambda a: a[0], params)
-    toks = jax.jit(make_generate(cell, SAMPLE_LENGTH))(first, prefix)
+    # to numpy first: iterating over a device array compiles a program that splits it
+    toks = np.asarray(jax.jit(make_generate(cell, SAMPLE_LENGTH))(first, prefix))
     return SAMPLE_PREFIX + "".join(task.vocab[int(i)] for i in toks)
 
 
