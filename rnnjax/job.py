@@ -372,6 +372,7 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
                       (0, 0, None), (state, data_keys[:, 0], jnp.asarray(0)), budget, "training")
 
     rows = []
+    profiles = []  # (train_step, Profile) of each interval: one frame for all after the loop
     n_clipped = n_taken = 0
     tokens = task.kind == "tokens"
     with tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True,
@@ -384,7 +385,7 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
             n_clipped += int(m.clipped.sum())
             n_taken += int(m.active.sum())
             done = min(begin + n, steps)
-            frames.append(results.probe_frame(seeds, prof, columns, train_step=done))
+            profiles.append((done, prof))
             alive = np.asarray(state.alive)
             for s, seed in enumerate(seeds):
                 active = m.active[s]
@@ -413,6 +414,14 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
                 tracker.log_profile(done, *median_profile(prof.grad_norm))
                 tracker.log_metrics(done, recent | {"alive_fraction": float(alive.mean())})
 
+    if profiles:
+        # One frame for every interval (rows ordered by interval, seed, t, as one frame each
+        # would give): a pandas frame costs milliseconds to build, whatever its length.
+        done = np.array([d for d, _ in profiles])
+        stacked = jax.tree.map(lambda *a: np.concatenate(a), *[p for _, p in profiles])
+        T = stacked.grad_norm.shape[1]
+        frames.append(results.probe_frame(np.tile(seeds, len(profiles)), stacked, columns,
+                                          train_step=np.repeat(done, len(seeds) * T)))
     metrics = pd.DataFrame(rows)
     for k, v in columns.items():
         metrics[k] = v

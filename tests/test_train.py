@@ -192,6 +192,11 @@ def test_short_d2l_run_lowers_perplexity(tmp_path, timemachine_file):
     assert set(metrics.columns) >= {"train_loss", "train_ppl", "val_loss", "val_ppl",
                                     "grad_norm_global", "clipped", "clip_fraction", "seed"}
     assert sorted(m.train_step.unique()) == [0, 13, 26, 39, 52, 65, 78, 91, 104, 117, 120]
+    # every profile: each seed's t = 1..T once, in order (the intervals' rows are built at once)
+    for (seed, step), g in m.groupby(["seed", "train_step"], sort=False):
+        assert g.t.tolist() == list(range(1, 17)), (seed, step)
+    assert m.drop_duplicates(["seed", "train_step"])[["train_step", "seed"]].values.tolist() == [
+        [step, seed] for step in [0, 13, 26, 39, 52, 65, 78, 91, 104, 117, 120] for seed in (0, 1)]
     assert tr["sample"].startswith("time traveller ") and len(tr["sample"]) == 15 + 50
     assert summary["status"] == "ok" and tr["diverged_seeds"] == {}
 
