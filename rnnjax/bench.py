@@ -4,8 +4,8 @@ One network (d2l's vanilla tanh RNN: B = 32 random token sequences over a 28-tok
 H = 256, every weight N(0, 0.01^2), biases zero, loss = mean softmax cross-entropy over all
 steps) and one batch, for each T; three implementations compute grad_norm (T,) side by side:
 
-  rnnjax            `jax.jit(make_probe(vanilla("tanh"), "all"))` (rnnjax.probes), BPTT
-                    through lax.scan.
+  rnnjax            `jax.jit(make_probe(vanilla("tanh"), "all"))` (rnnjax.probes) with its
+                    default `unroll` on this backend, BPTT through lax.scan.
   PyTorch eager     what a PyTorch user writes: a Python loop over time, `H_t.retain_grad()` on
                     every step, `.backward()`, then the norms of every `H_t.grad`. The weights
                     are leaves that require grad (as in d2l), so their gradients are computed
@@ -16,30 +16,39 @@ steps) and one batch, for each T; three implementations compute grad_norm (T,) s
                     with T, so T above `--loop-max-t` is skipped.
 
 Reported per implementation and T: compile time (JAX: trace + lower + compile, timed with
-`.lower(...).compile()`; PyTorch: n.a.), the median run time of `--repeats` calls (each blocked
-until ready), its ratio to rnnjax's median, achieved GFLOP/s (`probe_flops`) against this
+`.lower(...).compile()`; PyTorch: n.a.), the median of `--repeats` calls (each blocked until
+ready; the implementations take turns, call by call, so that a change of the machine's load
+touches them alike), its ratio to rnnjax's median, achieved GFLOP/s (`probe_flops`) against this
 machine's measured dense float32 matmul rate, and the largest relative difference of grad_norm
-from rnnjax's (must be < 1e-3 in float32).
+from rnnjax's (< 1e-3 in float32).
 
-Also: rnnjax's compile-time growth (largest T over smallest), its memory with `--mem-seeds`
-networks vmapped (XLA's `memory_analysis()` estimate, and the measured peak of a fresh
-subprocess per T: `peak_bytes_in_use` on a GPU, the peak RSS increase on a CPU), each as a
-multiple of the trajectory S*T*B*H*4 bytes, and the sweep throughput of `--sweep-seeds`
-networks vmapped at T = `--sweep-t` (network-timesteps per second).
+Also:
+  unroll      rnnjax's run and compile times for each `--unrolls` value (`probe.unroll`), and
+              each one's compile-time growth from the smallest T to the largest.
+  memory      rnnjax with `--mem-seeds` networks vmapped, for probe.loss_at = all and last, each
+              (T, loss_at) in a fresh process: the MEASURED peak of the call (a GPU: the device's
+              `memory_stats()['peak_bytes_in_use']` minus what was in use before, the program
+              loaded from a compilation cache that an earlier process filled, so compiling and
+              autotuning do not set the peak; a CPU: the peak RSS, VmHWM, after its mark was
+              reset, minus the RSS before), and XLA's `memory_analysis()` estimate, both as
+              multiples of the hidden-state trajectory S*T*B*H*4 bytes.
+  sweep       `--sweep-seeds` networks vmapped at T = `--sweep-t`: network-timesteps per second.
 
-Usage: python experiments/bench.py [--T 16 256 1024 4096] [--repeats 5] [--loop-max-t 1024]
-           [--mem-seeds 8] [--sweep-seeds 16] [--sweep-t 1024] [--skip-torch] [--skip-loop]
-           [--quick] [--out results/bench.json]
+On a GPU the same command runs JAX and PyTorch on the card (sweep default 256 networks); the
+tables name the card.
+
+Usage: python experiments/bench.py [--T 16 256 1024 4096] [--repeats 5] [--unrolls 1 2 4 8 16]
+           [--loop-max-t 1024] [--mem-seeds 8] [--sweep-seeds N] [--sweep-t 1024]
+           [--skip-torch] [--skip-loop] [--quick] [--out results/bench.json]
 """
 
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -52,21 +61,38 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from rnnjax.benchmark import (  # noqa: E402
+    TORCH_HINT,
+    busy_warning,
+    git_state,
+    import_torch,
+    interleaved,
+    load_average,
+    machine_info,
+    machine_line,
+    markdown_table,
+    reset_peak_rss,
+    rss_bytes,
+    size,
+    summary,
+    time_calls,
+    write_json,
+)
 from rnnjax.cells import RNNParams, vanilla  # noqa: E402
 from rnnjax.cells.vanilla import init_params  # noqa: E402
 from rnnjax.init import normal  # noqa: E402
-from rnnjax.probes import make_probe  # noqa: E402
-from rnnjax.results import write_json  # noqa: E402
+from rnnjax.probes import default_unroll, make_probe  # noqa: E402
 
 # Compile times are part of what is measured: never read them from the persistent cache.
 jax.config.update("jax_enable_compilation_cache", False)
 
-PACKAGE = Path(__file__).resolve().parent
-INSTALL_HINT = "PyTorch is not installed, skipping it: pip install -e '.[bench]'"
 VOCAB, STD, SEED = 28, 0.01, 0
-FULL = {"B": 32, "H": 256, "T": [16, 256, 1024, 4096], "matmul_n": 2048}
+FULL = {"B": 32, "H": 256, "T": [16, 256, 1024, 4096], "matmul_n": 2048, "repeats": 5,
+        "mem_seeds": 8, "sweep_t": 1024, "unrolls": [1, 2, 4, 8, 16]}
 QUICK = {"B": 4, "H": 16, "T": [4, 16], "matmul_n": 256, "repeats": 2, "mem_seeds": 2,
-         "sweep_seeds": 2, "sweep_t": 16}
+         "sweep_t": 16, "unrolls": [1, 2]}
+SWEEP_SEEDS = {"cpu": 16, "gpu": 256, "quick": 2}  # default --sweep-seeds by platform
+LOSS_AT = ("all", "last")
 FEWER_REPEATS_FROM_T = 4096  # at least this long: at most 3 timed calls
 IMPLS = ("rnnjax", "pytorch_eager", "jax_loop")
 LABELS = {"rnnjax": "rnnjax", "pytorch_eager": "PyTorch eager", "jax_loop": "JAX loop"}
@@ -112,6 +138,11 @@ def stacked_inputs(S, B, H, T):
     return jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *each)
 
 
+def rnnjax_probe(loss_at="all", unroll=None):
+    """rnnjax's probe of the vanilla tanh RNN (unroll None: the backend's default)."""
+    return make_probe(vanilla("tanh"), loss_at, unroll=unroll)
+
+
 # ---------------------------------------------------------------- JAX Python loop (d2l style)
 
 def loop_probe(params: RNNParams, x, y):
@@ -139,15 +170,6 @@ def loop_probe(params: RNNParams, x, y):
 
 
 # ---------------------------------------------------------------- PyTorch eager
-
-def import_torch():
-    """torch, or None when the bench extra is not installed."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
 
 def torch_device(torch):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -188,16 +210,6 @@ def torch_sync(torch):
 
 # ---------------------------------------------------------------- timing
 
-def time_calls(fn, repeats):
-    """Wall seconds of `repeats` calls of fn (which blocks until its result is ready)."""
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
 def compile_jax(fn, *args):
     """jax.jit(fn) compiled for args; returns (compiled, trace + lower s, compile s)."""
     start = time.perf_counter()
@@ -207,29 +219,34 @@ def compile_jax(fn, *args):
     return compiled, lowered_at - start, time.perf_counter() - lowered_at
 
 
-def timing(first_s, runs, flops):
-    """The common fields of one implementation at one T."""
-    median = statistics.median(runs)
-    return {"first_call_s": first_s, "run_s": runs, "run_s_median": median,
-            "gflops": flops / median / 1e9}
+def grad_norm_of(out):
+    """grad_norm (T,) in float64 from a ProbeResult (log10 norms) or a plain array."""
+    if hasattr(out, "log10_grad_norm"):
+        return 10.0 ** np.asarray(out.log10_grad_norm, np.float64)
+    return np.asarray(out, np.float64)
 
 
-def time_jax(fn, args, repeats, flops):
-    """Compile, one warm call, then `repeats` timed calls; returns (fields, grad_norm)."""
+class Prepared:
+    """One implementation, ready to be timed: a call that blocks until its result is ready,
+    the fields measured while preparing it (compile time, the first call), and its grad_norm."""
+
+    def __init__(self, call, fields, grad_norm):
+        self.call, self.fields, self.grad_norm = call, fields, grad_norm
+
+
+def prepare_jax(fn, args):
+    """Compiles fn for args and makes the first call."""
     compiled, lower_s, compile_s = compile_jax(fn, *args)
     start = time.perf_counter()
     out = jax.block_until_ready(compiled(*args))
     first_s = time.perf_counter() - start
-    runs = time_calls(lambda: jax.block_until_ready(compiled(*args)), repeats)
-    grad_norm = (10.0 ** np.asarray(out.log10_grad_norm, np.float64)
-                 if hasattr(out, "log10_grad_norm") else out)
-    fields = {"compile_s": lower_s + compile_s, "trace_lower_s": lower_s,
-              "xla_compile_s": compile_s, **timing(first_s, runs, flops)}
-    return fields, np.asarray(grad_norm, np.float64)
+    return Prepared(lambda: jax.block_until_ready(compiled(*args)),
+                    {"compile_s": lower_s + compile_s, "trace_lower_s": lower_s,
+                     "xla_compile_s": compile_s, "first_call_s": first_s}, grad_norm_of(out))
 
 
-def time_torch(torch, params, x, y, repeats, flops):
-    """One warm call, then `repeats` timed calls; returns (fields, grad_norm)."""
+def prepare_torch(torch, params, x, y):
+    """The PyTorch inputs and the first call."""
     torch.set_num_threads(os.cpu_count())
     p, tx, ty = torch_inputs(torch, params, x, y)
     if torch.cuda.is_available():
@@ -242,13 +259,15 @@ def time_torch(torch, params, x, y, repeats, flops):
 
     start = time.perf_counter()
     out = call()
-    first_s = time.perf_counter() - start
-    runs = time_calls(call, repeats)
-    fields = {"compile_s": None, **timing(first_s, runs, flops),
+    fields = {"compile_s": None, "first_call_s": time.perf_counter() - start,
               "device": str(tx.device), "threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        fields["cuda_max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated()
-    return fields, out.detach().cpu().double().numpy()
+    return Prepared(call, fields, out.detach().cpu().double().numpy())
+
+
+def timed(prepared, runs, flops):
+    """A prepared implementation's fields with its timed calls."""
+    s = summary(runs)
+    return prepared.fields | s | {"gflops": flops / s["run_s_median"] / 1e9}
 
 
 def max_rel_diff(a, ref):
@@ -279,31 +298,11 @@ def matmul_rate(n, repeats, torch=None):
 
 # ---------------------------------------------------------------- memory (a fresh process)
 
-def rss_bytes(field):
-    """VmRSS or VmHWM of this process, in bytes, from /proc/self/status (None if unreadable)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_rss():
-    """Resets the kernel's peak-RSS mark (Linux: /proc/self/clear_refs); True when it worked."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def mem_worker(T, S, B, H):
+def mem_worker(T, S, B, H, loss_at):
     """Runs in its own process: rnnjax's vmapped probe of S networks at T, once. Returns XLA's
     memory estimate and the measured peak during the call, in bytes."""
     args = jax.block_until_ready(stacked_inputs(S, B, H, T))
-    compiled = jax.jit(jax.vmap(make_probe(vanilla("tanh"), "all"))).lower(*args).compile()
+    compiled = jax.jit(jax.vmap(rnnjax_probe(loss_at))).lower(*args).compile()
     ma = compiled.memory_analysis()
     estimate = {k: int(getattr(ma, k)) for k in (
         "temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
@@ -315,114 +314,218 @@ def mem_worker(T, S, B, H):
         before = dev.memory_stats()
         jax.block_until_ready(compiled(*args))
         peak = dev.memory_stats()["peak_bytes_in_use"]
-        # The peak mark cannot be reset: when compiling (autotuning) peaked higher, the
-        # call's own peak is unknown and this is an upper bound (see peak_bytes_before_call).
+        # The peak mark cannot be reset: it is the call's own peak only when nothing earlier
+        # (compiling, autotuning) peaked higher, which the cache-loaded run ensures
+        # (`measure_memory`); `peak_bytes_before_call` says whether it did.
         measured = {"method": "memory_stats peak_bytes_in_use - bytes_in_use before the call",
                     "peak_bytes_in_use": peak, "bytes_in_use_before": before["bytes_in_use"],
                     "peak_bytes_before_call": before["peak_bytes_in_use"],
+                    "call_set_the_peak": peak > before["peak_bytes_in_use"],
                     "increase_bytes": peak - before["bytes_in_use"]}
     else:
-        ru_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
         # The peak RSS mark is reset after compiling, so the call's own peak is what is read.
-        cleared = reset_peak_rss() and rss_bytes("VmHWM") is not None
+        if not (reset_peak_rss() and rss_bytes("VmHWM") is not None):
+            sys.exit("cannot reset the peak RSS mark (/proc/self/clear_refs): no measurement")
         rss_before = rss_bytes("VmRSS")
         jax.block_until_ready(compiled(*args))
-        ru_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        if cleared:
-            measured = {"method": "VmHWM after the call - VmRSS before (peak mark reset)",
-                        "increase_bytes": rss_bytes("VmHWM") - rss_before}
-        else:
-            measured = {"method": "ru_maxrss after the call - before",
-                        "increase_bytes": ru_after - ru_before}
-        measured |= {"ru_maxrss_before_bytes": ru_before, "ru_maxrss_after_bytes": ru_after}
-    return {"T": T, "seeds": S, "xla_estimate": estimate, "measured": measured}
+        measured = {"method": "VmHWM after the call - VmRSS before (peak mark reset)",
+                    "rss_before_bytes": rss_before, "vmhwm_after_bytes": rss_bytes("VmHWM"),
+                    "increase_bytes": rss_bytes("VmHWM") - rss_before}
+    return {"T": T, "seeds": S, "loss_at": loss_at, "xla_estimate": estimate,
+            "measured": measured}
 
 
-def measure_memory(Ts, S, quick):
-    """mem_worker for each T, each in a fresh interpreter (this file with --mem-worker), so that
-    every peak is its own; they run at the same time, as only their memory is measured."""
-    cmds = [[sys.executable, "-m", "rnnjax.bench", "--mem-worker", str(T),
-             "--mem-seeds", str(S)] + ["--quick"] * quick for T in Ts]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for cmd in cmds]
+def measure_memory(Ts, S, quick, gpu):
+    """mem_worker for each T and loss_at, each in a fresh interpreter (this module with
+    --mem-worker), so that every peak is its own; the two losses of one T run at the same time
+    (only their memory is measured). On a GPU each runs twice with a shared compilation cache,
+    and the second run, which loads its program, counts."""
     out = []
-    for cmd, proc in zip(cmds, procs, strict=True):
-        stdout, stderr = proc.communicate()
-        if proc.returncode:
-            print(stdout, stderr, sep="\n", file=sys.stderr)
-            sys.exit(f"memory worker failed (exit code {proc.returncode}): {' '.join(cmd)}")
-        out.append(json.loads(stdout.splitlines()[-1]))
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "RNNJAX_BENCH_CACHE": cache} if gpu else None
+        for T in Ts:
+            cmds = [[sys.executable, "-m", "rnnjax.bench", "--mem-worker", str(T), "--mem-seeds",
+                     str(S), "--mem-loss-at", loss_at] + ["--quick"] * quick for loss_at in LOSS_AT]
+            for _ in range(2 if gpu else 1):
+                procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True) for cmd in cmds]
+                results = []
+                for cmd, proc in zip(cmds, procs, strict=True):
+                    stdout, stderr = proc.communicate()
+                    if proc.returncode:
+                        print(stdout, stderr, sep="\n", file=sys.stderr)
+                        sys.exit(f"memory worker failed (exit code {proc.returncode}): "
+                                 f"{' '.join(cmd)}")
+                    results.append(json.loads(stdout.splitlines()[-1]))
+            out += results
     return out
+
+
+# ---------------------------------------------------------------- the measurements
+
+def bench_one_t(T, sizes, args, torch, unroll):
+    """Every implementation at one T, their calls taken in turns; returns the row."""
+    B, H = sizes["B"], sizes["H"]
+    flops = probe_flops(T, B, H)
+    repeats = min(args.repeats, 3) if T >= FEWER_REPEATS_FROM_T else args.repeats
+    params, x, y = make_inputs(jax.random.key(SEED), B=B, H=H, T=T)
+    row = {"T": T, "flops": flops, "repeats": repeats}
+    print(f"T={T}: rnnjax...", end="", flush=True)
+    prepared = {"rnnjax": prepare_jax(rnnjax_probe(unroll=unroll), (params, x, y))}
+    if torch is None:
+        row["pytorch_eager"] = {"skipped": "--skip-torch" if args.skip_torch
+                                else "torch not installed"}
+    else:
+        print(" PyTorch eager...", end="", flush=True)
+        prepared["pytorch_eager"] = prepare_torch(torch, params, x, y)
+    if args.skip_loop:
+        row["jax_loop"] = {"skipped": "--skip-loop"}
+    elif T > args.loop_max_t:
+        row["jax_loop"] = {"skipped": "compile grows with T"}
+    else:
+        print(" JAX loop...", end="", flush=True)
+        prepared["jax_loop"] = prepare_jax(loop_probe, (params, x, y))
+    print(" timing...", end="", flush=True)
+    runs = interleaved({k: v.call for k, v in prepared.items()}, repeats)
+    ref = prepared["rnnjax"].grad_norm
+    for impl, p in prepared.items():
+        row[impl] = timed(p, runs[impl], flops)
+    row["rnnjax"] |= {"unroll": unroll, "T_per_s": T / row["rnnjax"]["run_s_median"]}
+    for impl in prepared.keys() - {"rnnjax"}:
+        row[impl]["ratio_to_rnnjax"] = row[impl]["run_s_median"] / row["rnnjax"]["run_s_median"]
+        row[impl]["max_rel_diff"] = max_rel_diff(prepared[impl].grad_norm, ref)
+    print(" done", flush=True)
+    return row
+
+
+def bench_unrolls(Ts, unrolls, sizes, repeats):
+    """rnnjax at each unroll and T: compile and run times (the unrolls' calls in turns)."""
+    B, H = sizes["B"], sizes["H"]
+    out = []
+    for T in Ts:
+        print(f"unroll at T={T}: compiling {unrolls}...", end="", flush=True)
+        params, x, y = make_inputs(jax.random.key(SEED), B=B, H=H, T=T)
+        prepared = {u: prepare_jax(rnnjax_probe(unroll=u), (params, x, y)) for u in unrolls}
+        n = min(repeats, 3) if T >= FEWER_REPEATS_FROM_T else repeats
+        runs = interleaved({u: p.call for u, p in prepared.items()}, n)
+        ref = prepared[unrolls[0]].grad_norm
+        for u, p in prepared.items():
+            out.append({"T": T, "unroll": u, **timed(p, runs[u], probe_flops(T, B, H)),
+                        "max_rel_diff": max_rel_diff(p.grad_norm, ref)})
+        print(" done", flush=True)
+    return out
+
+
+def sweep_throughput(S, T, sizes, repeats, unroll):
+    """rnnjax with S networks vmapped into one call at T: network-timesteps per second."""
+    args = stacked_inputs(S, sizes["B"], sizes["H"], T)
+    p = prepare_jax(jax.vmap(rnnjax_probe(unroll=unroll)), args)
+    fields = timed(p, time_calls(p.call, repeats), S * probe_flops(T, sizes["B"], sizes["H"]))
+    return {"seeds": S, "T": T, "unroll": unroll, **fields,
+            "network_steps_per_s": S * T / fields["run_s_median"]}
 
 
 # ---------------------------------------------------------------- report
 
-def git_state():
-    """The commit, and whether rnnjax/ differs from it (read-only git calls)."""
-    def git(*a):
-        p = subprocess.run(["git", "--no-optional-locks", *a], cwd=PACKAGE, capture_output=True,
-                           text=True)
-        return p.stdout.strip() if p.returncode == 0 else None
-
-    status = git("status", "--porcelain", "--", ".")
-    return {"commit": git("rev-parse", "HEAD"),
-            "rnnjax_dirty": None if status is None else bool(status)}
+def f2(v):
+    return f"{v:.2f}"
 
 
-def machine_info(torch):
-    dev = jax.devices()[0]
-    info = {"platform": dev.platform, "device_kind": dev.device_kind, "cpu_count": os.cpu_count(),
-            "os": platform.platform(), "python": platform.python_version(),
-            "jax": jax.__version__, "torch": torch.__version__ if torch else None,
-            "torch_device": str(torch_device(torch)) if torch else None,
-            "load_average_1min_at_start": os.getloadavg()[0]}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return info
+def ms(r):
+    return f"{1e3 * r['run_s_median']:.1f}"
 
 
-COLUMNS = {  # implementation: its table columns (header, formatter of its result dict)
-    "rnnjax": [
-        ("compile s", lambda r: f"{r['compile_s']:.2f}"),
-        ("ms", lambda r: f"{1e3 * r['run_s_median']:.1f}"),
-        ("GFLOP/s (% matmul)", lambda r: f"{r['gflops']:.1f} "
-                                         f"({100 * r['fraction_of_matmul_rate']:.0f}%)")],
-    "pytorch_eager": [
-        ("ms", lambda r: f"{1e3 * r['run_s_median']:.1f}"),
-        ("/ rnnjax", lambda r: f"{r['ratio_to_rnnjax']:.2f}"),
-        ("GFLOP/s", lambda r: f"{r['gflops']:.1f} ({100 * r['fraction_of_matmul_rate']:.0f}%)"),
-        ("max rel diff", lambda r: f"{r['max_rel_diff']:.1e}")],
-}
-COLUMNS["jax_loop"] = COLUMNS["rnnjax"][:1] + COLUMNS["pytorch_eager"]
-
-
-def table(rows):
-    """Markdown table: one row per T, a group of columns per implementation."""
-    head = ["T"] + [f"{LABELS[i]} {h}" for i in IMPLS for h, _ in COLUMNS[i]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+def main_table(rows):
+    """One row per T: rnnjax, PyTorch eager and the JAX loop side by side."""
+    head = ["T", "rnnjax compile s", "rnnjax ms", "rnnjax GFLOP/s (% matmul)",
+            "PyTorch eager ms", "PyTorch / rnnjax", "JAX loop compile s", "JAX loop ms",
+            "JAX loop / rnnjax", "max rel diff"]
+    body = []
     for row in rows:
-        cells = [str(row["T"])]
-        for impl in IMPLS:
-            r = row[impl]
-            if "skipped" in r:
-                cells += [f"skipped ({r['skipped']})"] + [""] * (len(COLUMNS[impl]) - 1)
-            else:
-                cells += [f(r) for _, f in COLUMNS[impl]]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        r, t, lp = row["rnnjax"], row["pytorch_eager"], row["jax_loop"]
+        diffs = [row[i]["max_rel_diff"] for i in ("pytorch_eager", "jax_loop")
+                 if "max_rel_diff" in row[i]]
+        body.append([
+            row["T"], f2(r["compile_s"]), ms(r),
+            f"{r['gflops']:.1f} ({100 * r['fraction_of_matmul_rate']:.0f}%)",
+            ms(t) if "run_s" in t else t["skipped"],
+            f"**{t['ratio_to_rnnjax']:.2f}x**" if "run_s" in t else "",
+            f2(lp["compile_s"]) if "run_s" in lp else lp["skipped"],
+            ms(lp) if "run_s" in lp else "",
+            f"{lp['ratio_to_rnnjax']:.2f}x" if "run_s" in lp else "",
+            f"{max(diffs):.1e}" if diffs else ""])
+    return markdown_table(head, body, [False] + [True] * 9)
 
 
-def size(n):
-    """Bytes in the largest binary unit that keeps the number >= 1 (e.g. '1.50 GiB')."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} B" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
+def unroll_table(unrolls):
+    """One row per T: rnnjax's run ms (compile s) at each unroll; and the compile growth."""
+    us = sorted({u["unroll"] for u in unrolls})
+    Ts = sorted({u["T"] for u in unrolls})
+    at = {(u["T"], u["unroll"]): u for u in unrolls}
+    body = [[T] + [f"{ms(at[T, u])} ({f2(at[T, u]['compile_s'])} s)" for u in us] for T in Ts]
+    body.append([f"compile T={Ts[-1]} / T={Ts[0]}"]
+                + [f"{at[Ts[-1], u]['compile_s'] / at[Ts[0], u]['compile_s']:.2f}x" for u in us])
+    return markdown_table(["T"] + [f"unroll {u}: ms (compile)" for u in us], body,
+                          [False] + [True] * len(us))
+
+
+def memory_table(memory):
+    """One row per T: measured peak and XLA's estimate, as multiples of the trajectory."""
+    Ts = sorted({m["T"] for m in memory})
+    at = {(m["T"], m["loss_at"]): m for m in memory}
+    body = []
+    for T in Ts:
+        cells = [T, size(at[T, LOSS_AT[0]]["trajectory_bytes"])]
+        for loss_at in LOSS_AT:
+            m = at[T, loss_at]
+            cells += [f"{size(m['measured']['increase_bytes'])} = "
+                      f"**{m['measured_multiple']:.2f}x**", f"{m['xla_estimate_multiple']:.2f}x"]
+        body.append(cells)
+    head = ["T", "trajectory"] + [h for a in LOSS_AT for h in (
+        f"loss_at={a}: measured peak", f"loss_at={a}: XLA estimate")]
+    return markdown_table(head, body, [False] + [True] * 5)
+
+
+def print_report(rows, unrolls, memory, sweep, matmul, machine, args, B, H, unroll):
+    start, end = matmul["start"]["jax_gflops"], matmul["end"]["jax_gflops"]
+    where = (f"{machine['device_kind']} (jax {machine['jax']}, {machine['jax_platform']})"
+             if machine["jax_platform"] != "cpu" else
+             f"{machine['cpu']}, {machine['cpu_count']} CPUs (jax {machine['jax']})")
+    torch = f", torch {machine['torch']} on {machine['torch_device']}" if machine["torch"] else ""
+    print(f"\n## rnnjax probe on {where}{torch}")
+    print(f"B={B}, H={H}, vocabulary {VOCAB}, tanh, loss over all steps, normal({STD}) init; "
+          f"rnnjax unroll {unroll}; FLOPs = 6*T*B*H*(H+Q); matmul rate "
+          f"{matmul['reference_gflops']:.1f} GFLOP/s (the faster of {start:.1f} at the start and "
+          f"{end:.1f} at the end); median of {args.repeats} calls taken in turns (at most 3 from "
+          f"T={FEWER_REPEATS_FROM_T}); peer / rnnjax > 1: rnnjax is faster. The FLOPs include "
+          "the weight gradients, which PyTorch's backward computes and the JAX probes do not; "
+          "compile s = trace + lower + compile.")
+    if not matmul["stable"]:
+        print("WARNING: the matmul rate changed by more than 20% during the run: other work on "
+              "this machine; the timings are unreliable")
+    print()
+    print(main_table(rows))
+    print("\nrnnjax by probe.unroll:\n")
+    print(unroll_table(unrolls))
+    print(f"\nmemory: rnnjax, {args.mem_seeds} networks vmapped, a fresh process per row "
+          f"({memory[0]['measured']['method']}); multiples of the trajectory S*T*B*H*4 bytes:\n")
+    print(memory_table(memory))
+    cuda = [(r["T"], r["pytorch_eager"]["cuda_max_memory_allocated_bytes"]) for r in rows
+            if "cuda_max_memory_allocated_bytes" in r["pytorch_eager"]]
+    if cuda:
+        print("\nPyTorch eager, one network, torch.cuda.max_memory_allocated (multiple of "
+              "T*B*H*4): " + ", ".join(f"T={T}: {size(b)} ({b / (T * B * H * 4):.1f}x)"
+                                       for T, b in cuda))
+    single = next((r for r in rows if r["T"] == args.sweep_t), None)
+    line = (f"\nsweep (rnnjax): {sweep['seeds']} networks x T={sweep['T']} in one call, median "
+            f"{sweep['run_s_median']:.3f} s = {sweep['network_steps_per_s']:,.0f} "
+            f"network-timesteps/s ({sweep['gflops']:.1f} GFLOP/s)")
+    if single is not None:
+        line += f"; one network at a time: rnnjax {single['rnnjax']['T_per_s']:,.0f}/s"
+        if "run_s_median" in single["pytorch_eager"]:
+            torch_s = single["pytorch_eager"]["run_s_median"]
+            line += f", PyTorch eager {args.sweep_t / torch_s:,.0f}/s"
+    print(line)
 
 
 # ---------------------------------------------------------------- main
@@ -432,23 +535,28 @@ def parse_args(argv=None):
         description="Times the per-timestep gradient-norm probe: rnnjax (lax.scan) against "
         "PyTorch eager (retain_grad on every step) and a d2l-style JAX Python loop under jit, "
         "on the same network and batch; reports compile and run times, GFLOP/s, agreement, "
-        "rnnjax's memory and sweep throughput, and writes them as JSON.",
+        "rnnjax by unroll, its measured memory and sweep throughput, and writes them as JSON. "
+        "On a GPU the same command measures the card.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--T", type=int, nargs="+", default=None,
                         help=f"sequence lengths (default {FULL['T']}; --quick: {QUICK['T']})")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed calls per implementation and T (default 5, at most 3 from "
-                        f"T={FEWER_REPEATS_FROM_T}; --quick: {QUICK['repeats']})")
+                        help=f"timed calls per implementation and T (default {FULL['repeats']},"
+                        f" at most 3 from T={FEWER_REPEATS_FROM_T}; --quick: {QUICK['repeats']})")
+    parser.add_argument("--unrolls", type=int, nargs="+", default=None,
+                        help=f"probe.unroll values to time (default {FULL['unrolls']}; --quick: "
+                        f"{QUICK['unrolls']})")
     parser.add_argument("--loop-max-t", type=int, default=1024,
                         help="longest T for the JAX loop, whose compile time grows with T")
     parser.add_argument("--mem-seeds", type=int, default=None,
-                        help=f"networks vmapped in the memory measurement (default 8; --quick: "
-                        f"{QUICK['mem_seeds']})")
+                        help=f"networks vmapped in the memory measurement (default "
+                        f"{FULL['mem_seeds']}; --quick: {QUICK['mem_seeds']})")
     parser.add_argument("--sweep-seeds", type=int, default=None,
-                        help=f"networks vmapped in the sweep throughput (default 16; --quick: "
-                        f"{QUICK['sweep_seeds']})")
+                        help=f"networks vmapped in the sweep throughput (default "
+                        f"{SWEEP_SEEDS['cpu']} on a CPU, {SWEEP_SEEDS['gpu']} on a GPU; --quick: "
+                        f"{SWEEP_SEEDS['quick']})")
     parser.add_argument("--sweep-t", type=int, default=None,
-                        help=f"T of the sweep throughput (default 1024; --quick: "
+                        help=f"T of the sweep throughput (default {FULL['sweep_t']}; --quick: "
                         f"{QUICK['sweep_t']})")
     parser.add_argument("--skip-torch", action="store_true", help="no PyTorch column")
     parser.add_argument("--skip-loop", action="store_true", help="no JAX loop column")
@@ -457,105 +565,19 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=Path("results") / "bench.json",
                         help="the JSON results file")
     parser.add_argument("--mem-worker", type=int, metavar="T", help=argparse.SUPPRESS)
+    parser.add_argument("--mem-loss-at", choices=LOSS_AT, default="all", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    defaults = QUICK if args.quick else {"repeats": 5, "mem_seeds": 8, "sweep_seeds": 16,
-                                         "sweep_t": 1024}
-    for name in ("repeats", "mem_seeds", "sweep_seeds", "sweep_t"):
+    sizes = QUICK if args.quick else FULL
+    for name in ("repeats", "mem_seeds", "sweep_t", "unrolls"):
         if getattr(args, name) is None:
-            setattr(args, name, defaults[name])
-    args.T = sorted(set(args.T or (QUICK if args.quick else FULL)["T"]))
-    for name in ("T", "repeats", "mem_seeds", "sweep_seeds", "sweep_t"):
+            setattr(args, name, sizes[name])
+    args.T = sorted(set(args.T or sizes["T"]))
+    args.unrolls = sorted(set(args.unrolls))
+    for name in ("T", "repeats", "mem_seeds", "sweep_seeds", "sweep_t", "unrolls"):
         v = getattr(args, name)
-        if min(v if isinstance(v, list) else [v]) < 1:
+        if v is not None and min(v if isinstance(v, list) else [v]) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
-
-
-def bench_one_t(T, sizes, args, torch):
-    """All implementations at one T; returns the row."""
-    B, H = sizes["B"], sizes["H"]
-    flops = probe_flops(T, B, H)
-    repeats = min(args.repeats, 3) if T >= FEWER_REPEATS_FROM_T else args.repeats
-    params, x, y = make_inputs(jax.random.key(SEED), B=B, H=H, T=T)
-    row = {"T": T, "flops": flops, "repeats": repeats}
-    print(f"T={T}: rnnjax...", end="", flush=True)
-    row["rnnjax"], ref = time_jax(make_probe(vanilla("tanh"), "all"), (params, x, y), repeats,
-                                  flops)
-    row["rnnjax"]["T_per_s"] = T / row["rnnjax"]["run_s_median"]
-    peers = {}
-    if torch is None:
-        why = "--skip-torch" if args.skip_torch else "torch not installed"
-        row["pytorch_eager"] = {"skipped": why}
-    else:
-        print(" PyTorch eager...", end="", flush=True)
-        row["pytorch_eager"], peers["pytorch_eager"] = time_torch(torch, params, x, y, repeats,
-                                                                  flops)
-    if args.skip_loop:
-        row["jax_loop"] = {"skipped": "--skip-loop"}
-    elif T > args.loop_max_t:
-        row["jax_loop"] = {"skipped": "compile grows with T"}
-    else:
-        print(" JAX loop...", end="", flush=True)
-        row["jax_loop"], peers["jax_loop"] = time_jax(loop_probe, (params, x, y), repeats, flops)
-    for impl, grad_norm in peers.items():
-        row[impl]["ratio_to_rnnjax"] = row[impl]["run_s_median"] / row["rnnjax"]["run_s_median"]
-        row[impl]["max_rel_diff"] = max_rel_diff(grad_norm, ref)
-    print(" done", flush=True)
-    return row
-
-
-def sweep_throughput(S, T, sizes, repeats):
-    """rnnjax with S networks vmapped into one call at T: network-timesteps per second."""
-    args = stacked_inputs(S, sizes["B"], sizes["H"], T)
-    fields, _ = time_jax(jax.vmap(make_probe(vanilla("tanh"), "all")), args, repeats,
-                         S * probe_flops(T, sizes["B"], sizes["H"]))
-    return {"seeds": S, "T": T, **fields, "network_steps_per_s": S * T / fields["run_s_median"]}
-
-
-def print_report(rows, growth, memory, sweep, matmul, args, B, H):
-    """The markdown table, compile growth, memory and throughput lines."""
-    start, end = matmul["start"]["jax_gflops"], matmul["end"]["jax_gflops"]
-    print()
-    print(f"B={B}, H={H}, vocabulary {VOCAB}, tanh, loss over all steps, normal({STD}) init; "
-          f"FLOPs = 6*T*B*H*(H+Q); matmul rate {matmul['reference_gflops']:.1f} GFLOP/s (the "
-          f"faster of {start:.1f} at the start and {end:.1f} at the end); median of "
-          f"{args.repeats} calls (at most 3 from T={FEWER_REPEATS_FROM_T}); peer / rnnjax > 1: "
-          "rnnjax is faster. The FLOPs include the weight gradients, which PyTorch's backward "
-          "computes and the JAX probes do not; compile s = trace + lower + compile (the first "
-          "call's extra time is in the JSON, first_call_s).")
-    if not matmul["stable"]:
-        print("WARNING: the matmul rate changed by more than 20% during the run: other work on "
-              "this machine; the timings are unreliable")
-    print()
-    print(table(rows))
-    print()
-    print(f"compile time growth (rnnjax): T={growth['T_large']} / T={growth['T_small']} = "
-          f"{growth['ratio']:.2f}x")
-    print(f"memory (rnnjax, {args.mem_seeds} networks vmapped; multiples of the trajectory "
-          "S*T*B*H*4 bytes):")
-    for m in memory:
-        e = m["xla_estimate"]
-        print(f"  T={m['T']}: trajectory {size(m['trajectory_bytes'])}; XLA estimate temp "
-              f"{size(e['temp_size_in_bytes'])} + argument {size(e['argument_size_in_bytes'])} "
-              f"+ output {size(e['output_size_in_bytes'])} = {m['xla_estimate_multiple']:.2f}x; "
-              f"measured peak increase {size(m['measured']['increase_bytes'])} = "
-              f"{m['measured_multiple']:.2f}x")
-    print(f"  (measured: {memory[0]['measured']['method']})")
-    cuda = [(r["T"], r["pytorch_eager"]["cuda_max_memory_allocated_bytes"]) for r in rows
-            if "cuda_max_memory_allocated_bytes" in r["pytorch_eager"]]
-    if cuda:
-        print("PyTorch eager, one network, torch.cuda.max_memory_allocated (multiple of T*B*H*4): "
-              + ", ".join(f"T={T}: {size(b)} ({b / (T * B * H * 4):.1f}x)" for T, b in cuda))
-    single = next((r for r in rows if r["T"] == args.sweep_t), None)
-    line = (f"sweep throughput (rnnjax): {sweep['seeds']} networks x T={sweep['T']} in one call, "
-            f"median {sweep['run_s_median']:.3f} s = {sweep['network_steps_per_s']:.0f} "
-            f"network-timesteps/s ({sweep['gflops']:.1f} GFLOP/s)")
-    if single is not None:
-        line += f"; one network at a time: rnnjax {single['rnnjax']['T_per_s']:.0f}/s"
-        if "run_s_median" in single["pytorch_eager"]:
-            torch_s = single["pytorch_eager"]["run_s_median"]
-            line += f", PyTorch eager {args.sweep_t / torch_s:.0f}/s"
-    print(line)
 
 
 def main(argv=None):
@@ -563,19 +585,23 @@ def main(argv=None):
     sizes = QUICK if args.quick else FULL
     B, H = sizes["B"], sizes["H"]
     if args.mem_worker is not None:
-        print(json.dumps(mem_worker(args.mem_worker, args.mem_seeds, B, H)))
+        if os.environ.get("RNNJAX_BENCH_CACHE"):  # a GPU's memory run (`measure_memory`)
+            jax.config.update("jax_enable_compilation_cache", True)
+            jax.config.update("jax_compilation_cache_dir", os.environ["RNNJAX_BENCH_CACHE"])
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        print(json.dumps(mem_worker(args.mem_worker, args.mem_seeds, B, H, args.mem_loss_at)))
         return
 
     torch = None if args.skip_torch else import_torch()
     if torch is None and not args.skip_torch:
-        print(INSTALL_HINT)
+        print(TORCH_HINT + "; skipping it")
     machine = machine_info(torch)
-    print(f"machine: {machine.get('cpu', '?')}, {machine['cpu_count']} CPUs, jax "
-          f"{machine['jax']} on {machine['platform']} ({machine['device_kind']}), torch "
-          f"{machine['torch']} on {machine['torch_device']}, load average "
-          f"{machine['load_average_1min_at_start']:.2f}", flush=True)
-    matmul = matmul_rate(4096 if machine["platform"] == "gpu" and not args.quick
-                         else sizes["matmul_n"], 5, torch)
+    gpu = machine["jax_platform"] == "gpu"
+    if args.sweep_seeds is None:
+        args.sweep_seeds = SWEEP_SEEDS["quick" if args.quick else "gpu" if gpu else "cpu"]
+    unroll = default_unroll()
+    print(machine_line(machine), flush=True)
+    matmul = matmul_rate(4096 if gpu and not args.quick else sizes["matmul_n"], 5, torch)
     n = matmul["n"]
     print(f"dense float32 matmul {n}x{n}: jax {matmul['jax_gflops']:.1f} GFLOP/s"
           + (f", torch {matmul['torch_gflops']:.1f} GFLOP/s" if torch else ""), flush=True)
@@ -584,26 +610,31 @@ def main(argv=None):
         # One compile and call of each implementation first, so that the first T does not pay
         # for the process's first-use costs.
         warm = make_inputs(jax.random.key(SEED), B=B, H=H, T=2)
-        time_jax(make_probe(vanilla("tanh"), "all"), warm, 1, 1)
+        prepare_jax(rnnjax_probe(), warm)
         if not args.skip_loop:
-            time_jax(loop_probe, warm, 1, 1)
+            prepare_jax(loop_probe, warm)
         if torch is not None:
-            time_torch(torch, *warm, 1, 1)
+            prepare_torch(torch, *warm)
 
-    rows = [bench_one_t(T, sizes, args, torch) for T in args.T]
-    lo, hi = rows[0], rows[-1]
-    growth = {"T_small": lo["T"], "T_large": hi["T"],
-              "ratio": hi["rnnjax"]["compile_s"] / lo["rnnjax"]["compile_s"]}
-
-    print(f"memory: {args.mem_seeds} networks vmapped, a fresh process per T...", flush=True)
-    memory = measure_memory(args.T, args.mem_seeds, args.quick)
+    loads = [load_average()[0]]
+    rows = [bench_one_t(T, sizes, args, torch, unroll) for T in args.T]
+    loads.append(load_average()[0])
+    # --quick: the longest T only (each unroll is a compilation of its own)
+    unrolls = bench_unrolls(args.T[-1:] if args.quick else args.T, args.unrolls, sizes,
+                            args.repeats)
+    loads.append(load_average()[0])
+    print(f"memory: {args.mem_seeds} networks vmapped, a fresh process per T and loss_at...",
+          flush=True)
+    # --quick: the longest T only (each row is a process of its own: seconds each)
+    memory = measure_memory(args.T[-1:] if args.quick else args.T, args.mem_seeds, args.quick,
+                            gpu)
     for m in memory:
         m["trajectory_bytes"] = args.mem_seeds * m["T"] * B * H * 4
         m["xla_estimate_multiple"] = m["xla_estimate"]["total_bytes"] / m["trajectory_bytes"]
         m["measured_multiple"] = m["measured"]["increase_bytes"] / m["trajectory_bytes"]
-
     print(f"sweep: {args.sweep_seeds} networks vmapped at T={args.sweep_t}...", flush=True)
-    sweep = sweep_throughput(args.sweep_seeds, args.sweep_t, sizes, min(args.repeats, 3))
+    sweep = sweep_throughput(args.sweep_seeds, args.sweep_t, sizes, min(args.repeats, 3), unroll)
+    loads.append(load_average()[0])
 
     # The matmul rate again: a machine that slowed down or sped up meanwhile (other work on
     # it) makes every timing suspect. The faster of the two is the reference.
@@ -611,21 +642,30 @@ def main(argv=None):
     rates = [matmul[k]["jax_gflops"] for k in ("start", "end")]
     peak = matmul["reference_gflops"] = max(rates)
     matmul["stable"] = min(rates) >= 0.8 * peak
-    for r in [sweep] + [row[i] for row in rows for i in IMPLS]:
+    for r in [sweep, *unrolls] + [row[i] for row in rows for i in IMPLS]:
         if "gflops" in r:
             r["fraction_of_matmul_rate"] = r["gflops"] / peak
+    unroll_T = sorted({r["T"] for r in unrolls})
+    growth = {u: next(r for r in unrolls if r["T"] == unroll_T[-1] and r["unroll"] == u)
+              ["compile_s"] / next(r for r in unrolls if r["T"] == unroll_T[0]
+                                   and r["unroll"] == u)["compile_s"] for u in args.unrolls}
 
-    print_report(rows, growth, memory, sweep, matmul, args, B, H)
+    print_report(rows, unrolls, memory, sweep, matmul, machine, args, B, H, unroll)
+    warning = busy_warning(loads) if not gpu else None
+    if warning:
+        print(warning)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine,
-                "git": git_state(), "load_average_1min_at_end": os.getloadavg()[0],
+                "git": git_state(), "load_average_1min_during": loads,
+                "load_average_at_end": load_average(),
                 "config": {"B": B, "H": H, "vocab": VOCAB, "activation": "tanh",
                            "loss_at": "all", "init": f"normal({STD})", "T": args.T,
                            "repeats": args.repeats, "loop_max_t": args.loop_max_t,
+                           "unroll": unroll, "unrolls": args.unrolls,
                            "mem_seeds": args.mem_seeds, "quick": args.quick},
                 "flops_formula": "6*T*B*H*(H+Q)", "matmul": matmul, "results": rows,
-                "compile_growth": growth, "memory": memory, "sweep": sweep}, args.out)
+                "unrolls": unrolls, "compile_growth_by_unroll": growth, "memory": memory,
+                "sweep": sweep}, args.out)
     print(f"\nwrote {args.out}")
 
 

@@ -1,190 +1,244 @@
 """Benchmark: wall time of training d2l's RNN language model from scratch, PyTorch vs rnnjax.
 
-The model and training (identical on both sides) are d2l's section 9.5 ("RNN implementation
+The model and training (identical on every side) are d2l's section 9.5 ("RNN implementation
 from scratch"): a character-level tanh RNN language model on The Time Machine (28 tokens,
 32 steps, 32 hidden units, every weight matrix N(0, 0.01^2), biases zero), batch 1024, SGD
-lr 1, global-norm gradient clipping at 1, 100 epochs over the first 10000 windows, and
-validation on the next 5000 windows after every epoch.
+lr 1, global-norm gradient clipping at 1, 100 epochs over the first 10000 windows (each epoch
+in a fresh random order; 10 steps, the last one of 784 windows).
 
-The contenders run one after another on this machine, each as its own subprocess:
+Every side does the same logging work, as rnnjax's `d2l_rnn_scratch` does it
+(`train.log_every` = 10 steps, one epoch): every 10 steps the loss on the 5000 validation
+windows and the gradient profile ||dL/dH_t|| and ||H_{t-1}^T dL/dA_t|| (t = 1..32) of one fixed
+batch of 1024 training windows; that profile also before training; and d2l's
+predict('time traveller ', 50) at the end.
 
-  PyTorch eager   an independent rewrite of d2l's PyTorch code (this file, --torch-worker):
-                  a Python loop over the time steps, a shuffling DataLoader, one seed, all
-                  CPU cores (torch.set_num_threads(os.cpu_count())).
-  rnnjax          `experiments/run.py +experiment=d2l_rnn_scratch`, with seeds=1 and with
-                  seeds=3 (the seeds vmapped into one compiled program), each with an empty
-                  JAX compilation cache, so compilation is part of the time.
+The contenders run one after another, each as its own process, one seed each unless said:
 
-"wall s (process)" is the subprocess's wall clock, Python and library imports included;
-"job s" is the time the job measures itself (data loading, setup, compilation, training and
-validation; imports excluded). The ratios divide PyTorch's process time (times 3 for three
-seeds, trained one after another) by rnnjax's process time. Perplexities are exp of the mean
-loss over the last epoch's training batches and over the validation set (rnnjax: summary.json's
-training.final_train_ppl and final_val_ppl, the mean over seeds).
+  PyTorch scratch   d2l's from-scratch model written as fast as plain PyTorch eager gets: a
+                    Python loop over the 32 steps (the input row lookup `W_xh[X]`, which
+                    equals d2l's one-hot product), the read-out of all steps as one product,
+                    `F.cross_entropy`, `clip_grad_norm_`, `torch.optim.SGD`; no DataLoader (a
+                    `randperm` per epoch indexes the windows). `--torch-threads` threads.
+  PyTorch nn.RNN    d2l 9.6's concise model: `torch.nn.RNN` (one fused C++ call for the
+                    recurrence) on one-hot inputs, its hidden bias frozen at 0 so that the
+                    model is the same (one bias), and a linear read-out.
+  PyTorch compiled  (with --torch-compile) the scratch model's loss under `torch.compile`.
+  rnnjax            `+experiment=d2l_rnn_scratch seeds=1` (and seeds=3, the seeds vmapped into
+                    one compiled program), each with an empty JAX compilation cache, so
+                    compilation is part of the time.
 
-Usage: python experiments/bench_train.py [--epochs 100] [--data PATH] [--skip-torch] [--out F]
+"process s" is the process's wall clock, Python and library imports included (the median of
+`--repeats` runs, taken in turns so that a change of the machine's load meanwhile touches every
+contender alike); "job s" is the time the job measures itself (imports excluded). Ratios divide
+a PyTorch process time (times 3 for three seeds, trained one after another) by rnnjax's.
+Perplexities are exp of the mean loss over the last 10 training steps and over the validation
+set (rnnjax: summary.json's final_train_ppl and final_val_ppl, the mean over seeds).
+
+Usage: python experiments/bench_train.py [--epochs 100] [--repeats 1] [--torch-threads 1 2]
+           [--torch-models scratch rnn] [--torch-compile] [--rnnjax-seeds 1 3] [--data PATH]
+           [--skip-torch] [--out results/bench_train.json]
 """
 
 import argparse
 import json
 import math
 import os
-import platform
 import re
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-try:
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader, TensorDataset
-except ImportError:  # the bench extra is missing: main() says so
-    torch = None
+from rnnjax.benchmark import (
+    TORCH_HINT,
+    busy_warning,
+    git_state,
+    import_torch,
+    last_json_line,
+    load_average,
+    machine_info,
+    machine_line,
+    markdown_table,
+    run_timed,
+    write_json,
+)
 
 DATA_FILE = "timemachine.txt"
-INSTALL_HINT = "install the bench extra: pip install -e '.[bench]'"
 
-# d2l 9.5's settings
+# d2l 9.5's settings, and rnnjax's d2l_rnn_scratch logging interval (one epoch)
 NUM_STEPS, NUM_HIDDENS, BATCH_SIZE, LR, GRAD_CLIP, SIGMA = 32, 32, 1024, 1.0, 1.0, 0.01
 NUM_TRAIN, NUM_VAL = 10000, 5000
+LOG_EVERY = 10
+SAMPLE_PREFIX, SAMPLE_LENGTH = "time traveller ", 50
 SEED = 0
+TORCH_MODELS = {"scratch": "PyTorch scratch", "rnn": "PyTorch nn.RNN",
+                "compiled": "PyTorch compiled"}
 
 
-# ---------------------------------------------------------------- PyTorch eager (d2l 9.5)
+# ---------------------------------------------------------------- PyTorch (d2l 9.5, 9.6)
 
-class RNNScratch:
-    """d2l's RNNScratch: H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h), a Python loop over time."""
-
-    def __init__(self, num_inputs, num_hiddens, sigma=SIGMA):
-        self.num_hiddens = num_hiddens
-        self.W_xh = (torch.randn(num_inputs, num_hiddens) * sigma).requires_grad_()
-        self.W_hh = (torch.randn(num_hiddens, num_hiddens) * sigma).requires_grad_()
-        self.b_h = torch.zeros(num_hiddens, requires_grad=True)
-
-    def parameters(self):
-        return [self.W_xh, self.W_hh, self.b_h]
-
-    def __call__(self, inputs, state=None):
-        """inputs: (num_steps, batch, num_inputs); returns the list of states and the last."""
-        if state is None:
-            state = torch.zeros((inputs.shape[1], self.num_hiddens))
-        outputs = []
-        for X in inputs:
-            state = torch.tanh(torch.matmul(X, self.W_xh) + torch.matmul(state, self.W_hh)
-                               + self.b_h)
-            outputs.append(state)
-        return outputs, state
-
-
-class RNNLMScratch:
-    """d2l's RNNLMScratch: one-hot inputs, the RNN, a linear read-out at every step."""
-
-    def __init__(self, rnn, vocab_size, sigma=SIGMA):
-        self.rnn, self.vocab_size = rnn, vocab_size
-        self.W_hq = (torch.randn(rnn.num_hiddens, vocab_size) * sigma).requires_grad_()
-        self.b_q = torch.zeros(vocab_size, requires_grad=True)
-
-    def parameters(self):
-        return [*self.rnn.parameters(), self.W_hq, self.b_q]
-
-    def __call__(self, X):
-        """X: (batch, num_steps) token ids; returns logits (batch, num_steps, vocab_size)."""
-        embs = F.one_hot(X.T, self.vocab_size).type(torch.float32)
-        rnn_outputs, _ = self.rnn(embs)
-        return torch.stack([torch.matmul(H, self.W_hq) + self.b_q for H in rnn_outputs], 1)
-
-    def loss(self, Y_hat, Y):
-        """Cross-entropy averaged over all tokens of the batch."""
-        return F.cross_entropy(Y_hat.reshape(-1, Y_hat.shape[-1]), Y.reshape(-1))
-
-
-def clip_gradients(params, grad_clip_val):
-    """d2l's clip_gradients: rescale all gradients when their global norm exceeds the bound."""
-    norm = torch.sqrt(sum(torch.sum(p.grad**2) for p in params))
-    if norm > grad_clip_val:
-        for p in params:
-            p.grad[:] *= grad_clip_val / norm
-
-
-def train_step(model, params, X, Y):
-    """One d2l Trainer step: zero grads, backward, clip, plain SGD; returns the loss."""
-    loss = model.loss(model(X), Y)
-    for p in params:
-        p.grad = None
-    loss.backward()
-    with torch.no_grad():
-        clip_gradients(params, GRAD_CLIP)
-        for p in params:
-            p -= LR * p.grad
-    return loss.item()
-
-
-def load_timemachine(path):
+def load_timemachine(torch, path):
     """d2l's TimeMachine: letters only, lower case, characters as tokens, vocab of the sorted
     distinct tokens plus <unk>. Returns X, Y (the first NUM_TRAIN + NUM_VAL windows of
     NUM_STEPS + 1 token ids, X the first NUM_STEPS of each and Y shifted by one) and the
-    vocabulary size."""
+    vocabulary."""
     text = re.sub("[^A-Za-z]+", " ", Path(path).read_text(encoding="utf-8")).lower()
-    tokens = list(text)
-    vocab = sorted(set(["<unk>"] + tokens))
+    vocab = sorted(set(["<unk>"] + list(text)))
     index = {t: i for i, t in enumerate(vocab)}
-    corpus = torch.tensor([index[t] for t in tokens])
+    corpus = torch.tensor([index[t] for t in text])
     windows = corpus.unfold(0, NUM_STEPS + 1, 1)[: NUM_TRAIN + NUM_VAL]  # windows[i] starts at i
-    return windows[:, :-1], windows[:, 1:], len(vocab)
+    return windows[:, :-1], windows[:, 1:], vocab
 
 
-def train_torch(path, epochs):
-    """Trains d2l's RNN LM for `epochs` epochs; returns the job time and final perplexities."""
-    torch.set_num_threads(os.cpu_count())
+class TorchRNN:
+    """d2l's RNNLMScratch: H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h), O_t = H_t W_hq + b_q.
+
+    `model="scratch"` runs the recurrence as a Python loop over time; `model="rnn"` runs it in
+    `torch.nn.RNN` (W_ih = W_xh^T on one-hot inputs, the hidden bias frozen at 0). Both start
+    from the same N(0, 0.01^2) weights and train the same five tensors.
+    """
+
+    def __init__(self, torch, vocab_size, model):
+        self.torch, self.F, self.V, self.model = torch, torch.nn.functional, vocab_size, model
+        H = NUM_HIDDENS
+        self.W_xh = (torch.randn(vocab_size, H) * SIGMA).requires_grad_()
+        self.W_hh = (torch.randn(H, H) * SIGMA).requires_grad_()
+        self.b_h = torch.zeros(H, requires_grad=True)
+        self.W_hq = (torch.randn(H, vocab_size) * SIGMA).requires_grad_()
+        self.b_q = torch.zeros(vocab_size, requires_grad=True)
+        if model == "rnn":
+            self.rnn = torch.nn.RNN(vocab_size, H)
+            with torch.no_grad():
+                self.rnn.weight_ih_l0.copy_(self.W_xh.T)
+                self.rnn.weight_hh_l0.copy_(self.W_hh.T)
+                self.rnn.bias_ih_l0.zero_()
+                self.rnn.bias_hh_l0.zero_()
+            self.rnn.bias_hh_l0.requires_grad_(False)
+            self.recurrent = [self.rnn.weight_ih_l0, self.rnn.weight_hh_l0, self.rnn.bias_ih_l0]
+        else:
+            self.recurrent = [self.W_xh, self.W_hh, self.b_h]
+
+    def parameters(self):
+        return [*self.recurrent, self.W_hq, self.b_q]
+
+    def weights(self):
+        """(W_xh, W_hh, b_h) in the scratch model's layout."""
+        if self.model == "rnn":
+            w_ih, w_hh, b = self.recurrent
+            return w_ih.T, w_hh.T, b
+        return tuple(self.recurrent)
+
+    def states(self, X, h=None):
+        """X: (B, T) token ids. Returns the states H_1..H_T as a list of (B, H) tensors (the
+        scratch loop, whatever the model: the probe differentiates with respect to each)."""
+        W_xh, W_hh, b_h = self.weights()
+        h = self.torch.zeros(X.shape[0], NUM_HIDDENS) if h is None else h
+        hs = []
+        for drive in W_xh[X.T] + b_h:  # (B, H) per step: the row lookup X_t W_xh
+            h = self.torch.tanh(drive + h @ W_hh)
+            hs.append(h)
+        return hs
+
+    def logits(self, X):
+        """X: (B, T) token ids. Returns the logits (T, B, V)."""
+        if self.model == "rnn":
+            hs, _ = self.rnn(self.F.one_hot(X.T, self.V).float())
+        else:
+            hs = self.torch.stack(self.states(X))
+        return hs @ self.W_hq + self.b_q
+
+    def loss(self, logits, Y):
+        """Cross-entropy averaged over every token of the batch."""
+        return self.F.cross_entropy(logits.reshape(-1, self.V), Y.T.reshape(-1))
+
+
+def torch_profile(torch, net, X, Y):
+    """rnnjax's probe, as a PyTorch user computes it: the total derivatives dL/dH_t
+    (`torch.autograd.grad` with respect to every state), ||dL/dH_t||_F and step t's share of
+    dL/dW_hh, ||H_{t-1}^T dL/dA_t||_F with dL/dA_t = dL/dH_t (1 - H_t^2). Returns both (T,)."""
+    hs = net.states(X)
+    loss = net.loss(torch.stack(hs) @ net.W_hq + net.b_q, Y)
+    g = torch.stack(torch.autograd.grad(loss, hs))  # (T, B, H)
+    H = torch.stack(hs).detach()
+    dA = g * (1 - H * H)
+    prev = torch.cat([torch.zeros_like(H[:1]), H[:-1]])
+    return g.flatten(1).norm(dim=1), (prev.transpose(1, 2) @ dA).flatten(1).norm(dim=1)
+
+
+def torch_sample(torch, net, vocab):
+    """d2l's predict(SAMPLE_PREFIX, SAMPLE_LENGTH): warm up on the prefix, then greedy."""
+    index = {t: i for i, t in enumerate(vocab)}
+    with torch.no_grad():
+        toks = [index[c] for c in SAMPLE_PREFIX]
+        h = net.states(torch.tensor([toks]))[-1]
+        out = []
+        for _ in range(SAMPLE_LENGTH):
+            tok = int((h @ net.W_hq + net.b_q).argmax())
+            out.append(tok)
+            h = net.states(torch.tensor([[tok]]), h)[-1]
+    return SAMPLE_PREFIX + "".join(vocab[i] for i in out)
+
+
+def train_torch(path, epochs, model, threads):
+    """Trains d2l's RNN LM with PyTorch; returns the job time and the final perplexities."""
+    torch = import_torch()
+    torch.set_num_threads(threads)
     torch.manual_seed(SEED)
     start = time.perf_counter()
-    X, Y, vocab_size = load_timemachine(path)
-    train = DataLoader(TensorDataset(X[:NUM_TRAIN], Y[:NUM_TRAIN]), batch_size=BATCH_SIZE,
-                       shuffle=True)
-    val = DataLoader(TensorDataset(X[NUM_TRAIN:], Y[NUM_TRAIN:]), batch_size=BATCH_SIZE)
-    model = RNNLMScratch(RNNScratch(vocab_size, NUM_HIDDENS), vocab_size)
-    params = model.parameters()
+    X, Y, vocab = load_timemachine(torch, path)
+    Xt, Yt, Xv, Yv = X[:NUM_TRAIN], Y[:NUM_TRAIN], X[NUM_TRAIN:], Y[NUM_TRAIN:]
+    net = TorchRNN(torch, len(vocab), "scratch" if model == "compiled" else model)
+    params = net.parameters()
+    opt = torch.optim.SGD(params, lr=LR)
+
+    def loss_of(X, Y):
+        return net.loss(net.logits(X), Y)
+
+    if model == "compiled":
+        loss_of = torch.compile(loss_of)
+    probe = torch.randint(NUM_TRAIN, (BATCH_SIZE,))
+    profiles = [torch_profile(torch, net, Xt[probe], Yt[probe])]
+    val_losses, step = [], 0
     for _ in range(epochs):
-        train_losses = [train_step(model, params, Xb, Yb) for Xb, Yb in train]
-        with torch.no_grad():
-            val_losses = [model.loss(model(Xb), Yb).item() for Xb, Yb in val]
-    return {
-        "job_s": time.perf_counter() - start,
-        "train_ppl": math.exp(sum(train_losses) / len(train_losses)),
-        "val_ppl": math.exp(sum(val_losses) / len(val_losses)),
-        "torch_threads": torch.get_num_threads(),
-    }
+        order = torch.randperm(NUM_TRAIN)
+        train_losses = []
+        for b in range(0, NUM_TRAIN, BATCH_SIZE):
+            idx = order[b:b + BATCH_SIZE]
+            loss = loss_of(Xt[idx], Yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+            opt.step()
+            train_losses.append(loss.item())
+            step += 1
+            if step % LOG_EVERY == 0:
+                with torch.no_grad():
+                    val_losses.append(net.loss(net.logits(Xv), Yv).item())
+                profiles.append(torch_profile(torch, net, Xt[probe], Yt[probe]))
+    sample = torch_sample(torch, net, vocab)
+    last = train_losses[-LOG_EVERY:] if len(train_losses) >= LOG_EVERY else train_losses
+    return {"job_s": time.perf_counter() - start,
+            "train_ppl": math.exp(sum(last) / len(last)), "val_ppl": math.exp(val_losses[-1]),
+            "threads": torch.get_num_threads(), "profiles": len(profiles), "sample": sample,
+            "torch": torch.__version__}
 
 
 # ---------------------------------------------------------------- the contenders
 
-def run_timed(cmd, env=None):
-    """Runs `cmd`; returns (completed process, wall seconds). Exits with an
-    error, after printing the command's output, when it fails."""
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode:
-        print(proc.stdout, proc.stderr, sep="\n", file=sys.stderr)
-        sys.exit(f"failed (exit code {proc.returncode}): {' '.join(cmd)}")
-    return proc, wall
+def row(name, seeds, threads, process_s, job_s, train_ppl, val_ppl):
+    return {"name": name, "seeds": seeds, "threads": threads, "process_s": process_s,
+            "job_s": job_s, "train_ppl": train_ppl, "val_ppl": val_ppl}
 
 
-def row(name, seeds, process_s, job_s, train_ppl, val_ppl):
-    return {"name": name, "seeds": seeds, "process_s": process_s, "job_s": job_s,
-            "train_ppl": train_ppl, "val_ppl": val_ppl, "s_per_seed": process_s / seeds}
-
-
-def run_torch(data, epochs):
-    """PyTorch eager, one seed, in a fresh interpreter (this file with --torch-worker)."""
-    cmd = [sys.executable, "-m", "rnnjax.bench_train", "--torch-worker",
-           "--data", str(data), "--epochs", str(epochs)]
+def run_torch(data, epochs, model, threads):
+    """A PyTorch contender, in a fresh interpreter (this module with --torch-worker)."""
+    cmd = [sys.executable, "-m", "rnnjax.bench_train", "--torch-worker", model,
+           "--torch-threads", str(threads), "--data", str(data), "--epochs", str(epochs)]
     proc, wall = run_timed(cmd)
-    job = json.loads(proc.stdout.splitlines()[-1])
-    return row("PyTorch eager", 1, wall, job["job_s"], job["train_ppl"], job["val_ppl"])
+    job = last_json_line(proc.stdout)
+    return row(TORCH_MODELS[model], 1, job["threads"], wall, job["job_s"], job["train_ppl"],
+               job["val_ppl"]) | {"sample": job["sample"]}
 
 
 def run_rnnjax(data, epochs, seeds):
@@ -195,76 +249,68 @@ def run_rnnjax(data, epochs, seeds):
                "+experiment=d2l_rnn_scratch",
                f"seeds={seeds}", f"train.epochs={epochs}", f"hydra.run.dir={run_dir}"]
         _, wall = run_timed(cmd, env)
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        summary = json.loads(Path(run_dir, "summary.json").read_text())
     if summary["status"] != "ok":
         print(f"  warning: rnnjax run status {summary['status']!r}", flush=True)
     training = summary["training"]
-    return row(f"rnnjax ({seeds} seed{'s' * (seeds > 1)})", seeds, wall, summary["wall_time_s"],
-               training["final_train_ppl"], training["final_val_ppl"])
+    return row("rnnjax", seeds, None, wall, summary["wall_time_s"], training["final_train_ppl"],
+               training["final_val_ppl"]) | {"sample": training.get("sample")}
 
 
-# ---------------------------------------------------------------- report
-
-def cpu_model():
-    """The CPU's model name from /proc/cpuinfo, else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info():
-    import jax  # here, not at the top: the PyTorch worker should not pay for importing it
-
-    return {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jax_device_kind": jax.devices()[0].device_kind,
-        "torch": torch.__version__ if torch else None,
-        "load_average_1min_at_start": os.getloadavg()[0],  # other work skews the timings
-    }
+def contenders(args):
+    """(key, label, run()) of every contender, in the order they take turns."""
+    out = []
+    if not args.skip_torch:
+        models = list(args.torch_models) + ["compiled"] * args.torch_compile
+        for model in models:
+            for threads in args.torch_threads:
+                out.append((f"{model}/{threads}", f"{TORCH_MODELS[model]}, {threads} thread"
+                            + "s" * (threads > 1),
+                            lambda m=model, t=threads: run_torch(args.data, args.epochs, m, t)))
+    for seeds in args.rnnjax_seeds:
+        out.append((f"rnnjax/{seeds}", f"rnnjax, {seeds} seed" + "s" * (seeds > 1),
+                    lambda s=seeds: run_rnnjax(args.data, args.epochs, s)))
+    return out
 
 
-COLUMNS = [("name", "name", "{}"), ("seeds", "seeds", "{}"),
-           ("wall s (process)", "process_s", "{:.1f}"), ("job s", "job_s", "{:.1f}"),
-           ("train ppl", "train_ppl", "{:.2f}"), ("val ppl", "val_ppl", "{:.2f}"),
-           ("s per seed", "s_per_seed", "{:.1f}")]
+def median_row(runs):
+    """One contender's row: the median process and job times of its runs, the range, and the
+    perplexities of its first run (the same computation every time)."""
+    first = runs[0]
+    return first | {"process_s": statistics.median(r["process_s"] for r in runs),
+                    "process_s_runs": [r["process_s"] for r in runs],
+                    "job_s": statistics.median(r["job_s"] for r in runs),
+                    "s_per_seed": statistics.median(r["process_s"] for r in runs) / first["seeds"]}
+
+
+def ratios(rows):
+    """The fastest PyTorch eager contender (one seed) against rnnjax with 1 and with 3 seeds."""
+    eager = [r for r in rows if r["name"] in (TORCH_MODELS["scratch"], TORCH_MODELS["rnn"])]
+    out = {}
+    if not eager:
+        return out
+    fastest = min(eager, key=lambda r: r["process_s"])
+    out["fastest_pytorch_eager"] = f"{fastest['name']}, {fastest['threads']} thread(s)"
+    for r in rows:
+        if r["name"] == "rnnjax":
+            out[f"pytorch_eager_x{r['seeds']}_over_rnnjax_{r['seeds']}_seeds"] = (
+                r["seeds"] * fastest["process_s"] / r["process_s"])
+    return out
 
 
 def table(rows):
-    """Plain-text table: names left-aligned, numbers right-aligned."""
-    cells = [[h for h, _, _ in COLUMNS]]
-    cells += [["-" if r[k] is None else f.format(r[k]) for _, k, f in COLUMNS] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(line, widths, strict=True)))
-             for line in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def ratios(torch_row, rnnjax1, rnnjax3):
-    return {
-        "PyTorch eager (1 seed) / rnnjax (1 seed)": torch_row["process_s"] / rnnjax1["process_s"],
-        "PyTorch eager x3 seeds (extrapolated: 3 x one-seed time) / rnnjax (3 seeds vmapped)":
-            3 * torch_row["process_s"] / rnnjax3["process_s"],
-    }
-
-
-def write_json(obj, path):
-    """Writes `obj` as JSON to `path` atomically (a temporary file, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    """A markdown table of the contenders."""
+    rnnjax1 = next((r for r in rows if r["name"] == "rnnjax" and r["seeds"] == 1), None)
+    head = ["contender", "threads", "seeds", "process s (median)", "runs", "job s", "train ppl",
+            "val ppl", "/ rnnjax 1 seed"]
+    body = []
+    for r in rows:
+        per = (r["process_s"] / r["seeds"] / rnnjax1["process_s"] if rnnjax1 else None)
+        body.append([r["name"], "-" if r["threads"] is None else r["threads"], r["seeds"],
+                     f"{r['process_s']:.1f}", " ".join(f"{s:.1f}" for s in r["process_s_runs"]),
+                     f"{r['job_s']:.1f}", f"{r['train_ppl']:.2f}", f"{r['val_ppl']:.2f}",
+                     "-" if per is None else f"{per:.2f}x per seed"])
+    return markdown_table(head, body, [False] + [True] * 8)
 
 
 # ---------------------------------------------------------------- main
@@ -282,64 +328,84 @@ def data_file(arg):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Times training d2l's RNN language model from scratch (d2l 9.5): an "
-        "independent PyTorch eager rewrite of d2l's code (1 seed) against rnnjax's "
+        description="Times training d2l's RNN language model from scratch (d2l 9.5), with "
+        "the same validation and gradient-profile logging on every side: PyTorch eager (a "
+        "scratch loop over time and torch.nn.RNN; 1 and 2 threads) against rnnjax's "
         "d2l_rnn_scratch experiment (1 and 3 seeds, cold JAX compilation cache). Prints a "
         "table and the speed ratios, and writes them with the machine's details as JSON.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", help="The Time Machine text: timemachine.txt or a directory "
                         "holding it (default: $RNNJAX_DATA/timemachine.txt, else rnnjax's "
                         "download cache)")
-    parser.add_argument("--epochs", type=int, default=100, help="epochs, on both sides")
+    parser.add_argument("--epochs", type=int, default=100, help="epochs, on every side")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each contender, taken in turns")
+    parser.add_argument("--torch-threads", type=int, nargs="+", default=[1, 2],
+                        help="PyTorch intra-op threads (torch.set_num_threads)")
+    parser.add_argument("--torch-models", nargs="+", default=["scratch", "rnn"],
+                        choices=["scratch", "rnn"], help="PyTorch eager contenders")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also the scratch model under torch.compile")
+    parser.add_argument("--rnnjax-seeds", type=int, nargs="+", default=[1, 3],
+                        help="rnnjax runs, by number of vmapped seeds")
     parser.add_argument("--skip-torch", action="store_true", help="run rnnjax only")
     parser.add_argument("--out", type=Path, default=Path("results") / "bench_train.json",
                         help="the JSON results file")
-    parser.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--torch-worker", choices=sorted(TORCH_MODELS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.data = data_file(args.data)
     if not args.data.is_file():
         parser.error(f"no text file at {args.data}: pass --data")
     if args.data.name != DATA_FILE:
         parser.error(f"rnnjax reads $RNNJAX_DATA/{DATA_FILE}: name the file {DATA_FILE}")
-    if args.epochs < 1:
-        parser.error("--epochs must be >= 1")
+    for name in ("epochs", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if min(args.torch_threads + args.rnnjax_seeds) < 1:
+        parser.error("--torch-threads and --rnnjax-seeds must be >= 1")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if torch is None and not args.skip_torch:
-        print(INSTALL_HINT)
-        sys.exit(2)
     if args.torch_worker:
-        print(json.dumps(train_torch(args.data, args.epochs)))
+        print(json.dumps(train_torch(args.data, args.epochs, args.torch_worker,
+                                     args.torch_threads[0])))
         return
+    torch = None if args.skip_torch else import_torch()
+    if torch is None and not args.skip_torch:
+        print(TORCH_HINT)
+        sys.exit(2)
 
-    machine = machine_info()
-    print(f"machine: {machine['cpu']}, {machine['cpu_count']} cores, jax {machine['jax']} "
-          f"({machine['jax_device_kind']}), torch {machine['torch']}, load average "
-          f"{machine['load_average_1min_at_start']:.2f}", flush=True)
-    rows = []
-    if not args.skip_torch:
-        print(f"running PyTorch eager (1 seed, {args.epochs} epochs)...", flush=True)
-        rows.append(run_torch(args.data, args.epochs))
-        print(f"  done in {rows[-1]['process_s']:.1f} s", flush=True)
-    for seeds in (1, 3):
-        print(f"running rnnjax ({seeds} seed(s), {args.epochs} epochs, cold compilation "
-              "cache)...", flush=True)
-        rows.append(run_rnnjax(args.data, args.epochs, seeds))
-        print(f"  done in {rows[-1]['process_s']:.1f} s", flush=True)
+    machine = machine_info(torch)
+    print(machine_line(machine), flush=True)
+    runs = {}
+    loads = [machine["load_average_at_start"][0]]
+    for r in range(args.repeats):
+        for key, label, run in contenders(args):
+            print(f"[{r + 1}/{args.repeats}] {label}, {args.epochs} epochs...", end="", flush=True)
+            runs.setdefault(key, []).append(run())
+            loads.append(load_average()[0])
+            print(f" {runs[key][-1]['process_s']:.1f} s (load {loads[-1]:.2f})", flush=True)
+    rows = [median_row(v) for v in runs.values()]
+    speedups = ratios(rows)
 
     print()
     print(table(rows))
-    speedups = {} if args.skip_torch else ratios(*rows)
     if speedups:
-        print("\nspeed ratios (process wall time, rnnjax compilation included):")
-        for name, value in speedups.items():
-            print(f"  {name}: {value:.2f}x")
+        print(f"\nfastest PyTorch eager: {speedups['fastest_pytorch_eager']}; its process time "
+              "(times the seeds) over rnnjax's, compilation included:")
+        for k, v in speedups.items():
+            if k != "fastest_pytorch_eager":
+                print(f"  {k}: {v:.2f}x")
+    warning = busy_warning(loads)
+    if warning:
+        print(warning)
     write_json({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine,
-                "load_average_1min_at_end": os.getloadavg()[0], "epochs": args.epochs,
-                "data": str(args.data), "results": rows, "ratios": speedups}, args.out)
+                "git": git_state(), "load_average_1min_during": loads,
+                "load_average_at_end": load_average(), "epochs": args.epochs,
+                "repeats": args.repeats, "data": str(args.data), "results": rows,
+                "ratios": speedups}, args.out)
     print(f"\nwrote {args.out}")
 
 

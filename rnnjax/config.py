@@ -94,7 +94,9 @@ class TaskConfig:
 @dataclass
 class ProbeConfig:
     loss_at: LossAt = LossAt.last  # L at the last step only, or averaged over all steps
-    unroll: int = 1  # steps per iteration of the probe's two scans (lax.scan's unroll, >= 1)
+    # steps per iteration of the probe's two scans (lax.scan's unroll, >= 1); null: by backend,
+    # 16 on a GPU, 1 on a CPU (rnnjax.probes.DEFAULT_UNROLL, measured by experiments/bench.py)
+    unroll: int | None = None
 
 
 @dataclass
@@ -238,7 +240,8 @@ def validate(cfg: DictConfig | Config) -> Config:
             raise ConfigError(_omegaconf_message(e)) from None
     for key in ("seq_len", "hidden_size", "batch_size", "seeds"):
         _check_size(key, getattr(cfg, key))
-    _check_size("probe.unroll", cfg.probe.unroll)
+    if cfg.probe.unroll is not None:
+        _check_size("probe.unroll", cfg.probe.unroll)
     if not 0 <= cfg.seed <= 2**32 - cfg.seeds:
         raise ConfigError(f"seed={cfg.seed} is invalid: must be an integer >= 0 with seed + seeds "
                           f"<= 2**32 (JAX's PRNG seeds are 32-bit)")

@@ -9,6 +9,7 @@ import socket
 import time
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -367,51 +368,78 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
     val_x, val_y = jax.vmap(task.val_batch)(data_keys[:, 1])
     state = jax.vmap(init_state, (0, None))(params, tx)
     chunk = fit_seeds(make_train_chunk(cell, loss_at, task.kind, tx, task.train_batch, steps, n,
-                                       tr.bptt.value, tr.truncate, tr.clip),
+                                       tr.bptt.value, tr.truncate, tr.clip,
+                                       task.chunk_batches),
                       (0, 0, None), (state, data_keys[:, 0], jnp.asarray(0)), budget, "training")
 
     rows = []
+    profiles = []  # (train_step, Profile) of each interval: one frame for all after the loop
     n_clipped = n_taken = 0
     tokens = task.kind == "tokens"
+
+    def measure(params):
+        """The validation loss and the gradient profile of the networks `params`."""
+        return np.asarray(evaluate(params, val_x, val_y)), to_host(probe(params, x, y))
+
+    def log_interval(begin, state, m, measured):
+        nonlocal n_clipped, n_taken
+        val, prof = measured.result()
+        m = jax.tree.map(np.asarray, m)
+        n_clipped += int(m.clipped.sum())
+        n_taken += int(m.active.sum())
+        done = min(begin + n, steps)
+        profiles.append((done, prof))
+        alive = np.asarray(state.alive)
+        for s, seed in enumerate(seeds):
+            active = m.active[s]
+            train_loss = _mean(m.loss[s][active])
+            val_loss = float(val[s]) if alive[s] else math.nan
+            rows.append({
+                "seed": int(seed), "train_step": done,
+                "train_loss": train_loss,
+                "train_ppl": _exp(train_loss) if tokens else math.nan,
+                "val_loss": val_loss,
+                "val_ppl": _exp(val_loss) if tokens else math.nan,
+                "grad_norm_global": _last(m.grad_norm[s][active]),
+                "grad_norm_global_mean": _mean(m.grad_norm[s][active]),
+                "clipped": bool(m.clipped[s][active][-1]) if active.any() else False,
+                "clip_fraction": float(m.clipped[s][active].mean()) if active.any() else 0.0,
+                "alive": bool(alive[s]),
+            })
+        bar.update(done - begin)
+        recent = {k: _mean(np.array([r[k] for r in rows[-len(seeds):]], float))
+                  for k in ("train_loss", "train_ppl", "val_loss", "val_ppl",
+                            "grad_norm_global", "grad_norm_global_mean", "clip_fraction")}
+        bar.set_postfix(loss=f"{recent['train_loss']:.4f}")
+        if bar.disable:  # no terminal (SLURM logs, nohup): a plain line instead of the bar
+            log.info("step %d of %d: %s", done, steps, _progress(recent, tokens))
+        if tracker is not None:
+            tracker.log_profile(done, *median_profile(prof.grad_norm))
+            tracker.log_metrics(done, recent | {"alive_fraction": float(alive.mean())})
+
+    # Each interval's validation and profile run in a second thread while the next interval
+    # trains (XLA releases the GIL): the training step alone keeps less than two CPU cores
+    # busy. Measured on a 2-core CPU at d2l's sizes: 95 -> 80 ms per interval of 10 steps.
     with tqdm(total=steps, desc="train", unit="step", dynamic_ncols=True,
-              disable=None) as bar:
+              disable=None) as bar, ThreadPoolExecutor(1) as pool:
+        pending = None
         for begin in range(0, steps, n):
             state, m = chunk(state, data_keys[:, 0], jnp.asarray(begin))
-            val = np.asarray(evaluate(state.params, val_x, val_y))
-            prof = to_host(probe(state.params, x, y))
-            m = jax.tree.map(np.asarray, m)
-            n_clipped += int(m.clipped.sum())
-            n_taken += int(m.active.sum())
-            done = min(begin + n, steps)
-            frames.append(results.probe_frame(seeds, prof, columns, train_step=done))
-            alive = np.asarray(state.alive)
-            for s, seed in enumerate(seeds):
-                active = m.active[s]
-                train_loss = _mean(m.loss[s][active])
-                val_loss = float(val[s]) if alive[s] else math.nan
-                rows.append({
-                    "seed": int(seed), "train_step": done,
-                    "train_loss": train_loss,
-                    "train_ppl": _exp(train_loss) if tokens else math.nan,
-                    "val_loss": val_loss,
-                    "val_ppl": _exp(val_loss) if tokens else math.nan,
-                    "grad_norm_global": _last(m.grad_norm[s][active]),
-                    "grad_norm_global_mean": _mean(m.grad_norm[s][active]),
-                    "clipped": bool(m.clipped[s][active][-1]) if active.any() else False,
-                    "clip_fraction": float(m.clipped[s][active].mean()) if active.any() else 0.0,
-                    "alive": bool(alive[s]),
-                })
-            bar.update(done - begin)
-            recent = {k: _mean(np.array([r[k] for r in rows[-len(seeds):]], float))
-                      for k in ("train_loss", "train_ppl", "val_loss", "val_ppl",
-                                "grad_norm_global", "grad_norm_global_mean", "clip_fraction")}
-            bar.set_postfix(loss=f"{recent['train_loss']:.4f}")
-            if bar.disable:  # no terminal (SLURM logs, nohup): a plain line instead of the bar
-                log.info("step %d of %d: %s", done, steps, _progress(recent, tokens))
-            if tracker is not None:
-                tracker.log_profile(done, *median_profile(prof.grad_norm))
-                tracker.log_metrics(done, recent | {"alive_fraction": float(alive.mean())})
+            measured = pool.submit(measure, state.params)
+            if pending is not None:
+                log_interval(*pending)
+            pending = (begin, state, m, measured)
+        if pending is not None:
+            log_interval(*pending)
 
+    if profiles:
+        # One frame for every interval (rows ordered by interval, seed, t, as one frame each
+        # would give): a pandas frame costs milliseconds to build, whatever its length.
+        done = np.array([d for d, _ in profiles])
+        stacked = jax.tree.map(lambda *a: np.concatenate(a), *[p for _, p in profiles])
+        T = stacked.grad_norm.shape[1]
+        frames.append(results.probe_frame(np.tile(seeds, len(profiles)), stacked, columns,
+                                          train_step=np.repeat(done, len(seeds) * T)))
     metrics = results.with_config_columns(pd.DataFrame(rows), columns)
     diverged = np.asarray(state.diverged_at)
     last = metrics[metrics.train_step == metrics.train_step.max()]
@@ -438,7 +466,8 @@ def sample_text(cell: Cell, task: Task, params) -> str:
     index = {tok: i for i, tok in enumerate(task.vocab)}
     prefix = jnp.asarray([index[c] for c in SAMPLE_PREFIX], jnp.int32)
     first = jax.tree.map(lambda a: a[0], params)
-    toks = jax.jit(make_generate(cell, SAMPLE_LENGTH))(first, prefix)
+    # to numpy first: iterating over a device array compiles a program that splits it
+    toks = np.asarray(jax.jit(make_generate(cell, SAMPLE_LENGTH))(first, prefix))
     return SAMPLE_PREFIX + "".join(task.vocab[int(i)] for i in toks)
 
 

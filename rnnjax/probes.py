@@ -34,6 +34,20 @@ class ProbeResult(NamedTuple):
     taps: dict[str, Array]  # tap name -> (T,) log10 norms of the cell's extra total derivatives
 
 
+# probe.unroll's default (steps per iteration of both scans) by JAX backend, as measured by
+# `rnnjax.bench` (its unroll table): on a GPU each iteration of a scan costs kernel launches
+# that dwarf a small step's arithmetic, so 16 steps per iteration ran fastest on an H100; on a
+# CPU an iteration costs little and unrolling only lengthens compilation.
+DEFAULT_UNROLL = {"gpu": 16, "cpu": 1}
+
+
+def default_unroll(backend: str | None = None) -> int:
+    """probe.unroll's default on `backend` (None: JAX's default backend): DEFAULT_UNROLL's
+    entry, the GPU's for "cuda" and "rocm", the CPU's for anything else."""
+    backend = backend or jax.default_backend()
+    return DEFAULT_UNROLL["gpu" if backend in ("gpu", "cuda", "rocm") else "cpu"]
+
+
 def generic_backward(cell: Cell) -> Callable:
     """The probe's backward step for any cell, by `jax.vjp` of its step (recomputed from the
     stored previous state and x_t).
@@ -61,7 +75,7 @@ def generic_backward(cell: Cell) -> Callable:
 
 
 def make_probe(cell: Cell, loss_at: str, kind: str = "tokens", truncate: int | None = None,
-               unroll: int = 1) -> Callable[..., ProbeResult]:
+               unroll: int | None = None) -> Callable[..., ProbeResult]:
     """Builds `probe(params, x, y) -> ProbeResult` for one network and one batch.
 
     One forward scan keeps the states (the only trajectory-sized arrays); the read-out's
@@ -83,7 +97,8 @@ def make_probe(cell: Cell, loss_at: str, kind: str = "tokens", truncate: int | N
       loss_at: "all" (the loss averaged over every step) or "last" (the last step only).
       kind: "tokens" (softmax cross-entropy) or "regression" (squared error at the last step).
       truncate: None for full BPTT; k to stop the gradient every k steps (truncated BPTT).
-      unroll: steps per iteration of both scans (`lax.scan`'s unroll).
+      unroll: steps per iteration of both scans (`lax.scan`'s unroll); None: the backend's
+        default (`default_unroll`).
 
     Returns:
       A pure function of (params, x (B, T) int or (B, T, D) float, y); vmap it over networks and
@@ -91,6 +106,7 @@ def make_probe(cell: Cell, loss_at: str, kind: str = "tokens", truncate: int | N
     """
     loss = make_loss(kind, loss_at)  # checks kind and loss_at now, not at trace time
     backward = cell.backward or generic_backward(cell)
+    unroll = default_unroll() if unroll is None else unroll
 
     def probe(params, x: Array, y: Array) -> ProbeResult:
         B, T = x.shape[:2]

@@ -322,6 +322,11 @@ class Task(NamedTuple):
     val_batch: Callable[[Array], tuple[Array, Array]]  # key -> (x, y), the validation set
     steps_per_epoch: int | None  # timemachine: ceil(10000 / B); None for generated data
     vocab: list[str] | None  # index -> token, where tokens are characters
+    # (key, start, n) -> batch(step): the batches train_batch gives for steps start..start+n-1,
+    # doing the work they share once (the Time Machine draws each epoch's order once, not once
+    # per step); None: train_batch per step
+    chunk_batches: Callable[[Array, Array, int], Callable[[Array], tuple[Array, Array, Array]]
+                            ] | None = None
 
 
 def _fresh(batch: Callable[[Array], tuple[Array, Array]]):
@@ -354,17 +359,39 @@ def make_task(name: str, batch_size: int, seq_len: int, vocab_size: int | None =
         val_x, val_y = jnp.asarray(val[:, :-1]), jnp.asarray(val[:, 1:])
         pad = steps_per_epoch * batch_size - len(train)
 
-        def train_batch(key, step):
+        def order(key, epoch):
             # d2l's epochs: each pass over the 10000 windows in a fresh random order, in
             # batches of B; the last batch of an epoch is padded and the padding masked out.
-            epoch, b = step // steps_per_epoch, step % steps_per_epoch
             perm = jax.random.permutation(jax.random.fold_in(key, epoch), len(train))
-            perm = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])
+            return jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])
+
+        def batch_of(perm, b):
             idx = jax.lax.dynamic_slice(perm, (b * batch_size,), (batch_size,))
             w = table[idx]
             mask = (b * batch_size + jnp.arange(batch_size) < len(train)).astype(jnp.float32)
             return w[:, :-1], w[:, 1:], mask
 
+        def train_batch(key, step):
+            return batch_of(order(key, step // steps_per_epoch), step % steps_per_epoch)
+
+        def chunk_batches(key, start, n):
+            # Steps start..start+n-1 span at most (n - 1) // steps_per_epoch + 2 epochs; each
+            # order is drawn once (a permutation is a sort: the costliest part of a batch), and
+            # one the chunk does not reach is skipped (lax.cond on the step count, which is the
+            # same for every network, so it stays a branch under vmap).
+            first, last = start // steps_per_epoch, (start + n - 1) // steps_per_epoch
+            shape = jax.eval_shape(order, key, first)
+            orders = jnp.stack([
+                jax.lax.cond(first + j <= last, lambda e: order(key, e),
+                             lambda e: jnp.zeros(shape.shape, shape.dtype), first + j)
+                for j in range((n - 1) // steps_per_epoch + 2)])
+
+            def batch(step):
+                return batch_of(orders[step // steps_per_epoch - first], step % steps_per_epoch)
+
+            return batch
+
         return Task("tokens", len(vocab), len(vocab), make_window_batch(train, batch_size),
-                    train_batch, lambda key: (val_x, val_y), steps_per_epoch, vocab)
+                    train_batch, lambda key: (val_x, val_y), steps_per_epoch, vocab,
+                    chunk_batches)
     raise ValueError(f"task={name!r} is unknown; allowed: {list(TASKS)}")

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
-from rnnjax.cells import Cell, unroll
+from rnnjax.cells import Cell, scale_grad, unroll
 from rnnjax.losses import make_loss, truncation_scale
 
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam, "rmsprop": optax.rmsprop}
@@ -35,6 +35,51 @@ class StepMetrics(NamedTuple):
     grad_norm: Array  # global gradient norm BEFORE clipping (NaN once diverged)
     clipped: Array  # bool: clipping was active (the norm exceeded train.clip)
     active: Array  # bool: the step was taken (alive and within the step budget)
+
+
+def sequence_loss(cell: Cell, kind: str, loss_at: str, params, x: Array, y: Array,
+                  mask: Array | None = None, grad_scale: Array | None = None) -> Array:
+    """The batch-mean loss of one network, read out inside the scan over time.
+
+    With the loss over all steps (tokens), each step's loss term is added inside the scan, so
+    no (T, B, Q) array of outputs is formed (nor its gradient); otherwise only the last state is
+    read out. Equal to `make_loss(kind, loss_at)` of `rnnjax.cells.unroll`'s outputs.
+
+    Args:
+      cell, kind, loss_at: the model and its loss.
+      params: one network.
+      x: (B, T) integer tokens or (B, T, D) real inputs; y: the targets.
+      mask: optional (B,) weights of the sequences.
+      grad_scale: optional (T,) factor on the gradient from step t into the state of step
+        t - 1 (truncated or randomized BPTT), as in `rnnjax.cells.unroll`.
+
+    Returns:
+      () the loss.
+    """
+    loss = make_loss(kind, loss_at)
+    B, T = x.shape[:2]
+    per_step = kind == "tokens" and loss_at == "all"
+    xs = {"x": jnp.swapaxes(x, 0, 1)}  # (T, B) or (T, B, D)
+    if per_step:
+        xs["y"] = y.T  # (T, B)
+    if grad_scale is not None:
+        xs["scale"] = grad_scale
+    s0 = cell.initial_state(params, B)
+    dtype = jax.eval_shape(cell.readout, params, s0).dtype
+
+    def step(carry, inputs):
+        state, total = carry
+        if "scale" in inputs:
+            state = scale_grad(state, inputs["scale"])
+        state = cell.step(params, state, inputs["x"])
+        if per_step:  # the mean over steps of each step's batch-mean term is the loss
+            total = total + loss(cell.readout(params, state)[None], inputs["y"][:, None], mask)
+        return (state, total), None
+
+    (last, total), _ = jax.lax.scan(step, (s0, jnp.zeros((), dtype)), xs)
+    if per_step:
+        return total / T
+    return loss(cell.readout(params, last)[None], y, mask)
 
 
 def make_optimizer(name: str, lr: float, clip: float | None) -> optax.GradientTransformation:
@@ -64,6 +109,7 @@ def make_train_chunk(
     cell: Cell, loss_at: str, kind: str, tx: optax.GradientTransformation,
     train_batch: Callable, total_steps: int, n: int, bptt: str = "full",
     truncate: int | None = None, clip: float | None = None,
+    chunk_batches: Callable | None = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, StepMetrics]]:
     """Builds `train_chunk(state, key, start) -> (state, metrics)`: steps start..start+n-1.
 
@@ -79,17 +125,18 @@ def make_train_chunk(
       n: steps per chunk.
       bptt, truncate: see `bptt_scale`.
       clip: the clipping threshold, to report whether clipping was active.
+      chunk_batches: optional (key, start, n) -> batch(step), the same batches as train_batch,
+        built once per chunk (`rnnjax.tasks.Task.chunk_batches`).
     """
-    loss = make_loss(kind, loss_at)
+    make_loss(kind, loss_at)  # checks kind and loss_at now, not at trace time
 
     def loss_fn(params, x, y, mask, scale):
-        _, outputs = unroll(cell, params, x, grad_scale=scale)
-        return loss(outputs, y, mask)
+        return sequence_loss(cell, kind, loss_at, params, x, y, mask, scale)
 
-    def step(carry, i):
+    def step(carry, i, batch):
         state, key = carry
         k_data, k_bptt = jax.random.split(key)
-        x, y, mask = train_batch(k_data, i)
+        x, y, mask = batch(k_data, i)
         dtype = jax.tree.leaves(state.params)[0].dtype
         scale = bptt_scale(jax.random.fold_in(k_bptt, i), x.shape[1], bptt, truncate, dtype)
         value, grads = jax.value_and_grad(loss_fn)(state.params, x, y, mask, scale)
@@ -116,7 +163,13 @@ def make_train_chunk(
         return (new_state, key), metrics
 
     def train_chunk(state: TrainState, key: Array, start: Array):
-        (state, _), metrics = jax.lax.scan(step, (state, key), start + jnp.arange(n))
+        batch = train_batch
+        if chunk_batches is not None:
+            # the same data key as every step's (see `step`)
+            at = chunk_batches(jax.random.split(key)[0], start, n)
+            batch = lambda k, i: at(i)  # noqa: E731
+        (state, _), metrics = jax.lax.scan(lambda c, i: step(c, i, batch), (state, key),
+                                           start + jnp.arange(n))
         return state, metrics
 
     return train_chunk
@@ -128,11 +181,11 @@ def init_state(params, tx: optax.GradientTransformation) -> TrainState:
 
 
 def make_eval(cell: Cell, loss_at: str, kind: str) -> Callable[..., Array]:
-    """`evaluate(params, x, y) -> loss` on a whole (validation) set, full BPTT."""
-    loss = make_loss(kind, loss_at)
+    """`evaluate(params, x, y) -> loss` on a whole (validation) set (`sequence_loss`)."""
+    make_loss(kind, loss_at)  # checks kind and loss_at now, not at trace time
 
     def evaluate(params, x: Array, y: Array) -> Array:
-        return loss(unroll(cell, params, x)[1], y)
+        return sequence_loss(cell, kind, loss_at, params, x, y)
 
     return evaluate
 
@@ -158,5 +211,6 @@ def make_generate(cell: Cell, num_preds: int) -> Callable[..., Array]:
     return generate
 
 
-__all__ = ["BPTT_MODES", "OPTIMIZERS", "StepMetrics", "TrainState", "bptt_scale", "init_state",
-           "make_eval", "make_generate", "make_optimizer", "make_train_chunk"]
+__all__ = ["BPTT_MODES", "OPTIMIZERS", "StepMetrics", "TrainState",
+           "bptt_scale", "init_state", "make_eval", "make_generate", "make_optimizer",
+           "make_train_chunk", "sequence_loss"]

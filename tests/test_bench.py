@@ -1,4 +1,5 @@
-"""experiments/bench.py end to end in --quick mode, through a subprocess as a user runs it."""
+"""experiments/bench.py end to end in --quick mode, through a subprocess as a user runs it: the
+JSON's structure and the agreement of the implementations (never timings)."""
 
 import importlib.util
 import json
@@ -23,42 +24,67 @@ def bench(tmp_path_factory):
     p = subprocess.run([sys.executable, str(BENCH), "--quick", "--out", str(out)], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "| T |" in p.stdout  # the markdown table
+    assert "| T | rnnjax compile s |" in p.stdout  # the markdown tables
+    assert "| T | unroll 1: ms (compile) |" in p.stdout
     return json.loads(out.read_text())
 
 
 def test_every_implementation_is_timed_and_agrees(bench):
     rows = bench["results"]
-    assert [r["T"] for r in rows] == bench["config"]["T"]
+    cfg = bench["config"]
+    assert [r["T"] for r in rows] == cfg["T"]
     for row in rows:
-        assert row["flops"] == 6 * row["T"] * bench["config"]["B"] * bench["config"]["H"] * (
-            bench["config"]["H"] + bench["config"]["vocab"])
+        assert row["flops"] == 6 * row["T"] * cfg["B"] * cfg["H"] * (cfg["H"] + cfg["vocab"])
+        assert row["rnnjax"]["unroll"] == cfg["unroll"] >= 1
         for impl in ("rnnjax", "jax_loop") + (("pytorch_eager",) if TORCH else ()):
             r = row[impl]
-            assert r["run_s_median"] > 0 and r["gflops"] > 0, (impl, r)
-            assert r["fraction_of_matmul_rate"] > 0
             assert len(r["run_s"]) == row["repeats"]
+            assert r["run_s_min"] <= r["run_s_median"] <= r["run_s_max"]
+            assert r["gflops"] > 0 and r["fraction_of_matmul_rate"] > 0
             if impl != "pytorch_eager":
                 assert r["compile_s"] > 0
             if impl != "rnnjax":
                 assert r["max_rel_diff"] < 1e-3, (impl, row["T"], r["max_rel_diff"])
-                assert r["ratio_to_rnnjax"] > 0
+                assert r["ratio_to_rnnjax"] == pytest.approx(
+                    r["run_s_median"] / row["rnnjax"]["run_s_median"])
     assert bench["matmul"]["reference_gflops"] == max(bench["matmul"][k]["jax_gflops"]
                                                       for k in ("start", "end"))
-    assert bench["compile_growth"]["ratio"] > 0
 
 
-def test_memory_and_sweep(bench):
-    assert [m["T"] for m in bench["memory"]] == bench["config"]["T"]
+def test_every_unroll_is_timed_and_agrees(bench):
+    cfg = bench["config"]
+    assert {(u["T"], u["unroll"]) for u in bench["unrolls"]} == {  # --quick: the longest T
+        (cfg["T"][-1], u) for u in cfg["unrolls"]}
+    for u in bench["unrolls"]:
+        assert u["compile_s"] > 0 and u["run_s_median"] > 0
+        assert u["max_rel_diff"] < 1e-5  # unrolling changes the schedule, not the arithmetic
+    assert set(bench["compile_growth_by_unroll"]) == {str(u) for u in cfg["unrolls"]}
+
+
+def test_memory_is_measured_for_both_losses(bench):
+    cfg = bench["config"]
+    assert {(m["T"], m["loss_at"]) for m in bench["memory"]} == {
+        (cfg["T"][-1], "all"), (cfg["T"][-1], "last")}
     for m in bench["memory"]:
-        S, T, B, H = m["seeds"], m["T"], bench["config"]["B"], bench["config"]["H"]
-        assert m["trajectory_bytes"] == S * T * B * H * 4
+        S, T = m["seeds"], m["T"]
+        assert S == cfg["mem_seeds"]
+        assert m["trajectory_bytes"] == S * T * cfg["B"] * cfg["H"] * 4
         assert m["xla_estimate"]["argument_size_in_bytes"] > 0
-        assert m["xla_estimate_multiple"] > 0
+        assert m["xla_estimate_multiple"] == pytest.approx(
+            m["xla_estimate"]["total_bytes"] / m["trajectory_bytes"])
         assert m["measured"]["increase_bytes"] >= 0
+        assert m["measured_multiple"] == pytest.approx(
+            m["measured"]["increase_bytes"] / m["trajectory_bytes"])
+
+
+def test_sweep_and_machine(bench):
     sweep = bench["sweep"]
     assert sweep["network_steps_per_s"] == pytest.approx(
         sweep["seeds"] * sweep["T"] / sweep["run_s_median"])
+    machine = bench["machine"]
+    assert machine["cpu_count"] >= 1 and len(machine["load_average_at_start"]) == 3
+    assert machine["jax_platform"] in ("cpu", "gpu") and machine["device_kind"]
+    assert len(bench["load_average_1min_during"]) >= 2
 
 
 def test_torch_column(bench):

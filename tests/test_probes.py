@@ -11,7 +11,7 @@ from references import make_time_grads
 from rnnjax.cells import ACTIVATIONS, log10_norm, vanilla
 from rnnjax.cells.vanilla import init_params, log10_outer_norm
 from rnnjax.init import gaussian, orthogonal, xavier
-from rnnjax.probes import make_probe
+from rnnjax.probes import DEFAULT_UNROLL, default_unroll, make_probe
 from rnnjax.results import log10_slope
 
 CASES = list(itertools.product(sorted(ACTIVATIONS), ["all", "last"]))
@@ -103,6 +103,22 @@ def test_linear_orthogonal_slope_is_log_rho(key, rho):
     g = norms(make_probe(vanilla("linear"), "last")(p, x, y))[0]
     np.testing.assert_allclose(g, g[-1] * rho ** (T - np.arange(1, T + 1)), rtol=1e-9)
     assert log10_slope(g)[0] == pytest.approx(np.log10(rho), abs=1e-10)
+
+
+@pytest.mark.parametrize("loss_at", ["all", "last"])
+def test_unrolling_changes_nothing_but_the_schedule(key, loss_at):
+    """probe.unroll (steps per scan iteration, also one that does not divide T) and the
+    backend's default give the same numbers; the default is DEFAULT_UNROLL's entry."""
+    p = random_net(key)
+    x, y = tokens(jax.random.fold_in(key, 1), 3, 11, 7)
+    want = jax.jit(make_probe(cell("tanh"), loss_at, unroll=1))(p, x, y)
+    for unroll in (None, 4):
+        got = jax.jit(make_probe(cell("tanh"), loss_at, unroll=unroll))(p, x, y)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert default_unroll() == DEFAULT_UNROLL["gpu" if jax.default_backend() == "gpu" else "cpu"]
+    assert default_unroll("cuda") == default_unroll("gpu") == DEFAULT_UNROLL["gpu"] >= 1
+    assert default_unroll("cpu") == DEFAULT_UNROLL["cpu"] >= 1
 
 
 def test_vmapped_seeds_equal_per_seed_loop(key):

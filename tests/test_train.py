@@ -10,11 +10,12 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from numpy_bptt import bptt
 
-from rnnjax.cells import vanilla
+from rnnjax.cells import CELLS, unroll, vanilla
 from rnnjax.cells.vanilla import init_params
 from rnnjax.config import register_configs, validate
 from rnnjax.init import gaussian, make_init, xavier
 from rnnjax.job import run_job
+from rnnjax.losses import make_loss
 from rnnjax.probes import make_probe
 from rnnjax.results import load_sweep
 from rnnjax.tasks import (
@@ -23,7 +24,14 @@ from rnnjax.tasks import (
     make_copy_batch,
     make_random_batch,
 )
-from rnnjax.train import bptt_scale, init_state, make_optimizer, make_train_chunk
+from rnnjax.train import (
+    bptt_scale,
+    init_state,
+    make_eval,
+    make_optimizer,
+    make_train_chunk,
+    sequence_loss,
+)
 
 register_configs()
 
@@ -56,6 +64,40 @@ def test_clipping_changes_the_update_exactly_as_optax_says(key, clip):
         np.testing.assert_allclose(new, old - lr * factor * g, rtol=1e-9, atol=1e-15)
     assert float(m.grad_norm[0]) == pytest.approx(norm, rel=1e-12)  # reported before clipping
     assert bool(m.clipped[0]) == (clip is not None and norm > clip)
+
+
+@pytest.mark.parametrize("cell_name,kind,loss_at", [
+    ("vanilla", "tokens", "all"), ("lstm", "tokens", "all"), ("vanilla", "tokens", "last"),
+    ("vanilla", "regression", "last")])
+def test_sequence_loss_is_the_loss_of_the_unrolled_outputs(key, cell_name, kind, loss_at):
+    """The trainer's loss (read out inside the scan, each step's term added there) and its
+    gradient equal the loss of all outputs at once, with a mask and truncated BPTT; so does the
+    validation loss."""
+    D, H, B, T = (5, 6, 4, 7) if kind == "tokens" else (2, 6, 4, 7)
+    cell = CELLS[cell_name].build(activation="tanh", init="normal", init_value=0.5)
+    p = cell.init(key, D, H, D if kind == "tokens" else 1, jnp.float64)
+    if kind == "tokens":
+        x, y = make_random_batch(D, B, T)(jax.random.fold_in(key, 1))
+    else:
+        x, y = make_adding_batch(B, T)(jax.random.fold_in(key, 1))
+        x, y = x.astype(jnp.float64), y.astype(jnp.float64)
+    mask = jnp.array([1.0, 0.0, 1.0, 1.0])
+    scale = bptt_scale(None, T, "truncated", 3, jnp.float64)
+    loss = make_loss(kind, loss_at)
+
+    @jax.jit
+    def both(q):
+        got = jax.value_and_grad(lambda q: sequence_loss(cell, kind, loss_at, q, x, y, mask,
+                                                         scale))(q)
+        want = jax.value_and_grad(lambda q: loss(unroll(cell, q, x, grad_scale=scale)[1], y,
+                                                 mask))(q)
+        return got, want, make_eval(cell, loss_at, kind)(q, x, y), loss(unroll(cell, q, x)[1], y)
+
+    got, want, val, val_want = both(p)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert float(jnp.max(jnp.abs(want[1][0]))) > 0  # a gradient that could differ
+    np.testing.assert_allclose(val, val_want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
@@ -150,6 +192,11 @@ def test_short_d2l_run_lowers_perplexity(tmp_path, timemachine_file):
     assert set(metrics.columns) >= {"train_loss", "train_ppl", "val_loss", "val_ppl",
                                     "grad_norm_global", "clipped", "clip_fraction", "seed"}
     assert sorted(m.train_step.unique()) == [0, 13, 26, 39, 52, 65, 78, 91, 104, 117, 120]
+    # every profile: each seed's t = 1..T once, in order (the intervals' rows are built at once)
+    for (seed, step), g in m.groupby(["seed", "train_step"], sort=False):
+        assert g.t.tolist() == list(range(1, 17)), (seed, step)
+    assert m.drop_duplicates(["seed", "train_step"])[["train_step", "seed"]].values.tolist() == [
+        [step, seed] for step in [0, 13, 26, 39, 52, 65, 78, 91, 104, 117, 120] for seed in (0, 1)]
     assert tr["sample"].startswith("time traveller ") and len(tr["sample"]) == 15 + 50
     assert summary["status"] == "ok" and tr["diverged_seeds"] == {}
 
