@@ -37,10 +37,14 @@ class StepMetrics(NamedTuple):
     active: Array  # bool: the step was taken (alive and within the step budget)
 
 
-def make_optimizer(name: str, lr: float, clip: float | None) -> optax.GradientTransformation:
-    """optax's `name` optimizer, after global-norm clipping at `clip` (None: no clipping)."""
+def make_optimizer(name: str, lr: float, clip: float | None,
+                   clip_value: float | None = None) -> optax.GradientTransformation:
+    """optax's `name` optimizer, after element-wise clipping of every gradient entry to
+    [-clip_value, clip_value] and then global-norm clipping at `clip` (None: not that one)."""
+    chain = ([optax.clip(clip_value)] if clip_value is not None else []) + (
+        [optax.clip_by_global_norm(clip)] if clip is not None else [])
     opt = OPTIMIZERS[name](lr)
-    return opt if clip is None else optax.chain(optax.clip_by_global_norm(clip), opt)
+    return optax.chain(*chain, opt) if chain else opt
 
 
 def bptt_scale(key: Array, T: int, mode: str, truncate: int | None, dtype) -> Array | None:
@@ -63,7 +67,7 @@ def bptt_scale(key: Array, T: int, mode: str, truncate: int | None, dtype) -> Ar
 def make_train_chunk(
     cell: Cell, loss_at: str, kind: str, tx: optax.GradientTransformation,
     train_batch: Callable, total_steps: int, n: int, bptt: str = "full",
-    truncate: int | None = None, clip: float | None = None,
+    truncate: int | None = None, clip: float | None = None, clip_value: float | None = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, StepMetrics]]:
     """Builds `train_chunk(state, key, start) -> (state, metrics)`: steps start..start+n-1.
 
@@ -78,7 +82,8 @@ def make_train_chunk(
       total_steps: the step budget.
       n: steps per chunk.
       bptt, truncate: see `bptt_scale`.
-      clip: the clipping threshold, to report whether clipping was active.
+      clip, clip_value: the global-norm and element-wise clipping thresholds, to report
+        whether clipping was active (either one).
     """
     loss = make_loss(kind, loss_at)
 
@@ -110,7 +115,13 @@ def make_train_chunk(
             diverged_at=jnp.where(live & ~finite, i, state.diverged_at).astype(jnp.int32),
         )
         nan = jnp.nan
-        clipped = live & (gnorm > clip) if clip is not None else jnp.zeros((), bool)
+        clipped = jnp.zeros((), bool)
+        if clip is not None:
+            clipped = clipped | (gnorm > clip)
+        if clip_value is not None:
+            biggest = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grads)]))
+            clipped = clipped | (biggest > clip_value)
+        clipped = live & clipped
         metrics = StepMetrics(jnp.where(take, value, nan), jnp.where(live, gnorm, nan),
                               clipped, live)
         return (new_state, key), metrics

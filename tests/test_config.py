@@ -40,6 +40,7 @@ def test_defaults_are_valid():
     ({"init.name": "spectral", "init.radius": -1.0},
      "init.radius=-1.0 is invalid: must be a number > 0"),
     ({"task.vocab_size": 1}, "task.vocab_size=1"),
+    ({"train.clip_value": 0.0}, "train.clip_value=0.0 is invalid: must be a finite number > 0"),
     ({"task.path": "x.txt"}, "task.path is not a parameter of task=random"),
     ({"task.name": "timemachine", "task.vocab_size": None, "task.path": "/nope"}, "task.path"),
 ])

@@ -58,6 +58,36 @@ def test_clipping_changes_the_update_exactly_as_optax_says(key, clip):
     assert bool(m.clipped[0]) == (clip is not None and norm > clip)
 
 
+@pytest.mark.parametrize("clip_value", [1e-3, 0.05, 1e3])
+def test_elementwise_clipping_clamps_each_entry_as_optax_clip(key, clip_value):
+    p = net(key)
+    x, y = make_random_batch(5, 4, 7)(jax.random.fold_in(key, 1))
+    lr = 0.5
+    tx = make_optimizer("sgd", lr, None, clip_value)
+    chunk = make_train_chunk(vanilla("tanh"), "all", "tokens", tx, fixed_batch(x, y), 1, 1,
+                             clip_value=clip_value)
+    state, m = chunk(init_state(p, tx), key, jnp.asarray(0))
+    grads = jax.grad(lambda q: make_probe(vanilla("tanh"), "all")(q, x, y).loss)(p)
+    for new, old, g in zip(state.params, p, grads, strict=True):
+        np.testing.assert_allclose(new, old - lr * np.clip(g, -clip_value, clip_value),
+                                   rtol=1e-9, atol=1e-15)
+    biggest = max(float(jnp.max(jnp.abs(g))) for g in grads)
+    assert bool(m.clipped[0]) == (biggest > clip_value)
+    assert 1e-3 < biggest < 1e3  # both outcomes are tested
+
+
+def test_elementwise_then_global_norm_clipping_in_that_order(key):
+    p = net(key)
+    x, y = make_random_batch(5, 4, 7)(jax.random.fold_in(key, 1))
+    tx = make_optimizer("sgd", 1.0, 1e-2, 0.05)
+    grads = jax.grad(lambda q: make_probe(vanilla("tanh"), "all")(q, x, y).loss)(p)
+    clamped = jax.tree.map(lambda g: jnp.clip(g, -0.05, 0.05), grads)
+    factor = min(1.0, 1e-2 / float(optax.tree.norm(clamped)))
+    updates, _ = tx.update(grads, tx.init(p), p)
+    for u, c in zip(updates, clamped, strict=True):
+        np.testing.assert_allclose(u, -factor * c, rtol=1e-9, atol=1e-15)
+
+
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_truncated_bptt_gives_zero_gradient_across_the_cut(key, k):
     T = 13
