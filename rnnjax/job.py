@@ -361,7 +361,7 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
     (with the metrics DataFrame under "metrics")."""
     tr = cfg.train
     loss_at = cfg.probe.loss_at.value
-    tx = make_optimizer(tr.optimizer.value, tr.lr, tr.clip, tr.clip_value)
+    tx = make_optimizer(tr.optimizer.value, tr.lr, tr.clip, tr.clip_value, tr.initial_scale)
     n = min(tr.log_every, steps)
     evaluate = jax.jit(jax.vmap(make_eval(cell, loss_at, task.kind)))
     val_x, val_y = jax.vmap(task.val_batch)(data_keys[:, 1])

@@ -38,12 +38,16 @@ class StepMetrics(NamedTuple):
 
 
 def make_optimizer(name: str, lr: float, clip: float | None,
-                   clip_value: float | None = None) -> optax.GradientTransformation:
+                   clip_value: float | None = None, initial_scale: float = 0.0
+                   ) -> optax.GradientTransformation:
     """optax's `name` optimizer, after element-wise clipping of every gradient entry to
-    [-clip_value, clip_value] and then global-norm clipping at `clip` (None: not that one)."""
+    [-clip_value, clip_value] and then global-norm clipping at `clip` (None: not that one).
+    `initial_scale` is RMSProp's initial mean square (optax's default 0 makes the first steps
+    about lr * sqrt(1 / (1 - decay)) * sign(g), however small g is)."""
     chain = ([optax.clip(clip_value)] if clip_value is not None else []) + (
         [optax.clip_by_global_norm(clip)] if clip is not None else [])
-    opt = OPTIMIZERS[name](lr)
+    opt = (OPTIMIZERS[name](lr, initial_scale=initial_scale) if name == "rmsprop"
+           else OPTIMIZERS[name](lr))
     return optax.chain(*chain, opt) if chain else opt
 
 

@@ -205,3 +205,22 @@ def test_copy_task_records_its_T_and_uses_it(tmp_path, monkeypatch):
     fig = plots.decay_curves(df)
     xs = np.concatenate([line.get_xdata() for ax in fig.axes for line in ax.get_lines()])
     assert xs.min() == 0 and xs.max() == 24  # T - t for t = 25..1, never negative
+
+
+def test_rmsprop_initial_scale_is_arjovskys_running_mean_square(key):
+    """Their update: rms = 0.9 rms + 0.1 g^2 from rms = 1e-3, then p -= lr g / sqrt(rms)."""
+    p = net(key)
+    x, y = make_random_batch(5, 4, 7)(jax.random.fold_in(key, 1))
+    tx = make_optimizer("rmsprop", 1e-3, None, None, initial_scale=1e-3)
+    grads = jax.grad(lambda q: make_probe(vanilla("tanh"), "all")(q, x, y).loss)(p)
+    state, params = tx.init(p), p
+    rms = jax.tree.map(lambda a: np.full(a.shape, 1e-3), p)
+    expected = jax.tree.map(np.asarray, p)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        rms = jax.tree.map(lambda r, g: 0.9 * r + 0.1 * np.asarray(g) ** 2, rms, grads)
+        expected = jax.tree.map(lambda e, g, r: e - 1e-3 * np.asarray(g) / np.sqrt(r + 1e-8),
+                                expected, grads, rms)
+    for a, b in zip(params, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-12)
