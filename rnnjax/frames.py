@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from rnnjax.cells import ACTIVATIONS, CELLS
+from rnnjax.init import INITS
 
 # Columns of load_summaries frames.
 SLOPE = "headline.log10_slope_per_step_back"
@@ -79,6 +80,7 @@ KEYS: dict[str, Key] = {
     "epochs": Key("train.epochs", _fmt("{:g} epochs")),
 }
 INIT_PARAMS = ("init_std", "init_gain", "init_radius")
+CELL_OPTIONS = ("forget_bias", "peephole", "ring", "max_phase", "normalize")
 MISSING = {"clip": "no clip"}  # what a missing value says; other keys then say nothing
 
 # Legend titles of the columns a figure can colour by.
@@ -151,9 +153,9 @@ def labels(cfg: pd.DataFrame, exclude: Iterable[str] = ()) -> pd.Series:
     """Labels from canonical config columns (`config_frame`).
 
     The cell is named where any row is not the vanilla RNN; the activation and the init (with
-    its parameter) always, for the cells that use them; every other key where it varies (a
-    cell's option where it varies across rows, so only rows of that cell show it); the keys in
-    `exclude` never (excluding "init" excludes its parameter too). `T` replaces `seq_len`.
+    its parameter) always, for the cells that use them; a cell's option where it varies among
+    the rows of the cells that take it; every other key where it varies; the keys in `exclude`
+    never (excluding "init" excludes its parameter too). `T` replaces `seq_len`.
     """
     exclude = set(exclude)
     if "init" in exclude:
@@ -178,7 +180,11 @@ def labels(cfg: pd.DataFrame, exclude: Iterable[str] = ()) -> pd.Series:
         if key in text:
             text[key] = text[key].where(cells.map(lambda c, key=key: takes(c, key)), "")
     always = {"activation", "init"} | ({"cell"} if (cells != "vanilla").any() else set())
-    keep = [s for k, s in text.items() if (k in always and (s != "").any()) or s.nunique() > 1]
+
+    def varies(k: str, s: pd.Series) -> bool:  # a cell's option: among the cells that take it
+        return (s[s != ""] if k in CELL_OPTIONS else s).nunique() > 1
+
+    keep = [s for k, s in text.items() if (k in always and (s != "").any()) or varies(k, s)]
     return pd.Series([" / ".join(p for p in row if p) for row in zip(*keep, strict=True)]
                      if keep else "", index=cfg.index)
 
@@ -273,20 +279,21 @@ def order(values: Iterable[str], names: Sequence[str]) -> list[str]:
 
 def jobs_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per job of a `load_sweep` (or `load_summaries`) frame: job, label and the
-    canonical config columns, sorted by cell (in `CELLS` order), activation (in `ACTIVATIONS`
-    order), then the other config keys, then job name."""
+    canonical config columns, sorted by cell, activation and init (in the orders of `CELLS`,
+    `ACTIVATIONS` and `INITS`), then the other config keys, then job name."""
     first = df.drop_duplicates("job")
     jobs = config_frame(first).assign(job=first["job"].to_numpy(),
                                       label=config_label(first).to_numpy())
     if "cell" not in jobs:
         jobs["cell"] = "vanilla"
     ranks = {}
-    for key, names in (("cell", list(CELLS)), ("activation", list(ACTIVATIONS))):
+    for key, names in (("cell", list(CELLS)), ("activation", list(ACTIVATIONS)),
+                       ("init", list(INITS))):
         if key in jobs:
             ranks[f"_{key}"] = jobs[key].map(
                 {v: i for i, v in enumerate(order(jobs[key], names))})
     natural = {j: i for i, j in enumerate(job_order(jobs["job"]))}
-    keys = [k for k in KEYS if k in jobs and k not in ("cell", "activation")]
+    keys = [k for k in KEYS if k in jobs and k not in ("cell", "activation", "init")]
     sortable = jobs[keys].astype(str).where(jobs[keys].notna(), "")  # mixed types sort as text
     numeric = {k: jobs[k] for k in keys if pd.api.types.is_numeric_dtype(jobs[k])}
     sortable = sortable.assign(**numeric)

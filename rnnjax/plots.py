@@ -49,6 +49,8 @@ LOG10_NORM = "log10 ‖dL/dH_t‖ (decades)"
 STEPS_BACK = "steps back from the loss, T − t"
 TIMESTEP = "timestep t"
 MIN_DECADES = 2.0  # the narrowest y-range of a log10 axis, in decades
+# What a panel of the cell figures names, so that a cell's label (and colour) is the same in all
+TASK_KEYS = ("task", "T", "seq_len", "vocab_size", "loss_at", "steps")
 # Okabe & Ito (2008): told apart with every common colour-vision deficiency; yellow last (faint
 # on white), blue and orange first.
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#000000", "#56B4E9", "#D55E00",
@@ -201,12 +203,13 @@ def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None, hue: s
     stats["T"] = stats["job"].map(job_T(d))
     stats["steps_back"] = stats["T"] - stats["t"]
     models = list(dict.fromkeys(jobs["model"]))
-    natural = jobs.set_index("job").loc[job_order(jobs["job"])]
-    rows = list(dict.fromkeys(natural["row"]))  # in the order of the jobs
+    rows = list(dict.fromkeys(jobs["row"]))  # in the order of the jobs (inits as INITS)
     keys = [(r, m) for r in rows for m in models]
     nrows, ncols = _grid(len(keys), len(rows))
 
-    fig = Figure(figsize=(2.8 + 4.3 * ncols, 1.4 + 3.3 * nrows), layout="constrained")
+    big = nrows * ncols > 8  # a large grid gets smaller panels
+    fig = Figure(figsize=(2.8 + (3.6 if big else 4.3) * ncols, 1.4 + (2.7 if big else 3.3) * nrows),
+                 layout="constrained")
     axes = fig.subplots(nrows, ncols, sharex=True, sharey="row" if nrows > 1 and len(rows) > 1
                         else True, squeeze=False).ravel()
     for ax in axes[len(keys):]:
@@ -676,8 +679,7 @@ def cells_at_init(df: pd.DataFrame, summaries: pd.DataFrame | None = None) -> Fi
     """
     d = df[df["train_step"] == 0]
     jobs = jobs_table(d)
-    jobs["model"] = labels(jobs.drop(columns=["label", "job"]),
-                           exclude=("task", "T", "seq_len", "vocab_size"))
+    jobs["model"] = labels(jobs.drop(columns=["label", "job"]), exclude=TASK_KEYS)
     palette = categorical(jobs["model"])
     T_of = job_T(d)
     stats = profile_stats(d).merge(jobs[["job", "model", "task"]], on="job")
@@ -752,8 +754,7 @@ def cells_training(metrics: pd.DataFrame, summaries: pd.DataFrame | None = None)
     source = metrics.drop_duplicates("job") if summaries is None else (
         summaries[summaries["job"].isin(metrics["job"])])
     jobs = jobs_table(source)
-    jobs["model"] = labels(jobs.drop(columns=["label", "job"]),
-                           exclude=("task", "T", "seq_len", "vocab_size", "steps"))
+    jobs["model"] = labels(jobs.drop(columns=["label", "job"]), exclude=TASK_KEYS)
     model_of = dict(zip(jobs["job"], jobs["model"], strict=True))
     palette = categorical(jobs["model"])
     cfg = frames.config_frame(metrics)
@@ -770,18 +771,20 @@ def cells_training(metrics: pd.DataFrame, summaries: pd.DataFrame | None = None)
             if len(line):
                 ax.plot(line["train_step"], line["train_loss"], color=c, lw=2, marker="o",
                         ms=3)
-        for value, label in _baselines(m[(m["task"] == task) & (m["T"] == T)]):
+        base = _baselines(m[(m["task"] == task) & (m["T"] == T)])
+        for value, _ in base:
             ax.axhline(value, color="black", ls=":", lw=1.6)
-            ax.text(0.99, value, label.replace("\n", " "), ha="right", va="bottom",
-                    fontsize=9, transform=ax.get_yaxis_transform())
         _log_y(ax)
-        ax.set_title(f"{task}, T = {T} steps")
+        ax.set_title(f"{task}, T = {T} steps"
+                     + "".join(f"\n(baseline {value:.4g})" for value, _ in base))
         ax.set_xlabel("training step")
         ax.set_ylabel("training loss (" + ("squared error" if task == "adding" else
                                            "cross-entropy") + ", interval mean)")
     notes = {model_of[j]: text for j, text in diverged.items()}
     handles = [Line2D([], [], color=c, lw=2, label=k + (f"\n{notes[k]}" if k in notes else ""))
                for k, c in palette.items()]
+    handles.append(Line2D([], [], color="black", ls=":", lw=1.6,
+                          label="memoryless baseline: copy 10·log 8 / T,\nadding MSE 1/6"))
     fig.legend(handles=handles, title="cell", loc="outside right center")
     fig.suptitle("Training every cell: loss against steps, median over seeds, with the "
                  "memoryless baseline")
@@ -821,10 +824,11 @@ def curse_of_memory(summaries: pd.DataFrame) -> Figure:
         _log_y(ax)
         ax.set_xlabel("memory 1/(1 − r) (steps)")
         ax.set_ylabel(f"{name} at initialization (median over seeds)")
-        ax.set_title(f"{name}: log-log slope from 1/(1 − r) = {frames.CURSE_FROM:g} on")
+        ax.set_title(name)
         ax.legend(frameon=False, fontsize=10, loc="upper left")
     fig.suptitle("The curse of memory: the LRU's gradients with respect to its eigenvalues as "
-                 "|λ| = r → 1")
+                 f"|λ| = r → 1\n(dashed: the power law fitted from 1/(1 − r) = "
+                 f"{frames.CURSE_FROM:g} on)")
     return fig
 
 

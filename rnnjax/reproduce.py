@@ -43,7 +43,7 @@ from rnnjax.sweep import CONF_DIR, job_config, job_name  # noqa: E402
 from rnnjax.tasks import DataError  # noqa: E402
 
 RESULTS = Path("results")  # the default --out, relative to the current directory
-DPI = 100
+DPI = 90
 log = logging.getLogger("reproduce")
 
 
@@ -68,6 +68,7 @@ class Figure:
     # (markdown heading, table) of the section, from the data; default: the slope table
     tables: Callable[[Data], list[tuple[str, pd.DataFrame]]] | None = None
     sources: tuple[str, ...] = ()  # figures whose jobs it is drawn from too
+    table_only: tuple[int, ...] = ()  # jobs (by index) its tables show but it does not draw
 
 
 def grid(**axes: list) -> list[list[str]]:
@@ -118,7 +119,10 @@ def _training(data: Data) -> list[tuple[str, pd.DataFrame]]:
     m = m.assign(task=cfg["task"], T=cfg["T"], loss_at=cfg["loss_at"])
     label = dict(zip(data.summaries["job"], frames.config_label(data.summaries), strict=True))
     rows = []
-    for job, g in m.groupby("job", sort=False):
+    for job in frames.jobs_table(data.summaries)["job"]:
+        g = m[m["job"] == job]
+        if g.empty:
+            continue
         last = g[g["train_step"] == g["train_step"].max()]
         first = g.iloc[0]
         rows.append({
@@ -187,29 +191,38 @@ FIGURES = {
               ["hidden_size=128", "activation=relu", "init=identity", "train.clip_value=1",
                "seeds=1"],
               ["hidden_size=128", "activation=tanh", "init=xavier_uniform",
-               f"seeds={SPREAD_SEEDS}", "train.steps=0"]],
+               f"seeds={SPREAD_SEEDS}", "train.steps=0"],
+              ["hidden_size=128", "activation=tanh", "init=xavier", f"seeds={SPREAD_SEEDS}",
+               "train.steps=0"]],
         names={0: "tanh RNN", 1: "LSTM", 2: "uRNN (H = 512)", 3: "IRNN",
-               4: f"tanh RNN, {SPREAD_SEEDS} networks at initialization"},
+               4: f"tanh RNN, {SPREAD_SEEDS} networks at initialization",
+               5: f"tanh RNN with Glorot normal W, {SPREAD_SEEDS} networks at initialization"},
+        table_only=(5,),
         draw=lambda d: plots.before_after(d.df, d.summaries, d.metrics, names=d.names),
         tables=_falls,
         caption="Arjovsky, Shah & Bengio's figure: ‖dC/dh_t‖ over t = 1..1000 on the adding "
                 "problem (batch 20, loss at the last step) at initialization and after 100 "
-                "RMSProp steps (lr 1e-3, optax's decay 0.9 as theirs), for the models of their "
-                "code: a tanh RNN (H = 128, W_hh Glorot uniform, `init=xavier_uniform`), an "
-                "LSTM (H = 128, `cell=lstm init=xavier_uniform cell.forget_bias=1 "
+                "RMSProp steps (lr 1e-3, decay 0.9 (optax's default), the mean square starting "
+                "at 1e-3 as theirs: `train.initial_scale=0.001`), for the models of their code: "
+                "a tanh RNN (H = 128, W_hh Glorot uniform: `init=xavier_uniform`), an LSTM "
+                "(H = 128, `cell=lstm init=xavier_uniform cell.forget_bias=1 "
                 "cell.peephole=true`), the uRNN (H = 512, `cell=urnn`, the paper's "
-                "initialization) and, as a fourth line, the IRNN (ReLU, W_hh = I), each "
-                "clipped element-wise at 1 except the uRNN (`train.clip_value=1`), as theirs. "
-                "Where ours differs: W_xh and W_hq (and the LSTM's W_x*) are Glorot normal, not "
-                "uniform (the same variance); our LSTM's peephole is diagonal (w_co (H,), theirs "
-                "a full matrix) and its h_0, c_0 are zero (theirs learned, starting at zero); "
-                "optax's RMSProp starts its mean square at 0 with eps 1e-8 (theirs at 1e-3, "
-                "without eps); 4 seeds of the RNN, 2 of the LSTM and IRNN, 1 of the uRNN (its "
-                "100 steps take about a minute on 2 CPU cores). Thin lines: single networks; "
-                f"band: the 10th–90th percentile of the tanh RNN over {SPREAD_SEEDS} draws at "
+                "initialization) and, as a fourth line, the IRNN (ReLU, W_hh = I), each clipped "
+                "element-wise at 1 except the uRNN (`train.clip_value=1`), as theirs. Where ours "
+                "differs: W_xh and W_hq (and the LSTM's W_x*) are Glorot normal, not uniform "
+                "(the same variance); the LSTM's peephole is diagonal (w_co (H,); theirs a full "
+                "matrix) and its h_0, c_0 are zero (theirs are learned from zero); optax adds "
+                "eps = 1e-8 inside RMSProp's square root (theirs none); seeds: 4 of the tanh "
+                "RNN, 1 of the LSTM, the uRNN and the IRNN (the uRNN's 100 steps take 1–2 "
+                "minutes on 2 CPU cores). Thin lines: single networks; band: the 10th–90th "
+                f"percentile of the tanh RNN over {SPREAD_SEEDS} draws of its weights at "
                 "initialization. How far the tanh RNN's gradient falls over the 1000 steps "
-                "depends on the draw of W far more than on anything else: the table below "
-                "gives its spread (the paper's one network falls about 13.5 decades).",
+                "depends on the draw far more than on anything else (first table; its last row, "
+                "not drawn, repeats the 64 draws with Glorot normal W: the same spread); the "
+                "paper's one network falls about 13.5 decades. The IRNN diverges within the 100 "
+                "steps (status nonfinite, no line after training); our uRNN's gradient, flat at "
+                "initialization, falls after training where the paper's stays nearly flat "
+                "(README: Reports and figures).",
     ),
     "fig5_d2l_training": Figure(
         common=["+experiment=d2l_rnn_scratch", "seeds=1", "train.epochs=20"],
@@ -237,10 +250,11 @@ FIGURES = {
                 "ring |λ| in [0.9, 0.999]), H = 128, batch 20, 2 seeds, loss at the last step, "
                 "float32, on the adding and copy tasks with T = 100 and 1000 steps (copy: "
                 "seq_len = T − 20). Each line is log10 ‖dL/dH_t‖ minus its value at t = T. The "
-                "vanilla RNN falls about 1.2 decades per step and underflows float32 within "
-                "about 35 steps; the gated cells at d2l's small weights lose a factor of about "
-                "2 per step (their mean gate, 1/2); the uRNN keeps the norm; the LRU decays as "
-                "its mix of |λ|^(T−t). Dashed: each cell's prediction where one applies.",
+                "vanilla RNN falls about 0.95 decades per step (log10(0.01·√128); mean field "
+                "agrees) and underflows float32 within about 40 steps; the gated cells at d2l's "
+                "small weights lose 0.28 decades per step, a little less than their mean gate "
+                "(1/2: −0.30); the uRNN keeps the norm; the LRU decays as its mix of "
+                "|λ|^(T−t), exactly as its theory says. Dashed: each cell's prediction.",
     ),
     "fig8_cells_training": Figure(
         common=["train.optimizer=rmsprop", "train.lr=0.001", "train.clip=1", "hidden_size=128",
@@ -251,13 +265,18 @@ FIGURES = {
         draw=lambda d: plots.cells_training(d.metrics, d.summaries),
         tables=_training,
         caption="Every cell trained with RMSProp (lr 1e-3, global-norm clip 1, batch 20, "
-                "H = 128, one seed, 300 steps) on copy (seq_len 100: T = 120 steps, "
-                "cross-entropy over all steps) and adding (T = 200, squared error at the last "
-                "step), each at its own default initialization; lines: the training loss, mean "
-                "over each interval of 25 steps. Dotted: the memoryless baselines, "
-                "10·log 8 / 120 = 0.173 for copy and MSE 1/6 for adding. The LRU as defined here "
-                "is linear from x to o (no nonlinear layer after y_t), so it cannot multiply a "
-                "value by its marker and stays at the adding baseline.",
+                "H = 128, one seed, 200 steps; every cell sees the same batches) on copy "
+                "(seq_len 100: T = 120 steps, cross-entropy over all steps) and adding (T = 200, "
+                "squared error at the last step), each at its own default initialization; "
+                "lines: the training loss, mean over each interval of 20 steps (the validation "
+                "loss in the table is one held-out batch of 20, a noisy number). Dotted: the "
+                "memoryless baselines, 10·log 8 / 120 = 0.173 for copy and MSE 1/6 for adding. "
+                "On copy the uRNN goes far below its baseline within 200 steps and the LRU "
+                "reaches it, while the vanilla RNN, GRU and LSTM at d2l's small weights are "
+                "still above it; on adding no cell gets below the baseline in 200 steps. The "
+                "LRU as defined here is linear from x to o (no nonlinear layer after y_t), so it "
+                "cannot multiply a value by its marker and stays at the adding baseline or "
+                "above.",
     ),
     "fig9_curse_of_memory": Figure(
         common=["+experiment=curse_of_memory"],
@@ -366,11 +385,17 @@ def write_section(name: str, out: Path) -> Path:
     sources = [n for n in fig.sources if n != name] + ([name] if fig.jobs else [])
     names = {f"{name}/{job_name(fig.jobs[i])}": text for i, text in fig.names.items()}
     data = load([out / "runs" / "reproduce" / n for n in sources], names)
+    hidden = {f"{name}/{job_name(fig.jobs[i])}" for i in fig.table_only}
+
+    def drawn(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+        return None if frame is None else frame[~frame["job"].isin(hidden)]
+
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     png = figures / f"{name}.png"
     # a pyplot-free Figure: nothing to close
-    fig.draw(data).savefig(png, dpi=DPI, bbox_inches="tight")
+    fig.draw(Data(drawn(data.df), drawn(data.summaries), drawn(data.metrics), names)).savefig(
+        png, dpi=DPI, bbox_inches="tight")
     tables = (fig.tables or _slopes)(data)
     parts = [f"## {name}\n", f"![{name}](figures/{name}.png)\n", fig.caption + "\n"]
     for heading, table in tables:
@@ -380,8 +405,9 @@ def write_section(name: str, out: Path) -> Path:
     return png
 
 
-def write_report(out: Path) -> None:
-    """OUT/REPORT.md from every figure section present, in figure order."""
+def write_report(out: Path, how: str) -> None:
+    """OUT/REPORT.md from every figure section present, in figure order; `how` says how this
+    run went (its time, the jobs it ran and reused, the machine's load)."""
     parts = [
         "# rnnjax: reproduced figures\n",
         "Regenerate everything with `python experiments/reproduce.py` (one figure: "
@@ -390,8 +416,8 @@ def write_report(out: Path) -> None:
         "middle half of the steps above underflow, median over seeds; a prediction is shown "
         "only where it applies (the loss at the last step): mean field log10 sqrt(chi_1) for "
         "the vanilla RNN with a random W_hh, each cell's own for the others; Pascanu's bound "
-        "log10(gamma sigma_max(W_hh)); the top Lyapunov exponent in log10 per step. The whole "
-        f"reproduction took {MEASURED} with an empty compilation cache.\n",
+        "log10(gamma sigma_max(W_hh)); the top Lyapunov exponent in log10 per step. " + how
+        + "\n",
     ]
     for name in FIGURES:
         section = out / "figures" / f"{name}.md"
@@ -400,13 +426,18 @@ def write_report(out: Path) -> None:
     (out / "REPORT.md").write_text("\n".join(parts))
 
 
-# The last full run, as measured (README: Reports and figures).
-MEASURED = "5 min 10 s on a 2-core CPU (2 workers)"
+def _load() -> str:
+    """The machine's 1-minute load average and its CPU count, in words."""
+    try:
+        load = f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        load = "unknown"
+    return f"1-minute load average {load} on {os.cpu_count()} CPU cores"
 
 
-def run(names: list[str], out: Path, workers: int) -> int:
+def run(names: list[str], out: Path, workers: int) -> tuple[int, int, int]:
     """Runs the jobs of the figures `names` (`workers` at a time, finished ones skipped) and
-    draws each figure once its jobs are done; returns the number of failed jobs."""
+    draws each figure once its jobs are done; returns (jobs, jobs run, jobs failed)."""
     from rnnjax.job import finished_summary
 
     jobs = plan([n for n in names if FIGURES[n].jobs], out)
@@ -459,7 +490,7 @@ def run(names: list[str], out: Path, workers: int) -> int:
                     pending[job.figure].discard(job.number)
                 draw_ready()
     draw_ready()
-    return failed
+    return total, len(todo), failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -485,14 +516,20 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.only or FIGURES)
     wanted |= {s for n in wanted for s in FIGURES[n].sources}
     names = [n for n in FIGURES if n in wanted]  # a figure after its sources
-    start = time.perf_counter()
+    start, before = time.perf_counter(), _load()
     try:
-        failed = run(names, args.out, args.workers)
+        total, ran, failed = run(names, args.out, args.workers)
     except (ConfigError, DataError) as e:
         print(f"reproduce: error: {e}", file=sys.stderr)
         return 2
-    write_report(args.out)
-    log.info("%s written; total %.0f s%s", args.out / "REPORT.md", time.perf_counter() - start,
+    seconds = time.perf_counter() - start
+    which = ", ".join(names) if args.only else "every figure"
+    write_report(args.out, f"This report's last run took {seconds // 60:.0f} min "
+                           f"{seconds % 60:.0f} s for {which}: "
+                           f"{ran} of its {total} jobs ran ({total - ran} finished earlier and "
+                           f"were reused), {args.workers} at a time; {before} at its start, "
+                           f"{_load()} at its end.")
+    log.info("%s written; total %.0f s%s", args.out / "REPORT.md", seconds,
              f"; {failed} job(s) failed (see their summary.json)" if failed else "")
     return 1 if failed else 0
 

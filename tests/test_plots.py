@@ -195,8 +195,9 @@ def test_one_row_per_initialization_with_colours_told_apart():
                    init_gain={k: v[1] for k, v in inits.items()})
     fig = plots.decay_curves(df, hue="init", row="init")
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
-    assert titles == ["tanh · gaussian g=1", "tanh · orthogonal g=1", "tanh · identity g=1",
-                      "tanh · xavier"]  # the gaussian and orthogonal rows apart, in job order
+    # the gaussian and orthogonal rows apart, in the order of rnnjax.init.INITS
+    assert titles == ["tanh · xavier", "tanh · orthogonal g=1", "tanh · identity g=1",
+                      "tanh · gaussian g=1"]
     colours = {ax.get_title(): ax.get_lines()[0].get_color() for ax in fig.axes
                if ax.get_visible() and ax.get_lines()}
     assert len(set(colours.values())) == 4

@@ -70,6 +70,7 @@ def test_first_run_writes_figures_sections_and_report_under_results(first):
     section = (out / "figures" / "tiny_a.md").read_text()
     for job, slope in summaries[frames.SLOPE].items():
         assert f"| tiny_a/{job} |" in section and f"| {slope:.4g} |" in section
+    assert "2 of its 2 jobs ran (0 finished earlier" in (out / "REPORT.md").read_text()
 
 
 def test_second_run_skips_every_finished_job(first, monkeypatch, caplog):
@@ -85,6 +86,8 @@ def test_second_run_skips_every_finished_job(first, monkeypatch, caplog):
     assert {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in summaries} == before
     assert (out / "runs" / "reproduce" / "workers.log").stat().st_size == log_size  # no worker
     assert (out / "figures" / "tiny_b.png").is_file()
+    assert "0 of its 2 jobs ran (2 finished earlier and were reused)" in (
+        out / "REPORT.md").read_text()
 
 
 def test_a_new_job_runs_alone(first, monkeypatch, caplog):
