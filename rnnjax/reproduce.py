@@ -358,23 +358,30 @@ def run_one(overrides: list[str], out: str) -> tuple[str, str | None, float]:
     return summary["status"], summary.get("error"), time.perf_counter() - start
 
 
-def load(paths: list[Path], names: dict[str, str]) -> Data:
-    """The frames of the jobs under `paths`, one job column over all of them (a job is named
-    by its figure and directory, `NAME/JOB`)."""
-    root = paths[0].parent
+def load(out: Path, figures: list[str], names: dict[str, str]) -> Data:
+    """The frames of the current jobs of `figures` (not of any other directory a former job
+    list left under OUT/runs/reproduce/), one job column over all of them: a job is named by its
+    figure and directory, `NAME/JOB`. A job that did not finish is left out with a warning."""
+    parts = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        parts = [(p.relative_to(root), load_sweep(p), load_summaries(p), load_metrics(p))
-                 for p in paths if p.is_dir()]
+        for figure in figures:
+            for own in FIGURES[figure].jobs:
+                job = f"{figure}/{job_name(own)}"
+                where = out / "runs" / "reproduce" / job
+                try:
+                    frames_of = (load_sweep(where), load_summaries(where), load_metrics(where))
+                except FileNotFoundError:
+                    warnings.warn(f"{job} did not finish: left out of the figure", stacklevel=1)
+                    continue
+                # "." is the job itself; ".[init.gain=0.5]" one value of a list of them
+                parts.append(tuple(None if f is None else f.assign(
+                    job=job + f["job"].astype(str).str.removeprefix(".")) for f in frames_of))
     for message in dict.fromkeys(str(w.message) for w in caught):
         log.warning("%s", message)
-
-    def named(frame: pd.DataFrame, prefix: Path) -> pd.DataFrame:
-        return frame.assign(job=str(prefix) + "/" + frame["job"].astype(str))
-
-    metrics = [named(m, p) for p, _, _, m in parts if m is not None]
-    return Data(pd.concat([named(df, p) for p, df, _, _ in parts], ignore_index=True),
-                pd.concat([named(s, p) for p, _, s, _ in parts], ignore_index=True),
+    metrics = [m for _, _, m in parts if m is not None]
+    return Data(pd.concat([df for df, _, _ in parts], ignore_index=True),
+                pd.concat([s for _, s, _ in parts], ignore_index=True),
                 pd.concat(metrics, ignore_index=True) if metrics else None, names)
 
 
@@ -384,7 +391,7 @@ def write_section(name: str, out: Path) -> Path:
     fig = FIGURES[name]
     sources = [n for n in fig.sources if n != name] + ([name] if fig.jobs else [])
     names = {f"{name}/{job_name(fig.jobs[i])}": text for i, text in fig.names.items()}
-    data = load([out / "runs" / "reproduce" / n for n in sources], names)
+    data = load(out, sources, names)
     hidden = {f"{name}/{job_name(fig.jobs[i])}" for i in fig.table_only}
 
     def drawn(frame: pd.DataFrame | None) -> pd.DataFrame | None:

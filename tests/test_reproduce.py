@@ -5,6 +5,7 @@ override is one line and writes nothing."""
 
 import logging
 import os
+import shutil
 
 import pytest
 
@@ -78,6 +79,9 @@ def test_second_run_skips_every_finished_job(first, monkeypatch, caplog):
     summaries = sorted((out / "runs" / "reproduce").rglob("summary.json"))
     before = {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in summaries}
     log_size = (out / "runs" / "reproduce" / "workers.log").stat().st_size
+    # a finished job of a former job list: left alone, and out of the figures
+    runs = out / "runs" / "reproduce" / "tiny_a"
+    shutil.copytree(runs / "activation=tanh", runs / "activation=stale")
     code, lines = run(monkeypatch, caplog, tiny(), "--out", str(out))
     assert code == 0
     assert [line for line in lines if line.startswith("job ")] == [
@@ -86,20 +90,25 @@ def test_second_run_skips_every_finished_job(first, monkeypatch, caplog):
     assert {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in summaries} == before
     assert (out / "runs" / "reproduce" / "workers.log").stat().st_size == log_size  # no worker
     assert (out / "figures" / "tiny_b.png").is_file()
+    assert "stale" not in (out / "figures" / "tiny_a.md").read_text()
     assert "0 of its 2 jobs ran (2 finished earlier and were reused)" in (
         out / "REPORT.md").read_text()
 
 
 def test_a_new_job_runs_alone(first, monkeypatch, caplog):
     out, _, _ = first
-    code, lines = run(monkeypatch, caplog, tiny([["activation=sigmoid"]]), "--out", str(out),
-                      "--only", "tiny_a")
+    # its init values as a list: one job, one row per value
+    new = ["activation=sigmoid", "init=gaussian", "init.gain=[0.5,2.0]"]
+    code, lines = run(monkeypatch, caplog, tiny([new]), "--out", str(out), "--only", "tiny_a")
     assert code == 0
     jobs = [line for line in lines if line.startswith("job ")]
     assert jobs[:2] == ["job 1 of 3 (tiny_a/activation=tanh): skipped, finished earlier",
                         "job 2 of 3 (tiny_a/activation=relu): skipped, finished earlier"]
-    assert jobs[2].startswith("job 3 of 3 (tiny_a/activation=sigmoid): ok in")
-    assert "sigmoid" in (out / "figures" / "tiny_a.md").read_text()
+    assert jobs[2].startswith(f"job 3 of 3 (tiny_a/{reproduce.job_name(new)}): ok in")
+    section = (out / "figures" / "tiny_a.md").read_text()
+    for value in ("0.5", "2"):
+        assert f"{reproduce.job_name(new)}[init.gain={value}] | sigmoid / gaussian g={value}" in (
+            section)
 
 
 def test_a_bad_override_is_one_line_and_writes_nothing(tmp_path, monkeypatch, caplog, capsys):
