@@ -106,6 +106,8 @@ class TrainConfig:
     optimizer: Optimizer = Optimizer.sgd  # optax.sgd, optax.adam or optax.rmsprop
     lr: float = 1.0  # learning rate
     clip: float | None = None  # global-norm clipping threshold (optax); null: off
+    clip_value: float | None = None  # element-wise clipping of each gradient entry; null: off
+    initial_scale: float = 0.0  # rmsprop: the initial mean square (optax; Arjovsky et al.: 1e-3)
     bptt: BPTT = BPTT.full  # full, truncated (every train.truncate steps) or randomized
     truncate: int | None = None  # truncated: k; randomized: the mean truncation length
     log_every: int = 10  # steps between logged profiles and metrics
@@ -401,6 +403,15 @@ def _validate_train(cfg: Config) -> None:
     if tr.clip is not None and not 0 < tr.clip < math.inf:
         raise ConfigError(f"train.clip={tr.clip} is invalid: must be a finite number > 0, or null "
                           "for no clipping")
+    if tr.clip_value is not None and not 0 < tr.clip_value < math.inf:
+        raise ConfigError(f"train.clip_value={tr.clip_value} is invalid: must be a finite number "
+                          "> 0, or null for no clipping")
+    if not 0 <= tr.initial_scale < math.inf:
+        raise ConfigError(f"train.initial_scale={tr.initial_scale} is invalid: must be a finite "
+                          "number >= 0")
+    if tr.initial_scale and tr.optimizer.value != "rmsprop":
+        raise ConfigError(f"train.initial_scale applies to train.optimizer=rmsprop only, not "
+                          f"{tr.optimizer.value}")
     if tr.log_every < 1:
         raise ConfigError(f"train.log_every={tr.log_every} is invalid: must be an integer >= 1")
     bptt = tr.bptt.value

@@ -28,6 +28,12 @@ def xavier() -> Initializer:
     return jax.nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 
 
+def xavier_uniform() -> Initializer:
+    """Glorot uniform: U[-sqrt(6 / (fan_in + fan_out)), +], the same variance as `xavier`
+    (Glorot & Bengio 2010; the weights of Arjovsky et al.'s RNN and LSTM)."""
+    return jax.nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+
 def orthogonal(gain: float = 1.0) -> Initializer:
     """`gain` times a Haar-random orthogonal matrix (Saxe et al. 2014)."""
     return jax.nn.initializers.orthogonal(scale=gain)
@@ -68,6 +74,7 @@ def spectral(radius: float = 1.0) -> Initializer:
 INIT_PARAM = {
     "normal": "std",
     "xavier": None,
+    "xavier_uniform": None,
     "orthogonal": "gain",
     "identity": "gain",
     "gaussian": "gain",
@@ -90,7 +97,8 @@ def make_init(name: str, value=None) -> Initializer:
     `value` may be a traced array: the initializers only multiply by it."""
     if name not in INIT_PARAM:
         raise ValueError(f"init={name!r} is unknown; allowed: {list(INITS)}")
-    factory = {"normal": normal, "xavier": xavier, "orthogonal": orthogonal,
+    factory = {"normal": normal, "xavier": xavier, "xavier_uniform": xavier_uniform,
+               "orthogonal": orthogonal,
                "identity": identity, "gaussian": gaussian, "spectral": spectral}[name]
     v = param_value(name, value)
     return factory() if v is None else factory(v)

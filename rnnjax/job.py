@@ -362,13 +362,13 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
     (with the metrics DataFrame under "metrics")."""
     tr = cfg.train
     loss_at = cfg.probe.loss_at.value
-    tx = make_optimizer(tr.optimizer.value, tr.lr, tr.clip)
+    tx = make_optimizer(tr.optimizer.value, tr.lr, tr.clip, tr.clip_value, tr.initial_scale)
     n = min(tr.log_every, steps)
     evaluate = jax.jit(jax.vmap(make_eval(cell, loss_at, task.kind)))
     val_x, val_y = jax.vmap(task.val_batch)(data_keys[:, 1])
     state = jax.vmap(init_state, (0, None))(params, tx)
     chunk = fit_seeds(make_train_chunk(cell, loss_at, task.kind, tx, task.train_batch, steps, n,
-                                       tr.bptt.value, tr.truncate, tr.clip,
+                                       tr.bptt.value, tr.truncate, tr.clip, tr.clip_value,
                                        task.chunk_batches),
                       (0, 0, None), (state, data_keys[:, 0], jnp.asarray(0)), budget, "training")
 

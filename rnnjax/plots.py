@@ -1,197 +1,88 @@
 """Figures of a run or sweep: pure functions from the frames of `rnnjax.results` (`load_sweep`,
-`load_summaries`, `load_metrics`) to matplotlib Figures, drawn with seaborn.
+`load_summaries`, `load_metrics`) to matplotlib Figures, drawn with seaborn from the tables of
+`rnnjax.frames`.
 
 The figures are `matplotlib.figure.Figure` objects made without pyplot, so nothing global is
 kept: save them with `fig.savefig(...)`, or let a notebook show them.
 
-Quantiles over seeds are taken of log10 grad_norm with an underflowed norm (0) as -inf and an
-overflowed one as +inf: order statistics, so a seed whose norm underflowed still counts. A
-median that is not finite is not plotted, and the figure says how many it left out.
+Conventions: steps back are counted from each job's own T (`T`: seq_len, or seq_len + 20 for
+task=copy); lines are medians over seeds of log10 norms (see `rnnjax.frames.profile_stats`), a
+median that is not finite is not plotted and the figure says how many it left out; a theory
+line is drawn only where it applies (`rnnjax.frames.predictions`); a y-range narrower than
+`MIN_DECADES` is widened to it, so a flat profile reads flat instead of as zoomed noise;
+categorical colours are Okabe and Ito's colour-blind-safe palette.
 """
 
-import re
-from collections.abc import Iterable, Sequence
+import functools
+import math
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
-from matplotlib.colors import ListedColormap
+from matplotlib.colors import ListedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from rnnjax.cells import ACTIVATIONS
+from rnnjax import frames
+from rnnjax.frames import (
+    INIT_PARAMS,
+    LYAPUNOV,
+    MF,
+    NAMES,
+    SLOPE,
+    config_label,
+    dropped_note,
+    job_order,
+    job_T,
+    jobs_table,
+    labels,
+    predictions,
+    profile_stats,
+)
 from rnnjax.theory import mean_field
 
-LOG10_NORM = "log10 ‖dL/dH_t‖ (decades; median over seeds)"
-STEPS_BACK = "steps back from the end, T − t (steps)"
-
-SLOPE = "headline.log10_slope_per_step_back"
-MF = "headline.theory.mean_field."
-PASCANU = "headline.theory.pascanu_log10_bound_per_step"
-LYAPUNOV = "headline.theory.lyapunov_top_log10_per_step"
-
-# Config keys in label order: canonical name (the column of load_sweep / load_metrics frames)
-# -> (the column of load_summaries frames, the format of one value).
-_KEYS = {
-    "activation": ("config.activation.name", "{}"),
-    "init": ("config.init.name", "{}"),
-    "init_std": ("config.init.std", "std={:g}"),
-    "init_gain": ("config.init.gain", "g={:g}"),
-    "init_radius": ("config.init.radius", "ρ={:g}"),
-    "task": ("config.task.name", "{}"),
-    "vocab_size": ("config.task.vocab_size", "V={:g}"),
-    "seq_len": ("config.seq_len", "T={:g}"),
-    "hidden_size": ("config.hidden_size", "H={:g}"),
-    "batch_size": ("config.batch_size", "B={:g}"),
-    "loss_at": ("config.probe.loss_at", "loss at {}"),
-    "dtype": ("config.dtype", "{}"),
-    "optimizer": ("config.train.optimizer", "{}"),
-    "lr": ("config.train.lr", "lr={:g}"),
-    "clip": ("config.train.clip", "clip={:g}"),
-    "bptt": ("config.train.bptt", "{} BPTT"),
-    "truncate": ("config.train.truncate", "k={:g}"),
-    "steps": ("config.train.steps", "{:g} steps"),
-    "epochs": ("config.train.epochs", "{:g} epochs"),
-}
-_INIT_PARAMS = ("init_std", "init_gain", "init_radius")
-_ALWAYS = ("activation", "init")  # in every label; the other keys only where they vary
-_MISSING = {"clip": "no clip"}  # what a missing value says; other keys are then left out
-
-# Legend titles of the columns `decay_curves` can colour by.
-NAMES = {
-    "seq_len": "sequence length T",
-    "init_gain": "gain g",
-    "init_std": "init std",
-    "init_radius": "spectral radius ρ",
-    "init": "initialization",
-    "hidden_size": "hidden units H",
-    "batch_size": "batch size B",
-    "task": "task",
-    "loss_at": "loss at",
-    "dtype": "dtype",
-}
+LOG10_NORM = "log10 ‖dL/dH_t‖ (decades)"
+STEPS_BACK = "steps back from the loss, T − t"
+TIMESTEP = "timestep t"
+MIN_DECADES = 2.0  # the narrowest y-range of a log10 axis, in decades
+# What a panel of the cell figures names, so that a cell's label (and colour) is the same in all
+TASK_KEYS = ("task", "T", "seq_len", "vocab_size", "loss_at", "steps")
+# Okabe & Ito (2008): told apart with every common colour-vision deficiency; yellow last (faint
+# on white), blue and orange first.
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#000000", "#56B4E9", "#D55E00",
+             "#F0E442")
+FONT_SCALE = 1.25  # seaborn's "notebook" context, scaled: text readable at a glance
 
 
-def job_order(jobs: Iterable[str]) -> list[str]:
-    """The distinct job names in natural order ("2" before "10", "g=1.25" before "g=1.5")."""
-    def key(job: str) -> list[tuple[int, float, str]]:
-        parts = re.split(r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)", job)
-        return [(0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts)]
+def _styled(draw: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Draws inside seaborn's notebook context with larger text and a light grid."""
+    @functools.wraps(draw)
+    def styled(*args, **kwargs) -> Figure:
+        with sns.plotting_context("notebook", font_scale=FONT_SCALE), \
+                sns.axes_style("ticks", {"axes.grid": True, "grid.color": "0.92"}):
+            return draw(*args, **kwargs)
 
-    return sorted({str(j) for j in jobs}, key=key)
-
-
-def config_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """The config columns of `df` under their canonical names (`seq_len`, `init_gain`, `clip`,
-    ...), from a `load_sweep` / `load_metrics` frame or a `load_summaries` one."""
-    cols = {}
-    for key, (summary_col, _) in _KEYS.items():
-        if key in df:
-            cols[key] = df[key]
-        elif summary_col in df:
-            cols[key] = df[summary_col]
-    return pd.DataFrame(cols, index=df.index)
+    return styled
 
 
-def _format(values: pd.Series, key: str) -> pd.Series:
-    fmt, missing = _KEYS[key][1], _MISSING.get(key, "")
-    return values.map(lambda v: missing if pd.isna(v) else fmt.format(v))
-
-
-def _labels(cfg: pd.DataFrame, exclude: Iterable[str] = ()) -> pd.Series:
-    """Labels from canonical config columns: activation and init (with its parameter) always,
-    the other keys where they vary, the keys in `exclude` never."""
-    text = {k: _format(cfg[k], k) for k in _KEYS if k in cfg and k not in set(exclude)}
-    if "init" in text:  # the init and its parameter are one piece: "gaussian g=1.5"
-        for p in _INIT_PARAMS:
-            if p in text:
-                text["init"] = (text["init"] + " " + text.pop(p)).str.strip()
-    keep = [s for k, s in text.items() if k in _ALWAYS or s.nunique() > 1]
-    return pd.Series([" / ".join(p for p in row if p) for row in zip(*keep, strict=True)]
-                     if keep else "", index=cfg.index)
-
-
-def config_label(df: pd.DataFrame) -> pd.Series:
-    """A short label per row from its config, e.g. "tanh / gaussian g=1.5 / T=64".
-
-    Activation and init (with its parameter) are always named, every other config key where it
-    varies across `df`. Works on `load_sweep`, `load_metrics` and `load_summaries` frames (only
-    the latter know the training options: clip, lr, ...). Jobs whose labels would coincide get
-    their job name appended.
-
-    Args:
-      df: rows with config columns (and a `job` column, where jobs are to be told apart).
-
-    Returns:
-      The labels, indexed like `df`.
-    """
-    cfg = config_frame(df)
-    ids = cfg.groupby(list(cfg.columns), dropna=False, sort=False).ngroup()
-    first = ~ids.duplicated()
-    labels = ids.map(dict(zip(ids[first], _labels(cfg[first]), strict=True)))
-    if "job" in df:
-        shared = df.groupby(labels)["job"].transform("nunique") > 1
-        labels = labels.where(~shared, labels + " (job " + df["job"].astype(str) + ")")
-    return labels
-
-
-def _quantile(values: np.ndarray, q: float) -> np.ndarray:
-    """Row-wise q-quantile (numpy's linear interpolation) ignoring NaN, where -inf and inf are
-    values: an interpolation that touches -inf gives -inf, one that touches inf gives inf, one
-    that touches both NaN."""
-    s = np.sort(values, axis=1)  # NaN last
-    pos = np.maximum((~np.isnan(values)).sum(axis=1) - 1, 0) * q
-    lo, hi = np.floor(pos).astype(int), np.ceil(pos).astype(int)
-    a = np.take_along_axis(s, lo[:, None], axis=1)[:, 0]
-    b = np.take_along_axis(s, hi[:, None], axis=1)[:, 0]
-    with np.errstate(invalid="ignore"):
-        out = a + (b - a) * (pos - lo)
-    out = np.where(np.isneginf(a) & ~np.isposinf(b), -np.inf, out)
-    return np.where(np.isposinf(b) & ~np.isneginf(a), np.inf, out)
-
-
-def profile_stats(df: pd.DataFrame, by: Sequence[str] = ("job",)) -> pd.DataFrame:
-    """Quartiles over seeds of log10 grad_norm, per (*by, t).
-
-    Args:
-      df: a `load_sweep` frame with one row per (*by, t, seed).
-      by: the columns that name one profile.
-
-    Returns:
-      One row per (*by, t): those columns, t, q25, median, q75 (log10; -inf where the quantile
-      underflowed to 0, inf where it overflowed, NaN where undefined).
-    """
-    keys = [*by, "t"]
-    with np.errstate(divide="ignore"):
-        lg = np.log10(df["grad_norm"].to_numpy(np.float64))
-    wide = df[[*keys, "seed"]].assign(lg=lg).set_index([*keys, "seed"])["lg"].unstack("seed")
-    out = wide.index.to_frame(index=False)
-    for name, q in (("q25", 0.25), ("median", 0.5), ("q75", 0.75)):
-        out[name] = _quantile(wide.to_numpy(), q)
-    return out
-
-
-def _dropped_note(stats: pd.DataFrame, what: str = "(configuration, t)") -> str:
-    """How many medians of `profile_stats` are not plotted, and why ("" when none)."""
-    m = stats["median"].to_numpy()
-    under = int(np.isneginf(m).sum())
-    other = int((~np.isfinite(m)).sum()) - under
-    parts = [text for n, text in ((under, f"{under} underflowed to 0 (log10 = −∞)"),
-                                  (other, f"{other} overflowed to inf or are NaN")) if n]
-    if not parts:
-        return ""
-    return f"Not plotted: of {len(m)} {what} medians over seeds, " + " and ".join(parts) + "."
+def categorical(names: Iterable[str]) -> dict[str, str]:
+    """An Okabe-Ito colour per distinct name, in order of appearance."""
+    names = list(dict.fromkeys(names))
+    return {n: OKABE_ITO[i % len(OKABE_ITO)] for i, n in enumerate(names)}
 
 
 def _note(fig: Figure, text: str) -> None:
     """A footnote in the bottom left corner, with room made for it."""
     if text:
-        room = 0.35 / fig.get_figheight()
+        lines = text.count("\n") + 1
+        room = (0.3 + 0.2 * lines) / fig.get_figheight()
         fig.get_layout_engine().set(rect=(0, room, 1, 1 - room))
-        fig.text(0.005, 0.005, text, ha="left", va="bottom", fontsize=8, color="dimgray")
+        fig.text(0.005, 0.005, text, ha="left", va="bottom", fontsize=9, color="dimgray",
+                 wrap=True)
 
 
 def _log_y(ax: Axes) -> None:
@@ -202,33 +93,194 @@ def _log_y(ax: Axes) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _activations(names: Iterable[str]) -> list[str]:
-    """The distinct activations in the order of `ACTIVATIONS`, unknown names last."""
-    names = set(names)
-    return [a for a in ACTIVATIONS if a in names] + sorted(names - set(ACTIVATIONS))
+def min_span(ax: Axes, decades: float = MIN_DECADES) -> None:
+    """Widens the y-range of a log10 axis to at least `decades`, about its middle."""
+    lo, hi = ax.get_ylim()
+    if hi - lo < decades:
+        mid = (lo + hi) / 2
+        ax.set_ylim(mid - decades / 2, mid + decades / 2)
 
 
-def job_T(df: pd.DataFrame) -> pd.Series:
-    """Each job's number of timesteps T, indexed by job: the `T` column (seq_len, or
-    seq_len + 20 for task=copy), or the largest t in frames written before it existed."""
-    return df.groupby("job")["T" if "T" in df else "t"].max()
+def _x_to_data(ax: Axes, right: float, left: float = 0.0) -> None:
+    """An x-range from `left` to the data's last finite point, with a margin."""
+    if np.isfinite(right) and right > left:
+        ax.set_xlim(left, right + 0.03 * (right - left))
 
 
-def _jobs(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per job of a `load_sweep` frame: job, label and the canonical config columns,
-    sorted by activation (in `ACTIVATIONS` order), then config, then job name."""
-    first = df.drop_duplicates("job")
-    jobs = config_frame(first).assign(job=first["job"], label=config_label(first))
-    rank = {a: i for i, a in enumerate(_activations(jobs["activation"]))}
-    natural = {j: i for i, j in enumerate(job_order(jobs["job"]))}
-    keys = [k for k in _KEYS if k in jobs and k != "activation"]
-    return (jobs.assign(_act=jobs["activation"].map(rank), _job=jobs["job"].map(natural))
-            .sort_values(["_act", *keys, "_job"]).drop(columns=["_act", "_job"])
-            .reset_index(drop=True))
+def _model(jobs: pd.DataFrame) -> pd.Series:
+    """What a job's network is, in one word: the activation of a vanilla RNN, else the cell."""
+    cell = jobs["cell"] if "cell" in jobs else pd.Series("vanilla", index=jobs.index)
+    act = jobs["activation"] if "activation" in jobs else cell
+    return act.where(cell == "vanilla", cell)
 
 
+def _text(jobs: pd.DataFrame, key: str) -> pd.Series:
+    """The label text of config key `key` per job: an init with its parameter ("gaussian
+    g=2", "xavier"), else the key's own text ("" where the job has none)."""
+    if key == "init" or key in INIT_PARAMS:
+        return labels(jobs[[c for c in ("init", *INIT_PARAMS) if c in jobs]])
+    if key not in jobs:
+        return pd.Series("", index=jobs.index)
+    return frames.format_values(jobs[key], key)
+
+
+def _hue_palette(values: pd.Series, text: pd.Series) -> dict[str, tuple | str]:
+    """Colours for the distinct `text` values, ordered by `values`: sequential when numeric."""
+    numeric = pd.api.types.is_numeric_dtype(values) and values.notna().all()
+    if numeric:
+        ordered = list(dict.fromkeys(text.iloc[np.argsort(values.to_numpy(), kind="stable")]))
+        return dict(zip(ordered, sns.color_palette("flare", len(ordered)), strict=True))
+    return categorical(text)
+
+
+def _anchored(g: pd.DataFrame, slope: float, y: str = "median") -> pd.DataFrame | None:
+    """The line with `slope` (log10 per step back) through the measured `y` at steps back
+    T // 4 (the start of the fit; the nearest finite point where that one is not)."""
+    finite = g[np.isfinite(g[y])]
+    if finite.empty or not np.isfinite(slope):
+        return None
+    k0 = int(g["T"].iloc[0]) // 4
+    anchor = finite.iloc[int(np.argmin(np.abs(finite["steps_back"].to_numpy() - k0)))]
+    k = np.sort(g["steps_back"].to_numpy())
+    return pd.DataFrame({"steps_back": k, "y": anchor[y] + slope * (k - anchor["steps_back"])})
+
+
+def _no_prediction_note(summaries: pd.DataFrame | None, drawn: int) -> str:
+    if summaries is None or drawn:
+        return ""
+    loss_at = frames.config_frame(summaries).get("loss_at")
+    if loss_at is not None and (loss_at == "all").all():
+        return ("No prediction drawn: with the loss averaged over all steps every step's own "
+                "loss term keeps the profile flat; probe.loss_at=last measures how one term's "
+                "gradient decays.")
+    return ""
+
+
+def _grid(n: int, nrows: int) -> tuple[int, int]:
+    """(rows, columns) of a panel grid: one row of up to 5 panels, else about square."""
+    if nrows > 1:
+        return nrows, n // nrows
+    if n <= 5:
+        return 1, n
+    ncols = math.ceil(n / 2)
+    return 2, ncols
+
+
+@_styled
+def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None, hue: str = "T",
+                 row: str | None = None) -> Figure:
+    """log10 grad_norm at initialization against steps back from the end, T − t.
+
+    One panel per model (columns: the activation of a vanilla RNN, else the cell) and per row
+    (`row`'s values, or what varies besides the model and `hue`), one line per job coloured by
+    `hue`: the median over seeds, with the interquartile range over seeds as a band. The x-range
+    ends where the last finite median does; rows share their y-range.
+
+    Args:
+      df: a `load_sweep` frame; only its train_step == 0 rows are used.
+      summaries: the `load_summaries` frame of the same sweep: where a prediction applies
+        (`rnnjax.frames.predictions`) it is drawn dashed with its slope per step back, anchored
+        at the measured median where the fit starts (T − t = T // 4).
+      hue: the config column that colours the lines ("T", "init_gain", "init", "cell").
+      row: the config column whose values make the rows ("init": the init with its
+        parameter); None: every other config key that varies.
+
+    Returns:
+      The figure.
+    """
+    d = df[df["train_step"] == 0]
+    jobs = jobs_table(d)
+    if hue not in jobs:
+        hue = "seq_len" if "seq_len" in jobs else "init"
+    jobs["model"] = _model(jobs)
+    jobs["hue"] = _text(jobs, hue)
+    jobs["hue"] = jobs["hue"].where(jobs["hue"] != "", jobs["label"])  # never "n/a"
+    jobs["row"] = (_text(jobs, row) if row is not None
+                   else labels(jobs.drop(columns=["label", "model", "hue", "job"]),
+                               exclude=("activation", "cell", hue)))
+    palette = _hue_palette(jobs[hue], jobs["hue"])
+    stats = profile_stats(d).merge(jobs[["job", "model", "row", "hue"]], on="job")
+    stats["T"] = stats["job"].map(job_T(d))
+    stats["steps_back"] = stats["T"] - stats["t"]
+    models = list(dict.fromkeys(jobs["model"]))
+    rows = list(dict.fromkeys(jobs["row"]))  # in the order of the jobs (inits as INITS)
+    keys = [(r, m) for r in rows for m in models]
+    nrows, ncols = _grid(len(keys), len(rows))
+
+    big = nrows * ncols > 8  # a large grid gets smaller panels
+    fig = Figure(figsize=(2.8 + (3.6 if big else 4.3) * ncols, 1.4 + (2.7 if big else 3.3) * nrows),
+                 layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey="row" if nrows > 1 and len(rows) > 1
+                        else True, squeeze=False).ravel()
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    panels: dict[tuple[str, str], Axes] = {}
+    for ax, (r, m) in zip(axes, keys, strict=False):
+        panel = stats[(stats["row"] == r) & (stats["model"] == m)]
+        ax.set_title(f"{m} · {r}" if r and len(r) < 24 else f"{m}\n{r}" if r else m)
+        if panel.empty:  # a combination the sweep does not have
+            ax.set_visible(False)
+            continue
+        panels[r, m] = ax
+        for _, g in panel.sort_values("steps_back").groupby("job", sort=False):
+            color = palette[g["hue"].iloc[0]]
+            ok = np.isfinite(g["median"])
+            ax.plot(g["steps_back"][ok], g["median"][ok], color=color, lw=2)
+            band = g[["q25", "q75"]].where(np.isfinite(g[["q25", "q75"]]))
+            ax.fill_between(g["steps_back"], band["q25"], band["q75"], color=color, alpha=0.2,
+                            lw=0)
+    finite = stats[np.isfinite(stats["median"])]
+    _x_to_data(axes[0], float(finite["steps_back"].max()) if len(finite) else math.nan)
+    for ax in panels.values():
+        min_span(ax)
+    grid = axes.reshape(nrows, ncols)
+    for col in grid.T:  # the x-axis of the lowest visible panel of each column
+        shown = [ax for ax in col if ax.get_visible()]
+        if shown:
+            shown[-1].tick_params(labelbottom=True)
+            shown[-1].set_xlabel(STEPS_BACK)
+    for row_axes in grid:
+        shown = [ax for ax in row_axes if ax.get_visible()]
+        if shown:
+            shown[0].set_ylabel(LOG10_NORM)
+
+    handles = [Line2D([], [], color=c, lw=2, label=k) for k, c in palette.items()]
+    handles.append(Patch(color="gray", alpha=0.3, label="interquartile range over seeds"))
+    drawn = 0
+    if summaries is not None:
+        for ax in panels.values():  # predictions may not widen the axes
+            ax.set_ylim(ax.get_ylim())
+        pred = predictions(summaries)
+        for job, g in stats.groupby("job"):
+            if job not in pred.index or not pred.loc[job, "applies"]:
+                continue
+            line = _anchored(g, float(pred.loc[job, "slope"]))
+            if line is not None:
+                panels[g["row"].iloc[0], g["model"].iloc[0]].plot(
+                    line["steps_back"], line["y"], ls="--", lw=1.4,
+                    color=palette[g["hue"].iloc[0]])
+                drawn += 1
+        if drawn:
+            names = sorted(set(pred.loc[pred["applies"], "name"]))
+            handles.append(Line2D([], [], color="gray", ls="--",
+                                  label="prediction: " + ", ".join(names)
+                                  + "\n(anchored at T − t = T/4)"))
+    fig.legend(handles=handles, title=NAMES.get(hue, hue), loc="outside right center")
+    fig.suptitle("How ‖dL/dH_t‖ changes going back in time, at initialization "
+                 "(lines: median over seeds)")
+    notes = [_no_prediction_note(summaries, drawn), dropped_note(stats)]
+    _note(fig, "\n".join(n for n in notes if n))
+    return fig
+
+
+@_styled
 def heatmap(df: pd.DataFrame) -> Figure:
     """log10 grad_norm at initialization (median over seeds) over timestep × configuration.
+
+    The diverging colour scale is white at the median over jobs of their last step's value
+    (t = T, where the loss is) and spans the data on both sides of it separately, so both
+    halves of the scale are used; where every value lies on one side of that reference, white
+    is the middle of the data's range.
 
     Args:
       df: a `load_sweep` frame; only its train_step == 0 rows are used.
@@ -238,21 +290,29 @@ def heatmap(df: pd.DataFrame) -> Figure:
       overflowed (or are NaN) in gold, steps a shorter sequence does not have hatched.
     """
     d = df[df["train_step"] == 0]
-    jobs = _jobs(d)
+    jobs = jobs_table(d)
     stats = profile_stats(d)
     m = stats["median"]
     stats["state"] = np.select([np.isfinite(m), np.isneginf(m)], [0.0, 1.0], 2.0)
     median = stats.pivot(index="job", columns="t", values="median").reindex(jobs["job"])
     state = stats.pivot(index="job", columns="t", values="state").reindex(jobs["job"])
     median.index = state.index = jobs["label"]
-    at_end = stats.sort_values("t").groupby("job")["median"].last()  # each job's t = T
-    center = float(np.median(at_end[np.isfinite(at_end)])) if np.isfinite(at_end).any() else 0.0
     finite = median.where(state == 0)
-    half = float(np.nanmax(np.abs(finite.to_numpy() - center), initial=0.0)) or 1.0  # white: center
+    values = finite.to_numpy()
+    lo, hi = (float(np.nanmin(values)), float(np.nanmax(values))) if np.isfinite(
+        values).any() else (-1.0, 1.0)
+    at_end = stats.sort_values("t").groupby("job")["median"].last()  # each job's t = T
+    at_end = at_end[np.isfinite(at_end)]
+    center = float(np.median(at_end)) if len(at_end) else (lo + hi) / 2
+    what = "the median over jobs at their last step t = T"
+    if not lo < center < hi:
+        if hi - lo < 1e-12:
+            lo, hi = lo - 1, hi + 1
+        center, what = (lo + hi) / 2, "the middle of the range"
 
-    fig = Figure(figsize=(11, 3.2 + 0.3 * len(jobs)), layout="constrained")
+    fig = Figure(figsize=(12, 3.4 + 0.32 * len(jobs)), layout="constrained")
     ax = fig.subplots()
-    sns.heatmap(finite, cmap="RdBu_r", vmin=center - half, vmax=center + half, ax=ax,
+    sns.heatmap(finite, cmap="RdBu_r", norm=TwoSlopeNorm(center, lo, hi), ax=ax,
                 xticklabels="auto", yticklabels=True,
                 cbar_kws={"label": "log10 ‖dL/dH_t‖ (decades)"})
     if (state > 0).any().any():
@@ -267,113 +327,12 @@ def heatmap(df: pd.DataFrame) -> Figure:
                              label="no such step (t > T)"))
     if handles:
         ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=3,
-                  frameon=False, fontsize=8)
-    ax.set_xlabel("timestep t (1 … T; steps)")
+                  frameon=False, fontsize=9)
+    ax.set_xlabel(TIMESTEP + " (1 … T)")
     ax.set_ylabel("configuration")
     fig.suptitle("Gradient norm ‖dL/dH_t‖ at initialization, by timestep and configuration\n"
-                 f"(white: log10 norm {center:.2g}, the median over jobs at their last step t = T)")
-    _note(fig, _dropped_note(stats))
-    return fig
-
-
-def _hue_palette(values: pd.Series, text: pd.Series) -> dict[str, tuple]:
-    """Colours for the distinct `text` values, ordered by `values`: sequential when numeric."""
-    numeric = pd.api.types.is_numeric_dtype(values)
-    ordered = text.iloc[np.argsort(values.to_numpy(), kind="stable")] if numeric else sorted(text)
-    order = list(dict.fromkeys(ordered))
-    palette = sns.color_palette("flare" if numeric else "colorblind", len(order))
-    return dict(zip(order, palette, strict=True))
-
-
-def _anchored_prediction(g: pd.DataFrame, slope: float) -> pd.DataFrame | None:
-    """The line with `slope` (log10 per step back) through the measured median at steps back
-    T // 4 (the start of the fit; the nearest finite median where that one is not)."""
-    finite = g[np.isfinite(g["median"])]
-    if finite.empty or not np.isfinite(slope):
-        return None
-    k0 = int(g["T"].iloc[0]) // 4
-    anchor = finite.iloc[int(np.argmin(np.abs(finite["steps_back"].to_numpy() - k0)))]
-    k = np.sort(g["steps_back"].to_numpy())
-    return pd.DataFrame({"steps_back": k,
-                         "y": anchor["median"] + slope * (k - anchor["steps_back"])})
-
-
-def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None,
-                 hue: str = "seq_len") -> Figure:
-    """log10 grad_norm at initialization against steps back from the end, T − t.
-
-    One panel per activation (columns) and per remaining configuration (rows: what varies
-    besides activation and `hue`), one line per job coloured by `hue`: the median over seeds,
-    with the interquartile range over seeds as a band.
-
-    Args:
-      df: a `load_sweep` frame; only its train_step == 0 rows are used.
-      summaries: the `load_summaries` frame of the same sweep: each job's mean-field prediction
-        is drawn as a dashed line with slope log10 sqrt(chi_1) per step back, anchored at the
-        measured median where the fit starts (T − t = T // 4).
-      hue: the config column of `df` that colours the lines ("seq_len", "init_gain", "init").
-
-    Returns:
-      The figure.
-    """
-    d = df[df["train_step"] == 0]
-    jobs = _jobs(d)
-    jobs["row"] = _labels(jobs, exclude=("activation", hue))
-    jobs["hue"] = _format(jobs[hue], hue).replace("", "n/a")
-    palette = _hue_palette(jobs[hue], jobs["hue"])
-    stats = profile_stats(d).merge(jobs[["job", "activation", "row", "hue"]], on="job")
-    stats["T"] = stats["job"].map(job_T(d))
-    stats["steps_back"] = stats["T"] - stats["t"]
-    acts, rows = _activations(jobs["activation"]), list(dict.fromkeys(jobs["row"]))
-    keys = [(row, act) for row in rows for act in acts]
-    # a grid of rows × activations; a single row wraps into two columns
-    ncols = len(acts) if len(rows) > 1 else min(len(acts), 2)
-    nrows = -(-len(keys) // ncols)
-
-    fig = Figure(figsize=(3.5 + 4.2 * ncols, 1.5 + 3.4 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
-    for ax in axes[len(keys):]:
-        ax.set_visible(False)
-    panels: dict[tuple[str, str], Axes] = {}
-    for ax, (row, act) in zip(axes, keys, strict=False):
-        panel = stats[(stats["row"] == row) & (stats["activation"] == act)]
-        ax.set_title(f"{act} · {row}" if row else act)
-        if panel.empty:
-            ax.text(0.5, 0.5, "no job", ha="center", va="center", transform=ax.transAxes)
-            continue
-        panels[row, act] = ax
-        sns.lineplot(data=panel[np.isfinite(panel["median"])], x="steps_back", y="median",
-                     hue="hue", palette=palette, units="job", estimator=None, legend=False,
-                     ax=ax)
-        for _, g in panel.sort_values("steps_back").groupby("job"):
-            band = g[["q25", "q75"]].where(np.isfinite(g[["q25", "q75"]]))
-            ax.fill_between(g["steps_back"], band["q25"], band["q75"],
-                            color=palette[g["hue"].iloc[0]], alpha=0.2, lw=0)
-        ax.set(xlabel="", ylabel="")
-    for ax in axes[len(keys) - ncols:len(keys)]:  # the lowest visible panel of each column
-        ax.tick_params(labelbottom=True)
-        ax.set_xlabel(STEPS_BACK)
-    for ax in axes[:len(keys):ncols]:
-        ax.set_ylabel(LOG10_NORM)
-
-    handles = [Line2D([], [], color=c, lw=2, label=k) for k, c in palette.items()]
-    handles.append(Patch(color="gray", alpha=0.3, label="interquartile range over seeds"))
-    if summaries is not None:
-        axes[0].set_ylim(axes[0].get_ylim())  # predictions may not widen the axes
-        slope = summaries.set_index("job")[MF + "log10_factor_per_step"]
-        for job, g in stats.groupby("job"):
-            line = _anchored_prediction(g, float(slope.get(job, np.nan)))
-            if line is not None:
-                panels[g["row"].iloc[0], g["activation"].iloc[0]].plot(
-                    line["steps_back"], line["y"], ls="--", lw=1.2,
-                    color=palette[g["hue"].iloc[0]])
-        handles.append(Line2D([], [], color="gray", ls="--",
-                              label="mean-field prediction\n(slope log10 √χ₁ per step back,\n"
-                                    "anchored at T − t = T/4)"))
-    fig.legend(handles=handles, title=NAMES.get(hue, hue), loc="outside right center")
-    fig.suptitle("How ‖dL/dH_t‖ changes going back in time, at initialization "
-                 "(lines: median over seeds)")
-    _note(fig, _dropped_note(stats))
+                 f"(white: log10 norm {center:.3g}, {what})")
+    _note(fig, dropped_note(stats))
     return fig
 
 
@@ -390,15 +349,20 @@ def _critical_gain(grid: np.ndarray, chi: np.ndarray) -> float | None:
 
 
 def _summary_points(summaries: pd.DataFrame) -> pd.DataFrame:
+    nan = pd.Series(np.nan, index=summaries.index)
+    cfg = frames.config_frame(summaries)
+    pred = predictions(summaries).reindex(summaries["job"])
     return pd.DataFrame({
         "job": summaries["job"],
-        "activation": summaries["config.activation.name"],
-        "init": summaries["config.init.name"],
-        "slope": summaries[SLOPE].astype(float),
-        "gain": summaries[MF + "gain"].astype(float),
-        "input_var": summaries[MF + "input_var"].astype(float),
-        "bias_var": summaries[MF + "bias_var"].astype(float),
-        "lyapunov": summaries[LYAPUNOV].astype(float),
+        "model": _model(cfg),
+        "init": cfg.get("init", nan),
+        "slope": pd.to_numeric(summaries.get(SLOPE, nan), errors="coerce"),
+        "gain": pd.to_numeric(summaries.get(MF + "gain", nan), errors="coerce"),
+        "input_var": pd.to_numeric(summaries.get(MF + "input_var", nan), errors="coerce"),
+        "bias_var": pd.to_numeric(summaries.get(MF + "bias_var", nan), errors="coerce"),
+        "lyapunov": pd.to_numeric(summaries.get(LYAPUNOV, nan), errors="coerce"),
+        "last": (cfg.get("loss_at", nan) == "last").to_numpy(),
+        "applies": pred["applies"].to_numpy(),
     })
 
 
@@ -406,13 +370,15 @@ def _left_out(n: int, why: str) -> str:
     return f"Not plotted: {n} job(s) {why}." if n else ""
 
 
+@_styled
 def phase_diagram(summaries: pd.DataFrame) -> Figure:
     """The measured per-step factor of ||dL/dH_t|| against the gain, beside mean-field theory.
 
-    Points: 10**slope per job (the measured slope, median over seeds) against its effective
-    gain g = sqrt(H mean W_hh^2). Lines: the mean-field factor sqrt(chi_1(g)) per activation,
-    with the median input and bias variance of that activation's jobs. Dotted: the critical
-    gain (chi_1 = 1) where it lies in the plotted range.
+    Points: 10**slope per vanilla-RNN job whose prediction applies (the measured slope, median
+    over seeds) against its effective gain g = sqrt(H mean W_hh^2). Lines: the mean-field
+    factor sqrt(chi_1(g)) per activation, with the median input and bias variance of that
+    activation's jobs. Dotted: the critical gain (chi_1 = 1) where it lies in the plotted
+    range.
 
     Args:
       summaries: a `load_summaries` frame.
@@ -421,18 +387,19 @@ def phase_diagram(summaries: pd.DataFrame) -> Figure:
       The figure.
     """
     data = _summary_points(summaries)
+    data = data[np.isfinite(data["gain"])]  # the vanilla RNN's jobs
     data["factor"] = 10.0 ** data["slope"]
-    ok = np.isfinite(data["factor"]) & (data["factor"] > 0) & np.isfinite(data["gain"])
-    acts = _activations(data["activation"])
-    palette = dict(zip(acts, sns.color_palette("colorblind", len(acts)), strict=True))
-    gains = data["gain"][np.isfinite(data["gain"])]  # theory also where the slope is not
-    grid = np.linspace(0.8 * gains.min(), 1.2 * gains.max(), 121)
+    ok = data["applies"] & np.isfinite(data["factor"]) & (data["factor"] > 0)
+    acts = frames.order(data["model"], list(frames.ACTIVATIONS))
+    palette = categorical(acts)
+    gains = data["gain"]  # theory also where the slope is not
+    grid = np.linspace(0.8 * gains.min(), 1.2 * gains.max(), 121) if len(gains) else []
 
-    fig = Figure(figsize=(9.5, 5.5), layout="constrained")
+    fig = Figure(figsize=(10, 6), layout="constrained")
     ax = fig.subplots()
     curves, critical = [], []
     for act in acts:
-        jobs = data[data["activation"] == act]
+        jobs = data[data["model"] == act]
         iv, bv = float(jobs["input_var"].median()), float(jobs["bias_var"].median())
         chi = np.array([mean_field(act, g, iv, bv)["chi1"] for g in grid])
         curves.append(pd.DataFrame({"activation": act, "gain": grid, "factor": np.sqrt(chi)}))
@@ -440,14 +407,16 @@ def phase_diagram(summaries: pd.DataFrame) -> Figure:
         if gc is not None:
             ax.axvline(gc, color=palette[act], ls=":", lw=1.5)
             critical.append(f"{act} {gc:.3g}")
-    sns.lineplot(data=pd.concat(curves), x="gain", y="factor", hue="activation",
-                 palette=palette, legend=False, ax=ax)
-    sns.scatterplot(data=data[ok], x="gain", y="factor", hue="activation", hue_order=acts,
-                    palette=palette, style="init" if data["init"].nunique() > 1 else None,
-                    s=60, zorder=3, ax=ax)
+    if curves:
+        sns.lineplot(data=pd.concat(curves), x="gain", y="factor", hue="activation",
+                     palette=palette, legend=False, ax=ax)
+    sns.scatterplot(data=data[ok].rename(columns={"model": "activation"}), x="gain",
+                    y="factor", hue="activation", hue_order=acts, palette=palette,
+                    style="init" if data["init"].nunique() > 1 else None, s=70, zorder=3,
+                    ax=ax)
     ax.axhline(1.0, color="black", lw=0.8, ls="-.")
     _log_y(ax)
-    handles, labels = ax.get_legend_handles_labels()
+    handles, names = ax.get_legend_handles_labels()
     extra = [Line2D([], [], color="gray", marker="o", ls="none",
                     label="measured: 10^slope (median over seeds)"),
              Line2D([], [], color="gray", label="mean field: √χ₁(g)"),
@@ -456,18 +425,21 @@ def phase_diagram(summaries: pd.DataFrame) -> Figure:
     if critical:
         extra.append(Line2D([], [], color="gray", ls=":",
                             label="critical gain (χ₁ = 1):\n" + ", ".join(critical)))
-    ax.legend(handles=handles + extra, labels=labels + [h.get_label() for h in extra],
+    ax.legend(handles=handles + extra, labels=names + [h.get_label() for h in extra],
               loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.set_xlabel("gain g = √(H · mean W_hh²) (dimensionless)")
-    ax.set_ylabel("factor of ‖dL/dH_t‖ per step back (×/step, log scale)")
+    ax.set_ylabel("factor of ‖dL/dH_t‖ per step back (×/step)")
     ax.set_title("Vanishing (< 1) or exploding (> 1): measured per-step factor against gain,\n"
                  "with the mean-field prediction")
-    _note(fig, _left_out(int((~ok).sum()), "with no finite measured slope"))
+    _note(fig, _left_out(int((~ok).sum()), "with no finite measured slope, or whose loss is "
+                         "not at the last step"))
     return fig
 
 
+@_styled
 def slope_vs_lyapunov(summaries: pd.DataFrame) -> Figure:
-    """The measured slope against the top Lyapunov exponent (both log10 per step), with y = x.
+    """The measured slope against the top Lyapunov exponent (both log10 per step), with y = x,
+    for the jobs whose loss is at the last step (the gradient of one loss term).
 
     Args:
       summaries: a `load_summaries` frame.
@@ -476,14 +448,13 @@ def slope_vs_lyapunov(summaries: pd.DataFrame) -> Figure:
       The figure.
     """
     data = _summary_points(summaries)
-    ok = np.isfinite(data["slope"]) & np.isfinite(data["lyapunov"])
-    acts = _activations(data["activation"])
-    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
+    ok = data["last"] & np.isfinite(data["slope"]) & np.isfinite(data["lyapunov"])
+    models = frames.order(data["model"], [*frames.ACTIVATIONS, *frames.CELLS])
+    fig = Figure(figsize=(9, 6), layout="constrained")
     ax = fig.subplots()
-    sns.scatterplot(data=data[ok], x="slope", y="lyapunov", hue="activation", hue_order=acts,
-                    palette=dict(zip(acts, sns.color_palette("colorblind", len(acts)),
-                                     strict=True)),
-                    style="init" if data["init"].nunique() > 1 else None, s=60, zorder=3,
+    sns.scatterplot(data=data[ok], x="slope", y="lyapunov", hue="model", hue_order=models,
+                    palette=categorical(models),
+                    style="init" if data["init"].nunique() > 1 else None, s=70, zorder=3,
                     ax=ax)
     both = data.loc[ok, ["slope", "lyapunov"]].to_numpy()
     lo, hi = (both.min(), both.max()) if both.size else (-1.0, 1.0)
@@ -497,18 +468,45 @@ def slope_vs_lyapunov(summaries: pd.DataFrame) -> Figure:
     ax.set_ylabel("top Lyapunov exponent λ₁ / ln 10 (decades/step)")
     ax.set_title("Measured gradient slope against the top Lyapunov exponent\n"
                  "of the input-driven hidden dynamics")
-    _note(fig, _left_out(int((~ok).sum()), "with a non-finite slope or exponent"))
+    _note(fig, _left_out(int((~ok).sum()), "with a non-finite slope or exponent, or whose loss "
+                         "is not at the last step"))
     return fig
 
 
+def _baselines(metrics: pd.DataFrame) -> list[tuple[float, str]]:
+    """(loss, label) of each memoryless baseline of the tasks in `metrics` (one per task, T
+    and loss_at)."""
+    cfg = frames.config_frame(metrics)
+    if "task" not in cfg:
+        return []
+    T = cfg["T"] if "T" in cfg else pd.Series(np.nan, index=cfg.index)
+    loss_at = cfg["loss_at"] if "loss_at" in cfg else pd.Series("all", index=cfg.index)
+    out = []
+    for task, t, at in dict.fromkeys(zip(cfg["task"], T, loss_at, strict=True)):
+        if task == "copy" and not np.isfinite(t):
+            continue
+        b = frames.memoryless_baseline(task, int(t) if np.isfinite(t) else 0, at)
+        if b is None:
+            continue
+        if task == "adding":
+            out.append((b, "memoryless baseline: MSE 1/6\n(always predicting 1)"))
+        else:
+            out.append((b, f"memoryless baseline: 10·log 8 / {int(t)}\n= {b:.4g} (copy, "
+                           f"T = {int(t)} steps)" if at == "all" else
+                        f"memoryless baseline: log 8 = {b:.4g}"))
+    return out
+
+
+@_styled
 def training_curves(metrics: pd.DataFrame, df: pd.DataFrame, job: str | None = None,
                     summaries: pd.DataFrame | None = None) -> Figure:
     """Training curves (left) and the gradient profile over training of one job (right).
 
     Left: validation (solid) and training (dashed) perplexity, or loss where the task has no
     perplexity (log scale where it spans more than a decade), against the training step,
-    median over seeds, one colour per job. Right: log10 grad_norm (median over seeds) against
-    t, one line per logged training step.
+    median over seeds, one colour per job; the memoryless baseline of the adding (MSE 1/6) and
+    copy (10·log 8 / T) tasks dotted. Right: log10 grad_norm (median over seeds) against t,
+    one line per logged training step.
 
     Args:
       metrics: a `load_metrics` frame.
@@ -534,11 +532,15 @@ def training_curves(metrics: pd.DataFrame, df: pd.DataFrame, job: str | None = N
     long["configuration"] = long["job"].map(label_of)
     ok = np.isfinite(long["value"]) & (long["value"] > 0)
 
-    fig = Figure(figsize=(14, 5.5), layout="constrained")
+    fig = Figure(figsize=(15, 6.5), layout="constrained")
     left, right = fig.subplots(1, 2)
+    order = [label_of[j] for j in job_order(metrics["job"])]
     sns.lineplot(data=long[ok], x="train_step", y="value", hue="configuration",
-                 hue_order=[label_of[j] for j in job_order(metrics["job"])], style="split",
+                 hue_order=order, palette=categorical(order), style="split",
                  style_order=list(splits.values()), estimator="median", errorbar=None, ax=left)
+    baselines = [left.axhline(math.exp(value) if kind == "ppl" else value, color="black",
+                              ls=":", lw=1.5, label=label)
+                 for value, label in _baselines(metrics)]
     values = long.loc[ok, "value"]
     log_scale = values.size > 0 and values.max() > 10 * values.min()  # more than a decade
     if log_scale:
@@ -548,8 +550,11 @@ def training_curves(metrics: pd.DataFrame, df: pd.DataFrame, job: str | None = N
     left.set_ylabel(("perplexity" if kind == "ppl" else loss)
                     + (" (log scale)" if log_scale else ""))
     left.set_title(f"Training: {'perplexity' if kind == 'ppl' else 'loss'}, median over seeds")
-    sns.move_legend(left, "upper center", bbox_to_anchor=(0.5, -0.15), frameon=False,
-                    fontsize=8)
+    legend = left.get_legend()
+    left.legend(handles=[*legend.legend_handles, *baselines],
+                labels=[t.get_text() for t in legend.get_texts()]
+                + [b.get_label() for b in baselines],
+                loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False, fontsize=9)
 
     d = df[df["job"] == job]
     stats = profile_stats(d, by=("train_step",))
@@ -557,89 +562,276 @@ def training_curves(metrics: pd.DataFrame, df: pd.DataFrame, job: str | None = N
     sns.lineplot(data=stats[np.isfinite(stats["median"])], x="t", y="median", hue="train_step",
                  palette="viridis", legend="full" if len(steps) <= 12 else "brief", ax=right)
     sns.move_legend(right, "upper left", bbox_to_anchor=(1.01, 1), title="training step",
-                    frameon=False, fontsize=8)
-    right.set_xlabel("timestep t (steps)")
-    right.set_ylabel(LOG10_NORM)
-    right.set_title(f"Gradient profile during training: {label_of.get(job, job)}")
+                    frameon=False, fontsize=9)
+    min_span(right)
+    right.set_xlabel(TIMESTEP)
+    right.set_ylabel(LOG10_NORM + ", median over seeds")
+    right.set_title(f"Gradient profile during training:\n{label_of.get(job, job)}",
+                    fontsize="medium")
     fig.suptitle("Training, and how the per-timestep gradient changes while training")
     notes = [f"Not plotted: {int((~ok).sum())} seed-step losses that are NaN/inf (diverged)."
-             if (~ok).any() else "", _dropped_note(stats, "(training step, t)")]
+             if (~ok).any() else "", dropped_note(stats, "(training step, t)")]
     _note(fig, " ".join(n for n in notes if n))
     return fig
 
 
-def slope_table(summaries: pd.DataFrame) -> pd.DataFrame:
-    """The headline numbers per job, in natural job order.
+def _diverged(metrics: pd.DataFrame | None) -> dict[str, str]:
+    """job -> "k of S seeds diverged (from step s)" for the jobs with a diverged seed."""
+    if metrics is None:
+        return {}
+    out = {}
+    for job, g in metrics.groupby("job"):
+        dead = g[~g["alive"].astype(bool)]
+        if len(dead):
+            first = int(dead["train_step"].min())
+            out[job] = (f"{dead['seed'].nunique()} of {g['seed'].nunique()} seed(s) diverged "
+                        f"by step {first}")
+    return out
+
+
+SEED_LINES = 8  # up to this many seeds a figure draws each one; beyond, a band
+
+
+@_styled
+def before_after(df: pd.DataFrame, summaries: pd.DataFrame | None = None,
+                 metrics: pd.DataFrame | None = None, names: dict[str, str] | None = None
+                 ) -> Figure:
+    """‖dL/dH_t‖ over t at initialization (left) and after the last logged training step
+    (right), one colour per job, as in Arjovsky et al.'s figure of ‖dC/dh_t‖.
+
+    Each job's median over seeds is a thick line; its seeds are thin lines (up to
+    `SEED_LINES` seeds) or a band from the 10th to the 90th percentile over seeds (more). A
+    job that did not train appears on the left only.
 
     Args:
-      summaries: a `load_summaries` frame.
-
-    Returns:
-      Columns: job, configuration, measured slope, mean-field prediction, relative error of the
-      measurement against it, Pascanu bound, top Lyapunov exponent (all log10 per step back),
-      underflowed points (n_underflow), status.
-    """
-    s = summaries.assign(configuration=config_label(summaries))
-    s = s.set_index("job").loc[job_order(s["job"])].reset_index()
-    columns = {
-        "job": "job",
-        "configuration": "configuration",
-        SLOPE: "measured slope (log10/step back)",
-        MF + "log10_factor_per_step": "mean field (log10/step)",
-        MF + "relative_error": "relative error",
-        PASCANU: "Pascanu bound (log10/step)",
-        LYAPUNOV: "top Lyapunov (log10/step)",
-        "headline.n_underflow": "underflowed points",
-        "status": "status",
-    }
-    return s.reindex(columns=list(columns)).rename(columns=columns)
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """A markdown table: numbers to 4 significant digits, numeric columns right-aligned."""
-    def cell(v) -> str:
-        if pd.isna(v):
-            return "n/a"
-        if isinstance(v, float | np.floating):
-            return f"{v:.4g}"
-        return str(v).replace("|", "\\|")
-
-    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table]
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |",
-             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in table.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def training_profiles(df: pd.DataFrame, summaries: pd.DataFrame | None = None) -> Figure:
-    """The gradient profile of every job at each logged training step, one panel per job.
-
-    log10 ‖dL/dH_t‖ (median over seeds) against t, one line per training step (0: at
-    initialization), as in Arjovsky et al.'s figure of ‖dC/dh_t‖ before and after training.
-
-    Args:
-      df: a `load_sweep` frame of jobs that trained.
+      df: a `load_sweep` frame.
       summaries: the `load_summaries` frame, for labels that name the training options.
+      metrics: the `load_metrics` frame: jobs with a diverged seed say so in the legend.
+      names: job -> a legend label of its own (default: its config label).
 
     Returns:
       The figure.
     """
-    jobs = job_order(df["job"])
-    source = df.drop_duplicates("job") if summaries is None else summaries
-    label_of = dict(zip(source["job"], config_label(source), strict=True))
-    fig = Figure(figsize=(5 * len(jobs), 4.5), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(jobs), sharey=True))
-    notes = []
-    for ax, job in zip(axes, jobs, strict=True):
-        stats = profile_stats(df[df["job"] == job], by=("train_step",))
-        sns.lineplot(data=stats[np.isfinite(stats["median"])], x="t", y="median",
-                     hue="train_step", palette="viridis", ax=ax)
-        ax.set_title(label_of.get(job, job), fontsize=10)
-        ax.set_xlabel("timestep t (steps)")
-        ax.set_ylabel(LOG10_NORM)
-        ax.legend(title="training step", fontsize=8, frameon=False)
-        notes.append(_dropped_note(stats, f"{label_of.get(job, job)}: (training step, t)"))
-    fig.suptitle("Gradient profile at initialization and after training")
+    jobs = jobs_table(df if summaries is None else summaries)
+    label_of = dict(zip(jobs["job"], jobs["label"], strict=True)) | (names or {})
+    palette = categorical(label_of[j] for j in jobs["job"])
+    last = int(df["train_step"].max())
+    diverged = _diverged(metrics)
+
+    fig = Figure(figsize=(16, 6.5), layout="constrained")
+    axes = fig.subplots(1, 2 if last else 1, sharey=True, squeeze=False).ravel()
+    notes, handles = [], {}
+    for ax, step in zip(axes, [0, last] if last else [0], strict=True):
+        for job in jobs["job"]:
+            d = df[(df["job"] == job) & (df["train_step"] == step)]
+            if d.empty:
+                continue
+            color = palette[label_of[job]]
+            stats = profile_stats(d, quantiles=(0.1, 0.5, 0.9))
+            n_seeds = d["seed"].nunique()
+            if n_seeds <= SEED_LINES:
+                with np.errstate(divide="ignore"):
+                    for _, s in d.sort_values("t").groupby("seed"):
+                        lg = np.log10(s["grad_norm"].to_numpy(np.float64))
+                        ax.plot(s["t"], np.where(np.isfinite(lg), lg, np.nan), color=color,
+                                lw=0.7, alpha=0.45)
+            else:
+                band = stats[["q10", "q90"]].where(np.isfinite(stats[["q10", "q90"]]))
+                ax.fill_between(stats["t"], band["q10"], band["q90"], color=color, alpha=0.18,
+                                lw=0)
+            ok = np.isfinite(stats["median"])
+            ax.plot(stats["t"][ok], stats["median"][ok], color=color, lw=2.4)
+            text = label_of[job] + (f" ({n_seeds} seeds)" if n_seeds > 1 else " (1 seed)")
+            if job in diverged:
+                text += f"\n{diverged[job]}"
+            handles.setdefault(job, Line2D([], [], color=color, lw=2.4, label=text))
+            notes.append(dropped_note(stats, f"{label_of[job]} at step {step}: (t)"))
+        ax.set_title("at initialization" if step == 0 else f"after {step} training steps")
+        ax.set_xlabel(TIMESTEP)
+        _x_to_data(ax, float(df["t"].max()), 1.0)
+    axes[0].set_ylabel(LOG10_NORM)
+    for ax in axes:
+        min_span(ax)
+    extra = [Line2D([], [], color="gray", lw=2.4, label="median over seeds"),
+             Line2D([], [], color="gray", lw=0.7, alpha=0.6, label="one seed"),
+             Patch(color="gray", alpha=0.3, label="10th–90th percentile over seeds "
+                                                  f"(more than {SEED_LINES} seeds)")]
+    fig.legend(handles=[*handles.values(), *extra], loc="outside right center",
+               frameon=False, fontsize=10)
+    fig.suptitle("‖dL/dH_t‖ over the sequence, at initialization and after training")
     _note(fig, " ".join(n for n in notes if n))
     return fig
+
+
+@_styled
+def cells_at_init(df: pd.DataFrame, summaries: pd.DataFrame | None = None) -> Figure:
+    """Every cell's gradient profile at initialization, one panel per task (rows) and T
+    (columns): log10 ‖dL/dH_t‖ relative to its value at t = T (decades below the gradient at
+    the loss step), median over seeds with the interquartile band, against steps back; the
+    prediction dashed where one applies.
+
+    Args:
+      df: a `load_sweep` frame; only its train_step == 0 rows are used.
+      summaries: the `load_summaries` frame of the same jobs (for the predictions).
+
+    Returns:
+      The figure.
+    """
+    d = df[df["train_step"] == 0]
+    jobs = jobs_table(d)
+    jobs["model"] = labels(jobs.drop(columns=["label", "job"]), exclude=TASK_KEYS)
+    palette = categorical(jobs["model"])
+    T_of = job_T(d)
+    stats = profile_stats(d).merge(jobs[["job", "model", "task"]], on="job")
+    stats["T"] = stats["job"].map(T_of)
+    stats["steps_back"] = stats["T"] - stats["t"]
+    end = stats[stats["t"] == stats["T"]].set_index("job")["median"]
+    for q in ("q25", "median", "q75"):
+        stats[q] = stats[q] - stats["job"].map(end)
+    tasks = frames.order(jobs["task"], ["adding", "copy", "random", "timemachine"])
+    Ts = sorted(T_of.unique())
+    fig = Figure(figsize=(3 + 5.2 * len(Ts), 1.6 + 3.8 * len(tasks)), layout="constrained")
+    axes = fig.subplots(len(tasks), len(Ts), sharey=True, sharex="col", squeeze=False)
+    pred = predictions(summaries) if summaries is not None else None
+    drawn = 0
+    for i, task in enumerate(tasks):
+        for j, T in enumerate(Ts):
+            ax = axes[i, j]
+            panel = stats[(stats["task"] == task) & (stats["T"] == T)]
+            ax.set_title(f"{task}, T = {T}")
+            for job, g in panel.sort_values("steps_back").groupby("job", sort=False):
+                color = palette[jobs.set_index("job").loc[job, "model"]]
+                ok = np.isfinite(g["median"])
+                ax.plot(g["steps_back"][ok], g["median"][ok], color=color, lw=2)
+                band = g[["q25", "q75"]].where(np.isfinite(g[["q25", "q75"]]))
+                ax.fill_between(g["steps_back"], band["q25"], band["q75"], color=color,
+                                alpha=0.18, lw=0)
+            if i == len(tasks) - 1:
+                ax.set_xlabel(STEPS_BACK)
+            if j == 0:
+                ax.set_ylabel("log10 ‖dL/dH_t‖ − log10 ‖dL/dH_T‖\n(decades)")
+    for j, T in enumerate(Ts):
+        fin = stats[(stats["T"] == T) & np.isfinite(stats["median"])]
+        _x_to_data(axes[0, j], float(fin["steps_back"].max()) if len(fin) else math.nan)
+    min_span(axes[0, 0])
+    if pred is not None:
+        for ax in axes.ravel():
+            ax.set_ylim(ax.get_ylim())
+        for job, g in stats.groupby("job"):
+            if job in pred.index and pred.loc[job, "applies"]:
+                line = _anchored(g.sort_values("steps_back"), float(pred.loc[job, "slope"]))
+                if line is not None:
+                    i = tasks.index(g["task"].iloc[0])
+                    j = Ts.index(g["T"].iloc[0])
+                    axes[i, j].plot(line["steps_back"], line["y"], ls="--", lw=1.3,
+                                    color=palette[jobs.set_index("job").loc[job, "model"]])
+                    drawn += 1
+    handles = [Line2D([], [], color=c, lw=2, label=k) for k, c in palette.items()]
+    handles.append(Patch(color="gray", alpha=0.3, label="interquartile range over seeds"))
+    if drawn:
+        handles.append(Line2D([], [], color="gray", ls="--", label="prediction where one "
+                                                                  "applies\n(anchored at "
+                                                                  "T − t = T/4)"))
+    fig.legend(handles=handles, title="cell", loc="outside right center")
+    fig.suptitle("Every cell at initialization: how ‖dL/dH_t‖ falls going back from the loss "
+                 "at t = T\n(median over seeds)")
+    _note(fig, dropped_note(stats))
+    return fig
+
+
+@_styled
+def cells_training(metrics: pd.DataFrame, summaries: pd.DataFrame | None = None) -> Figure:
+    """Training loss against steps per cell, one panel per task and T, with the memoryless
+    baseline dotted.
+
+    Args:
+      metrics: a `load_metrics` frame (train_loss: the mean over each logging interval).
+      summaries: the `load_summaries` frame, for labels that name the cells' options.
+
+    Returns:
+      The figure.
+    """
+    source = metrics.drop_duplicates("job") if summaries is None else (
+        summaries[summaries["job"].isin(metrics["job"])])
+    jobs = jobs_table(source)
+    jobs["model"] = labels(jobs.drop(columns=["label", "job"]), exclude=TASK_KEYS)
+    model_of = dict(zip(jobs["job"], jobs["model"], strict=True))
+    palette = categorical(jobs["model"])
+    cfg = frames.config_frame(metrics)
+    m = metrics.assign(model=metrics["job"].map(model_of), task=cfg["task"], T=cfg["T"])
+    panels = list(dict.fromkeys(zip(m["task"], m["T"], strict=True)))
+    fig = Figure(figsize=(3 + 6 * len(panels), 6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False).ravel())
+    diverged = _diverged(metrics)
+    for ax, (task, T) in zip(axes, panels, strict=True):
+        g = m[(m["task"] == task) & (m["T"] == T) & np.isfinite(m["train_loss"])]
+        g = g.groupby(["model", "train_step"], sort=False)["train_loss"].median().reset_index()
+        for model, c in palette.items():
+            line = g[g["model"] == model]
+            if len(line):
+                ax.plot(line["train_step"], line["train_loss"], color=c, lw=2, marker="o",
+                        ms=3)
+        base = _baselines(m[(m["task"] == task) & (m["T"] == T)])
+        for value, _ in base:
+            ax.axhline(value, color="black", ls=":", lw=1.6)
+        _log_y(ax)
+        ax.set_title(f"{task}, T = {T} steps"
+                     + "".join(f"\n(baseline {value:.4g})" for value, _ in base))
+        ax.set_xlabel("training step")
+        ax.set_ylabel("training loss (" + ("squared error" if task == "adding" else
+                                           "cross-entropy") + ", interval mean)")
+    notes = {model_of[j]: text for j, text in diverged.items()}
+    handles = [Line2D([], [], color=c, lw=2, label=k + (f"\n{notes[k]}" if k in notes else ""))
+               for k, c in palette.items()]
+    handles.append(Line2D([], [], color="black", ls=":", lw=1.6,
+                          label="memoryless baseline: copy 10·log 8 / T,\nadding MSE 1/6"))
+    fig.legend(handles=handles, title="cell", loc="outside right center")
+    fig.suptitle("Training every cell: loss against steps, median over seeds, with the "
+                 "memoryless baseline")
+    return fig
+
+
+@_styled
+def curse_of_memory(summaries: pd.DataFrame) -> Figure:
+    """The LRU's ‖dL/dλ‖ and ‖dL/dν_log‖ against its memory 1/(1 - r), log-log, with and
+    without normalization, and the power laws fitted from 1/(1 - r) = 10 on.
+
+    Args:
+      summaries: a `load_summaries` frame of `cell=lru` jobs with r_min = r_max = r.
+
+    Returns:
+      The figure.
+    """
+    curse = frames.curse_of_memory(summaries)
+    slopes = frames.power_law_slopes(curse).set_index(["quantity", "normalize"])
+    palette = {True: OKABE_ITO[0], False: OKABE_ITO[1]}
+    fig = Figure(figsize=(14, 6), layout="constrained")
+    axes = fig.subplots(1, len(frames.CURSE))
+    for ax, (q, (name, _)) in zip(axes, frames.CURSE.items(), strict=True):
+        for normalize, g in curse.groupby("normalize"):
+            s = slopes.loc[(q, normalize)]
+            c = palette[bool(normalize)]
+            ok = g[q] > 0
+            ax.plot(g["memory"][ok], g[q][ok], color=c, marker="o", ms=7, lw=1.5,
+                    label=f"{'normalized' if normalize else 'not normalized'}: slope "
+                          f"{s['measured']:.2f} (theory {s['predicted']:g})")
+            fit = g[(g["memory"] >= frames.CURSE_FROM) & ok]
+            if len(fit) >= 2:
+                x = np.log10(fit["memory"].to_numpy())
+                b = np.polyfit(x, np.log10(fit[q].to_numpy()), 1)
+                ax.plot(10 ** x, 10 ** np.polyval(b, x), color=c, ls="--", lw=1)
+        ax.set_xscale("log")
+        _log_y(ax)
+        ax.set_xlabel("memory 1/(1 − r) (steps)")
+        ax.set_ylabel(f"{name} at initialization (median over seeds)")
+        ax.set_title(name)
+        ax.legend(frameon=False, fontsize=10, loc="upper left")
+    fig.suptitle("The curse of memory: the LRU's gradients with respect to its eigenvalues as "
+                 f"|λ| = r → 1\n(dashed: the power law fitted from 1/(1 − r) = "
+                 f"{frames.CURSE_FROM:g} on)")
+    return fig
+
+
+__all__ = ["MIN_DECADES", "OKABE_ITO", "before_after", "categorical", "cells_at_init",
+           "cells_training", "curse_of_memory", "decay_curves", "heatmap", "min_span",
+           "phase_diagram", "slope_vs_lyapunov", "training_curves"]

@@ -1,8 +1,8 @@
 """Figures and a markdown report of a run or sweep: `python experiments/report.py PATH [--out DIR]`.
 
-Writes heatmap.png, decay_curves.png, phase_diagram.png (when the jobs have at least 2 distinct
-gains), slope_vs_lyapunov.png, training.png (when a job trained) and report.md into DIR
-(default: PATH).
+Writes heatmap.png, decay_curves.png, phase_diagram.png (when the jobs whose prediction applies
+have at least 2 distinct gains), slope_vs_lyapunov.png (when a job has its loss at the last
+step), training.png (when a job trained) and report.md into DIR (default: PATH).
 """
 
 import argparse
@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rnnjax import plots  # noqa: E402
+from rnnjax import frames, plots  # noqa: E402
 from rnnjax.results import load_metrics, load_summaries, load_sweep  # noqa: E402
 
 DPI = 120
@@ -29,8 +29,8 @@ GAIN_TOLERANCE = 0.05  # effective gains within 5% of each other count as one
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="report.py", description=__doc__.splitlines()[0],
-        epilog="Figures are drawn by rnnjax.plots; numbers in the table have 4 significant "
-               "digits.")
+        epilog="Figures are drawn by rnnjax.plots from the tables of rnnjax.frames; numbers in "
+               "the table have 4 significant digits.")
     parser.add_argument("path", type=Path, help="a run directory or a multirun directory")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the PNGs and report.md (default: PATH)")
@@ -38,19 +38,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def n_gains(summaries: pd.DataFrame) -> int:
-    """The number of distinct effective gains of the jobs (within GAIN_TOLERANCE: one)."""
-    g = np.sort(summaries[plots.MF + "gain"].astype(float).to_numpy())
+    """The number of distinct effective gains of the vanilla RNN's jobs (within
+    GAIN_TOLERANCE: one)."""
+    if frames.MF + "gain" not in summaries:
+        return 0
+    g = np.sort(summaries[frames.MF + "gain"].astype(float).to_numpy())
     g = g[np.isfinite(g) & (g > 0)]
     return int(g.size and 1 + np.sum(np.diff(np.log(g)) > np.log1p(GAIN_TOLERANCE)))
 
 
 def decay_hue(df: pd.DataFrame) -> str:
     """The first of the usual sweep axes that varies: the colour of the decay curves."""
-    for col in ("seq_len", "init_gain", "init_std", "init_radius", "init", "hidden_size",
+    cfg = frames.config_frame(df.drop_duplicates("job"))
+    for col in ("T", "init_gain", "init_std", "init_radius", "init", "cell", "hidden_size",
                 "loss_at", "task"):
-        if df[col].nunique(dropna=False) > 1:
+        if col in cfg and cfg[col].nunique(dropna=False) > 1:
             return col
-    return "seq_len"
+    return "T"
 
 
 def data_line(df: pd.DataFrame, summaries: pd.DataFrame) -> str:
@@ -68,37 +72,45 @@ def figures(df: pd.DataFrame, summaries: pd.DataFrame, metrics: pd.DataFrame | N
             ) -> list[tuple[str, str, str, Callable[[], Figure]]]:
     """(file, heading, caption, make) of each figure this sweep has."""
     hue = decay_hue(df)
+    pred = frames.predictions(summaries)
+    theory = (" Dashed: the prediction where one applies, anchored at T − t = T/4."
+              if pred["applies"].any() else
+              " No prediction is drawn: none applies (with the loss over all steps every "
+              "step's own loss term keeps the profile flat; `probe.loss_at=last` measures one "
+              "term's decay).")
     out = [
         ("heatmap.png", "Gradient norm by timestep and configuration",
          "log10 ‖dL/dH_t‖ at initialization, median over seeds, for every timestep t (x) and "
          "configuration (y); black cells: the median underflowed to 0.",
          lambda: plots.heatmap(df)),
         ("decay_curves.png", "Decay going back in time",
-         "log10 ‖dL/dH_t‖ against steps back from the end, T − t, one panel per activation, "
-         f"colour: {plots.NAMES.get(hue, hue)}; line: median over seeds, band: interquartile "
-         "range; dashed: the mean-field prediction, anchored at T − t = T/4.",
+         "log10 ‖dL/dH_t‖ against steps back from the end, T − t, one panel per activation "
+         f"or cell, colour: {frames.NAMES.get(hue, hue)}; line: median over seeds, band: "
+         "interquartile range." + theory,
          lambda: plots.decay_curves(df, summaries, hue=hue)),
     ]
-    if n_gains(summaries) >= 2:
+    if n_gains(summaries[pred.reindex(summaries["job"])["applies"].to_numpy()]) >= 2:
         out.append((
             "phase_diagram.png", "Phase diagram: per-step factor against gain",
             "Measured factor of ‖dL/dH_t‖ per step back, 10^slope, against the effective gain "
             "g; lines: the mean-field factor √χ₁(g), dotted: the critical gain (χ₁ = 1). Below "
             "1 the gradient vanishes, above 1 it explodes.",
             lambda: plots.phase_diagram(summaries)))
-    out.append((
-        "slope_vs_lyapunov.png", "Measured slope against the top Lyapunov exponent",
-        "Measured slope of log10 ‖dL/dH_t‖ per step back against the top Lyapunov exponent of "
-        "the input-driven hidden dynamics (both in decades per step); on the dashed line y = x "
-        "they agree.",
-        lambda: plots.slope_vs_lyapunov(summaries)))
+    if (frames.config_frame(summaries).get("loss_at") == "last").any():
+        out.append((
+            "slope_vs_lyapunov.png", "Measured slope against the top Lyapunov exponent",
+            "Measured slope of log10 ‖dL/dH_t‖ per step back against the top Lyapunov exponent "
+            "of the input-driven hidden dynamics (both in decades per step), for the jobs with "
+            "the loss at the last step; on the dashed line y = x they agree.",
+            lambda: plots.slope_vs_lyapunov(summaries)))
     if metrics is not None:
-        first = plots.job_order(metrics["job"])[0]
+        first = frames.job_order(metrics["job"])[0]
         out.append((
             "training.png", "Training",
             "Left: validation (solid) and training (dashed) perplexity, or loss where the task "
-            "has none, against the training step, median over seeds; right: the gradient "
-            f"profile of job {first} at every logged training step.",
+            "has none, against the training step, median over seeds (dotted: the memoryless "
+            "baseline of the adding and copy tasks); right: the gradient profile of job "
+            f"{first} at every logged training step.",
             lambda: plots.training_curves(metrics, df, summaries=summaries)))
     return out
 
@@ -121,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sections = []
     for file, heading, caption, make in figures(df, summaries, metrics):
-        make().savefig(out / file, dpi=DPI)  # a pyplot-free Figure: nothing to close
+        # a pyplot-free Figure: nothing to close
+        make().savefig(out / file, dpi=DPI, bbox_inches="tight")
         print(f"report.py: wrote {out / file}")
         sections.append(f"## {heading}\n\n![{heading}]({file})\n\n{caption}\n")
     text = "\n".join([
@@ -131,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         "## Slopes per job\n",
         "Slopes are the log10 change of ‖dL/dH_t‖ per step back in time (negative: "
         "vanishing), the measured one fitted over the middle half of the usable steps, median "
-        "over seeds; relative error: |measured − mean field| / |mean field|.\n",
-        plots.markdown_table(plots.slope_table(summaries)),
+        "over seeds; the prediction is shown where one applies (the loss at the last step); "
+        "relative error: |measured − predicted| / |predicted|.\n",
+        frames.markdown_table(frames.slope_table(summaries)),
         "",
     ])
     (out / "report.md").write_text(text)

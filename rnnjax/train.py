@@ -82,10 +82,18 @@ def sequence_loss(cell: Cell, kind: str, loss_at: str, params, x: Array, y: Arra
     return loss(cell.readout(params, last)[None], y, mask)
 
 
-def make_optimizer(name: str, lr: float, clip: float | None) -> optax.GradientTransformation:
-    """optax's `name` optimizer, after global-norm clipping at `clip` (None: no clipping)."""
-    opt = OPTIMIZERS[name](lr)
-    return opt if clip is None else optax.chain(optax.clip_by_global_norm(clip), opt)
+def make_optimizer(name: str, lr: float, clip: float | None,
+                   clip_value: float | None = None, initial_scale: float = 0.0
+                   ) -> optax.GradientTransformation:
+    """optax's `name` optimizer, after element-wise clipping of every gradient entry to
+    [-clip_value, clip_value] and then global-norm clipping at `clip` (None: not that one).
+    `initial_scale` is RMSProp's initial mean square (optax's default 0 makes the first steps
+    about lr * sqrt(1 / (1 - decay)) * sign(g), however small g is)."""
+    chain = ([optax.clip(clip_value)] if clip_value is not None else []) + (
+        [optax.clip_by_global_norm(clip)] if clip is not None else [])
+    opt = (OPTIMIZERS[name](lr, initial_scale=initial_scale) if name == "rmsprop"
+           else OPTIMIZERS[name](lr))
+    return optax.chain(*chain, opt) if chain else opt
 
 
 def bptt_scale(key: Array, T: int, mode: str, truncate: int | None, dtype) -> Array | None:
@@ -108,7 +116,7 @@ def bptt_scale(key: Array, T: int, mode: str, truncate: int | None, dtype) -> Ar
 def make_train_chunk(
     cell: Cell, loss_at: str, kind: str, tx: optax.GradientTransformation,
     train_batch: Callable, total_steps: int, n: int, bptt: str = "full",
-    truncate: int | None = None, clip: float | None = None,
+    truncate: int | None = None, clip: float | None = None, clip_value: float | None = None,
     chunk_batches: Callable | None = None,
 ) -> Callable[[TrainState, Array, Array], tuple[TrainState, StepMetrics]]:
     """Builds `train_chunk(state, key, start) -> (state, metrics)`: steps start..start+n-1.
@@ -124,7 +132,8 @@ def make_train_chunk(
       total_steps: the step budget.
       n: steps per chunk.
       bptt, truncate: see `bptt_scale`.
-      clip: the clipping threshold, to report whether clipping was active.
+      clip, clip_value: the global-norm and element-wise clipping thresholds, to report
+        whether clipping was active (either one).
       chunk_batches: optional (key, start, n) -> batch(step), the same batches as train_batch,
         built once per chunk (`rnnjax.tasks.Task.chunk_batches`).
     """
@@ -157,7 +166,13 @@ def make_train_chunk(
             diverged_at=jnp.where(live & ~finite, i, state.diverged_at).astype(jnp.int32),
         )
         nan = jnp.nan
-        clipped = live & (gnorm > clip) if clip is not None else jnp.zeros((), bool)
+        clipped = jnp.zeros((), bool)
+        if clip is not None:
+            clipped = clipped | (gnorm > clip)
+        if clip_value is not None:
+            biggest = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grads)]))
+            clipped = clipped | (biggest > clip_value)
+        clipped = live & clipped
         metrics = StepMetrics(jnp.where(take, value, nan), jnp.where(live, gnorm, nan),
                               clipped, live)
         return (new_state, key), metrics

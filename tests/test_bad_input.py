@@ -88,7 +88,8 @@ GOOD = {"seq_len": "3", "hidden_size": "2", "batch_size": "1", "seeds": "1", "se
         "train.clip": "1.0", "init.std": "0.01", "dtype": "float32", "probe.loss_at": "all",
         "train.optimizer": "sgd", "train.bptt": "full"}
 GROUP_FIELDS = {"name", "unroll", "std", "gain", "radius", "path", "vocab_size", "loss_at", "steps",
-                "epochs", "optimizer", "lr", "clip", "bptt", "truncate", "log_every"}
+                "epochs", "optimizer", "lr", "clip", "clip_value",
+                "initial_scale", "bptt", "truncate", "log_every"}
 INIT_PARAM = {"normal": "std", "orthogonal": "gain", "identity": "gain", "gaussian": "gain",
               "spectral": "radius"}
 

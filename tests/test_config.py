@@ -41,6 +41,9 @@ def test_defaults_are_valid():
     ({"init.name": "spectral", "init.radius": -1.0},
      "init.radius=-1.0 is invalid: must be a number > 0"),
     ({"task.vocab_size": 1}, "task.vocab_size=1"),
+    ({"train.clip_value": 0.0}, "train.clip_value=0.0 is invalid: must be a finite number > 0"),
+    ({"train.initial_scale": -1.0}, "train.initial_scale=-1.0 is invalid"),
+    ({"train.initial_scale": 1e-3}, "train.initial_scale applies to train.optimizer=rmsprop only"),
     ({"task.path": "x.txt"}, "task.path is not a parameter of task=random"),
     ({"task.name": "timemachine", "task.vocab_size": None, "task.path": "/nope"}, "task.path"),
 ])

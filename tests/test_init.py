@@ -30,6 +30,7 @@ def test_spectral_radius_is_exact(key, radius):
     ("normal", 0.01, 1e-4),
     ("normal", 0.2, 0.04),
     ("xavier", None, 1 / 256),  # 2 / (fan_in + fan_out) with fan_in = fan_out = H
+    ("xavier_uniform", None, 1 / 256),  # U[-sqrt(3 / H), +]: the same variance
     ("gaussian", 1.5, 1.5**2 / 256),
 ])
 def test_entry_variance(key, name, value, var):
@@ -61,3 +62,11 @@ def test_init_params_shapes_and_zero_biases(key):
 def test_unknown_init_raises():
     with pytest.raises(ValueError, match="allowed"):
         make_init("he")
+
+
+def test_xavier_uniform_is_glorots_uniform_bound(key):
+    W = np.asarray(make_init("xavier_uniform")(key, (64, 192), jnp.float64))
+    bound = np.sqrt(6 / (64 + 192))
+    assert np.abs(W).max() <= bound and np.abs(W).max() > 0.99 * bound  # 12288 draws
+    # uniform, not normal: the fourth moment over the squared variance is 9/5 (normal: 3)
+    assert np.mean(W**4) / np.mean(W**2) ** 2 == pytest.approx(1.8, rel=0.05)

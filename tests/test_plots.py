@@ -1,30 +1,33 @@
-"""The figures and the report: a tiny sweep (2 activations × 2 gains, the first job trained),
-then experiments/report.py through a subprocess as a user runs it, and the plot helpers on it."""
+"""The figures (rnnjax.plots) and the report (rnnjax.report), in-process: a tiny sweep of real
+jobs (two activations × two gains, an LSTM, a loss over all steps, training on the adding
+task), plus frames built here where a figure's number must be exact (the x-range, the
+colour scale, the baselines, the power laws). What a figure draws is read back from its
+artists and checked against the summaries."""
 
 import json
-import os
-import runpy
-import subprocess
-import sys
-from itertools import product
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
+from matplotlib.colors import TwoSlopeNorm
 
-from rnnjax import load_metrics, load_summaries, load_sweep, plots
+from rnnjax import frames, load_metrics, load_summaries, load_sweep, plots, report
 from rnnjax.config import register_configs, validate
 from rnnjax.job import run_job
 
 register_configs()
 
-REPORT = ROOT / "experiments" / "report.py"
 SMALL = ["hidden_size=8", "seq_len=12", "seeds=2", "batch_size=4"]
 JOBS = {str(i): [f"activation={a}", "init=gaussian", f"init.gain={g}", "probe.loss_at=last"]
-        for i, (a, g) in enumerate(product(("tanh", "relu"), (0.5, 2.0)))}
-JOBS["0"] += ["train.steps=20", "train.log_every=10", "train.clip=1"]  # one job trains
+        for i, (a, g) in enumerate([("tanh", 0.5), ("tanh", 2.0), ("relu", 0.5), ("relu", 2.0)])}
+JOBS["4"] = ["cell=lstm", "probe.loss_at=last"]  # d2l's small weights: its gate prediction
+JOBS["5"] = ["init=normal", "probe.loss_at=all"]  # flat: no prediction applies
+JOBS["6"] = ["task=adding", "train.steps=20", "train.log_every=10", "train.optimizer=rmsprop",
+             "train.lr=0.001", "train.clip=1"]  # trains, beside its baseline
+PROBED = [str(i) for i in range(6)]
 FIGURES = ["heatmap.png", "decay_curves.png", "phase_diagram.png", "slope_vs_lyapunov.png",
            "training.png"]
 
@@ -42,14 +45,17 @@ def sweep(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def report(sweep, tmp_path_factory):
-    """(the report's parent directory, the finished `report.py SWEEP --out .../figs`)."""
+def probed(sweep):
+    """(load_sweep, load_summaries) of the jobs that only probe."""
+    df, summaries = load_sweep(sweep), load_summaries(sweep)
+    return df[df["job"].isin(PROBED)], summaries[summaries["job"].isin(PROBED)]
+
+
+@pytest.fixture(scope="module")
+def written(sweep, tmp_path_factory):
+    """(the --out directory, report.main's exit code) of `report SWEEP --out DIR`."""
     out = tmp_path_factory.mktemp("report")
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(out / "jax"),
-               XDG_CACHE_HOME=str(out / "cache"))
-    return out, subprocess.run([sys.executable, str(REPORT), str(sweep), "--out",
-                                str(out / "figs")], env=env, capture_output=True, text=True,
-                               timeout=300)
+    return out, report.main([str(sweep), "--out", str(out)])
 
 
 def table_rows(text: str) -> dict[str, dict[str, str]]:
@@ -61,108 +67,215 @@ def table_rows(text: str) -> dict[str, dict[str, str]]:
     return {r["job"]: r for r in rows}
 
 
-def test_report_writes_every_figure_and_the_markdown(report):
-    out, p = report
-    assert p.returncode == 0, p.stderr
-    figs = out / "figs"
+def dashed(fig) -> list:
+    return [line for ax in fig.axes for line in ax.get_lines() if line.get_linestyle() == "--"]
+
+
+def legend_texts(fig) -> list[str]:
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    return [t.get_text() for leg in legends for t in leg.get_texts()]
+
+
+def test_report_writes_every_figure_and_the_markdown(written, capsys):
+    out, code = written
+    assert code == 0
     for name in FIGURES:
-        data = (figs / name).read_bytes()
+        data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000, name
-        assert f"wrote {figs / name}" in p.stdout
-    text = (figs / "report.md").read_text()
-    assert text.startswith("# ") and f"wrote {figs / 'report.md'}" in p.stdout
+    text = (out / "report.md").read_text()
+    assert text.startswith("# ")
     for name in FIGURES:
         assert f"]({name})" in text
 
 
-def test_report_table_shows_every_jobs_headline(report, sweep):
-    out, _ = report
-    rows = table_rows((out / "figs" / "report.md").read_text())
+def test_report_table_shows_every_jobs_headline(written, sweep):
+    out, _ = written
+    rows = table_rows((out / "report.md").read_text())
     assert sorted(rows) == sorted(JOBS)
     for job, row in rows.items():
         headline = json.loads((sweep / job / "summary.json").read_text())["headline"]
         slope = headline["log10_slope_per_step_back"]
         assert row["measured slope (log10/step back)"] == f"{slope:.4g}"
-        assert float(row["measured slope (log10/step back)"]) == pytest.approx(slope, rel=1e-3)
         assert row["underflowed points"] == str(headline["n_underflow"])
-        mf = headline["theory"]["mean_field"]["log10_factor_per_step"]
-        assert row["mean field (log10/step)"] == f"{mf:.4g}"
-    assert rows["0"]["configuration"] == "tanh / gaussian g=0.5 / clip=1 / 20 steps"
+        theory = headline["theory"]
+        if job in ("0", "1", "2", "3"):
+            mf = theory["mean_field"]["log10_factor_per_step"]
+            assert row["prediction"] == "mean field"
+            assert row["predicted (log10/step)"] == f"{mf:.4g}"
+    assert rows["4"]["predicted (log10/step)"] == (
+        f"{json.loads((sweep / '4' / 'summary.json').read_text())['headline']['theory']['predicted_log10_slope_per_step_back']:.4g}")  # noqa: E501
+    assert rows["5"]["prediction"] == "none (loss at all steps)"
+    assert rows["5"]["predicted (log10/step)"] == "—"
+    assert rows["6"]["configuration"].startswith("vanilla / tanh / normal std=0.01 / adding")
+    assert "clip=1 / 20 steps" in rows["6"]["configuration"]
 
 
-def test_report_on_one_run_leaves_out_what_it_lacks(sweep, tmp_path, capsys):
-    main = runpy.run_path(str(REPORT))["main"]
-    assert main([str(sweep / "1"), "--out", str(tmp_path)]) == 0  # untrained, one gain
-    written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == ["decay_curves.png", "heatmap.png", "report.md", "slope_vs_lyapunov.png"]
-    assert "phase_diagram" not in (tmp_path / "report.md").read_text()
-    assert capsys.readouterr().out.count("wrote") == 4
+def test_report_on_one_run_leaves_out_what_it_lacks(sweep, tmp_path):
+    assert report.main([str(sweep / "5"), "--out", str(tmp_path)]) == 0  # loss at all steps
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decay_curves.png", "heatmap.png",
+                                                          "report.md"]
+    text = (tmp_path / "report.md").read_text()
+    assert "No prediction is drawn" in text and "phase_diagram" not in text
 
 
 @pytest.mark.parametrize("name, message", [("missing", "is not a directory"),
                                            ("empty", "no finished job")])
 def test_bad_path_is_one_line_and_exit_2(tmp_path, capsys, name, message):
     (tmp_path / "empty").mkdir()
-    main = runpy.run_path(str(REPORT))["main"]
-    assert main([str(tmp_path / name)]) == 2
+    assert report.main([str(tmp_path / name)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and message in err
 
 
-def test_quartiles_over_seeds_count_underflow_and_overflow():
-    norms = {1: [0.0, 1e-3, 1e-2], 2: [0.0, 0.0, 1.0], 3: [1.0, np.inf, np.inf],
-             4: [np.nan, 1e-2, 1e-4], 5: [1e-3, 1e-2, 1e-1]}
-    df = pd.DataFrame([{"job": "a", "t": t, "seed": s, "grad_norm": g}
-                       for t, gs in norms.items() for s, g in enumerate(gs)])
-    stats = plots.profile_stats(df).set_index("t")
-    assert stats["median"].tolist() == [-3.0, -np.inf, np.inf, -3.0, -2.0]
-    assert stats.loc[1, "q25"] == -np.inf and stats.loc[1, "q75"] == pytest.approx(-2.5)
-    assert stats.loc[5, "q25"] == pytest.approx(-2.5) and stats.loc[5, "q75"] == pytest.approx(-1.5)
-    note = plots._dropped_note(stats)
-    assert "of 5" in note and "1 underflowed to 0" in note and "1 overflowed" in note
-
-
-def test_labels_name_what_varies(sweep):
-    summaries = load_summaries(sweep).set_index("job")
-    labels = plots.config_label(summaries.reset_index()).set_axis(summaries.index)
-    assert labels.to_dict() == {"0": "tanh / gaussian g=0.5 / clip=1 / 20 steps",
-                                "1": "tanh / gaussian g=2 / no clip / 0 steps",
-                                "2": "relu / gaussian g=0.5 / no clip / 0 steps",
-                                "3": "relu / gaussian g=2 / no clip / 0 steps"}
-    df = load_sweep(sweep)
-    same = df[df["job"].isin(["0", "1"])].assign(init_gain=1.0)  # identical configs
-    assert set(plots.config_label(same)) == {"tanh / gaussian g=1 (job 0)",
-                                             "tanh / gaussian g=1 (job 1)"}
-
-
-def test_decay_curves_draw_each_jobs_mean_field_slope(sweep):
-    df, summaries = load_sweep(sweep), load_summaries(sweep)
+def test_decay_curves_draw_exactly_the_predictions_that_apply(probed):
+    df, summaries = probed
     fig = plots.decay_curves(df, summaries, hue="init_gain")
-    dashed = [line for ax in fig.axes for line in ax.get_lines() if line.get_linestyle() == "--"]
-    slopes = sorted(np.polyfit(line.get_xdata(), line.get_ydata(), 1)[0] for line in dashed)
-    expected = sorted(summaries[plots.MF + "log10_factor_per_step"])
-    np.testing.assert_allclose(slopes, expected, rtol=1e-9, atol=1e-12)
-    titles = {ax.get_title() for ax in fig.axes if ax.get_visible()}
-    assert titles == {"tanh · gaussian", "relu · gaussian"}
+    slopes = sorted(np.polyfit(line.get_xdata(), line.get_ydata(), 1)[0] for line in dashed(fig))
+    pred = frames.predictions(summaries)
+    assert not pred.loc["5", "applies"]  # loss at all steps
+    np.testing.assert_allclose(slopes, sorted(pred.loc[pred["applies"], "slope"]), rtol=1e-9,
+                               atol=1e-12)
+    assert len(slopes) == 5  # four vanilla jobs and the LSTM
+    titles = {ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()}
+    assert titles == {"tanh · gaussian / loss at last", "relu · gaussian / loss at last",
+                      "lstm\nnormal std=0.01 / loss at last",
+                      "tanh\nnormal std=0.01 / loss at all"}  # no empty panel
+    texts = legend_texts(fig)
+    assert "n/a" not in " ".join(texts) and all(texts)  # the LSTM's has no gain: its label
+    assert {"gaussian g=0.5", "gaussian g=2", "normal std=0.01"} <= set(texts)
 
 
-def test_critical_gain_and_slope_table(sweep):
-    grid = np.linspace(0.5, 2.0, 31)
-    assert plots._critical_gain(grid, grid**2) == pytest.approx(1.0, abs=1e-3)  # linear
-    assert plots._critical_gain(grid, grid**2 / 16) is None  # sigmoid-like: never 1 here
-    summaries = load_summaries(sweep)
-    table = plots.slope_table(summaries)
-    assert table["job"].tolist() == ["0", "1", "2", "3"]
-    by_job = summaries.set_index("job")
-    np.testing.assert_array_equal(table["measured slope (log10/step back)"],
-                                  by_job.loc[table["job"], plots.SLOPE])
+def test_a_flat_profile_is_not_zoomed_into_noise(probed):
+    df, summaries = probed
+    flat = df[df["job"] == "5"]  # loss over all steps: each step's own term keeps it flat
+    spread = np.ptp(np.log10(flat.groupby("t")["grad_norm"].median()))
+    assert spread < 0.5
+    fig = plots.decay_curves(flat, summaries[summaries["job"] == "5"])
+    lo, hi = fig.axes[0].get_ylim()
+    assert hi - lo == pytest.approx(plots.MIN_DECADES)
+    assert not dashed(fig) and "No prediction drawn" in fig.texts[-1].get_text()
 
 
-def test_training_curves_show_every_logged_step(sweep):
-    fig = plots.training_curves(load_metrics(sweep), load_sweep(sweep))
-    left, right = fig.axes[:2]
-    assert left.get_ylabel().startswith("perplexity")  # a token task: perplexity, not loss
-    profiles = [line for line in right.get_lines() if len(line.get_xdata())]
-    assert len(profiles) == 3  # at steps 0, 10 and 20
-    with pytest.raises(ValueError, match="not in the sweep"):
-        plots.training_curves(load_metrics(sweep), load_sweep(sweep), job="nope")
+def synthetic(T: int, slopes: dict[str, float], seeds: int = 2, floor: float = 1e-40,
+              **columns) -> pd.DataFrame:
+    """A load_sweep-like frame: job j's norm falls by 10^slope per step back, underflowing to 0
+    below `floor`."""
+    rows = []
+    for job, s in slopes.items():
+        for seed in range(seeds):
+            for t in range(1, T + 1):
+                g = 10.0 ** (s * (T - t) + 0.01 * seed)
+                rows.append({"job": job, "seed": seed, "t": t, "T": T, "train_step": 0,
+                             "grad_norm": g if g > floor else 0.0,
+                             **{k: v[job] if isinstance(v, dict) else v
+                                for k, v in columns.items()}})
+    return pd.DataFrame(rows)
+
+
+def test_the_x_range_follows_the_data_and_no_panel_is_empty():
+    # three activations, one row: three panels; the gradient underflows 40 steps back of 1000
+    df = synthetic(1000, {"a": -1.0, "b": -0.5, "c": -1.0},
+                   activation={"a": "tanh", "b": "sigmoid", "c": "relu"}, init="normal",
+                   init_std=0.01)
+    fig = plots.decay_curves(df)
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["tanh · normal std=0.01",
+                                                 "sigmoid · normal std=0.01",
+                                                 "relu · normal std=0.01"]
+    assert len([ax for ax in fig.axes if not ax.get_visible()]) == 0
+    last = max(k for k in range(1000) if 10.0 ** (-0.5 * k) > 1e-40)  # b's last finite point
+    assert panels[0].get_xlim() == pytest.approx((0, last * 1.03))
+
+
+def test_one_row_per_initialization_with_colours_told_apart():
+    inits = {"a": ("gaussian", 1.0), "b": ("orthogonal", 1.0), "c": ("identity", 1.0),
+             "d": ("xavier", None)}
+    df = synthetic(30, {"a": -0.1, "b": -0.2, "c": 0.0, "d": -0.1}, activation="tanh",
+                   init={k: v[0] for k, v in inits.items()},
+                   init_gain={k: v[1] for k, v in inits.items()})
+    fig = plots.decay_curves(df, hue="init", row="init")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    # the gaussian and orthogonal rows apart, in the order of rnnjax.init.INITS
+    assert titles == ["tanh · xavier", "tanh · orthogonal g=1", "tanh · identity g=1",
+                      "tanh · gaussian g=1"]
+    colours = {ax.get_title(): ax.get_lines()[0].get_color() for ax in fig.axes
+               if ax.get_visible() and ax.get_lines()}
+    assert len(set(colours.values())) == 4
+    assert set(colours.values()) <= set(plots.OKABE_ITO)
+
+
+def test_the_heatmap_scale_is_centred_and_both_halves_used():
+    df = synthetic(50, {"a": -0.5, "b": 0.02, "c": -0.1})
+    fig = plots.heatmap(df)
+    mesh = fig.axes[0].collections[0]
+    norm = mesh.norm
+    assert isinstance(norm, TwoSlopeNorm)
+    ends = [0.0 + 0.005, 0.005, 0.005]  # each job's median at t = T (seeds 0 and 0.01)
+    assert norm.vcenter == pytest.approx(float(np.median(ends)))
+    values = np.ma.compressed(mesh.get_array())
+    assert norm.vmin == pytest.approx(values.min()) and norm.vmax == pytest.approx(values.max())
+    assert norm.vmin < norm.vcenter < norm.vmax  # blue and red both span data
+
+
+def test_training_curves_draw_the_memoryless_baselines(sweep):
+    path = sweep / "6"  # the adding task, T = 12
+    metrics, df = load_metrics(path), load_sweep(path)
+    # the copy task's baseline, as a copy job of T = 23 steps would have it (loss over all)
+    copy = metrics.assign(task="copy", T=23, loss_at="all")
+    for m, expected in ((metrics, 1 / 6), (copy, 10 * math.log(8) / 23)):
+        fig = plots.training_curves(m, df)
+        flat = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == ":"]
+        assert [line.get_ydata()[0] for line in flat] == [pytest.approx(expected)]
+        assert any("memoryless baseline" in t for t in legend_texts(fig))
+    last = copy.assign(loss_at="last")  # the loss at the last step: a guess among 8
+    fig = plots.training_curves(last, df)
+    assert [line.get_ydata()[0] for line in fig.axes[0].get_lines()
+            if line.get_linestyle() == ":"] == [pytest.approx(math.log(8))]
+
+
+def test_training_profiles_before_and_after(sweep):
+    path = sweep / "6"
+    df, summaries = load_sweep(path), load_summaries(path)
+    fig = plots.before_after(df, summaries, load_metrics(path),
+                             names={df["job"].iloc[0]: "tanh RNN"})
+    before, after = fig.axes[:2]
+    assert before.get_title() == "at initialization"
+    assert after.get_title() == "after 20 training steps"
+    for ax, step in ((before, 0), (after, 20)):
+        thick = [line for line in ax.get_lines() if line.get_linewidth() > 2]
+        stats = frames.profile_stats(df[df["train_step"] == step])
+        np.testing.assert_allclose(thick[0].get_ydata(), stats["median"], rtol=1e-12)
+        assert len([line for line in ax.get_lines() if line.get_linewidth() < 1]) == 2  # seeds
+    assert any(t.startswith("tanh RNN (2 seeds)") for t in legend_texts(fig))
+
+
+def test_cells_figures(sweep, probed):
+    df, summaries = probed
+    fig = plots.cells_at_init(df, summaries)
+    lines = [line for ax in fig.axes for line in ax.get_lines() if line.get_linestyle() == "-"]
+    assert len(lines) == len(PROBED)
+    for line in lines:  # relative to t = T, where every line starts at 0 decades
+        x, y = line.get_xdata(), line.get_ydata()
+        assert x[np.argmin(x)] == 0 and y[np.argmin(x)] == pytest.approx(0, abs=1e-12)
+    metrics = load_metrics(sweep)
+    both = pd.concat([metrics, metrics.assign(task="copy", T=23, loss_at="all", job="copy")])
+    fig = plots.cells_training(both)
+    baselines = sorted(line.get_ydata()[0] for ax in fig.axes for line in ax.get_lines()
+                       if line.get_linestyle() == ":")
+    assert baselines == pytest.approx(sorted([1 / 6, 10 * math.log(8) / 23]))
+
+
+def test_curse_of_memory_shows_the_fitted_powers():
+    r = np.array([0.5, 0.9, 0.99, 0.999])
+    s = pd.DataFrame([{"job": f"{v}{n}", frames.THEORY + "r": v,
+                       frames.THEORY + "inverse_one_minus_r": 1 / (1 - v),
+                       "config.cell.normalize": n,
+                       frames.THEORY + "lambda_grad_norm": (1 / (1 - v)) ** (1 if n else 1.5),
+                       frames.THEORY + "nu_log_grad_norm": 0.03 * (1 / (1 - v)) ** (
+                           0 if n else 0.5)} for v in r for n in (True, False)])
+    fig = plots.curse_of_memory(s)
+    texts = legend_texts(fig)
+    assert "normalized: slope 1.00 (theory 1)" in texts
+    assert "not normalized: slope 1.50 (theory 1.5)" in texts
+    assert "normalized: slope 0.00 (theory 0)" in texts
+    assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_yscale() == "log"

@@ -100,6 +100,36 @@ def test_sequence_loss_is_the_loss_of_the_unrolled_outputs(key, cell_name, kind,
     np.testing.assert_allclose(val, val_want, rtol=1e-12)
 
 
+@pytest.mark.parametrize("clip_value", [1e-3, 0.05, 1e3])
+def test_elementwise_clipping_clamps_each_entry_as_optax_clip(key, clip_value):
+    p = net(key)
+    x, y = make_random_batch(5, 4, 7)(jax.random.fold_in(key, 1))
+    lr = 0.5
+    tx = make_optimizer("sgd", lr, None, clip_value)
+    chunk = make_train_chunk(vanilla("tanh"), "all", "tokens", tx, fixed_batch(x, y), 1, 1,
+                             clip_value=clip_value)
+    state, m = chunk(init_state(p, tx), key, jnp.asarray(0))
+    grads = jax.grad(lambda q: make_probe(vanilla("tanh"), "all")(q, x, y).loss)(p)
+    for new, old, g in zip(state.params, p, grads, strict=True):
+        np.testing.assert_allclose(new, old - lr * np.clip(g, -clip_value, clip_value),
+                                   rtol=1e-9, atol=1e-15)
+    biggest = max(float(jnp.max(jnp.abs(g))) for g in grads)
+    assert bool(m.clipped[0]) == (biggest > clip_value)
+    assert 1e-3 < biggest < 1e3  # both outcomes are tested
+
+
+def test_elementwise_then_global_norm_clipping_in_that_order(key):
+    p = net(key)
+    x, y = make_random_batch(5, 4, 7)(jax.random.fold_in(key, 1))
+    tx = make_optimizer("sgd", 1.0, 1e-2, 0.05)
+    grads = jax.grad(lambda q: make_probe(vanilla("tanh"), "all")(q, x, y).loss)(p)
+    clamped = jax.tree.map(lambda g: jnp.clip(g, -0.05, 0.05), grads)
+    factor = min(1.0, 1e-2 / float(optax.tree.norm(clamped)))
+    updates, _ = tx.update(grads, tx.init(p), p)
+    for u, c in zip(updates, clamped, strict=True):
+        np.testing.assert_allclose(u, -factor * c, rtol=1e-9, atol=1e-15)
+
+
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_truncated_bptt_gives_zero_gradient_across_the_cut(key, k):
     T = 13
@@ -222,3 +252,22 @@ def test_copy_task_records_its_T_and_uses_it(tmp_path, monkeypatch):
     fig = plots.decay_curves(df)
     xs = np.concatenate([line.get_xdata() for ax in fig.axes for line in ax.get_lines()])
     assert xs.min() == 0 and xs.max() == 24  # T - t for t = 25..1, never negative
+
+
+def test_rmsprop_initial_scale_is_arjovskys_running_mean_square(key):
+    """Their update: rms = 0.9 rms + 0.1 g^2 from rms = 1e-3, then p -= lr g / sqrt(rms)."""
+    p = net(key)
+    x, y = make_random_batch(5, 4, 7)(jax.random.fold_in(key, 1))
+    tx = make_optimizer("rmsprop", 1e-3, None, None, initial_scale=1e-3)
+    grads = jax.grad(lambda q: make_probe(vanilla("tanh"), "all")(q, x, y).loss)(p)
+    state, params = tx.init(p), p
+    rms = jax.tree.map(lambda a: np.full(a.shape, 1e-3), p)
+    expected = jax.tree.map(np.asarray, p)
+    for _ in range(2):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        rms = jax.tree.map(lambda r, g: 0.9 * r + 0.1 * np.asarray(g) ** 2, rms, grads)
+        expected = jax.tree.map(lambda e, g, r: e - 1e-3 * np.asarray(g) / np.sqrt(r + 1e-8),
+                                expected, grads, rms)
+    for a, b in zip(params, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-12)

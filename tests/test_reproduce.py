@@ -1,0 +1,121 @@
+"""reproduce.py on two tiny figures (one drawn from the other's jobs), in-process with its worker
+process: the figures, their sections and REPORT.md under ./results by default; a second run
+skips every finished job and leaves its files alone; a new job runs alone; `--out DIR`; a bad
+override is one line and writes nothing."""
+
+import logging
+import os
+import shutil
+
+import pytest
+
+from rnnjax import frames, load_summaries, plots, reproduce
+from rnnjax.reproduce import Figure
+
+SMALL = ["hidden_size=8", "seq_len=12", "seeds=2", "batch_size=4", "probe.loss_at=last"]
+
+
+def tiny(extra_jobs: list[list[str]] = ()) -> dict[str, Figure]:
+    return {
+        "tiny_a": Figure(common=SMALL, jobs=[["activation=tanh"], ["activation=relu"],
+                                             *extra_jobs],
+                         draw=lambda d: plots.decay_curves(d.df, d.summaries),
+                         caption="Two tiny jobs."),
+        "tiny_b": Figure(sources=("tiny_a",), draw=lambda d: plots.slope_vs_lyapunov(
+            d.summaries), caption="Drawn from tiny_a's jobs."),
+    }
+
+
+def run(monkeypatch, caplog, figures, *argv) -> tuple[int, list[str]]:
+    monkeypatch.setattr(reproduce, "FIGURES", figures)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="reproduce"):
+        code = reproduce.main(list(argv))
+    return code, [r.getMessage() for r in caplog.records if r.name == "reproduce"]
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """The first run, from a fresh directory without --out: (that directory, exit code, log
+    lines)."""
+    where = tmp_path_factory.mktemp("repro")
+    mp, caplog_records = pytest.MonkeyPatch(), []
+    handler = logging.Handler()
+    handler.emit = caplog_records.append
+    logging.getLogger("reproduce").addHandler(handler)
+    try:
+        mp.chdir(where)
+        mp.setenv("XDG_CACHE_HOME", str(where / "cache"))
+        mp.setattr(reproduce, "FIGURES", tiny())
+        code = reproduce.main(["--only", "tiny_b"])  # tiny_a's jobs run as its source
+    finally:
+        logging.getLogger("reproduce").removeHandler(handler)
+        mp.undo()
+    return where / "results", code, [r.getMessage() for r in caplog_records]
+
+
+def test_first_run_writes_figures_sections_and_report_under_results(first):
+    out, code, lines = first
+    assert code == 0
+    for name in ("tiny_a", "tiny_b"):
+        png = (out / "figures" / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
+        assert f"![{name}](figures/{name}.png)" in (out / "REPORT.md").read_text()
+    jobs = sorted(p.name for p in (out / "runs" / "reproduce" / "tiny_a").iterdir()
+                  if p.is_dir())
+    assert jobs == ["activation=relu", "activation=tanh"]  # named by their own overrides
+    assert any(line.startswith("job 1 of 2 (tiny_a/activation=tanh): ok in") for line in lines)
+    assert any(line.startswith("job 2 of 2 (tiny_a/activation=relu): ok in") for line in lines)
+    # the section's table holds each job's measured slope as its summary.json says
+    summaries = load_summaries(out / "runs" / "reproduce" / "tiny_a").set_index("job")
+    section = (out / "figures" / "tiny_a.md").read_text()
+    for job, slope in summaries[frames.SLOPE].items():
+        assert f"| tiny_a/{job} |" in section and f"| {slope:.4g} |" in section
+    assert "2 of its 2 jobs ran (0 finished earlier" in (out / "REPORT.md").read_text()
+
+
+def test_second_run_skips_every_finished_job(first, monkeypatch, caplog):
+    out, _, _ = first
+    summaries = sorted((out / "runs" / "reproduce").rglob("summary.json"))
+    before = {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in summaries}
+    log_size = (out / "runs" / "reproduce" / "workers.log").stat().st_size
+    # a finished job of a former job list: left alone, and out of the figures
+    runs = out / "runs" / "reproduce" / "tiny_a"
+    shutil.copytree(runs / "activation=tanh", runs / "activation=stale")
+    code, lines = run(monkeypatch, caplog, tiny(), "--out", str(out))
+    assert code == 0
+    assert [line for line in lines if line.startswith("job ")] == [
+        "job 1 of 2 (tiny_a/activation=tanh): skipped, finished earlier",
+        "job 2 of 2 (tiny_a/activation=relu): skipped, finished earlier"]
+    assert {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in summaries} == before
+    assert (out / "runs" / "reproduce" / "workers.log").stat().st_size == log_size  # no worker
+    assert (out / "figures" / "tiny_b.png").is_file()
+    assert "stale" not in (out / "figures" / "tiny_a.md").read_text()
+    assert "0 of its 2 jobs ran (2 finished earlier and were reused)" in (
+        out / "REPORT.md").read_text()
+
+
+def test_a_new_job_runs_alone(first, monkeypatch, caplog):
+    out, _, _ = first
+    # its init values as a list: one job, one row per value
+    new = ["activation=sigmoid", "init=gaussian", "init.gain=[0.5,2.0]"]
+    code, lines = run(monkeypatch, caplog, tiny([new]), "--out", str(out), "--only", "tiny_a")
+    assert code == 0
+    jobs = [line for line in lines if line.startswith("job ")]
+    assert jobs[:2] == ["job 1 of 3 (tiny_a/activation=tanh): skipped, finished earlier",
+                        "job 2 of 3 (tiny_a/activation=relu): skipped, finished earlier"]
+    assert jobs[2].startswith(f"job 3 of 3 (tiny_a/{reproduce.job_name(new)}): ok in")
+    section = (out / "figures" / "tiny_a.md").read_text()
+    for value in ("0.5", "2"):
+        assert f"{reproduce.job_name(new)}[init.gain={value}] | sigmoid / gaussian g={value}" in (
+            section)
+
+
+def test_a_bad_override_is_one_line_and_writes_nothing(tmp_path, monkeypatch, caplog, capsys):
+    bad = {"tiny_a": Figure(common=SMALL, jobs=[["seq_len=0"]], draw=lambda d: None,
+                            caption="")}
+    code, _ = run(monkeypatch, caplog, bad, "--out", str(tmp_path / "out"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "seq_len=0 is invalid" in err
+    assert not (tmp_path / "out").exists()
