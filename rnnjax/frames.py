@@ -138,8 +138,15 @@ def format_values(values: pd.Series, key: str) -> pd.Series:
     """The label text of each value of config key `key` ("" or MISSING's word where missing)."""
     missing = MISSING.get(key, "")
     text = KEYS[key].text
-    return values.map(lambda v: missing if v is None or (np.isscalar(v) and pd.isna(v))
-                      else text(v))
+    return values.map(lambda v: missing if _is_missing(v) else text(v))
+
+
+def _is_missing(v: Any) -> bool:
+    """None, NaN or pandas' NA (a nullable column's gap); a list value is never missing."""
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
 
 
 def takes(cell: str, what: str) -> bool:
@@ -168,12 +175,11 @@ def labels(cfg: pd.DataFrame, exclude: Iterable[str] = ()) -> pd.Series:
             if p in text:
                 text["init"] = (text["init"] + " " + text.pop(p)).str.strip()
     if "r_min" in text and "r_max" in text:  # the LRU's ring: r=0.9, or |λ| in [0.9, 0.999]
-        lo, hi = cfg["r_min"], cfg["r_max"]
-        same = lo.astype(float) == hi.astype(float)
-        ring = ("|λ| in [" + lo.map("{:g}".format, na_action="ignore") + ", "
-                + hi.map("{:g}".format, na_action="ignore") + "]")
-        ring = ring.where(~same, "r=" + lo.map("{:g}".format, na_action="ignore"))
-        text = {("ring" if k == "r_min" else k): (ring.fillna("") if k == "r_min" else v)
+        lo, hi = cfg["r_min"].astype(float), cfg["r_max"].astype(float)
+        lo_s, hi_s = lo.map("{:g}".format), hi.map("{:g}".format)  # object: "nan" where missing
+        ring = ("|λ| in [" + lo_s + ", " + hi_s + "]").where(lo != hi, "r=" + lo_s)
+        ring = ring.where(lo.notna() & hi.notna(), "")  # not an LRU (or no ring): no text
+        text = {("ring" if k == "r_min" else k): (ring if k == "r_min" else v)
                 for k, v in text.items() if k != "r_max"}
     cells = cfg["cell"] if "cell" in cfg else pd.Series("vanilla", index=cfg.index)
     for key in ("activation", "init"):

@@ -65,6 +65,19 @@ def test_labels_name_each_cell_by_what_it_uses():
     ]  # T is the same for all: not named; seq_len never (T is)
 
 
+def test_labels_of_nullable_columns_where_some_cells_lack_the_option():
+    """Jobs of different cells concatenate into nullable columns (pandas' NA where a cell has
+    no such option): a gap is a missing value, not an error."""
+    cfg = pd.DataFrame({
+        "cell": ["vanilla", "lstm", "lstm"],
+        "forget_bias": pd.array([None, 1.0, 0.0], dtype="Float64"),
+        "peephole": pd.array([None, True, False], dtype="boolean"),
+        "r_min": [math.nan] * 3, "r_max": [math.nan] * 3,  # no LRU among them
+    })
+    assert frames.labels(cfg).tolist() == [
+        "vanilla", "lstm / forget bias 1 / peephole", "lstm / forget bias 0 / no peephole"]
+
+
 def test_labels_keep_the_old_vanilla_form_and_exclude_init_with_its_parameter():
     cfg = pd.DataFrame({"activation": ["tanh", "tanh"], "init": ["gaussian", "orthogonal"],
                         "init_gain": [2.0, 2.0], "T": [16, 64]})

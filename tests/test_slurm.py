@@ -34,6 +34,9 @@ from rnnjax.slurm import (
     wait_for_tasks,
 )
 
+# One xdist worker runs every test here: they share one cluster and count on its queue.
+pytestmark = pytest.mark.xdist_group("slurm")
+
 # The README's overrides for a CPU-only node.
 CPU_NODE = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
@@ -176,16 +179,19 @@ def _wait_running(cwd, task: int, timeout: float = 120) -> str:
     raise AssertionError(f"task {task} did not start in {timeout} s")
 
 
-def _wait_started(sweep, override: str, timeout: float = 120) -> None:
-    """Waits until the job with this override has started (Hydra wrote its overrides)."""
+def _wait_started(sweep, override: str, timeout: float = 120, training: bool = False) -> None:
+    """Waits until the job with this override has started (Hydra wrote its overrides), and
+    with `training` until its log shows a training step done (it is mid-run)."""
     end = time.time() + timeout
     while time.time() < end:
         try:
-            if any(override in o.split() for o in job_dirs(sweep)):
+            job = next((d for o, d in job_dirs(sweep).items() if override in o.split()), None)
+            if job is not None and (not training or re.search(r"\bstep \d+ of \d+: ",
+                                                         (job / "run.log").read_text())):
                 return
         except (OSError, TypeError, yaml.YAMLError):  # not there yet, or being written
             pass
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise AssertionError(f"the job {override} did not start in {timeout} s")
 
 
@@ -210,17 +216,19 @@ def _finish(proc: subprocess.Popen, array: str | None, timeout: float) -> str:
 
 def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, jax_cache):
     sweep = tmp_path / "sweep"
-    # One quick job and one that trains for a few seconds, which is cancelled mid-run.
-    args = ["-m", *CPU_NODE, f"hydra.sweep.dir={sweep}", "train.steps=0,20000",
-            "train.log_every=5000", *SMALL]
+    # One quick job and one that trains for about 7 s on 2 cores (its first progress line
+    # after a tenth of that), which is cancelled once that line is in its log: mid-run however
+    # fast the machine (20000 steps finished before scancel in CI).
+    args = ["-m", *CPU_NODE, f"hydra.sweep.dir={sweep}", "train.steps=0,200000",
+            "train.log_every=20000", *SMALL]
     since = _now()
     proc = _start(args, tmp_path, jax_cache)
     slow = None
     try:
-        # map_array submits the jobs in order: task 1 is train.steps=20000. It is cancelled
-        # once its job has started (Hydra has written its directory).
+        # map_array submits the jobs in order: task 1 is train.steps=200000. It is cancelled
+        # once its job is training.
         slow = _wait_running(tmp_path, 1)
-        _wait_started(sweep, "train.steps=20000")
+        _wait_started(sweep, "train.steps=200000", training=True)
         subprocess.run(["scancel", slow], check=True, timeout=30)
     finally:
         err = _finish(proc, slow and slow.split("_")[0], timeout=240)
@@ -230,7 +238,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     jobs = job_dirs(sweep)
     quick = next(d for o, d in jobs.items() if "train.steps=0" in o.split())
     assert status(quick) == "ok"
-    cancelled = next(d for o, d in jobs.items() if "train.steps=20000" in o.split())
+    cancelled = next(d for o, d in jobs.items() if "train.steps=200000" in o.split())
     assert not (cancelled / "summary.json").exists()
     first = settled(tmp_path, since, submitted(sweep), timeout=10)
     assert len(first) == 2 and all(s in FINAL for s in first.values()), first
@@ -238,8 +246,9 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert proc.returncode == 1
     assert "Traceback" not in err
     line = closing_line(err)
-    assert line.endswith(f"2 jobs: 1 failed, 1 ok; failed: train.steps=20000 train.log_every=5000 "
-                         f"{' '.join(SMALL)} (SLURM task {slow} ended CANCELLED without a result)")
+    assert line.endswith(f"2 jobs: 1 failed, 1 ok; failed: train.steps=200000 "
+                         f"train.log_every=20000 {' '.join(SMALL)} (SLURM task {slow} ended "
+                         f"CANCELLED without a result)")
 
     # The re-run submits one task, for the cancelled job only, and it finishes.
     p = run(args, tmp_path, jax_cache)
@@ -249,7 +258,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert {j: s for j, s in now.items() if j not in first} == {next(iter(new)): "COMPLETED"}
     jobs = job_dirs(sweep)
     assert all(status(d) == "ok" for d in jobs.values())
-    redone = next(d for o, d in jobs.items() if "train.steps=20000" in o.split())
+    redone = next(d for o, d in jobs.items() if "train.steps=200000" in o.split())
     assert slurm_id(redone) == next(iter(new))
     assert slurm_id(quick) in first
     assert "2 jobs: 2 ok (1 skipped" in closing_line(p.stderr)
@@ -279,20 +288,20 @@ def test_task_cancelled_while_pending_does_not_hang_the_sweep(cluster, tmp_path,
 def test_ctrl_c_cancels_the_array_and_says_so_in_one_line(cluster, tmp_path, jax_cache):
     sweep = tmp_path / "sweep"
     args = ["-m", *CPU_NODE, "hydra.launcher.array_parallelism=1", f"hydra.sweep.dir={sweep}",
-            "train.steps=20000,0", "train.log_every=5000", *SMALL]
+            "train.steps=300000,0", "train.log_every=30000", *SMALL]
     proc = _start(args, tmp_path, jax_cache)
     array = None
     try:
         slow = _wait_running(tmp_path, 0)
         array = slow.split("_")[0]
-        _wait_started(sweep, "train.steps=20000")
+        _wait_started(sweep, "train.steps=300000", training=True)  # mid-run
         proc.send_signal(signal.SIGINT)
     finally:
         err = _finish(proc, array, timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
     assert closing_line(err) == (
         f"rnnjax: sweep {sweep} interrupted: 0 of 2 jobs finished; interrupted: "
-        f"train.steps=20000 train.log_every=5000 {' '.join(SMALL)}; 1 not started; cancelled its "
+        f"train.steps=300000 train.log_every=30000 {' '.join(SMALL)}; 1 not started; cancelled its "
         f"SLURM array {array}; the same command resumes the sweep")
     # Nothing of the array is left: the running task was cancelled, the pending one never ran.
     states = wait_for_tasks([slow, f"{array}_1"], poll_s=0.2, accounting_s=5)
