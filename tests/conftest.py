@@ -5,7 +5,14 @@ still compute in float32."""
 import os
 from pathlib import Path
 
-import jax
+# XLA's LLVM backend without its expensive optimizations: the tests compile hundreds of small
+# programs, and compiling is most of their time on a CPU (about 30% less CPU time in all, the
+# same HLO programs and results). Subprocesses inherit the flags.
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""),
+                                    "--xla_backend_optimization_level=0",
+                                    "--xla_llvm_disable_expensive_passes=true"]).strip()
+
+import jax  # noqa: E402 (after XLA_FLAGS)
 import pytest
 
 jax.config.update("jax_enable_x64", True)
@@ -32,10 +39,20 @@ def timemachine_file():
     return TEXT
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def jax_cache(tmp_path_factory):
-    """A compilation cache shared by the subprocesses of the whole session."""
-    return str(tmp_path_factory.mktemp("jax_cache"))
+    """One JAX compilation cache for the whole session: in-process jobs, subprocesses (through
+    JAX_COMPILATION_CACHE_DIR) and both xdist workers, whose temporary directories share a
+    parent. Every program is cached, however fast it compiled."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    cache = base / "jax_cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return str(cache)
 
 
 @pytest.fixture(autouse=True)

@@ -34,9 +34,6 @@ from rnnjax.slurm import (
     wait_for_tasks,
 )
 
-# One xdist worker runs every test here: they share one cluster and count on its queue.
-pytestmark = pytest.mark.xdist_group("slurm")
-
 # The README's overrides for a CPU-only node.
 CPU_NODE = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0",
             "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
@@ -216,19 +213,20 @@ def _finish(proc: subprocess.Popen, array: str | None, timeout: float) -> str:
 
 def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, jax_cache):
     sweep = tmp_path / "sweep"
-    # One quick job and one that trains for about 7 s on 2 cores (its first progress line
-    # after a tenth of that), which is cancelled once that line is in its log: mid-run however
-    # fast the machine (20000 steps finished before scancel in CI).
-    args = ["-m", *CPU_NODE, f"hydra.sweep.dir={sweep}", "train.steps=0,200000",
-            "train.log_every=20000", *SMALL]
+    # One quick job and one that trains for about 16 s on 2 cores, which is cancelled once its
+    # log shows a training step: mid-run, with time left for SLURM's KillWait (5 s: submitit
+    # ignores the SIGTERM of scancel, the SIGKILL after KillWait ends it). A job shorter than
+    # that finished despite scancel (20000 steps in CI, 100000 here).
+    args = ["-m", *CPU_NODE, f"hydra.sweep.dir={sweep}", "train.steps=0,300000",
+            "train.log_every=30000", *SMALL]
     since = _now()
     proc = _start(args, tmp_path, jax_cache)
     slow = None
     try:
-        # map_array submits the jobs in order: task 1 is train.steps=200000. It is cancelled
+        # map_array submits the jobs in order: task 1 is train.steps=300000. It is cancelled
         # once its job is training.
         slow = _wait_running(tmp_path, 1)
-        _wait_started(sweep, "train.steps=200000", training=True)
+        _wait_started(sweep, "train.steps=300000", training=True)
         subprocess.run(["scancel", slow], check=True, timeout=30)
     finally:
         err = _finish(proc, slow and slow.split("_")[0], timeout=240)
@@ -238,7 +236,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     jobs = job_dirs(sweep)
     quick = next(d for o, d in jobs.items() if "train.steps=0" in o.split())
     assert status(quick) == "ok"
-    cancelled = next(d for o, d in jobs.items() if "train.steps=200000" in o.split())
+    cancelled = next(d for o, d in jobs.items() if "train.steps=300000" in o.split())
     assert not (cancelled / "summary.json").exists()
     first = settled(tmp_path, since, submitted(sweep), timeout=10)
     assert len(first) == 2 and all(s in FINAL for s in first.values()), first
@@ -246,8 +244,8 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert proc.returncode == 1
     assert "Traceback" not in err
     line = closing_line(err)
-    assert line.endswith(f"2 jobs: 1 failed, 1 ok; failed: train.steps=200000 "
-                         f"train.log_every=20000 {' '.join(SMALL)} (SLURM task {slow} ended "
+    assert line.endswith(f"2 jobs: 1 failed, 1 ok; failed: train.steps=300000 "
+                         f"train.log_every=30000 {' '.join(SMALL)} (SLURM task {slow} ended "
                          f"CANCELLED without a result)")
 
     # The re-run submits one task, for the cancelled job only, and it finishes.
@@ -258,7 +256,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert {j: s for j, s in now.items() if j not in first} == {next(iter(new)): "COMPLETED"}
     jobs = job_dirs(sweep)
     assert all(status(d) == "ok" for d in jobs.values())
-    redone = next(d for o, d in jobs.items() if "train.steps=200000" in o.split())
+    redone = next(d for o, d in jobs.items() if "train.steps=300000" in o.split())
     assert slurm_id(redone) == next(iter(new))
     assert slurm_id(quick) in first
     assert "2 jobs: 2 ok (1 skipped" in closing_line(p.stderr)
