@@ -310,20 +310,20 @@ def test_out_of_range_values_give_one_line(case, tmp_path, jax_cache):
     check_case(case, tmp_path, jax_cache)
 
 
-@few(2)
+@few(1)
 @given(case=bad_types())
 def test_wrong_types_name_the_key(case, tmp_path, jax_cache):
     check_case(case, tmp_path, jax_cache)
 
 
-@few(2)
+@few(1)
 @given(case=unknown_options())
 @example(case=Case(("activation=null",), ("activation=",), True, "tanh"))  # was a traceback
 def test_unknown_group_options_name_the_group(case, tmp_path, jax_cache):
     check_case(case, tmp_path, jax_cache)
 
 
-@few(2)
+@few(1)
 @given(case=unknown_keys())
 @example(case=Case(("+train.clipp=1",), ("train.clipp",), True, None))  # was ignored, exit 0
 def test_unknown_keys_are_rejected(case, tmp_path, jax_cache):

@@ -13,10 +13,12 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 from numpy_bptt import bptt
+from test_train import compose_cfg
 
 from rnnjax import load_summaries, load_sweep
 from rnnjax.cli import COMMANDS, _call
 from rnnjax.cli import main as cli_main
+from rnnjax.job import run_job
 from rnnjax.results import config_schema_columns
 
 RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
@@ -130,19 +132,18 @@ def test_training_job_and_divergence_is_data(tmp_path, jax_cache):
 
 
 
-def test_init_value_list_is_vmapped_in_one_job(tmp_path, jax_cache):
+def test_init_value_list_is_vmapped_in_one_job(tmp_path, caplog):
     common = ["init=gaussian", "probe.loss_at=last", "seq_len=15", "hidden_size=6",
               "batch_size=3", "seeds=2"]
-    p = run([f"hydra.run.dir={tmp_path / 'list'}", "init.gain=[0.5,2.0]"] + common, tmp_path,
-            jax_cache)
-    assert "gaussian g=" not in p.stdout and "gaussian gain=0.5" in p.stdout + p.stderr
+    with caplog.at_level(logging.INFO, logger="rnnjax"):
+        run_job(compose_cfg(["init.gain=[0.5,2.0]"] + common), tmp_path / "list")
+    assert "gaussian g=" not in caplog.text and "gaussian gain=0.5" in caplog.text
     df = load_sweep(tmp_path / "list")
     assert sorted(df.job.unique()) == [".[init.gain=0.5]", ".[init.gain=2]"]
     summaries = load_summaries(tmp_path / "list")
     assert sorted(summaries["config.init.gain"]) == [0.5, 2.0]
     for gain in (2.0,):  # the same numbers as a job of that value alone
-        run([f"hydra.run.dir={tmp_path / str(gain)}", f"init.gain={gain}"] + common, tmp_path,
-            jax_cache)
+        run_job(compose_cfg([f"init.gain={gain}"] + common), tmp_path / str(gain))
         one = pd.read_parquet(tmp_path / str(gain) / "grad_norms.parquet")
         mine = df[df.init_gain == gain]
         np.testing.assert_array_equal(mine.grad_norm.to_numpy(), one.grad_norm.to_numpy())
