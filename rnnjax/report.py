@@ -28,7 +28,7 @@ GAIN_TOLERANCE = 0.05  # effective gains within 5% of each other count as one
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="report.py", description=__doc__.splitlines()[0],
+        description=__doc__.splitlines()[0],
         epilog="Figures are drawn by rnnjax.plots from the tables of rnnjax.frames; numbers in "
                "the table have 4 significant digits.")
     parser.add_argument("path", type=Path, help="a run directory or a multirun directory")

@@ -501,7 +501,7 @@ def run(names: list[str], out: Path, workers: int) -> tuple[int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Figures: " + ", ".join(FIGURES))
     parser.add_argument("--only", choices=list(FIGURES), action="append",

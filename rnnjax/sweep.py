@@ -17,7 +17,9 @@ import logging
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -206,6 +208,21 @@ class ValidateConfig(Callback):
 
 
 _running: dict[str, str] = {}  # the output directory of the job this process runs now
+# Set by Ctrl-C (SIGINT). A KeyboardInterrupt that lands in a garbage-collector callback (JAX
+# has one) is printed and swallowed by Python, and the sweep would go on: the next job, and the
+# sweep's end, look at this flag too.
+_sigint = threading.Event()
+
+
+def _on_sigint(signum, frame):
+    _sigint.set()
+    raise KeyboardInterrupt
+
+
+def _stop_if_interrupted() -> None:
+    """Raises KeyboardInterrupt where Ctrl-C was pressed but its exception got lost."""
+    if _sigint.is_set():
+        raise KeyboardInterrupt
 
 
 class _Position(logging.Filter):
@@ -248,6 +265,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     hc = HydraConfig.get()
     single = hc.mode == RunMode.RUN
     out = hc.runtime.output_dir
+    _stop_if_interrupted()
     _running["dir"] = out
     config, resolved = job_config(cfg)
     with _log_position(None if single else hc.job.env_set.get(POSITION)):
@@ -471,6 +489,7 @@ def run_sweep(sweeper: Any, arguments: Sequence[str]) -> list:
             returns.append(rets)
             outcomes.update({j.number: _launched_outcome(j, r, started)
                              for j, r in zip(batch, rets, strict=True)})
+            _stop_if_interrupted()
     except KeyboardInterrupt as e:  # its text: what the launcher did about its jobs, if any
         interrupted = str(e)
     except Exception as e:  # e.g. submitit's UncompletedJobError for a cancelled SLURM task
@@ -545,6 +564,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
     sys.argv = [prog, *argv[:at], *sweep_dir_override(argv), *run_dir_override(argv),
                 *argv[at:]]
     _running.clear()
+    _sigint.clear()
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.signal(signal.SIGINT, _on_sigint)
     try:
         app()
     except KeyboardInterrupt:
@@ -555,3 +578,5 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
         raise SystemExit(INTERRUPTED) from None
     finally:
         sys.argv = saved
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
