@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnjax.benchmark import write_json
+
 try:
     import torch
     import torch.nn.functional as F
@@ -280,16 +282,6 @@ def data_file(arg):
         p = Path(arg).expanduser()
         return (p / DATA_FILE if p.is_dir() else p).resolve()
     return Path(os.environ.get("RNNJAX_DATA", ".")).expanduser().resolve() / DATA_FILE
-
-
-def write_json(obj, path: Path):
-    """Writes `obj` as JSON to `path` atomically (a temporary file, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def main():

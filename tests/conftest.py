@@ -2,7 +2,9 @@
 computed in JAX too; the harness passes dtypes explicitly, and tests check that float32 jobs
 still compute in float32."""
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 # XLA's CPU backend compiling fast: the tests compile hundreds of small programs, and
@@ -69,3 +71,22 @@ def pytest_collection_modifyitems(config, items):
     """The SLURM tests first: they mostly wait on the cluster, so one xdist worker waits while
     the other computes, instead of the suite ending on them."""
     items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_slurm.py")
+
+
+def exit_code_of(main: Callable[[list[str]], object], argv: list[str]) -> int:
+    """`main(argv)`'s exit code (0 when it returns None, its SystemExit's code otherwise),
+    in-process. Hydra configures logging for the job it runs: pytest's handlers are given
+    back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        code = main(argv) or 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        for h in root.handlers:
+            if h not in handlers:
+                h.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return code

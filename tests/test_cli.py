@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
+from conftest import ROOT, exit_code_of
 from numpy_bptt import bptt
 from test_train import compose_cfg
 
@@ -165,18 +165,7 @@ def cli(tmp_path, monkeypatch, capsys):
         monkeypatch.setattr(absl.get_absl_handler().python_handler, "stream", sys.__stderr__)
 
     def call(*argv):
-        root = logging.getLogger()
-        handlers, level = root.handlers[:], root.level
-        try:
-            code = cli_main(list(argv))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else int(e.code is not None)
-        finally:  # Hydra configured logging for the job: give pytest its handlers back
-            for h in root.handlers:
-                if h not in handlers:
-                    h.close()
-            root.handlers[:] = handlers
-            root.setLevel(level)
+        code = exit_code_of(cli_main, list(argv))
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -10,7 +10,6 @@ Ctrl-C or a failure.
 """
 
 import json
-import logging
 import os
 import re
 import signal
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, exit_code_of
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
@@ -78,19 +77,7 @@ def app(tmp_path, monkeypatch, capsys):
     def call(*argv, cwd=None):
         if cwd is not None:
             monkeypatch.chdir(cwd)
-        root = logging.getLogger()
-        handlers, level = root.handlers[:], root.level
-        try:
-            main(list(argv))
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else int(e.code is not None)
-        finally:  # Hydra configured logging for the job: give pytest its handlers back
-            for h in root.handlers:
-                if h not in handlers:
-                    h.close()
-            root.handlers[:] = handlers
-            root.setLevel(level)
+        code = exit_code_of(main, list(argv))
         out, err = capsys.readouterr()
         return Result(code, out, err)
 
