@@ -1,0 +1,52 @@
+"""experiments/bench_train.py (rnnjax.bench_train): the rnnjax contender end to end on one
+epoch, and the speed ratios and table from rows whose numbers are known."""
+
+import json
+import math
+
+import pytest
+
+from rnnjax import bench_train
+
+
+def rows(**process_s):
+    """Rows as median_row makes them, one run each."""
+    names = {"scratch": (bench_train.TORCH_MODELS["scratch"], 1, 1),
+             "rnn": (bench_train.TORCH_MODELS["rnn"], 2, 1),
+             "compiled": (bench_train.TORCH_MODELS["compiled"], 1, 1),
+             "rnnjax1": ("rnnjax", None, 1), "rnnjax3": ("rnnjax", None, 3)}
+    return [bench_train.median_row([bench_train.row(names[k][0], names[k][2], names[k][1], s,
+                                                    s - 1, 6.2, 7.3)])
+            for k, s in process_s.items()]
+
+
+def test_ratios_take_the_fastest_eager_pytorch_times_the_seeds():
+    r = bench_train.ratios(rows(scratch=22.0, rnn=20.0, compiled=5.0, rnnjax1=10.0,
+                                rnnjax3=30.0))
+    assert r["fastest_pytorch_eager"] == "PyTorch nn.RNN, 2 thread(s)"  # compiled is not eager
+    assert r["pytorch_eager_x1_over_rnnjax_1_seeds"] == pytest.approx(2.0)
+    assert r["pytorch_eager_x3_over_rnnjax_3_seeds"] == pytest.approx(2.0)
+    assert bench_train.ratios(rows(rnnjax1=10.0)) == {}  # --skip-torch: no ratio
+
+
+def test_table_gives_time_per_seed_against_rnnjax_one_seed():
+    text = bench_train.table(rows(scratch=22.0, rnnjax1=10.0, rnnjax3=24.0))
+    lines = text.splitlines()
+    assert len(lines) == 5 and lines[1].startswith("| --- | ---: |")
+    assert lines[2].endswith("| 2.20x per seed |")
+    assert lines[3].endswith("| 1.00x per seed |")
+    assert lines[4].endswith("| 0.80x per seed |")
+
+
+def test_rnnjax_contender_trains_one_epoch(tmp_path, timemachine_file, capsys):
+    out = tmp_path / "bench_train.json"
+    bench_train.main(["--skip-torch", "--epochs", "1", "--rnnjax-seeds", "1",
+                      "--data", str(timemachine_file), "--out", str(out)])
+    result = json.loads(out.read_text())
+    (row,) = result["results"]
+    assert row["name"] == "rnnjax" and row["seeds"] == 1 and result["epochs"] == 1
+    assert 0 < row["job_s"] < row["process_s"]
+    # one epoch of d2l's model moves the perplexity off the vocabulary's 28 but not far
+    assert 10 < row["train_ppl"] < 28 and math.isfinite(row["val_ppl"])
+    assert result["ratios"] == {}
+    assert "| rnnjax | - | 1 |" in capsys.readouterr().out
