@@ -26,7 +26,9 @@ DPI = 120
 GAIN_TOLERANCE = 0.05  # effective gains within 5% of each other count as one
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line; its `prog` is the name it was called by (`rnnjax report`,
+    `report.py`), which the messages begin with."""
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Figures are drawn by rnnjax.plots from the tables of rnnjax.frames; numbers in "
@@ -34,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("path", type=Path, help="a run directory or a multirun directory")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the PNGs and report.md (default: PATH)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def n_gains(summaries: pd.DataFrame) -> int:
@@ -116,7 +118,8 @@ def figures(df: pd.DataFrame, summaries: pd.DataFrame, metrics: pd.DataFrame | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    parser = make_parser()
+    args, prog = parser.parse_args(argv), parser.prog
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -124,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             summaries = load_summaries(args.path)
             metrics = load_metrics(args.path)
         except FileNotFoundError as e:
-            print(f"report.py: error: {e}", file=sys.stderr)
+            print(f"{prog}: error: {e}", file=sys.stderr)
             return 2
     for message in dict.fromkeys(str(w.message) for w in caught):
-        print(f"report.py: warning: {message}", file=sys.stderr)
+        print(f"{prog}: warning: {message}", file=sys.stderr)
 
     out = args.path if args.out is None else args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     for file, heading, caption, make in figures(df, summaries, metrics):
         # a pyplot-free Figure: nothing to close
         make().savefig(out / file, dpi=DPI, bbox_inches="tight")
-        print(f"report.py: wrote {out / file}")
+        print(f"{prog}: wrote {out / file}")
         sections.append(f"## {heading}\n\n![{heading}]({file})\n\n{caption}\n")
     text = "\n".join([
         "# Gradient dynamics report\n",
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ])
     (out / "report.md").write_text(text)
-    print(f"report.py: wrote {out / 'report.md'}")
+    print(f"{prog}: wrote {out / 'report.md'}")
     return 0
 
 

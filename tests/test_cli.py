@@ -191,6 +191,12 @@ def test_unknown_or_missing_command_is_one_line(cli, argv, says):
     assert code == 2 and out == "" and err.startswith(says) and err.count("\n") == 1
 
 
+def test_report_messages_name_the_command_it_was_called_by(cli, tmp_path):
+    code, out, err = cli("report", str(tmp_path / "missing"))
+    assert code == 2 and out == ""  # "report.py: error: ..." before
+    assert err == f"rnnjax report: error: '{tmp_path / 'missing'}' is not a directory\n"
+
+
 @pytest.mark.parametrize("name", ["report", "reproduce", "bench", "bench-train"])
 def test_each_command_has_help(cli, name):
     code, out, _ = cli(name, "--help")
