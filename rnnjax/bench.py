@@ -72,7 +72,6 @@ from rnnjax.benchmark import (  # noqa: E402
     machine_line,
     markdown_table,
     reset_peak_rss,
-    rss_bytes,
     size,
     summary,
     time_calls,
@@ -81,6 +80,7 @@ from rnnjax.benchmark import (  # noqa: E402
 from rnnjax.cells import RNNParams, vanilla  # noqa: E402
 from rnnjax.cells.vanilla import init_params  # noqa: E402
 from rnnjax.init import normal  # noqa: E402
+from rnnjax.memory import status_bytes  # noqa: E402
 from rnnjax.probes import default_unroll, make_probe  # noqa: E402
 
 # Compile times are part of what is measured: never read them from the persistent cache.
@@ -324,13 +324,13 @@ def mem_worker(T, S, B, H, loss_at):
                     "increase_bytes": peak - before["bytes_in_use"]}
     else:
         # The peak RSS mark is reset after compiling, so the call's own peak is what is read.
-        if not (reset_peak_rss() and rss_bytes("VmHWM") is not None):
+        if not (reset_peak_rss() and status_bytes("VmHWM") is not None):
             sys.exit("cannot reset the peak RSS mark (/proc/self/clear_refs): no measurement")
-        rss_before = rss_bytes("VmRSS")
+        rss_before = status_bytes("VmRSS")
         jax.block_until_ready(compiled(*args))
         measured = {"method": "VmHWM after the call - VmRSS before (peak mark reset)",
-                    "rss_before_bytes": rss_before, "vmhwm_after_bytes": rss_bytes("VmHWM"),
-                    "increase_bytes": rss_bytes("VmHWM") - rss_before}
+                    "rss_before_bytes": rss_before, "vmhwm_after_bytes": status_bytes("VmHWM"),
+                    "increase_bytes": status_bytes("VmHWM") - rss_before}
     return {"T": T, "seeds": S, "loss_at": loss_at, "xla_estimate": estimate,
             "measured": measured}
 

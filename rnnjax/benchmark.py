@@ -149,17 +149,6 @@ def run_timed(cmd: Sequence[str], env: Mapping[str, str] | None = None,
 
 # ---------------------------------------------------------------- memory of this process
 
-def rss_bytes(field: str) -> int | None:
-    """VmRSS or VmHWM of this process, in bytes, from /proc/self/status (None if unreadable)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def reset_peak_rss() -> bool:
     """Resets the kernel's peak-RSS mark (Linux: /proc/self/clear_refs); True when it worked."""
     try:

@@ -43,19 +43,25 @@ def compiled_bytes(compiled) -> int:
                - m.alias_size_in_bytes)
 
 
-def _meminfo(field: str) -> int | None:
+def _proc_kib(path: str, field: str) -> int | None:
+    """The `FIELD:   N kB` line of a /proc file, in bytes (None when unreadable)."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
     return None
 
 
+def status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...), in bytes (None when unknown)."""
+    return _proc_kib("/proc/self/status", field)
+
+
 def host_available() -> int | None:
     """MemAvailable of /proc/meminfo, in bytes (None when unknown)."""
-    return _meminfo("MemAvailable")
+    return _proc_kib("/proc/meminfo", "MemAvailable")
 
 
 def resident_bytes() -> int:
@@ -70,13 +76,7 @@ def peak_resident_bytes() -> int:
     """This process's peak resident memory (VmHWM of /proc/self/status), in bytes (0 when
     unknown). Unlike getrusage's ru_maxrss, it does not count the memory of the parent that
     started the program (Linux carries that over exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return status_bytes("VmHWM") or 0
 
 
 def _device(device=None):

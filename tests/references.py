@@ -98,3 +98,10 @@ def jacobian_product_singular_values(params, x, activation, t):
         if s > t:
             P = (dphi(a)[:, None] * p["W_hh"].T) @ P
     return np.linalg.svd(P, compute_uv=False)
+
+
+def tokens(key, B, T, V):
+    """Random (B, T) input tokens and targets in [0, V)."""
+    kx, ky = jax.random.split(key)
+    return (jax.random.randint(kx, (B, T), 0, V, dtype=jnp.int32),
+            jax.random.randint(ky, (B, T), 0, V, dtype=jnp.int32))

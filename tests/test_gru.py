@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+import references
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from numpy_gru import gru_bptt, sigmoid
@@ -38,9 +39,7 @@ def random_net(key, dtype=jnp.float64):
 
 
 def tokens(key, B, T):
-    kx, ky = jax.random.split(key)
-    return (jax.random.randint(kx, (B, T), 0, V, dtype=jnp.int32),
-            jax.random.randint(ky, (B, T), 0, V, dtype=jnp.int32))
+    return references.tokens(key, B, T, V)
 
 
 @functools.cache

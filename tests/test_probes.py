@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.extend.core import jaxprs_in_params
 from numpy_bptt import bptt
-from references import make_time_grads
+from references import make_time_grads, tokens
 
 from rnnjax.cells import ACTIVATIONS, log10_norm, vanilla
 from rnnjax.cells.vanilla import init_params, log10_outer_norm
@@ -38,12 +38,6 @@ def random_net(key, D=7, H=5, Q=7, gain=1.3, dtype=jnp.float64):
     p = init_params(k_p, gaussian(gain), xavier(), D, H, Q, dtype)
     return p._replace(b_h=0.3 * jax.random.normal(k_b1, (H,), dtype),
                       b_q=0.3 * jax.random.normal(k_b2, (Q,), dtype))
-
-
-def tokens(key, B, T, V):
-    kx, ky = jax.random.split(key)
-    return (jax.random.randint(kx, (B, T), 0, V, dtype=jnp.int32),
-            jax.random.randint(ky, (B, T), 0, V, dtype=jnp.int32))
 
 
 def as_numpy(p):
