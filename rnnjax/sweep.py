@@ -209,8 +209,8 @@ class ValidateConfig(Callback):
 
 _running: dict[str, str] = {}  # the output directory of the job this process runs now
 # Set by Ctrl-C (SIGINT). A KeyboardInterrupt that lands in a garbage-collector callback (JAX
-# has one) is printed and swallowed by Python, and the sweep would go on: the next job, and the
-# sweep's end, look at this flag too.
+# has one) is printed and swallowed by Python, and the sweep would go on: each job's start and
+# the end of each launched batch look at this flag too.
 _sigint = threading.Event()
 
 
