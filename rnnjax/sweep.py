@@ -219,6 +219,17 @@ def _on_sigint(signum, frame):
     raise KeyboardInterrupt
 
 
+def _quiet_interrupts(hook):
+    """sys.unraisablehook that drops the KeyboardInterrupt of a Ctrl-C Python could not raise
+    (the flag above stops the sweep instead) and passes anything else to `hook`."""
+
+    def unraisable(info):
+        if not (isinstance(info.exc_value, KeyboardInterrupt) and _sigint.is_set()):
+            hook(info)
+
+    return unraisable
+
+
 def _stop_if_interrupted() -> None:
     """Raises KeyboardInterrupt where Ctrl-C was pressed but its exception got lost."""
     if _sigint.is_set():
@@ -568,6 +579,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
     handler = None
     if threading.current_thread() is threading.main_thread():
         handler = signal.signal(signal.SIGINT, _on_sigint)
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = _quiet_interrupts(unraisable)
     try:
         app()
     except KeyboardInterrupt:
@@ -578,5 +591,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
         raise SystemExit(INTERRUPTED) from None
     finally:
         sys.argv = saved
+        sys.unraisablehook = unraisable
         if handler is not None:
             signal.signal(signal.SIGINT, handler)
