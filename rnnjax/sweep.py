@@ -230,6 +230,23 @@ def _quiet_interrupts(hook):
     return unraisable
 
 
+def _start_backends() -> None:
+    """Starts JAX's backends (once per process) with Ctrl-C held back until they are up:
+    interrupted there, JAX leaves a timer thread behind that keeps the process from exiting
+    for 60 s and then warns of a slow TPU."""
+    import jax
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not _on_sigint):
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: _sigint.set())
+    try:
+        jax.devices()
+    finally:
+        signal.signal(signal.SIGINT, _on_sigint)
+    _stop_if_interrupted()
+
+
 def _stop_if_interrupted() -> None:
     """Raises KeyboardInterrupt where Ctrl-C was pressed but its exception got lost."""
     if _sigint.is_set():
@@ -278,6 +295,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     out = hc.runtime.output_dir
     _stop_if_interrupted()
     _running["dir"] = out
+    _start_backends()
     config, resolved = job_config(cfg)
     with _log_position(None if single else hc.job.env_set.get(POSITION)):
         if not single:

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
 import pytest
 from conftest import ROOT, exit_code_of
 from hydra import compose, initialize_config_dir
@@ -455,6 +456,31 @@ def test_ctrl_c_whose_exception_python_swallowed_still_stops_the_sweep(app, tmp_
         f"{' '.join(TINY)}; 1 not started; the same command resumes the sweep"]
     assert unraisable == []
     assert sys.unraisablehook == unraisable.append  # given back
+
+
+def test_ctrl_c_while_jax_starts_its_backends_waits_for_them(app, tmp_path, monkeypatch):
+    """Ctrl-C while JAX initialized its backends left JAX's TPU timer thread running: the
+    interrupted sweep took 60 s to exit and printed a TPU warning (1 run in 10 of
+    test_ctrl_c_in_a_real_sweep_prints_one_line). The signal waits until they are up."""
+    real = jax.devices
+    finished = []
+
+    def devices(*args, **kwargs):
+        if not finished:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(50):
+                time.sleep(0.001)  # Python runs the handler here
+            finished.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jax, "devices", devices)
+    sweep = tmp_path / "sweep"
+    r = app("-m", f"hydra.sweep.dir={sweep}", "seed=0,1,2", *TINY)
+    assert finished == [True]
+    assert r.code == 130
+    assert r.err.splitlines() == [
+        f"rnnjax: sweep {sweep} interrupted: 0 of 3 jobs finished; interrupted: seed=0 "
+        f"{' '.join(TINY)}; 2 not started; the same command resumes the sweep"]
 
 
 def test_job_directories_stay_inside_the_sweep_and_are_bounded(app, tmp_path):
