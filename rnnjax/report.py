@@ -1,4 +1,4 @@
-"""Figures and a markdown report of a run or sweep: `python experiments/report.py PATH [--out DIR]`.
+"""Figures and a markdown report of a run or sweep: `rnnjax report PATH [--out DIR]`.
 
 Writes heatmap.png, decay_curves.png, phase_diagram.png (when the jobs whose prediction applies
 have at least 2 distinct gains), slope_vs_lyapunov.png (when a job has its loss at the last

@@ -147,11 +147,23 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+# What a launcher preset needs beyond rnnjax's own dependencies: (module, package, extra).
+LAUNCHER_PACKAGES = {
+    **dict.fromkeys(("local_parallel", "joblib"),
+                    ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher", "parallel")),
+    **dict.fromkeys(("slurm", "submitit_slurm", "submitit_local"),
+                    ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm")),
+}
+
+
 def check_group_options(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
-    """Exits with a one-line error when a config group is given a value that is not an option
-    name (`activation=null`, `task=5`), which Hydra would report with a traceback."""
+    """Exits with a one-line error when a config group is given a value that is not one of its
+    options (`activation=foo`, `activation=null`, `task=5`), which Hydra would report in several
+    lines or with a traceback, or a launcher preset whose package is not installed."""
+    from importlib.util import find_spec
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.core.override_parser.types import ChoiceSweep, Glob
     from hydra.errors import HydraException
 
     groups = {p.name: sorted(f.stem for f in p.glob("*.yaml"))
@@ -161,14 +173,32 @@ def check_group_options(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
     except HydraException:
         return  # Hydra reports its own syntax errors
     for o in parsed:
-        if o.key_or_group not in groups or o.is_delete():
+        if o.is_delete():
             continue
         value = o.value()
+        if o.key_or_group == "hydra/launcher" and isinstance(value, str) \
+                and value in LAUNCHER_PACKAGES:
+            module, package, extra = LAUNCHER_PACKAGES[value]
+            if find_spec(module) is None:
+                _fail(f"hydra/launcher={value} needs the package '{package}': "
+                      f"pip install 'rnnjax[{extra}]'")
+        if o.key_or_group not in groups:
+            continue
+        allowed = groups[o.key_or_group]
+        given = o.input_line or o.key_or_group
+        if isinstance(value, Glob):
+            if not value.filter(allowed):
+                _fail(f"{given} matches no option of {o.key_or_group}; allowed: "
+                      f"{', '.join(allowed)}")
+            continue
         items = value.list if isinstance(value, ChoiceSweep) else [value]
         if not all(isinstance(v, str) for v in items):
-            given = o.input_line or o.key_or_group
             _fail(f"{given} is invalid: {o.key_or_group} takes option names; allowed: "
-                  f"{', '.join(groups[o.key_or_group])}")
+                  f"{', '.join(allowed)}")
+        unknown = [v for v in items if v not in allowed]
+        if unknown:
+            _fail(f"{o.key_or_group}={unknown[0]} is not an option; allowed: "
+                  f"{', '.join(allowed)}")
 
 
 def job_config(cfg: DictConfig) -> tuple[Config, dict[str, Any]]:
@@ -186,7 +216,7 @@ def _error_line(e: BaseException) -> str:
     if isinstance(e, OmegaConfBaseException):  # e.g. an interpolation that does not resolve
         return _omegaconf_message(e)
     if isinstance(e, HydraException):
-        # Hydra's own message (unknown option, wrong type), without its search path.
+        # Hydra's own message (unknown key, wrong type), without its search path.
         text = str(e).split("Config search path:")[0].strip()
         return text + (f"\n{e.__cause__}" if e.__cause__ is not None else "")
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

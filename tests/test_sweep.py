@@ -10,6 +10,7 @@ Ctrl-C or a failure.
 """
 
 import gc
+import importlib.util
 import json
 import os
 import re
@@ -258,9 +259,9 @@ BAD = [
     (["task=timemachine", "task.path=/no/such/file.txt"], "task.path: cannot read"),
     (["+train.clipp=1"], "train.clipp is not a config key"),
     (["activation=null"], "is invalid: activation takes option names"),  # before any job
+    (["activation=softsign"], "activation=softsign is not an option; allowed: "),  # likewise
 ]
 HYDRA_BAD = [  # Hydra's own message, of a few lines
-    (["activation=softsign"], "Could not find 'activation/softsign'"),
     (["batch_size=abc"], "batch_size"),
     (["dtype=float16"], "dtype"),
 ]
@@ -281,7 +282,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(app, tmp_path, args, message
         lines = r.err.strip().splitlines()
         if own:
             assert len(lines) == 1 and lines[0].startswith("rnnjax: error: ")
-            if mode[0] == "-m" and "option names" not in message:  # checked job by job
+            if mode[0] == "-m" and not args[-1].startswith("activation="):  # job by job
                 assert lines[0].endswith(")") and "(in job " in lines[0]
         else:
             assert 0 < len(lines) < 15
@@ -481,6 +482,38 @@ def test_ctrl_c_while_jax_starts_its_backends_waits_for_them(app, tmp_path, monk
     assert r.err.splitlines() == [
         f"rnnjax: sweep {sweep} interrupted: 0 of 3 jobs finished; interrupted: seed=0 "
         f"{' '.join(TINY)}; 2 not started; the same command resumes the sweep"]
+
+
+def test_glob_sweeps_over_group_options(app, tmp_path):
+    # Hydra's glob() over a group's options was refused ("takes option names").
+    sweep = tmp_path / "sweep"
+    r = app("-m", f"hydra.sweep.dir={sweep}", "activation=glob(*,exclude=[linear,relu])", *TINY)
+    assert r.code == 0, r.err
+    assert "2 jobs: 2 ok" in r.closing()
+    assert sorted(load_sweep(sweep).activation.unique()) == ["sigmoid", "tanh"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("activation=glob(x*)", "activation=glob(x*) matches no option of activation; allowed: "
+                            "linear, relu, sigmoid, tanh"),
+    ("activation=tanh,foo", "activation=foo is not an option; allowed: linear, relu, sigmoid, "
+                            "tanh"),
+    ("+experiment=d2l", "experiment=d2l is not an option; allowed: curse_of_memory, "),
+    ("hydra/launcher=local_parallel", "hydra/launcher=local_parallel needs the package "
+                                      "'hydra-joblib-launcher': pip install 'rnnjax[parallel]'"),
+    ("hydra/launcher=slurm", "hydra/launcher=slurm needs the package 'hydra-submitit-launcher': "
+                             "pip install 'rnnjax[slurm]'"),
+])
+def test_bad_group_options_and_missing_launchers_give_one_line(override, message, capsys,
+                                                               monkeypatch):
+    # A launcher preset without its package was Hydra's 8 lines ("Could not load
+    # 'hydra/launcher/joblib'"), an unknown option Hydra's 10.
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(SystemExit) as e:
+        rnnjax.sweep.check_group_options(["-m", override])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rnnjax: error: {message}") and err.count("\n") == 1, err
 
 
 def test_job_directories_stay_inside_the_sweep_and_are_bounded(app, tmp_path):
