@@ -353,16 +353,21 @@ def parse_args(argv=None):
                         help="the JSON results file")
     parser.add_argument("--torch-worker", choices=sorted(TORCH_MODELS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.data = data_file(args.data)
-    if not args.data.is_file():
-        parser.error(f"no text file at {args.data}: pass --data")
-    if args.data.name != DATA_FILE:
-        parser.error(f"rnnjax reads $RNNJAX_DATA/{DATA_FILE}: name the file {DATA_FILE}")
     for name in ("epochs", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     if min(args.torch_threads + args.rnnjax_seeds) < 1:
         parser.error("--torch-threads and --rnnjax-seeds must be >= 1")
+    from rnnjax.tasks import DataError
+
+    try:
+        args.data = data_file(args.data)
+    except DataError as e:  # offline, and the text is nowhere rnnjax looks
+        parser.error(f"{e}; or pass --data")
+    if not args.data.is_file():
+        parser.error(f"no text file at {args.data}: pass --data")
+    if args.data.name != DATA_FILE:
+        parser.error(f"rnnjax reads $RNNJAX_DATA/{DATA_FILE}: name the file {DATA_FILE}")
     return args
 
 

@@ -50,3 +50,21 @@ def test_rnnjax_contender_trains_one_epoch(tmp_path, timemachine_file, capsys):
     assert 10 < row["train_ppl"] < 28 and math.isfinite(row["val_ppl"])
     assert result["ratios"] == {}
     assert "| rnnjax | - | 1 |" in capsys.readouterr().out
+
+
+def test_missing_text_is_a_usage_error_not_a_traceback(monkeypatch, capsys):
+    # Offline and without the text, bench-train raised DataError with a traceback.
+    import rnnjax.tasks
+
+    def nowhere(path):
+        raise rnnjax.tasks.DataError("task=timemachine: cannot download it; put it in X")
+
+    monkeypatch.setattr(rnnjax.tasks, "timemachine_path", nowhere)
+    with pytest.raises(SystemExit) as e:
+        bench_train.parse_args([])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: task=timemachine: cannot download it; put it in X; or pass --data")
+    with pytest.raises(SystemExit):  # a bad number is named first
+        bench_train.parse_args(["--epochs", "0"])
+    assert capsys.readouterr().err.splitlines()[-1].endswith("error: --epochs must be >= 1")
