@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         total, ran, failed = run(names, args.out, args.workers)
     except (ConfigError, DataError) as e:
-        print(f"reproduce: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
     which = ", ".join(names) if args.only else "every figure"

@@ -9,8 +9,9 @@ import shutil
 
 import pytest
 
-from rnnjax import frames, load_summaries, plots, reproduce
+from rnnjax import cli, frames, load_summaries, plots, reproduce
 from rnnjax.reproduce import Figure
+from rnnjax.tasks import DataError
 
 SMALL = ["hidden_size=8", "seq_len=12", "seeds=2", "batch_size=4", "probe.loss_at=last"]
 
@@ -119,3 +120,14 @@ def test_a_bad_override_is_one_line_and_writes_nothing(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "seq_len=0 is invalid" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_its_error_line_begins_with_the_name_it_was_called_by(tmp_path, monkeypatch, capsys):
+    # `rnnjax reproduce` said "reproduce: error: ..." (offline, without the text).
+    def offline(names, out, workers):
+        raise DataError("task=timemachine: cannot download it")
+
+    monkeypatch.setattr(reproduce, "run", offline)
+    assert cli.main(["reproduce", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        "rnnjax reproduce: error: task=timemachine: cannot download it\n")
