@@ -163,6 +163,13 @@ def _omegaconf_message(e: OmegaConfBaseException) -> str:
     return f"{key} is invalid: {str(e).splitlines()[0]}"
 
 
+def not_a_key(key: str, schema: type) -> str:
+    """The message for `key` (dotted), which the dataclass `schema` of its parent lacks."""
+    parent = key.rpartition(".")[0] or "the config"
+    return f"{key} is not a config key; allowed in {parent}: " \
+           f"{', '.join(f.name for f in fields(schema))}"
+
+
 def _check_keys(node: DictConfig, schema: type, prefix: str) -> None:
     """Raises ConfigError for a key the schema does not have (`+train.clipp=1` would otherwise
     be ignored, silently)."""
@@ -171,8 +178,7 @@ def _check_keys(node: DictConfig, schema: type, prefix: str) -> None:
         if prefix == "" and key == "hydra":
             continue
         if key not in known:
-            raise ConfigError(f"{prefix}{key} is not a config key; allowed in "
-                              f"{prefix.rstrip('.') or 'the config'}: {', '.join(known)}")
+            raise ConfigError(not_a_key(f"{prefix}{key}", schema))
         sub = known[key].default_factory
         value = node._get_node(key)
         if isinstance(value, DictConfig) and is_dataclass(sub):

@@ -24,19 +24,22 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from rnnjax.config import (
     Config,
     ConfigError,
     _omegaconf_message,
+    not_a_key,
     prepare_data,
     register_configs,
     validate,
@@ -112,7 +115,7 @@ def job_name(overrides: Sequence[str]) -> str:
 
 
 def _overrides(argv: Sequence[str]) -> list[str]:
-    return [a for a in argv if "=" in a and not a.startswith("-")]
+    return [a for a in argv if ("=" in a or a.startswith("~")) and not a.startswith("-")]
 
 
 def _multirun(argv: Sequence[str]) -> bool:
@@ -159,12 +162,12 @@ LAUNCHER_PACKAGES = {
 def check_group_options(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
     """Exits with a one-line error when a config group is given a value that is not one of its
     options (`activation=foo`, `activation=null`, `task=5`), which Hydra would report in several
-    lines or with a traceback, or a launcher preset whose package is not installed."""
+    lines or with a traceback, a launcher preset whose package is not installed, or a deletion
+    (`~seq_len`)."""
     from importlib.util import find_spec
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep, Glob
-    from hydra.errors import HydraException
 
     groups = {p.name: sorted(f.stem for f in p.glob("*.yaml"))
               for p in Path(conf_dir).iterdir() if p.is_dir()}
@@ -174,6 +177,11 @@ def check_group_options(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
         return  # Hydra reports its own syntax errors
     for o in parsed:
         if o.is_delete():
+            if not o.key_or_group.startswith("hydra"):
+                # Deleting a key the schema has ran the job with a config whose summary lacks
+                # the key, in the directory of another run.
+                _fail(f"{o.input_line} is not supported: rnnjax's config keys cannot be "
+                      f"deleted; set {o.key_or_group}=VALUE instead")
             continue
         value = o.value()
         if o.key_or_group == "hydra/launcher" and isinstance(value, str) \
@@ -209,16 +217,23 @@ def job_config(cfg: DictConfig) -> tuple[Config, dict[str, Any]]:
 
 def _error_line(e: BaseException) -> str:
     """One message for whatever composing or validating a job raised."""
-    from hydra.errors import HydraException
 
     if isinstance(e, ConfigError | DataError):
         return str(e)
     if isinstance(e, OmegaConfBaseException):  # e.g. an interpolation that does not resolve
         return _omegaconf_message(e)
-    if isinstance(e, HydraException):
-        # Hydra's own message (unknown key, wrong type), without its search path.
-        text = str(e).split("Config search path:")[0].strip()
-        return text + (f"\n{e.__cause__}" if e.__cause__ is not None else "")
+    if isinstance(e, HydraException):  # composing failed: an unknown key, a wrong type
+        cause = e.__cause__
+        if isinstance(cause, ConfigAttributeError | ConfigKeyError) \
+                and is_dataclass(getattr(cause, "object_type", None)):
+            return not_a_key(cause.full_key, cause.object_type)
+        if isinstance(cause, OmegaConfBaseException):
+            return _omegaconf_message(cause)
+        if isinstance(e, OverrideParseException):
+            return f"cannot parse {e.override}: {e.message.splitlines()[0]}"
+        # Hydra's own message, on one line, without its search path and links.
+        lines = [ln.strip() for ln in str(e).split("Config search path:")[0].splitlines()]
+        return "; ".join(ln for ln in lines if ln and not ln.startswith("See http"))
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
@@ -376,7 +391,6 @@ def plan_jobs(sweeper: Any, jobs: list[list[str]]) -> list[Job]:
     """Composes and validates every job (exiting with one line at the first bad one, before
     anything is written) and decides which are finished already (`rnnjax.job.finished_summary`,
     with `resume`)."""
-    from hydra.errors import HydraException
 
     from rnnjax.job import finished_summary
 
@@ -397,9 +411,7 @@ def plan_jobs(sweeper: Any, jobs: list[list[str]]) -> list[Job]:
                 config, resolved = job_config(cfg)
                 prepare_data(config, sizes)
             except Exception as e:  # Hydra would only warn, and skip the validation
-                # Hydra's messages take several lines: the job goes on a line of its own.
-                sep = "\n" if isinstance(e, HydraException) else " "
-                _fail(f"{_error_line(e)}{sep}(in job {' '.join(overrides)})")
+                _fail(f"{_error_line(e)} (in job {' '.join(overrides)})")
             done = finished_summary(job.dir, resolved) if config.resume else None
             plan.append(job._replace(done=done))
     finally:
@@ -629,8 +641,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
         handler = signal.signal(signal.SIGINT, _on_sigint)
     unraisable = sys.unraisablehook
     sys.unraisablehook = _quiet_interrupts(unraisable)
+    # Hydra prints its errors (an unknown key, a wrong type) in several lines unless
+    # HYDRA_FULL_ERROR is set; then it raises them, and they become one line here.
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
+    except (HydraException, OmegaConfBaseException) as e:
+        if full_error == "1":
+            raise
+        _fail(_error_line(e))
     except KeyboardInterrupt:
         where = _running.get("dir")
         print(f"rnnjax: interrupted: the job in {where} did not finish; the same command "
@@ -640,5 +660,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
     finally:
         sys.argv = saved
         sys.unraisablehook = unraisable
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
         if handler is not None:
             signal.signal(signal.SIGINT, handler)
