@@ -410,7 +410,7 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
         recent = {k: _mean(np.array([r[k] for r in rows[-len(seeds):]], float))
                   for k in ("train_loss", "train_ppl", "val_loss", "val_ppl",
                             "grad_norm_global", "grad_norm_global_mean", "clip_fraction")}
-        bar.set_postfix(loss=f"{recent['train_loss']:.4f}")
+        bar.set_postfix(loss=_num(recent['train_loss'], 4))
         if bar.disable:  # no terminal (SLURM logs, nohup): a plain line instead of the bar
             log.info("step %d of %d: %s", done, steps, _progress(recent, tokens))
         if tracker is not None:
@@ -486,11 +486,17 @@ def _last(a: np.ndarray) -> float:
     return float(a[-1]) if len(a) else math.nan
 
 
+def _num(x: float, digits: int) -> str:
+    """x with `digits` decimals, or that many significant digits where it is huge (a
+    diverging run's loss) or not finite."""
+    return f"{x:.{digits}f}" if abs(x) < 1e5 else f"{x:.{digits}g}"
+
+
 def _progress(m: dict, tokens: bool) -> str:
     """Training numbers for the log: perplexities for a token task, the squared error (with
     its trivial baseline) for a regression one."""
     if tokens:
-        return (f"train loss {m['train_loss']:.4f} (ppl {m['train_ppl']:.3f}), val loss "
-                f"{m['val_loss']:.4f} (ppl {m['val_ppl']:.3f})")
-    return (f"train MSE {m['train_loss']:.4f}, val MSE {m['val_loss']:.4f} (always "
+        return (f"train loss {_num(m['train_loss'], 4)} (ppl {_num(m['train_ppl'], 3)}), val "
+                f"loss {_num(m['val_loss'], 4)} (ppl {_num(m['val_ppl'], 3)})")
+    return (f"train MSE {_num(m['train_loss'], 4)}, val MSE {_num(m['val_loss'], 4)} (always "
             f"predicting 1 scores {ADDING_BASELINE:.4f})")

@@ -3,6 +3,7 @@ numbers beyond the dtype's range are flagged data, in the files, the summary and
 
 import json
 import logging
+import math
 
 import numpy as np
 import pandas as pd
@@ -148,3 +149,14 @@ def test_tables_carry_the_whole_config(tmp_path):
                                                                     "last": "truncated"}
     assert load_summaries(tmp_path).set_index("job").train_lr.to_dict() == {"all": 0.05,
                                                                            "clipped": 1.0}
+
+
+def test_training_log_numbers_stay_short_when_a_run_diverges():
+    # A diverging adding run logged "train MSE 659378740803645603840.0000".
+    from rnnjax.job import _progress
+
+    line = _progress({"train_loss": 6.59e20, "val_loss": math.nan}, tokens=False)
+    assert line == "train MSE 6.59e+20, val MSE nan (always predicting 1 scores 0.1667)"
+    line = _progress({"train_loss": 3.25, "train_ppl": 25.79, "val_loss": 1e6,
+                      "val_ppl": math.inf}, tokens=True)
+    assert line == "train loss 3.2500 (ppl 25.790), val loss 1e+06 (ppl inf)"
