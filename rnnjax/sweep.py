@@ -217,7 +217,6 @@ def job_config(cfg: DictConfig) -> tuple[Config, dict[str, Any]]:
 
 def _error_line(e: BaseException) -> str:
     """One message for whatever composing or validating a job raised."""
-
     if isinstance(e, ConfigError | DataError):
         return str(e)
     if isinstance(e, OmegaConfBaseException):  # e.g. an interpolation that does not resolve
@@ -391,7 +390,6 @@ def plan_jobs(sweeper: Any, jobs: list[list[str]]) -> list[Job]:
     """Composes and validates every job (exiting with one line at the first bad one, before
     anything is written) and decides which are finished already (`rnnjax.job.finished_summary`,
     with `resume`)."""
-
     from rnnjax.job import finished_summary
 
     loader = sweeper.hydra_context.config_loader
