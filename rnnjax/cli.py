@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 PROG = "rnnjax"
+INTERRUPTED = 130  # the exit code of a program that Ctrl-C (SIGINT) ended
 
 
 class Command(NamedTuple):
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       argv: the arguments after the program name (default: sys.argv[1:]).
     Returns:
       The exit code: the subcommand's, 0 for --help, 2 for a missing or unknown command (one
-      line on stderr).
+      line on stderr), 130 for a Ctrl-C the subcommand did not handle (one line).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["-h"], ["--help"], ["help"]):
@@ -100,5 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: unknown command {name!r}; allowed: {', '.join(COMMANDS)} "
               f"('{PROG} --help' describes them)", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name].module)
-    return _call(module.main, rest, f"{PROG} {name}")
+    try:
+        module = importlib.import_module(COMMANDS[name].module)
+        return _call(module.main, rest, f"{PROG} {name}")
+    except KeyboardInterrupt:  # `run` says what it interrupted itself; this is the rest
+        print(f"{PROG} {name}: interrupted", file=sys.stderr)
+        return INTERRUPTED

@@ -197,6 +197,19 @@ def test_report_messages_name_the_command_it_was_called_by(cli, tmp_path):
     assert err == f"rnnjax report: error: '{tmp_path / 'missing'}' is not a directory\n"
 
 
+def test_ctrl_c_while_a_command_loads_is_one_line(cli, monkeypatch):
+    # Ctrl-C in the first second (JAX importing) printed a KeyboardInterrupt traceback.
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rnnjax.cli.importlib.import_module", interrupted)
+    try:
+        code, out, err = cli("reproduce", "--only", "fig1_vanishing_vs_length")
+    except KeyboardInterrupt:
+        pytest.fail("the KeyboardInterrupt escaped rnnjax.cli.main")
+    assert (code, out, err) == (130, "", "rnnjax reproduce: interrupted\n")
+
+
 @pytest.mark.parametrize("name", ["report", "reproduce", "bench", "bench-train"])
 def test_each_command_has_help(cli, name):
     code, out, _ = cli(name, "--help")
