@@ -2,7 +2,7 @@
 
 import sys
 
-from rnnjax.bench import main
+from rnnjax.cli import run_command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("bench", sys.argv[1:], "bench.py"))

@@ -1,6 +1,8 @@
 """Probe per-timestep gradient norms: `python experiments/run.py [overrides]` (see --help)."""
 
-from rnnjax.sweep import main
+import sys
+
+from rnnjax.cli import run_command
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("run", sys.argv[1:], "experiments/run.py"))

@@ -16,8 +16,9 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from rnnjax.interrupt import INTERRUPTED, catching_ctrl_c, stop_if_interrupted
+
 PROG = "rnnjax"
-INTERRUPTED = 130  # the exit code of a program that Ctrl-C (SIGINT) ended
 
 
 class Command(NamedTuple):
@@ -101,9 +102,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: unknown command {name!r}; allowed: {', '.join(COMMANDS)} "
               f"('{PROG} --help' describes them)", file=sys.stderr)
         return 2
+    return run_command(name, rest, f"{PROG} {name}")
+
+
+def run_command(name: str, argv: Sequence[str], prog: str) -> int:
+    """Runs the subcommand `name` (a key of COMMANDS) with `argv`, as the program `prog` (the
+    scripts in experiments/ call it too). A Ctrl-C the subcommand does not handle itself
+    (`run` says what it interrupted) is one line and exit code 130, also while its module
+    loads (JAX imports for a second): there no Ctrl-C is lost (see rnnjax.interrupt)."""
     try:
-        module = importlib.import_module(COMMANDS[name].module)
-        return _call(module.main, rest, f"{PROG} {name}")
-    except KeyboardInterrupt:  # `run` says what it interrupted itself; this is the rest
-        print(f"{PROG} {name}: interrupted", file=sys.stderr)
+        with catching_ctrl_c():
+            module = importlib.import_module(COMMANDS[name].module)
+            stop_if_interrupted()
+            return _call(module.main, list(argv), prog)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED

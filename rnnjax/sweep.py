@@ -17,9 +17,7 @@ import logging
 import os
 import re
 import shlex
-import signal
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -44,6 +42,7 @@ from rnnjax.config import (
     register_configs,
     validate,
 )
+from rnnjax.interrupt import INTERRUPTED, catching_ctrl_c, held, stop_if_interrupted
 from rnnjax.slurm import TaskEnded, unsatisfiable
 from rnnjax.tasks import DataError
 
@@ -58,7 +57,6 @@ CONFIG_NAME = "config"
 SWEEP_ROOT = "results/runs/multirun"  # a sweep: SWEEP_ROOT/<sweep_name>/<job_name>
 RUN_ROOT = "results/runs/single"  # a single run: RUN_ROOT/<job_name>
 POSITION = "RNNJAX_JOB"  # hydra.job.env_set key: "i of N", set by the sweeper for each job
-INTERRUPTED = 130  # exit code after Ctrl-C, as a shell reports SIGINT
 _NAME_MAX = 120  # characters of a directory name (file systems allow 255 bytes)
 
 
@@ -252,49 +250,16 @@ class ValidateConfig(Callback):
 
 
 _running: dict[str, str] = {}  # the output directory of the job this process runs now
-# Set by Ctrl-C (SIGINT). A KeyboardInterrupt that lands in a garbage-collector callback (JAX
-# has one) is printed and swallowed by Python, and the sweep would go on: each job's start and
-# the end of each launched batch look at this flag too.
-_sigint = threading.Event()
-
-
-def _on_sigint(signum, frame):
-    _sigint.set()
-    raise KeyboardInterrupt
-
-
-def _quiet_interrupts(hook):
-    """sys.unraisablehook that drops the KeyboardInterrupt of a Ctrl-C Python could not raise
-    (the flag above stops the sweep instead) and passes anything else to `hook`."""
-
-    def unraisable(info):
-        if not (isinstance(info.exc_value, KeyboardInterrupt) and _sigint.is_set()):
-            hook(info)
-
-    return unraisable
 
 
 def _start_backends() -> None:
-    """Starts JAX's backends (once per process) with Ctrl-C held back until they are up:
+    """Starts JAX's backends (once per process) with Ctrl-C held until they are up:
     interrupted there, JAX leaves a timer thread behind that keeps the process from exiting
     for 60 s and then warns of a slow TPU."""
     import jax
 
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not _on_sigint):
-        return
-    signal.signal(signal.SIGINT, lambda signum, frame: _sigint.set())
-    try:
+    with held():
         jax.devices()
-    finally:
-        signal.signal(signal.SIGINT, _on_sigint)
-    _stop_if_interrupted()
-
-
-def _stop_if_interrupted() -> None:
-    """Raises KeyboardInterrupt where Ctrl-C was pressed but its exception got lost."""
-    if _sigint.is_set():
-        raise KeyboardInterrupt
 
 
 class _Position(logging.Filter):
@@ -337,7 +302,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     hc = HydraConfig.get()
     single = hc.mode == RunMode.RUN
     out = hc.runtime.output_dir
-    _stop_if_interrupted()
+    stop_if_interrupted()
     _running["dir"] = out
     _start_backends()
     config, resolved = job_config(cfg)
@@ -558,7 +523,7 @@ def run_sweep(sweeper: Any, arguments: Sequence[str]) -> list:
             returns.append(rets)
             outcomes.update({j.number: _launched_outcome(j, r, started)
                              for j, r in zip(batch, rets, strict=True)})
-            _stop_if_interrupted()
+            stop_if_interrupted()
     except KeyboardInterrupt as e:  # its text: what the launcher did about its jobs, if any
         interrupted = str(e)
     except Exception as e:  # e.g. submitit's UncompletedJobError for a cancelled SLURM task
@@ -633,18 +598,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
     sys.argv = [prog, *argv[:at], *sweep_dir_override(argv), *run_dir_override(argv),
                 *argv[at:]]
     _running.clear()
-    _sigint.clear()
-    handler = None
-    if threading.current_thread() is threading.main_thread():
-        handler = signal.signal(signal.SIGINT, _on_sigint)
-    unraisable = sys.unraisablehook
-    sys.unraisablehook = _quiet_interrupts(unraisable)
     # Hydra prints its errors (an unknown key, a wrong type) in several lines unless
     # HYDRA_FULL_ERROR is set; then it raises them, and they become one line here.
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        app()
+        with catching_ctrl_c():
+            stop_if_interrupted()  # pressed while the modules loaded (`rnnjax run`)
+            app()
     except (HydraException, OmegaConfBaseException) as e:
         if full_error == "1":
             raise
@@ -657,10 +618,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
         raise SystemExit(INTERRUPTED) from None
     finally:
         sys.argv = saved
-        sys.unraisablehook = unraisable
         if full_error is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
-        if handler is not None:
-            signal.signal(signal.SIGINT, handler)

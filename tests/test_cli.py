@@ -2,11 +2,15 @@
 subprocess as a user runs it. (Sweeps, bad input and directory names, in-process:
 test_sweep.py; the installed command: test_install.py.)"""
 
+import gc
+import importlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,6 +19,7 @@ from conftest import ROOT, exit_code_of
 from numpy_bptt import bptt
 from test_train import compose_cfg
 
+import rnnjax.cli
 from rnnjax import load_summaries, load_sweep
 from rnnjax.cli import COMMANDS, _call
 from rnnjax.cli import main as cli_main
@@ -202,12 +207,40 @@ def test_ctrl_c_while_a_command_loads_is_one_line(cli, monkeypatch):
     def interrupted(name):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("rnnjax.cli.importlib.import_module", interrupted)
+    monkeypatch.setattr(rnnjax.cli, "importlib", SimpleNamespace(import_module=interrupted))
     try:
         code, out, err = cli("reproduce", "--only", "fig1_vanishing_vs_length")
     except KeyboardInterrupt:
         pytest.fail("the KeyboardInterrupt escaped rnnjax.cli.main")
     assert (code, out, err) == (130, "", "rnnjax reproduce: interrupted\n")
+
+
+def test_ctrl_c_that_python_swallowed_while_a_command_loads_still_stops_it(cli, tmp_path,
+                                                                           monkeypatch):
+    # Ctrl-C in a garbage-collector callback while JAX imported (before `run` set its handler)
+    # printed "Exception ignored ... KeyboardInterrupt" and the sweep ran to the end, exit 0.
+    load = importlib.import_module
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    def pressed(phase, info):  # what Python does when SIGINT arrives during the callback
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+    def loading(name):
+        gc.callbacks.append(pressed)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(pressed)
+        return load(name)
+
+    monkeypatch.setattr(rnnjax.cli, "importlib", SimpleNamespace(import_module=loading))
+    try:
+        code, out, err = cli("run", "seq_len=3", "hidden_size=4", "batch_size=2", "seeds=2")
+    except KeyboardInterrupt:
+        pytest.fail("the KeyboardInterrupt escaped rnnjax.cli.main")
+    assert (code, out, err) == (130, "", "rnnjax run: interrupted\n")
+    assert unraisable == [] and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["report", "reproduce", "bench", "bench-train"])

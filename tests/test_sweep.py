@@ -30,6 +30,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 
+import rnnjax.interrupt
 import rnnjax.job
 from rnnjax import load_sweep
 from rnnjax.config import register_configs
@@ -452,7 +453,7 @@ def test_ctrl_c_whose_exception_python_swallowed_still_stops_the_sweep(app, tmp_
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
 
     def interrupt(phase, info):
-        rnnjax.sweep._on_sigint(signal.SIGINT, None)
+        rnnjax.interrupt._raise(signal.SIGINT, None)
 
     def swallowed(cfg, out, resolved=None):
         summary = run_job(cfg, out, resolved=resolved)
