@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from rnnjax.interrupt import INTERRUPTED, catching_ctrl_c, stop_if_interrupted
+from rnnjax.interrupt import INTERRUPTED, catching_ctrl_c, held
 
 PROG = "rnnjax"
 
@@ -109,11 +109,12 @@ def run_command(name: str, argv: Sequence[str], prog: str) -> int:
     """Runs the subcommand `name` (a key of COMMANDS) with `argv`, as the program `prog` (the
     scripts in experiments/ call it too). A Ctrl-C the subcommand does not handle itself
     (`run` says what it interrupted) is one line and exit code 130, also while its module
-    loads (JAX imports for a second): there no Ctrl-C is lost (see rnnjax.interrupt)."""
+    loads (JAX imports for a second), which a Ctrl-C waits for: an import cut off halfway
+    leaves libraries broken (OmegaConf's turned it into an AttributeError)."""
     try:
         with catching_ctrl_c():
-            module = importlib.import_module(COMMANDS[name].module)
-            stop_if_interrupted()
+            with held():
+                module = importlib.import_module(COMMANDS[name].module)
             return _call(module.main, list(argv), prog)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

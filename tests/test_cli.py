@@ -215,24 +215,32 @@ def test_ctrl_c_while_a_command_loads_is_one_line(cli, monkeypatch):
     assert (code, out, err) == (130, "", "rnnjax reproduce: interrupted\n")
 
 
-def test_ctrl_c_that_python_swallowed_while_a_command_loads_still_stops_it(cli, tmp_path,
-                                                                           monkeypatch):
-    # Ctrl-C in a garbage-collector callback while JAX imported (before `run` set its handler)
-    # printed "Exception ignored ... KeyboardInterrupt" and the sweep ran to the end, exit 0.
+@pytest.mark.parametrize("where", ["gc callback", "anywhere"])
+def test_ctrl_c_while_a_command_loads_waits_for_it_and_stops_it(where, cli, tmp_path,
+                                                                 monkeypatch):
+    """Ctrl-C while the subcommand's modules load. In a garbage-collector callback (JAX's,
+    before `run` set its handler) Python printed "Exception ignored ... KeyboardInterrupt" and
+    the sweep ran to the end, exit 0. Elsewhere it cut an import off halfway: OmegaConf's,
+    interrupted so, raised an AttributeError traceback, exit 1."""
     load = importlib.import_module
-    unraisable = []
+    unraisable, loaded = [], []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
 
-    def pressed(phase, info):  # what Python does when SIGINT arrives during the callback
+    def pressed(phase=None, info=None):  # what Python does when SIGINT arrives there
         signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
 
     def loading(name):
-        gc.callbacks.append(pressed)
-        try:
-            gc.collect()
-        finally:
-            gc.callbacks.remove(pressed)
-        return load(name)
+        if where == "gc callback":
+            gc.callbacks.append(pressed)
+            try:
+                gc.collect()
+            finally:
+                gc.callbacks.remove(pressed)
+        else:
+            pressed()
+        module = load(name)
+        loaded.append(name)
+        return module
 
     monkeypatch.setattr(rnnjax.cli, "importlib", SimpleNamespace(import_module=loading))
     try:
@@ -240,7 +248,7 @@ def test_ctrl_c_that_python_swallowed_while_a_command_loads_still_stops_it(cli, 
     except KeyboardInterrupt:
         pytest.fail("the KeyboardInterrupt escaped rnnjax.cli.main")
     assert (code, out, err) == (130, "", "rnnjax run: interrupted\n")
-    assert unraisable == [] and list(tmp_path.iterdir()) == []
+    assert loaded == ["rnnjax.sweep"] and unraisable == [] and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["report", "reproduce", "bench", "bench-train"])
