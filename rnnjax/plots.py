@@ -198,6 +198,12 @@ def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None, hue: s
     jobs["row"] = (_text(jobs, row) if row is not None
                    else labels(jobs.drop(columns=["label", "model", "hue", "job"]),
                                exclude=("activation", "cell", hue)))
+    if row is None and jobs.groupby("model", sort=False)["row"].nunique().max() == 1:
+        # Rows that only tell models apart (the init of the cells that take one): one row,
+        # the row's text in the model's title.
+        jobs["model"] = jobs["model"].where(jobs["row"] == "",
+                                            jobs["model"] + " · " + jobs["row"])
+        jobs["row"] = ""
     palette = _hue_palette(jobs[hue], jobs["hue"])
     stats = profile_stats(d).merge(jobs[["job", "model", "row", "hue"]], on="job")
     stats["T"] = stats["job"].map(job_T(d))
@@ -239,9 +245,10 @@ def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None, hue: s
         if shown:
             shown[-1].tick_params(labelbottom=True)
             shown[-1].set_xlabel(STEPS_BACK)
-    for row_axes in grid:
+    for row_axes in grid:  # the y-axis of the first visible panel of each row
         shown = [ax for ax in row_axes if ax.get_visible()]
         if shown:
+            shown[0].tick_params(labelleft=True)
             shown[0].set_ylabel(LOG10_NORM)
 
     handles = [Line2D([], [], color=c, lw=2, label=k) for k, c in palette.items()]
@@ -263,7 +270,7 @@ def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None, hue: s
         if drawn:
             names = sorted(set(pred.loc[pred["applies"], "name"]))
             handles.append(Line2D([], [], color="gray", ls="--",
-                                  label="prediction: " + ", ".join(names)
+                                  label="prediction:\n" + ",\n".join(names)
                                   + "\n(anchored at T − t = T/4)"))
     fig.legend(handles=handles, title=NAMES.get(hue, hue), loc="outside right center")
     fig.suptitle("How ‖dL/dH_t‖ changes going back in time, at initialization "

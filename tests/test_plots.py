@@ -187,6 +187,28 @@ def test_the_x_range_follows_the_data_and_no_panel_is_empty():
     assert panels[0].get_xlim() == pytest.approx((0, last * 1.03))
 
 
+def test_a_sweep_over_cells_is_one_row_of_panels_each_with_its_y_axis():
+    # The cells that take no init (urnn, lru) made a second row: 2 × 5 panels with 5 hidden,
+    # titles overlapping and no y-axis labels on the second row.
+    cells = {"a": "vanilla", "b": "gru", "c": "lstm", "d": "urnn", "e": "lru"}
+    takes_init = {k: c in ("vanilla", "gru", "lstm") for k, c in cells.items()}
+    df = synthetic(50, {"a": -1.0, "b": -0.3, "c": -0.3, "d": 0.0, "e": -0.01}, cell=cells,
+                   activation={k: "tanh" if v else None for k, v in takes_init.items()},
+                   init={k: "normal" if v else None for k, v in takes_init.items()},
+                   init_std={k: 0.01 if v else None for k, v in takes_init.items()})
+    fig = plots.decay_curves(df, hue="cell")
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == [
+        "tanh · normal std=0.01", "gru · normal std=0.01", "lstm · normal std=0.01", "urnn",
+        "lru"]
+    assert len(panels) == len(fig.axes) == 5
+    assert len({ax.get_position().y0 for ax in panels}) == 1  # one row
+    fig.canvas.draw()
+    assert any(t.get_text() for t in panels[0].get_yticklabels())
+    assert len(plots.decay_curves(pd.concat([df, df.assign(job=df.job + "2", cell="gru")]),
+                                  hue="cell").axes) > 5  # where a model has two rows: a grid
+
+
 def test_one_row_per_initialization_with_colours_told_apart():
     inits = {"a": ("gaussian", 1.0), "b": ("orthogonal", 1.0), "c": ("identity", 1.0),
              "d": ("xavier", None)}
