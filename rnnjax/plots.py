@@ -25,7 +25,7 @@ from matplotlib.colors import ListedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from rnnjax import frames
 from rnnjax.frames import (
@@ -322,6 +322,13 @@ def heatmap(df: pd.DataFrame) -> Figure:
     sns.heatmap(finite, cmap="RdBu_r", norm=TwoSlopeNorm(center, lo, hi), ax=ax,
                 xticklabels="auto", yticklabels=True,
                 cbar_kws={"label": "log10 ‖dL/dH_t‖ (decades)"})
+    # Each half of the scale its own ticks: one locator over both would leave the shorter
+    # side (1.5 decades against 35, say) without any.
+    below, above = (MaxNLocator(4).tick_values(*ends) for ends in ((lo, center), (center, hi)))
+    cbar = ax.collections[0].colorbar
+    cbar.set_ticks(sorted(
+        {center, *(t for t in below if lo <= t < center), *(t for t in above if center < t <= hi)}))
+    cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     if (state > 0).any().any():
         sns.heatmap(state.where(state > 0), cmap=ListedColormap(["black", "gold"]), vmin=1,
                     vmax=2, cbar=False, ax=ax, xticklabels="auto", yticklabels=True)

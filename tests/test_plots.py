@@ -237,6 +237,9 @@ def test_the_heatmap_scale_is_centred_and_both_halves_used():
     values = np.ma.compressed(mesh.get_array())
     assert norm.vmin == pytest.approx(values.min()) and norm.vmax == pytest.approx(values.max())
     assert norm.vmin < norm.vcenter < norm.vmax  # blue and red both span data
+    ticks = mesh.colorbar.get_ticks()  # each half has ticks (the red one had none)
+    assert (ticks < norm.vcenter).sum() >= 2 and (ticks > norm.vcenter).sum() >= 2
+    assert ticks.min() >= norm.vmin and ticks.max() <= norm.vmax
 
 
 def test_training_curves_draw_the_memoryless_baselines(sweep):
