@@ -722,8 +722,8 @@ def cells_at_init(df: pd.DataFrame, summaries: pd.DataFrame | None = None) -> Fi
                                 alpha=0.18, lw=0)
             if i == len(tasks) - 1:
                 ax.set_xlabel(STEPS_BACK)
-            if j == 0:
-                ax.set_ylabel("log10 ‖dL/dH_t‖ − log10 ‖dL/dH_T‖\n(decades)")
+    # one label for every row (a label per row, on two lines, ran into the next row's)
+    fig.supylabel("log10 ‖dL/dH_t‖ − log10 ‖dL/dH_T‖ (decades)")
     for j, T in enumerate(Ts):
         fin = stats[(stats["T"] == T) & np.isfinite(stats["median"])]
         _x_to_data(axes[0, j], float(fin["steps_back"].max()) if len(fin) else math.nan)
