@@ -259,8 +259,9 @@ def profile_stats(df: pd.DataFrame, by: Sequence[str] = ("job",), column: str = 
     return out
 
 
-def dropped_note(stats: pd.DataFrame, what: str = "(configuration, t)") -> str:
-    """How many medians of `profile_stats` no log scale can show, and why ("" when none)."""
+def dropped_note(stats: pd.DataFrame, what: str = "(configuration, t)", of: str = "") -> str:
+    """How many medians of `profile_stats` no log scale can show, and why ("" when none); `of`
+    names the line they belong to, where a figure notes several."""
     m = stats["median"].to_numpy()
     under = int(np.isneginf(m).sum())
     other = int((~np.isfinite(m)).sum()) - under
@@ -268,7 +269,8 @@ def dropped_note(stats: pd.DataFrame, what: str = "(configuration, t)") -> str:
                                   (other, f"{other} overflowed to inf or are NaN")) if n]
     if not parts:
         return ""
-    return f"Not plotted: of {len(m)} {what} medians over seeds, " + " and ".join(parts) + "."
+    return (f"Not plotted{f' ({of})' if of else ''}: of {len(m)} {what} medians over seeds, "
+            + " and ".join(parts) + ".")
 
 
 def job_T(df: pd.DataFrame) -> pd.Series:

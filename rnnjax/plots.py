@@ -659,7 +659,8 @@ def before_after(df: pd.DataFrame, summaries: pd.DataFrame | None = None,
             if job in diverged:
                 text += f"\n{diverged[job]}"
             handles.setdefault(job, Line2D([], [], color=color, lw=2.4, label=text))
-            notes.append(dropped_note(stats, f"{label_of[job]} at step {step}: (t)"))
+            notes.append(dropped_note(stats, "timestep", of=f"{label_of[job]} after {step} "
+                                                            "training steps"))
         ax.set_title("at initialization" if step == 0 else f"after {step} training steps")
         ax.set_xlabel(TIMESTEP)
         _x_to_data(ax, float(df["t"].max()), 1.0)

@@ -206,3 +206,15 @@ def test_power_law_slopes_recover_exact_powers():
     slopes = frames.power_law_slopes(curse).set_index(["quantity", "normalize"])
     np.testing.assert_allclose(slopes["measured"], slopes["predicted"], atol=1e-9)
     assert (slopes["points"] == 3).all()  # 1/(1 - r) >= 10: r = 0.9, 0.99, 0.999
+
+
+def test_dropped_note_names_the_line_its_medians_belong_to():
+    # fig4 said "Not plotted: of 1000 IRNN at step 100: (t) medians over seeds, ...".
+    stats = pd.DataFrame({"median": [0.0, -np.inf, np.inf, np.nan]})
+    assert frames.dropped_note(stats, "timestep", of="IRNN after 100 training steps") == (
+        "Not plotted (IRNN after 100 training steps): of 4 timestep medians over seeds, "
+        "1 underflowed to 0 (log10 = −∞) and 2 overflowed to inf or are NaN.")
+    assert frames.dropped_note(stats) == (
+        "Not plotted: of 4 (configuration, t) medians over seeds, 1 underflowed to 0 "
+        "(log10 = −∞) and 2 overflowed to inf or are NaN.")
+    assert frames.dropped_note(stats.iloc[:1]) == ""
