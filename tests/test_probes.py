@@ -231,3 +231,20 @@ def test_norms_beyond_float32_are_exact_and_only_a_lost_chain_is_flagged(key):
     np.testing.assert_allclose(g32[n:], g64[n:], rtol=2e-5)
     assert g32[n:].max() > f32_max  # exact beyond float32's range, unflagged
     assert g64[n - 1] > f32_max  # where float32 lost the chain, float64 goes on
+
+
+def test_step_one_share_of_w_hh_is_exactly_zero_for_many_vmapped_networks():
+    """H_0 = 0, so step 1's share of dL/dW_hh is 0: log10 -inf, status ok. With 28 vmapped
+    networks of H = 512 (fig3's job), XLA on a CPU read the zero Gram matrix from memory it
+    never wrote: NaN in most runs, and the job said "nonfinite" (which activations did changed
+    from run to run)."""
+    S, B, T, H, V = 28, 16, 12, 512, 28
+    cell = vanilla("tanh", "gaussian", 1.0)
+    params = jax.vmap(lambda k: cell.init(k, V, H, V))(jax.random.split(jax.random.key(0), S))
+    probe = jax.jit(jax.vmap(make_probe(cell, "last")))
+    for seed in range(3):  # the memory it read differed between calls
+        x, y = (jax.random.randint(jax.random.key(seed * 2 + i), (S, B, T), 0, V)
+                for i in range(2))
+        pg = np.asarray(probe(params, x, y).log10_param_grad_norm)
+        assert np.isneginf(pg[:, 0]).all(), pg[:, 0]
+        assert np.isfinite(pg[:, 1:]).all()

@@ -104,6 +104,9 @@ def log10_outer_norm(u: Array, v: Array) -> Array:
     else:
         # The inner product of two PSD matrices is >= 0; clip rounding below zero.
         sq = jnp.maximum(jnp.sum((un @ un.T) * (vn @ vn.T)), 0)
+    # 0 where a factor is 0 (H_0 = 0 at step 1): there XLA on a CPU read the Gram of the zero
+    # constant from memory it never wrote, NaN in most runs with 28 vmapped networks of H = 512.
+    sq = jnp.where((mu > 0) & (mv > 0), sq, 0)
     return jnp.log10(mu) + jnp.log10(mv) + 0.5 * jnp.log10(sq)
 
 
