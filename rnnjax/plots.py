@@ -552,8 +552,11 @@ def training_curves(metrics: pd.DataFrame, df: pd.DataFrame, job: str | None = N
     sns.lineplot(data=long[ok], x="train_step", y="value", hue="configuration",
                  hue_order=order, palette=categorical(order), style="split",
                  style_order=list(splits.values()), estimator="median", errorbar=None, ax=left)
-    baselines = [left.axhline(math.exp(value) if kind == "ppl" else value, color="black",
-                              ls=":", lw=1.5, label=label)
+    # On a perplexity axis the baseline is drawn, and labelled, as exp(loss).
+    as_ppl = kind == "ppl"
+    baselines = [left.axhline(math.exp(value) if as_ppl else value, color="black", ls=":",
+                              lw=1.5, label=label + (f"\nas perplexity: {math.exp(value):.4g}"
+                                                     if as_ppl else ""))
                  for value, label in _baselines(metrics)]
     values = long.loc[ok, "value"]
     log_scale = values.size > 0 and values.max() > 10 * values.min()  # more than a decade
@@ -579,9 +582,9 @@ def training_curves(metrics: pd.DataFrame, df: pd.DataFrame, job: str | None = N
                     frameon=False, fontsize=9)
     min_span(right)
     right.set_xlabel(TIMESTEP)
-    right.set_ylabel(LOG10_NORM + ", median over seeds")
-    right.set_title(f"Gradient profile during training:\n{label_of.get(job, job)}",
-                    fontsize="medium")
+    right.set_ylabel(LOG10_NORM)  # with ", median over seeds" it ran into the title
+    right.set_title(f"Gradient profile during training, median over seeds:\n"
+                    f"{label_of.get(job, job)}", fontsize="medium")
     fig.suptitle("Training, and how the per-timestep gradient changes while training")
     notes = [f"Not plotted: {int((~ok).sum())} seed-step losses that are NaN/inf (diverged)."
              if (~ok).any() else "", dropped_note(stats, "(training step, t)")]

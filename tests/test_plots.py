@@ -252,6 +252,14 @@ def test_training_curves_draw_the_memoryless_baselines(sweep):
         flat = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == ":"]
         assert [line.get_ydata()[0] for line in flat] == [pytest.approx(expected)]
         assert any("memoryless baseline" in t for t in legend_texts(fig))
+    # A token task's axis is perplexity: the baseline drawn and labelled as exp(loss) (the
+    # label gave only the loss, 0.9041, beside a line at 2.47).
+    ppl = copy.assign(train_ppl=np.exp(copy.train_loss), val_ppl=np.exp(copy.val_loss))
+    fig = plots.training_curves(ppl, df)
+    assert [line.get_ydata()[0] for line in fig.axes[0].get_lines()
+            if line.get_linestyle() == ":"] == [pytest.approx(math.exp(10 * math.log(8) / 23))]
+    assert any(t.endswith(f"as perplexity: {math.exp(10 * math.log(8) / 23):.4g}")
+               for t in legend_texts(fig))
     last = copy.assign(loss_at="last")  # the loss at the last step: a guess among 8
     fig = plots.training_curves(last, df)
     assert [line.get_ydata()[0] for line in fig.axes[0].get_lines()
