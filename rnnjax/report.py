@@ -63,11 +63,14 @@ def data_line(df: pd.DataFrame, summaries: pd.DataFrame) -> str:
     """What was loaded, and how many grad_norm points no log-scale figure can show."""
     g = df["grad_norm"].to_numpy()
     seeds = sorted(df.groupby("job")["seed"].nunique().unique())
-    return (f"{len(summaries)} finished job(s), {'/'.join(map(str, seeds))} seed(s) per job, "
-            f"{len(g)} grad_norm values (every seed, t and logged training step): "
-            f"{int((g == 0).sum())} underflowed to 0 and {int((~np.isfinite(g)).sum())} are "
-            "inf/NaN; log scales cannot show them, so the figures leave them out (medians "
-            "over seeds still count them) and say how many medians they left out.")
+    under, other = int((g == 0).sum()), int((~np.isfinite(g)).sum())
+    head = (f"{len(summaries)} finished job(s), {'/'.join(map(str, seeds))} seed(s) per job, "
+            f"{len(g)} grad_norm values (every seed, t and logged training step): ")
+    if not under and not other:
+        return head + "every one finite and above 0, so the log-scale figures show them all."
+    return (head + f"{under} underflowed to 0 and {other} are inf/NaN; log scales cannot show "
+            "them, so the figures leave them out (medians over seeds still count them) and "
+            "say how many medians they left out.")
 
 
 def figures(df: pd.DataFrame, summaries: pd.DataFrame, metrics: pd.DataFrame | None

@@ -312,3 +312,14 @@ def test_curse_of_memory_shows_the_fitted_powers():
     assert "not normalized: slope 1.50 (theory 1.5)" in texts
     assert "normalized: slope 0.00 (theory 0)" in texts
     assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_yscale() == "log"
+
+
+def test_report_data_line_says_every_value_shows_when_none_is_left_out():
+    # "0 underflowed to 0 and 0 are inf/NaN; log scales cannot show them, so ..."
+    df = pd.DataFrame({"job": ["a"] * 3, "seed": [0, 1, 1], "grad_norm": [1.0, 0.5, 2.0]})
+    line = report.data_line(df, pd.DataFrame({"job": ["a"]}))
+    assert line == ("1 finished job(s), 2 seed(s) per job, 3 grad_norm values (every seed, t "
+                    "and logged training step): every one finite and above 0, so the "
+                    "log-scale figures show them all.")
+    line = report.data_line(df.assign(grad_norm=[0.0, np.inf, 1.0]), pd.DataFrame({"job": ["a"]}))
+    assert "1 underflowed to 0 and 1 are inf/NaN; log scales cannot show them" in line
