@@ -45,6 +45,7 @@ from rnnjax.config import (
 from rnnjax.interrupt import INTERRUPTED, catching_ctrl_c, held, stop_if_interrupted
 from rnnjax.slurm import TaskEnded, unsatisfiable
 from rnnjax.tasks import DataError
+from rnnjax.trackers import needs_package
 
 log = logging.getLogger("rnnjax")
 
@@ -186,8 +187,7 @@ def check_group_options(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
                 and value in LAUNCHER_PACKAGES:
             module, package, extra = LAUNCHER_PACKAGES[value]
             if find_spec(module) is None:
-                _fail(f"hydra/launcher={value} needs the package '{package}': "
-                      f"pip install 'rnnjax[{extra}]'")
+                _fail(needs_package(f"hydra/launcher={value}", package, extra))
         if o.key_or_group not in groups:
             continue
         allowed = groups[o.key_or_group]

@@ -50,6 +50,12 @@ class TrackerError(ValueError):
     that is not installed); the message is one line."""
 
 
+def needs_package(choice: str, package: str, extra: str) -> str:
+    """The message for an option (`logger=wandb`, `hydra/launcher=slurm`) whose package is
+    not installed, naming the extra that installs it."""
+    return f"{choice} needs the package {package!r}: pip install 'rnnjax[{extra}]'"
+
+
 def check_options(name: str, options: Mapping[str, Any] | None = None) -> None:
     """Raises TrackerError for an unknown tracker name, a `logger.*` option that the tracker
     does not take (set, that is, not None), or a package it needs that is not installed
@@ -66,8 +72,7 @@ def check_options(name: str, options: Mapping[str, Any] | None = None) -> None:
                            "tracking server or database; dir: a local sqlite store there)")
     for package in PACKAGES.get(name, ()):
         if importlib.util.find_spec(package) is None:
-            raise TrackerError(f"logger={name} needs the package {package!r}: pip install "
-                               f"'rnnjax[{EXTRA[name]}]'")
+            raise TrackerError(needs_package(f"logger={name}", package, EXTRA[name]))
 
 
 def make_tracker(name: str, job_dir: str | os.PathLike, run_name: str,
@@ -113,8 +118,7 @@ def make_tracker(name: str, job_dir: str | os.PathLike, run_name: str,
         return MlflowTracker(root, run_name, opts.get("project", "rnnjax"), opts.get("uri"),
                              group)
     except ModuleNotFoundError as e:
-        raise TrackerError(f"logger={name} needs the package {e.name!r}: pip install "
-                           f"'rnnjax[{EXTRA[name]}]'") from None
+        raise TrackerError(needs_package(f"logger={name}", e.name, EXTRA[name])) from None
 
 
 class Tracker:
