@@ -30,6 +30,11 @@ LYAPUNOV = THEORY + "lyapunov_top_log10_per_step"
 PREDICTED = THEORY + "predicted_log10_slope_per_step_back"
 PREDICTION = THEORY + "prediction"
 APPLIES = THEORY + "applies"  # False where the job says no prediction applies
+# Below this |predicted slope| (decades per step) the slope table leaves the relative error
+# empty: dividing by a prediction near 0 blows any small difference up (a linear network at
+# g = 1 predicts -6e-05 and measures 0.003: relative error 48.8), so only the absolute
+# difference says how close they are.
+NEAR_ZERO = 0.01
 
 
 class Key(NamedTuple):
@@ -358,17 +363,19 @@ def slope_table(summaries: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
       Columns: job, configuration, measured slope, the prediction that applies (what, its
-      slope, the relative error |measured − predicted| / |predicted|), Pascanu bound, top
-      Lyapunov exponent (all log10 per step back; NaN where there is none), underflowed points
-      (n_underflow), status.
+      slope, the absolute difference |measured − predicted| in decades per step, the relative
+      error |measured − predicted| / |predicted|, NaN where |predicted| < NEAR_ZERO: there
+      only the absolute difference means something), Pascanu bound, top Lyapunov exponent (all
+      log10 per step back; NaN where there is none), underflowed points (n_underflow), status.
     """
     s = summaries.assign(configuration=config_label(summaries))
     s = s.set_index("job").loc[job_order(s["job"])]
     pred = predictions(summaries).reindex(s.index)
     measured = pd.to_numeric(s.get(SLOPE), errors="coerce")
+    diff = (measured - pred["slope"]).abs()
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel = (measured - pred["slope"]).abs() / pred["slope"].abs()
-    rel = rel.where(np.isfinite(rel))
+        rel = diff / pred["slope"].abs()
+    rel = rel.where(np.isfinite(rel) & (pred["slope"].abs() >= NEAR_ZERO))
     nan = pd.Series(np.nan, index=s.index)
     return pd.DataFrame({
         "job": s.index,
@@ -377,6 +384,7 @@ def slope_table(summaries: pd.DataFrame) -> pd.DataFrame:
         "prediction": pred["name"].where(pred["applies"], np.where(
             config_frame(s).get("loss_at", nan) == "all", "none (loss at all steps)", "none")),
         "predicted (log10/step)": pred["slope"],
+        "absolute difference (log10/step)": diff.where(np.isfinite(diff)),
         "relative error": rel,
         "Pascanu bound (log10/step)": pd.to_numeric(s.get(PASCANU, nan), errors="coerce"),
         "top Lyapunov (log10/step)": pd.to_numeric(s.get(LYAPUNOV, nan), errors="coerce"),
@@ -485,9 +493,9 @@ def power_law_slopes(curse: pd.DataFrame, start: float = CURSE_FROM) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-__all__ = ["ADDING_BASELINE", "APPLIES", "CURSE", "KEYS", "LYAPUNOV", "MF", "NAMES", "PASCANU",
-           "PREDICTED", "PREDICTION", "SLOPE", "THEORY", "config_frame", "config_label",
-           "curse_of_memory", "dropped_note", "fall_per_seed", "format_values", "job_T",
-           "job_order", "jobs_table", "labels", "markdown_table", "memoryless_baseline",
-           "order", "power_law_slopes", "predictions", "profile_stats", "quantile",
-           "slope_table", "takes"]
+__all__ = ["ADDING_BASELINE", "APPLIES", "CURSE", "KEYS", "LYAPUNOV", "MF", "NAMES", "NEAR_ZERO",
+           "PASCANU", "PREDICTED", "PREDICTION", "SLOPE", "THEORY", "config_frame",
+           "config_label", "curse_of_memory", "dropped_note", "fall_per_seed", "format_values",
+           "job_T", "job_order", "jobs_table", "labels", "markdown_table",
+           "memoryless_baseline", "order", "power_law_slopes", "predictions", "profile_stats",
+           "quantile", "slope_table", "takes"]

@@ -156,6 +156,33 @@ def test_slope_table_relative_error_and_missing_values():
     assert "n/a" not in text
 
 
+def test_slope_table_leaves_the_relative_error_empty_near_a_zero_prediction():
+    # A linear network at g = 1 (fig3): measured 0.003058, predicted -6.397e-05, "relative
+    # error 48.81" where both are below 0.01 decades per step.
+    s = summaries([
+        {"slope": 0.003058, "theory": {"mean_field.log10_factor_per_step": -6.397e-05},
+         "config": {"activation.name": "linear"}},
+        {"slope": -0.55, "theory": {"mean_field.log10_factor_per_step": -0.5}},
+        {"slope": -0.011, "theory": {"mean_field.log10_factor_per_step": -0.01}},
+        {"slope": -0.011, "theory": {"mean_field.log10_factor_per_step": -0.0099}},
+        {"slope": 0.0, "config": {"probe.loss_at": "all"},
+         "theory": {"mean_field.log10_factor_per_step": -0.5}},
+    ])
+    table = frames.slope_table(s).set_index("job")
+    diff = table["absolute difference (log10/step)"]
+    np.testing.assert_allclose(diff.iloc[:4], [0.003058 + 6.397e-05, 0.05, 0.001, 0.0011],
+                               rtol=1e-12)
+    assert np.isnan(diff["4"])  # no prediction applies: no difference either
+    rel = table["relative error"]
+    assert rel["1"] == pytest.approx(0.1) and rel["2"] == pytest.approx(0.1)  # at the threshold
+    assert rel[["0", "3", "4"]].isna().all()
+    columns = list(table.reset_index().columns)  # beside the prediction; old names kept
+    assert columns[4:7] == ["predicted (log10/step)", "absolute difference (log10/step)",
+                            "relative error"]
+    row = frames.markdown_table(table.reset_index()).splitlines()[2].split(" | ")
+    assert row[4:7] == ["-6.397e-05", "0.003122", "—"]
+
+
 def test_memoryless_baselines_are_the_tasks_own():
     key = jax.random.key(0)
     # adding: always predicting 1 (5·10^4 sequences: the mean is within 6 sigma of 1/6)
