@@ -21,14 +21,13 @@ import pandas as pd
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from rnnjax import provenance, results
+from rnnjax import provenance, results, tracking
 from rnnjax.cells import CELLS, Cell
 from rnnjax.config import Config, cell_options, init_values
 from rnnjax.memory import fit_seeds, memory_budget
 from rnnjax.probes import make_probe
 from rnnjax.summary import headline, log_headline, theory_summary, to_host
 from rnnjax.tasks import DataError, Task, cache_dir, make_task
-from rnnjax.trackers import headline_numbers, make_tracker, median_profile
 from rnnjax.train import init_state, make_eval, make_generate, make_optimizer, make_train_chunk
 
 log = logging.getLogger("rnnjax")
@@ -116,9 +115,10 @@ def finished_summary(out_dir: str | Path, resolved: dict[str, Any]) -> dict | No
 
     Finished means: its summary.json validates and its files match the sizes and sha1 it lists
     (`results.read_job`), and it was run with the same config (as written to summary.json,
-    without `resume`), the same code version (`provenance.code_version`: rnnjax's version and a
-    hash of its source) and the same data file contents (sha1; for task=timemachine). Any
-    difference is logged and the job runs again.
+    without `resume` and `logger`: neither changes what a job computes), the same code
+    version (`provenance.code_version`: rnnjax's version and a hash of its source) and the
+    same data file contents (sha1; for task=timemachine). Any difference is logged and the job
+    runs again.
     """
     out = Path(out_dir)
     state = results.read_job(out)
@@ -130,7 +130,7 @@ def finished_summary(out_dir: str | Path, resolved: dict[str, Any]) -> dict | No
     summary = state.summary
 
     def strip(c):
-        return {k: v for k, v in (c or {}).items() if k != "resume"}
+        return {k: v for k, v in (c or {}).items() if k not in NOT_IDENTITY}
 
     if strip(summary["config"]) != strip(results.json_safe(resolved)):
         log.warning("%s holds a finished run of another config: running this one again", out)
@@ -156,6 +156,8 @@ def finished_summary(out_dir: str | Path, resolved: dict[str, Any]) -> dict | No
 
 
 LOCK = ".lock"  # in a job's directory; whoever holds its flock runs the job
+# Config keys that change nothing a job computes: a finished job is finished whatever they say
+NOT_IDENTITY = ("resume", "logger")
 
 
 class JobBusy(RuntimeError):
@@ -200,8 +202,9 @@ def holding_job_lock(run):
 
 @holding_job_lock
 def run_or_resume(cfg: Config, out_dir: str | Path, resolved: dict[str, Any]) -> dict:
-    """What a Hydra job does: skips a finished run (with `resume`), else runs the job; a job
-    that raises writes summary.json with status "failed" and the error, and returns it.
+    """What a Hydra job does: skips a finished run (with `resume`; its results go to the
+    config's tracker, if it names one, without recomputing), else runs the job; a job that
+    raises writes summary.json with status "failed" and the error, and returns it.
 
     Only Exceptions are caught: an interrupt (Ctrl-C) still stops the sweep.
     """
@@ -211,7 +214,7 @@ def run_or_resume(cfg: Config, out_dir: str | Path, resolved: dict[str, Any]) ->
         if done is not None:
             log.info("skipped: %s already holds a finished run of this config (status %s; "
                      "resume=false runs it again)", out, done["status"])
-            return done
+            return tracking.send_and_record(cfg.logger, out, done)
     # A stale summary.json would mark half-rewritten files as finished: remove it first, and
     # the temporary files of a run killed between writing and renaming.
     (out / results.SUMMARY).unlink(missing_ok=True)
@@ -261,28 +264,38 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     # Networks value-major, seed-minor: network i has value i // S and seed seeds[i % S].
     net_seeds = np.tile(seeds, len(values))
     net_values = np.repeat(np.array([0.0 if v is None else v for v in values]), len(seeds))
+    # Compiling the initialization takes seconds for a new cell: say so (nothing a user waits
+    # for stays silent).
+    log.info("initializing %d networks and their batches ...", len(net_seeds))
     params, x, y, data_keys = jax.jit(jax.vmap(make_setup(cfg, task)))(
         jnp.asarray(net_seeds), jnp.asarray(net_values, cfg.dtype.value))
     budget = memory_budget(cfg.max_memory_gb)
     cell = build_cell(cfg)
-    # The tracker's run is named like the job's directory, grouped by its sweep's.
-    with make_tracker(cfg.logger.name, out, out.name, vars(cfg.logger),
-                      group=out.parent.name) as tracker:
-        tracker.log_config(resolved if resolved is not None else OmegaConf.to_container(
-            OmegaConf.structured(cfg), enum_to_str=True))
-        return _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out,
-                                resolved, started_at, start, tracker)
+    summary, grad_norms, metrics = _probe_and_train(cfg, cell, task, data, params, x, y,
+                                                    data_keys, budget, out, resolved,
+                                                    started_at, start)
+    # The job's files are written: only now does its tracker get them (its failure is
+    # recorded, never raised), the same way as a finished job's (`tracking.log_results`).
+    if cfg.logger.name.value != "none":
+        sent = tracking.send_and_record(cfg.logger, out, results.json_safe(summary),
+                                        grad_norms, metrics)
+        summary[tracking.TRACKERS] = sent.get(tracking.TRACKERS, [])
+    return summary
 
 
 def _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out, resolved,
-                     started_at, start, tracker) -> dict:
-    """The rest of `run_job`, with the job's experiment tracker."""
+                     started_at, start) -> tuple[dict, pd.DataFrame, pd.DataFrame | None]:
+    """The rest of `run_job`: returns the summary and the tables it wrote (metrics: None
+    without training)."""
     seeds = np.arange(cfg.seed, cfg.seed + cfg.seeds)
     param, values, is_list = init_values(cfg)
     probe = fit_seeds(make_probe(cell, cfg.probe.loss_at.value, task.kind,
                                  profile_truncation(cfg), cfg.probe.unroll), (0, 0, 0),
                       (params, x, y), budget, "probe")
+    started_probe = time.perf_counter()
     prof = to_host(probe(params, x, y))
+    log.info("probe: measured in %.1f s; computing the theory beside it ...",
+             time.perf_counter() - started_probe)
 
     T = int(x.shape[2])  # x: (N, B, T) or (N, B, T, C); seq_len + 20 for task=copy
     columns = results.config_columns(cfg)
@@ -292,21 +305,20 @@ def _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out
     group_columns = [{**columns, **({f"init_{param}": v} if is_list else {})} for v in values]
     frames = [results.probe_frame(seeds, prof.select(sl), c)
               for sl, c in zip(groups, group_columns, strict=True)]
-    for sl, v in zip(groups, values, strict=True):
-        tracker.log_profile(0, *median_profile(prof.grad_norm[sl]),
-                            name=f"grad_norm[{param}={v:g}]" if is_list else "grad_norm")
     results.write_npz(out / results.PARAMS, **jax.tree.map(np.asarray, params._asdict()))
     results.write_npz(out / results.BATCH, x=np.asarray(x), y=np.asarray(y))
     written = [results.GRAD_NORMS, results.PARAMS, results.BATCH]
 
     steps = total_steps(cfg, task)
-    training = {}
+    training, metrics = {}, None
     if steps:  # validate() allows training with a single init value only
         frames, training = train_job(cfg, cell, task, params, x, y, data_keys, probe, steps,
-                                     frames, columns, seeds, budget, tracker)
-        results.write_parquet(training.pop("metrics"), out / results.METRICS)
+                                     frames, columns, seeds, budget)
+        metrics = training.pop("metrics")
+        results.write_parquet(metrics, out / results.METRICS)
         written.append(results.METRICS)
-    results.write_parquet(pd.concat(frames, ignore_index=True), out / results.GRAD_NORMS)
+    grad_norms = pd.concat(frames, ignore_index=True)
+    results.write_parquet(grad_norms, out / results.GRAD_NORMS)
 
     headlines = []
     for sl, v in zip(groups, values, strict=True):
@@ -317,8 +329,6 @@ def _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out
                                      CELLS[cfg.cell.name.value].theory, cell_options(cfg),
                                      y=y[sl], kind=task.kind, loss_at=cfg.probe.loss_at.value)
         headlines.append({**({"init_param": param, "init_value": v} if is_list else {}), **h})
-        tracker.log_headline({(f"{param}={v:g}/" if is_list else "") + k: value
-                              for k, value in headline_numbers(h).items()})
     wall = time.perf_counter() - start
     finite = (all(h["n_nonfinite"] == 0 for h in headlines)
               and not training.get("diverged_seeds"))
@@ -347,7 +357,7 @@ def _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out
         log.info("trained %d steps: %s, clipping active in %.1f%% of steps, diverged seeds %s",
                  steps, _progress(final, task.kind == "tokens"),
                  100 * training["clip_fraction"], training["diverged_seeds"] or "none")
-    return summary
+    return summary, grad_norms, metrics
 
 
 def profile_truncation(cfg: Config) -> int | None:
@@ -357,7 +367,7 @@ def profile_truncation(cfg: Config) -> int | None:
 
 
 def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, columns, seeds,
-              budget=None, tracker=None):
+              budget=None):
     """Trains all seeds together; returns the profile frames and the training summary
     (with the metrics DataFrame under "metrics")."""
     tr = cfg.train
@@ -407,15 +417,12 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
                 "alive": bool(alive[s]),
             })
         bar.update(done - begin)
-        recent = {k: _mean(np.array([r[k] for r in rows[-len(seeds):]], float))
-                  for k in ("train_loss", "train_ppl", "val_loss", "val_ppl",
-                            "grad_norm_global", "grad_norm_global_mean", "clip_fraction")}
+        # the numbers a tracker gets for this step (`tracking.log_results`)
+        recent = tracking.interval_metrics(pd.DataFrame(rows[-len(seeds):]))
         bar.set_postfix(loss=_num(recent['train_loss'], 4))
-        if bar.disable:  # no terminal (SLURM logs, nohup): a plain line instead of the bar
-            log.info("step %d of %d: %s", done, steps, _progress(recent, tokens))
-        if tracker is not None:
-            tracker.log_profile(done, *median_profile(prof.grad_norm))
-            tracker.log_metrics(done, recent | {"alive_fraction": float(alive.mean())})
+        # Without a terminal (SLURM logs, nohup) a plain line instead of the bar; with one, the
+        # line still goes to run.log, which holds the same lines either way.
+        _log_progress(bar.disable, "step %d of %d: %s", done, steps, _progress(recent, tokens))
 
     # Each interval's validation and profile run in a second thread while the next interval
     # trains (XLA releases the GIL): the training step alone keeps less than two CPU cores
@@ -446,10 +453,12 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
     training = {
         "metrics": metrics,
         "steps": steps,
-        "final_train_loss": _mean(last.train_loss.to_numpy()),
-        "final_train_ppl": _mean(last.train_ppl.to_numpy()) if tokens else None,
-        "final_val_loss": _mean(last.val_loss.to_numpy()),
-        "final_val_ppl": _mean(last.val_ppl.to_numpy()) if tokens else None,
+        # means over the networks as the log and a tracker give them (an overflowed
+        # perplexity is inf there too, not left out)
+        "final_train_loss": tracking.mean_over_networks(last.train_loss),
+        "final_train_ppl": tracking.mean_over_networks(last.train_ppl) if tokens else None,
+        "final_val_loss": tracking.mean_over_networks(last.val_loss),
+        "final_val_ppl": tracking.mean_over_networks(last.val_ppl) if tokens else None,
         "final_val_ppl_per_seed": last.val_ppl.tolist() if tokens else None,
         "final_train_ppl_per_seed": last.train_ppl.tolist() if tokens else None,
         "clip_fraction": n_clipped / max(n_taken, 1),  # over every step every seed took
@@ -469,6 +478,23 @@ def sample_text(cell: Cell, task: Task, params) -> str:
     # to numpy first: iterating over a device array compiles a program that splits it
     toks = np.asarray(jax.jit(make_generate(cell, SAMPLE_LENGTH))(first, prefix))
     return SAMPLE_PREFIX + "".join(task.vocab[int(i)] for i in toks)
+
+
+def _log_progress(console: bool, msg: str, *args: Any) -> None:
+    """Logs a progress line: to every handler where `console` (no progress bar shows it), else
+    to the log files only (run.log), which so hold the same lines with a terminal or without."""
+    if console:
+        log.info(msg, *args)
+        return
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, msg, args, None)
+    if not log.isEnabledFor(logging.INFO) or not log.filter(record):  # e.g. "job 3 of 6: "
+        return
+    logger: logging.Logger | None = log
+    while logger is not None:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+                handler.handle(record)
+        logger = logger.parent if logger.propagate else None
 
 
 def _exp(x: float) -> float:

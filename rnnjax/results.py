@@ -166,7 +166,7 @@ def with_config_dtypes(df: pd.DataFrame) -> pd.DataFrame:
 def probe_frame(seeds: np.ndarray, profile, columns: Mapping[str, Any],
                 train_step: int = 0) -> pd.DataFrame:
     """One row per (seed, t) of a probe's result, with the job's number of timesteps `T`
-    (t = 1..T; seq_len, or seq_len + 20 for task=copy) and its flags.
+    (t = 1..T; seq_len, or seq_len + 20 for task=copy), `steps_back` (T - t) and its flags.
 
     Flags: `underflow` (grad_norm is 0: below the dtype's range, or exactly zero), `overflow`
     (the backward chain left the dtype's range at or after t: grad_norm is inf from there back
@@ -186,6 +186,8 @@ def probe_frame(seeds: np.ndarray, profile, columns: Mapping[str, Any],
         "seed": np.repeat(np.asarray(seeds, dtype=np.int64), T),
         "t": np.tile(np.arange(1, T + 1, dtype=np.int64), S),
         "T": np.int64(T),
+        # T - t, the axis the figures and trackers draw against (0: the last step)
+        "steps_back": np.tile(np.arange(T - 1, -1, -1, dtype=np.int64), S),
         "grad_norm": g,
         "param_grad_norm": np.asarray(profile.param_grad_norm, dtype=np.float64).ravel(),
         **{f"{k}_grad_norm": np.asarray(v, dtype=np.float64).ravel()
@@ -468,24 +470,32 @@ def _per_value(job: str, summary: dict) -> list[tuple[str, dict]]:
 
 def load_summaries(path: str | os.PathLike) -> pd.DataFrame:
     """One row per finished job under `path`: its summary.json flattened (dots join nested
-    keys: `headline.theory.mean_field.chi1`, `config.activation.name`, ...), per-seed lists
-    and the file list dropped, plus a `job` column as in `load_sweep` and the config's flat
-    columns as in the tables (`activation`, `train_lr`, ...: `config_columns`; `vocab_size` is
-    the config's, null where the task fixes it). Jobs that are not
-    finished (see `read_job`) are skipped with a warning."""
+    keys: `headline.theory.mean_field.chi1`, `training.final_val_ppl`, ...), per-seed lists,
+    the file list and the tracker records dropped, plus a `job` column as in `load_sweep` and
+    the config once, as the tables name it (`activation`, `train_lr`, ...: `config_columns`;
+    `vocab_size` is the config's, null where the task fixes it). Infinities, which
+    summary.json writes as "inf"/"-inf", are floats again. Jobs that are not finished (see
+    `read_job`) are skipped with a warning."""
     root = _check_root(path)
     done, unfinished = _finished_jobs(root)
     _warn_unfinished(root, unfinished, "load_summaries")
     rows = []
     for job, summary in done.items():
-        kept = {k: v for k, v in summary.items() if k != "files"}
+        kept = {k: v for k, v in summary.items() if k not in ("files", "trackers")}
         for name, one in _per_value(str(job.relative_to(root)), kept):
-            row = pd.json_normalize(one).iloc[0].to_dict()
-            row = {k: v for k, v in row.items() if not isinstance(v, list | dict)}
+            flat = pd.json_normalize({k: v for k, v in one.items() if k != "config"})
+            row = {k: _float_if_inf(v) for k, v in flat.iloc[0].to_dict().items()
+                   if not isinstance(v, list | dict)}
             rows.append({"job": name, **row, **config_columns(one.get("config", {}))})
     if not rows:
         raise FileNotFoundError(f"load_summaries: no finished job under {str(root)!r}")
     return with_config_dtypes(pd.DataFrame(rows))
+
+
+def _float_if_inf(v: Any) -> Any:
+    """An infinity as `write_json` wrote it ("inf", "-inf") as a float; other values as they
+    are."""
+    return float(v) if isinstance(v, str) and v in ("inf", "-inf") else v
 
 
 def load_metrics(path: str | os.PathLike) -> pd.DataFrame | None:

@@ -66,9 +66,9 @@ _NAME_MAX = 120  # characters of a directory name (file systems allow 255 bytes)
 
 def _is_setting(override: str) -> bool:
     """Hydra's own settings (`hydra.*`, `hydra/launcher=...`), `resume` and the experiment
-    tracker (`logger=...`, `logger.*`) change no result, so they do not name directories (a
-    finished job re-run with another tracker maps to its old directory, and runs again to be
-    logged: the config it recorded differs)."""
+    tracker (`logger=...`, `logger.*`) change no result, so they do not name directories: a
+    finished job re-run with a tracker maps to its old directory, is skipped, and its results
+    are sent to the tracker (`rnnjax.tracking`)."""
     return (bool(re.match(r"^[+~]*(hydra[./]|resume=|logger[.=])", override))
             or override.startswith("-"))
 
@@ -234,16 +234,120 @@ def _error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
+def check_job_name(name: Any) -> None:
+    """Exits with one line when `hydra.job.name`, which names the job's log file
+    (NAME.log in its directory), would put it elsewhere: a path separator or `..`."""
+    text = str(name)
+    if "/" in text or "\\" in text or ".." in text or not text.strip():
+        _fail(f"hydra.job.name={text} is invalid: it names the job's log file ({text}.log in "
+              "the job's directory); allowed: a name without '/', '\\' or '..'")
+
+
+def check_tracker(config: Config) -> None:
+    """Exits with one line, within seconds, when the tracker's server cannot be reached, before
+    any compute (`rnnjax.trackers.check_reachable`)."""
+    from rnnjax.trackers import TrackerError, check_reachable
+
+    try:
+        check_reachable(config.logger.name.value, vars(config.logger))
+    except TrackerError as e:
+        _fail(str(e))
+
+
+def check_writable(directory: Path) -> None:
+    """Exits with one line naming `directory` when a job cannot write there (read-only, a full
+    disk, a file in the way), before Hydra writes its first file into it."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # a few KiB, not an empty file: a full disk still has inodes for empty files
+        with tempfile.TemporaryFile(dir=directory) as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        _fail(_os_error_line(e, directory))
+
+
+def _os_error_line(e: OSError, path: Any = None) -> str:
+    """One line naming the path an OSError is about and what is wrong with it."""
+    where = e.filename if e.filename is not None else path
+    return f"cannot write {where}: {e.strerror or e}"
+
+
+def _task_config(config: DictConfig) -> DictConfig:
+    """The config a Hydra job's task function gets: the full config without `hydra`."""
+    cfg = copy.deepcopy(config)
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 class ValidateConfig(Callback):
-    """Hydra callback: validates a single run's config (and fetches its data) before its output
-    directory is created, so bad input writes nothing. A sweep's jobs are validated by the
-    sweeper (`run_sweep`)."""
+    """Hydra callback: validates a single run's config (and fetches its data), skips it when
+    its directory holds a finished run of it, and checks that its directory can be written,
+    all before Hydra creates or writes into that directory: bad input writes nothing, and a
+    finished run is never touched (its directory may be read-only). A sweep's jobs are
+    validated by the sweeper (`run_sweep`)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            prepare_data(validate(config))
+            checked = validate(config)
+            prepare_data(checked)
         except (ConfigError, DataError, OmegaConfBaseException) as e:
             _fail(_error_line(e))
+        check_job_name(config.hydra.job.name)
+        out = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
+        if checked.resume:
+            _skip_if_finished(checked, _task_config(config), out)
+        check_tracker(checked)
+        check_writable(out)
+
+
+def _skip_if_finished(config: Config, cfg: DictConfig, out: Path) -> None:
+    """Ends a single run whose directory holds a finished run of its config: says so, sends
+    it to the config's tracker if one is named, and exits (0; 1 when the tracker failed)."""
+    from rnnjax.job import finished_summary
+    from rnnjax.tracking import failure_line, send_and_record, tracker_failure
+
+    with _console_log():
+        summary = finished_summary(out, job_config(cfg)[1]) if out.is_dir() else None
+        if summary is None:
+            return
+        log.info("skipped: %s already holds a finished run of this config (status %s; "
+                 "resume=false runs it again)", out, summary["status"])
+        summary = send_and_record(config.logger, out, summary)
+    failed = tracker_failure(summary, config.logger)
+    _finish_single(out, summary["status"], failure_line(failed, out) if failed else None)
+
+
+@contextmanager
+def _console_log() -> Iterator[None]:
+    """rnnjax's log lines on the console as `rnnjax: ...` while Hydra has not configured the
+    job's logging (a single run that is skipped never gets that far)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("rnnjax: %(message)s"))
+    level, propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+
+
+def _finish_single(out: Path, status: str, tracker_error: str | None) -> None:
+    """A single run's last lines (where its results are, and how to open them) and its exit:
+    0, or 1 with one more line when its tracker failed."""
+    print("\n".join([f"rnnjax: run {out}: {status}", *open_lines(out)]), file=sys.stderr)
+    if tracker_error:
+        print(f"rnnjax: error: {tracker_error}", file=sys.stderr)
+        raise SystemExit(1)
+    raise SystemExit(0)
 
 
 # --------------------------------------------------------------------------- the job
@@ -298,6 +402,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
       1 with one line instead.
     """
     from rnnjax.job import JobBusy, run_or_resume
+    from rnnjax.tracking import failure_line, tracker_failure
 
     hc = HydraConfig.get()
     single = hc.mode == RunMode.RUN
@@ -318,11 +423,19 @@ def task(cfg: DictConfig) -> dict[str, Any]:
             log.error("not run: %s", e)
             return {"status": "not run", "error": str(e)}
     _running.pop("dir", None)
-    if summary["status"] == "failed" and single:
-        # In a sweep the other jobs go on and the closing line lists the failures.
-        print(f"rnnjax: error: the job failed: {summary['error']}", file=sys.stderr)
-        raise SystemExit(1)
-    return {"status": summary["status"], "error": summary.get("error")}
+    failed = tracker_failure(summary, config.logger)
+    tracker_error = failure_line(failed, None if not single else out) if failed else None
+    if single:
+        if summary["status"] == "failed":
+            # In a sweep the other jobs go on and the closing line lists the failures.
+            print(f"rnnjax: error: the job failed: {summary['error']}", file=sys.stderr)
+            raise SystemExit(1)
+        if tracker_error:
+            _finish_single(Path(out), summary["status"], tracker_error)
+        print("\n".join([f"rnnjax: run {out}: {summary['status']}", *open_lines(Path(out))]),
+              file=sys.stderr)
+    return {"status": summary["status"], "error": summary.get("error"),
+            "tracker_error": tracker_error}
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -335,6 +448,7 @@ class Job(NamedTuple):
     overrides: list[str]  # its task overrides, as Hydra's BasicSweeper made them
     dir: Path  # its output directory: the sweep directory / job_name(overrides)
     done: dict | None  # the summary of a finished earlier run that resume skips, else None
+    logger: Any = None  # its config's `logger` (the tracker a skipped job is sent to)
 
 
 class Outcome(NamedTuple):
@@ -342,6 +456,7 @@ class Outcome(NamedTuple):
 
     status: str  # ok, nonfinite, failed, not run, unfinished, interrupted
     error: str | None = None
+    tracker_error: str | None = None  # its tracker failed (`rnnjax.tracking.failure_line`)
 
 
 def launch_overrides(job: Job, total: int) -> list[str]:
@@ -360,6 +475,7 @@ def plan_jobs(sweeper: Any, jobs: list[list[str]]) -> list[Job]:
     loader = sweeper.hydra_context.config_loader
     sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
     sizes: dict = {}  # token counts of the texts read, for their windows check
+    reached: set = set()  # trackers whose server was reached already
     plan = []
     saved = HydraConfig.instance().cfg
     try:
@@ -368,15 +484,16 @@ def plan_jobs(sweeper: Any, jobs: list[list[str]]) -> list[Job]:
             try:
                 full = loader.load_sweep_config(sweeper.config, launch_overrides(job, len(jobs)))
                 HydraConfig.instance().set_config(full)  # as the launcher does for the job
-                cfg = copy.deepcopy(full)
-                with read_write(cfg), open_dict(cfg):
-                    del cfg["hydra"]
-                config, resolved = job_config(cfg)
+                config, resolved = job_config(_task_config(full))
                 prepare_data(config, sizes)
             except Exception as e:  # Hydra would only warn, and skip the validation
                 _fail(f"{_error_line(e)} (in job {' '.join(overrides)})")
+            check_job_name(full.hydra.job.name)
+            if (config.logger.name, config.logger.uri) not in reached:
+                check_tracker(config)
+                reached.add((config.logger.name, config.logger.uri))
             done = finished_summary(job.dir, resolved) if config.resume else None
-            plan.append(job._replace(done=done))
+            plan.append(job._replace(done=done, logger=config.logger))
     finally:
         HydraConfig.instance().cfg = saved
     return plan
@@ -389,7 +506,7 @@ def _launched_outcome(job: Job, ret: Any, started: float) -> Outcome:
 
     value = ret._return_value
     if ret.status == JobStatus.COMPLETED and isinstance(value, dict) and "status" in value:
-        return Outcome(value["status"], value.get("error"))
+        return Outcome(value["status"], value.get("error"), value.get("tracker_error"))
     if isinstance(value, TaskEnded):
         # Its SLURM task left no result (cancelled, say): the directory tells whether the job
         # finished before the task ended, else the task's end is the error.
@@ -419,7 +536,7 @@ def _disk_outcome(job: Job, started: float, launcher_error: str | None) -> Outco
 
 def closing_line(sweep: Path, jobs: list[Job], outcomes: dict[int, Outcome]) -> tuple[str, int]:
     """The sweep's closing line and exit code (0; 1 when a job failed, was not run or did not
-    finish).
+    finish, or its tracker failed).
 
     `rnnjax: sweep DIR: 3 jobs: 1 failed, 2 ok (1 skipped: finished earlier); failed:
     seq_len=4 (FloatingPointError: ...)`
@@ -427,21 +544,22 @@ def closing_line(sweep: Path, jobs: list[Job], outcomes: dict[int, Outcome]) -> 
     counts: Counter = Counter()
     skipped, problems = 0, []
     for job in jobs:
+        outcome = outcomes.get(job.number, Outcome("unfinished"))
         if job.done is not None:
-            outcome = Outcome(job.done["status"])
+            outcome = Outcome(job.done["status"], None, outcome.tracker_error)
             skipped += 1
-        else:
-            outcome = outcomes.get(job.number, Outcome("unfinished"))
         counts[outcome.status] += 1
+        what = " ".join(job.overrides) or "(no overrides)"
         if outcome.status not in ("ok", "nonfinite"):
-            what = " ".join(job.overrides) or "(no overrides)"
             problems.append((outcome.status, f"{what} ({outcome.error})" if outcome.error
                              else what))
+        if outcome.tracker_error:  # the job's results are intact; its tracker got nothing
+            problems.append(("tracker failed", f"{what} ({outcome.tracker_error})"))
     parts = [f"{n} {s}" for s, n in sorted(counts.items())]
     line = f"rnnjax: sweep {sweep}: {len(jobs)} jobs: {', '.join(parts)}"
     if skipped:
         line += f" ({skipped} skipped: finished earlier)"
-    for status in sorted({s for s, _ in problems}):
+    for status in sorted({s for s, _ in problems}, key=lambda s: (s == "tracker failed", s)):
         line += f"; {status}: " + "; ".join(p for s, p in problems if s == status)
     return line, int(bool(problems))
 
@@ -504,16 +622,21 @@ def run_sweep(sweeper: Any, arguments: Sequence[str]) -> list:
     error = unsatisfiable(sweeper.config.hydra.launcher)  # a SLURM request no node can run
     if error:
         _fail(error)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(sweeper.config, sweep_dir / "multirun.yaml")
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(sweeper.config, sweep_dir / "multirun.yaml")
+        write_manifest(sweep_dir, jobs)
+    except OSError as e:
+        _fail(_os_error_line(e, sweep_dir))
+    outcomes: dict[int, Outcome] = {}
     for job in jobs:
         if job.done is not None:
             log.info("job %d of %d skipped: %s holds a finished run of this config (status %s; "
                      "resume=false runs it again)", job.number, len(jobs), job.dir,
                      job.done["status"])
+            outcomes[job.number] = _send_skipped(job)
     todo = [job for job in jobs if job.done is None]
     size = sweeper.max_batch_size or len(todo) or 1
-    outcomes: dict[int, Outcome] = {}
     returns, launcher_error, interrupted = [], None, None
     try:
         for begin in range(0, len(todo), size):
@@ -539,6 +662,27 @@ def run_sweep(sweeper: Any, arguments: Sequence[str]) -> list:
     if code:
         raise SystemExit(code)
     return returns
+
+
+MANIFEST = "sweep.json"  # in a sweep's directory: every job it plans (`write_manifest`)
+
+
+def write_manifest(sweep_dir: Path, jobs: list[Job]) -> None:
+    """Writes `sweep.json`: the sweep's jobs, each with its place, its directory (relative to
+    the sweep's) and its overrides, so that a report can tell the jobs that never started."""
+    from rnnjax.results import write_json
+
+    write_json({"jobs": [{"number": j.number, "dir": j.dir.name, "overrides": j.overrides}
+                         for j in jobs]}, sweep_dir / MANIFEST)
+
+
+def _send_skipped(job: Job) -> Outcome:
+    """A skipped job's outcome, after sending it to its tracker if it names one."""
+    from rnnjax.tracking import failure_line, send_and_record, tracker_failure
+
+    summary = send_and_record(job.logger, job.dir, job.done)
+    failed = tracker_failure(summary, job.logger)
+    return Outcome(job.done["status"], None, failure_line(failed) if failed else None)
 
 
 def register_sweeper() -> type:
@@ -610,6 +754,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
         if full_error == "1":
             raise
         _fail(_error_line(e))
+    except OSError as e:  # Hydra writing a job's .hydra/ or log file: a full disk, say
+        if full_error == "1":
+            raise
+        _fail(_os_error_line(e))
     except KeyboardInterrupt:
         where = _running.get("dir")
         print(f"rnnjax: interrupted: the job in {where} did not finish; the same command "

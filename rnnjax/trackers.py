@@ -19,11 +19,13 @@ import math
 import os
 import re
 import shutil
+import socket
 import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -43,6 +45,10 @@ PACKAGES = {"tensorboard": ("tensorboardX",), "wandb": ("wandb",),
             "mlflow": ("mlflow", "sqlalchemy", "alembic")}  # sqlalchemy, alembic: sqlite store
 EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 _NAME_MAX = 120
+# MLflow's HTTP client settings (its environment variables): a few quick retries, not minutes
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+REACH_TIMEOUT_S = 10  # seconds to wait for a tracking server's port before giving up
 
 
 class TrackerError(ValueError):
@@ -73,6 +79,43 @@ def check_options(name: str, options: Mapping[str, Any] | None = None) -> None:
     for package in PACKAGES.get(name, ()):
         if importlib.util.find_spec(package) is None:
             raise TrackerError(needs_package(f"logger={name}", package, EXTRA[name]))
+
+
+def check_reachable(name: str, options: Mapping[str, Any] | None = None) -> None:
+    """Raises TrackerError, within REACH_TIMEOUT_S seconds, when the tracker's server cannot be
+    reached (`logger=mlflow logger.uri=http://...`), so that a job does not compute for
+    minutes and then find its tracker gone; other trackers and URIs are not checked."""
+    uri = (options or {}).get("uri")
+    if getattr(name, "value", name) != "mlflow" or not uri:
+        return
+    parts = urlsplit(str(uri))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname, port), timeout=REACH_TIMEOUT_S).close()
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise TrackerError(f"logger.uri={uri}: cannot reach the tracking server ({why}); "
+                           "start it, or set another logger.uri") from None
+
+
+def planned_location(name: str, job_dir: str | os.PathLike, run_name: str,
+                     options: Mapping[str, Any] | None = None) -> str | None:
+    """Where `make_tracker` would write (a folder, or MLflow's URI), for messages about a
+    tracker that could not be made; None for `none`. Under `logger.dir` a file-based run's
+    folder may get -2, -3, ... (see `_run_dir`)."""
+    name = getattr(name, "value", name)
+    opts = {k: v for k, v in (options or {}).items() if k != "name" and v is not None}
+    base = Path(opts["dir"]).expanduser() if "dir" in opts else Path(job_dir)
+    if name in ("tensorboard", "csv"):
+        return str(base / _safe_name(run_name or Path(job_dir).name) if "dir" in opts
+                   else base / name)
+    if name == "mlflow":
+        return str(opts.get("uri") or f"sqlite:///{base.resolve() / 'mlflow.db'}")
+    if name == "wandb":
+        return str(base / "wandb")
+    return None
 
 
 def make_tracker(name: str, job_dir: str | os.PathLike, run_name: str,
@@ -130,8 +173,9 @@ class Tracker:
         """Records the job's resolved config (a nested dict)."""
 
     def log_headline(self, headline: Mapping[str, float]) -> None:
-        """Records the headline numbers (a flat dict of floats, NaN and inf allowed: the
-        measured slope beside each prediction; see `headline_numbers`)."""
+        """Records the headline numbers (a flat dict of numbers, inf allowed: the measured
+        slope beside each prediction, counts as integers, flags as booleans; see
+        `headline_numbers`)."""
 
     def log_profile(self, train_step: int, steps_back: np.ndarray, values: np.ndarray,
                     name: str = "grad_norm") -> None:
@@ -159,10 +203,21 @@ class Tracker:
 
 def headline_numbers(headline: Mapping[str, Any], sep: str = "/") -> dict[str, float]:
     """The numbers of a (nested) headline dict, flat: `{"theory": {"mean_field": {"x": 1}}}`
-    -> `{"theory/mean_field/x": 1.0}`. Lists, strings and None are left out; bools become
-    0.0/1.0."""
-    return {k: float(v) for k, v in _flatten(headline, sep)
-            if isinstance(v, int | float | np.number | np.bool_)}
+    -> `{"theory/mean_field/x": 1}`. Counts stay integers and flags booleans (a tracker that
+    only takes floats converts them); the strings "inf"/"-inf" (how summary.json writes
+    infinities) are infinities; lists, other strings and None (summary.json's NaN) are left
+    out."""
+    out: dict[str, Any] = {}
+    for k, v in _flatten(headline, sep):
+        if isinstance(v, bool | np.bool_):
+            out[k] = bool(v)
+        elif isinstance(v, int | np.integer):
+            out[k] = int(v)
+        elif isinstance(v, float | np.floating):
+            out[k] = float(v)
+        elif v in ("inf", "-inf"):
+            out[k] = float(v)
+    return out
 
 
 def median_profile(grad_norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -346,6 +401,10 @@ class MlflowTracker(Tracker):
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
+        # MLflow retries an HTTP request for minutes by default: a server that goes away
+        # mid-job would hold the job's end that long (the user's own settings win).
+        for var, value in HTTP_RETRIES.items():
+            os.environ.setdefault(var, value)
         local = uri is None
         uri = uri or f"sqlite:///{root / 'mlflow.db'}"
         self._client = MlflowClient(tracking_uri=uri)
@@ -398,8 +457,9 @@ class MlflowTracker(Tracker):
 
 class CsvTracker(Tracker):
     """Plain files that pandas reads: `config.json` (the nested config), `headline.csv` (one
-    row, a column per headline key), `profile.csv` (columns train_step, steps_back, name,
-    value; appended at each logged step), `metrics.csv` (columns step and one per metric).
+    row, a column per headline key; counts as integers, flags as True/False), `profile.csv`
+    (columns train_step, steps_back, t, name, value; appended at each logged step; t = T -
+    steps_back, as in grad_norms.parquet), `metrics.csv` (columns step and one per metric).
     NaN is an empty field and infinities are `inf`/`-inf`, which `pd.read_csv` reads back."""
 
     def __init__(self, folder: Path):
@@ -416,7 +476,9 @@ class CsvTracker(Tracker):
     def log_headline(self, headline):
         import pandas as pd
 
-        self._headline.update({k: float(v) for k, v in headline.items()})
+        # counts stay integers and flags booleans: `pd.read_csv` reads them back as such
+        self._headline.update({k: v if isinstance(v, bool | int) else float(v)
+                               for k, v in headline.items()})
         path = self._dir / "headline.csv"
         pd.DataFrame([self._headline]).to_csv(path.with_suffix(".tmp"), index=False)
         path.with_suffix(".tmp").replace(path)
@@ -424,8 +486,10 @@ class CsvTracker(Tracker):
     def log_profile(self, train_step, steps_back, values, name="grad_norm"):
         import pandas as pd
 
-        k = _ints(steps_back)
-        frame = pd.DataFrame({"train_step": int(train_step), "steps_back": k, "name": name,
+        k = np.asarray(_ints(steps_back))
+        # t beside steps back, as in the job's tables: steps back T - t for t = 1..T
+        frame = pd.DataFrame({"train_step": int(train_step), "steps_back": k,
+                              "t": len(k) - k, "name": name,
                               "value": _floats(values, steps_back)})
         path = self._dir / "profile.csv"
         frame.to_csv(path, mode="a", header=not path.exists(), index=False)

@@ -146,14 +146,14 @@ def test_init_value_list_is_vmapped_in_one_job(tmp_path, caplog):
     df = load_sweep(tmp_path / "list")
     assert sorted(df.job.unique()) == [".[init.gain=0.5]", ".[init.gain=2]"]
     summaries = load_summaries(tmp_path / "list")
-    assert sorted(summaries["config.init.gain"]) == [0.5, 2.0]
+    assert sorted(summaries["init_gain"]) == [0.5, 2.0]
     for gain in (2.0,):  # the same numbers as a job of that value alone
         run_job(compose_cfg([f"init.gain={gain}"] + common), tmp_path / str(gain))
         one = pd.read_parquet(tmp_path / str(gain) / "grad_norms.parquet")
         mine = df[df.init_gain == gain]
         np.testing.assert_array_equal(mine.grad_norm.to_numpy(), one.grad_norm.to_numpy())
         s_one = load_summaries(tmp_path / str(gain)).iloc[0]
-        s_mine = summaries[summaries["config.init.gain"] == gain].iloc[0]
+        s_mine = summaries[summaries["init_gain"] == gain].iloc[0]
         assert s_mine["headline.log10_slope_per_step_back"] == s_one[
             "headline.log10_slope_per_step_back"]
 

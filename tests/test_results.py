@@ -12,6 +12,7 @@ from rnnjax.results import (
     config_schema_columns,
     file_record,
     fit_window,
+    load_summaries,
     load_sweep,
     log10_slope,
     probe_frame,
@@ -60,6 +61,26 @@ def test_probe_frame_schema():
     assert df.grad_norm.dtype == np.float64 and df.init_gain.dtype == np.float64
     assert (df.activation == "tanh").all() and (df.init == "normal").all()
     assert df.init_std.isna().all()  # Config() leaves std unset: the default applies
+
+
+def test_tables_give_t_and_steps_back():
+    df = probe_frame(np.array([3, 4]), profile(np.ones((2, 5))), config_columns(Config()))
+    assert list(df.steps_back) == [4, 3, 2, 1, 0] * 2 and (df.steps_back == df["T"] - df.t).all()
+
+
+def test_summaries_give_the_config_once_and_infinities_as_floats(tmp_path):
+    df = probe_frame(np.array([0]), profile(np.ones((1, 3))), config_columns(Config()))
+    write_parquet(df, tmp_path / "grad_norms.parquet")
+    config = OmegaConf.to_container(OmegaConf.structured(Config), enum_to_str=True)
+    training = {"final_val_ppl": math.inf, "final_val_loss": 745.0}
+    write_json(finished_summary_of(tmp_path, config=config, training=training,
+                                   trackers=[{"logger": "csv", "status": "ok"}]),
+               tmp_path / "summary.json")
+    row = load_summaries(tmp_path).iloc[0]
+    assert not [c for c in row.index if c.startswith(("config.", "trackers"))]
+    assert row["train_lr"] == 1.0 and row["activation"] == "tanh"  # as the tables name them
+    assert row["training.final_val_ppl"] == math.inf  # written as "inf", read as a float
+    assert row["training.final_val_loss"] == 745.0
 
 
 def finished_summary_of(job, **extra):

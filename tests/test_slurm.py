@@ -681,6 +681,8 @@ def test_slurm_launcher_returns_one_outcome_per_job(slurm_launcher, tmp_path, mo
         (JobStatus.FAILED, ["seed=2"], "SLURM task 7_2 ended UNKNOWN without a result (SLURM "
          "has no record of how it ended, as for a task cancelled before it started)")]
     assert [j.reads for j in launcher.fake_jobs] == [1, 0, 0]
+    # The folder whose pickles the launcher loads is its owner's alone.
+    assert (tmp_path / "sweep" / ".submitit").stat().st_mode & 0o777 == 0o700
     # submitit's executor is itself again after the launch.
     import submitit
     assert submitit.AutoExecutor.__name__ == "AutoExecutor"

@@ -165,7 +165,7 @@ def test_two_single_runs_in_the_same_second_keep_their_own_results(app, tmp_path
     # Re-running a command (its overrides in any order) resumes its run.
     before = jobs[names[0]].read_bytes()
     r = app(*TINY[::-1], "seed=0")
-    assert r.code == 0 and "already holds a finished run" in r.out
+    assert r.code == 0 and "already holds a finished run" in r.err
     assert jobs[names[0]].read_bytes() == before
 
 
@@ -328,8 +328,9 @@ def test_sweep_runs_jobs_i_of_n_and_skips_finished_ones_without_launching(app, t
     sweep = Path(SWEEP_ROOT) / sweep_name(grid)
     assert r.code == 0, r.err
     for i in range(1, 5):
-        # its start, the probe's compile (start, time taken) and its headline line
-        assert r.out.count(f"job {i} of 4: ") == 4
+        # its start, its initialization, the probe's compile (start, time taken), the probe's
+        # time and its headline line
+        assert r.out.count(f"job {i} of 4: ") == 6
         assert f"job {i} of 4: probe: compiled in " in r.out
     assert r.closing() == f"rnnjax: sweep {sweep}: 4 jobs: 4 ok"
     assert r.err.splitlines()[-2:] == [
@@ -344,7 +345,7 @@ def test_sweep_runs_jobs_i_of_n_and_skips_finished_ones_without_launching(app, t
 
     # The same command with one more value: the finished jobs are skipped, not launched.
     before = {p: p.read_bytes() for p in (tmp_path / sweep).rglob("*") if p.is_file()
-              and p.name != "multirun.yaml"}
+              and p.name not in ("multirun.yaml", "sweep.json")}
     launched.clear()
     more = ["seed=0,1,2", "init.std=0.01,0.1", *TINY]
     r = app("-m", f"hydra.sweep.dir='{sweep}'", *more)

@@ -163,7 +163,8 @@ def test_csv_read_back_with_pandas(tmp_path):
     head = pd.read_csv(d / "headline.csv")
     assert len(head) == 1 and close_or_nan(head.loc[0, list(HEADLINE)], list(HEADLINE.values()))
     prof = pd.read_csv(d / "profile.csv")
-    assert list(prof.columns) == ["train_step", "steps_back", "name", "value"]
+    assert list(prof.columns) == ["train_step", "steps_back", "t", "name", "value"]
+    assert (prof.t == 8 - prof.steps_back).all()  # as in the tables: t = T - steps back
     for step, values in PROFILES.items():
         p = prof[prof.train_step == step].sort_values("steps_back")
         assert p.steps_back.tolist() == STEPS_BACK.tolist() and set(p.name) == {"grad_norm"}
@@ -174,6 +175,19 @@ def test_csv_read_back_with_pandas(tmp_path):
     assert math.isnan(m.loc[10, "clip_fraction"])
     assert m.loc[40, "train_loss"] == 0.25 and m.loc[40, "val_loss"] == 1.0
     assert math.isnan(m.loc[40, "clip_fraction"])
+
+
+def test_csv_keeps_counts_integers_and_flags_booleans(tmp_path):
+    headline = headline_numbers({"n_underflow": 382, "finite": True, "slope": -0.5,
+                                 "theory": {"bound": "inf"}, "gone": None})
+    assert headline == {"n_underflow": 382, "finite": True, "slope": -0.5,
+                        "theory/bound": math.inf}
+    with make_tracker("csv", tmp_path, RUN) as tr:
+        tr.log_headline(headline)
+    text = (tmp_path / "csv" / "headline.csv").read_text()
+    assert text.splitlines()[1] == "382,True,-0.5,inf"  # not 382.0 and 1.0
+    head = pd.read_csv(tmp_path / "csv" / "headline.csv")
+    assert head.n_underflow.dtype == np.int64 and head.finite.dtype == bool
 
 
 def test_file_trackers_never_write_into_another_runs_folder(tmp_path):

@@ -14,7 +14,9 @@ Hydra imports every module under `hydra_plugins` when it starts: without the `sl
 """
 
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 try:
@@ -23,6 +25,19 @@ except ImportError:  # the `slurm` extra is not installed: no launcher to extend
     submitit_launcher = None
 
 log = logging.getLogger(__name__)
+
+
+def private_folder(submitit_folder: str) -> Path:
+    """Creates submitit's folder (the part of `submitit_folder` before its first `%j`-style
+    placeholder: `<sweep>/.submitit`) readable, writable and searchable by its owner only, and
+    returns it. The launcher unpickles the results its tasks write there: whoever can write
+    into it can run code in the launching process."""
+    parts = Path(submitit_folder).parts
+    cut = next((i for i, part in enumerate(parts) if "%" in part), len(parts))
+    folder = Path(*parts[:cut])
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return folder
 
 if submitit_launcher is not None:
 
@@ -66,6 +81,7 @@ if submitit_launcher is not None:
                     jobs.extend(super().map_array(fn, *iterable))
                     return []
 
+            private_folder(str(self.params["submitit_folder"]))
             auto = submitit.AutoExecutor
             submitit.AutoExecutor = Submit
             try:
