@@ -10,22 +10,24 @@ task=copy); lines are medians over seeds of log10 norms (see `rnnjax.frames.prof
 median that is not finite is not plotted and the figure says how many it left out; a theory
 line is drawn only where it applies (`rnnjax.frames.predictions`); a y-range narrower than
 `MIN_DECADES` is widened to it, so a flat profile reads flat instead of as zoomed noise;
-categorical colours are Okabe and Ito's colour-blind-safe palette.
+points drawn at the same place (`COINCIDE`) are named in a note, never jittered; categorical
+colours are Okabe and Ito's colour-blind-safe palette.
 """
 
 import functools
 import math
+import re
 from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
-from matplotlib.colors import ListedColormap, TwoSlopeNorm
+from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
 
 from rnnjax import frames
 from rnnjax.frames import (
@@ -48,6 +50,10 @@ from rnnjax.theory import mean_field
 LOG10_NORM = "log10 ‖dL/dH_t‖ (decades)"
 STEPS_BACK = "steps back from the loss, T − t"
 TIMESTEP = "timestep t"
+# What the heatmap's colours map: its colour bar's label, in short lines (a label wider than
+# the bar narrows the heatmap to make room for it)
+HEATMAP_LABEL = ("log10 ‖dL/dH_t‖ − log10 ‖dL/dH_T‖\n(decades; medians over seeds)\n"
+                 "0 (white): as large as at t = T")
 MIN_DECADES = 2.0  # the narrowest y-range of a log10 axis, in decades
 # What a panel of the cell figures names, so that a cell's label (and colour) is the same in all
 TASK_KEYS = ("task", "T", "seq_len", "vocab_size", "loss_at", "steps")
@@ -56,6 +62,10 @@ TASK_KEYS = ("task", "T", "seq_len", "vocab_size", "loss_at", "steps")
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#000000", "#56B4E9", "#D55E00",
              "#F0E442")
 FONT_SCALE = 1.25  # seaborn's "notebook" context, scaled: text readable at a glance
+LEGEND_INCHES = 5.0  # a legend beside the panels ("interquartile range over seeds") and a y label
+# Points closer than this fraction of the axes' width and height draw as one (a pixel of an
+# axes 500 pixels wide): the figures that draw points say which coincide.
+COINCIDE = 0.002
 
 
 def _styled(draw: Callable[..., Figure]) -> Callable[..., Figure]:
@@ -93,6 +103,23 @@ def _log_y(ax: Axes) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+class _Trimmed(ScalarFormatter):
+    """matplotlib's plain tick labels without trailing zeros ("−0.01", "0.005", "0")."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        """The label of the tick at `x`.
+
+        Args:
+          x: the tick's value.
+          pos: its position among the ticks.
+
+        Returns:
+          ScalarFormatter's label, its decimals' trailing zeros removed.
+        """
+        text = super().__call__(x, pos)
+        return re.sub(r"\.?0+$", "", text) if "." in text else text
+
+
 def min_span(ax: Axes, decades: float = MIN_DECADES) -> None:
     """Widens the y-range of a log10 axis to at least `decades`, about its middle."""
     lo, hi = ax.get_ylim()
@@ -122,6 +149,21 @@ def _text(jobs: pd.DataFrame, key: str) -> pd.Series:
     if key not in jobs:
         return pd.Series("", index=jobs.index)
     return frames.format_values(jobs[key], key)
+
+
+def hue_title(hue: str) -> str:
+    """What the entries of a legend coloured by config key `hue` are (its title): an init or
+    one of its parameters colours by the init with its parameter ("gaussian g=2", "normal
+    std=0.01"), so its entries are initializations.
+
+    Args:
+      hue: the config key (`rnnjax.report.decay_hue`'s choice, or `decay_curves`' hue).
+
+    Returns:
+      The title: `rnnjax.frames.NAMES`' name of the key whose text the entries show.
+    """
+    shown = "init" if hue in INIT_PARAMS else hue  # as `_text` labels them
+    return NAMES.get(shown, shown)
 
 
 def _hue_palette(values: pd.Series, text: pd.Series) -> dict[str, tuple | str]:
@@ -194,7 +236,9 @@ def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None, hue: s
         hue = "seq_len" if "seq_len" in jobs else "init"
     jobs["model"] = _model(jobs)
     jobs["hue"] = _text(jobs, hue)
-    jobs["hue"] = jobs["hue"].where(jobs["hue"] != "", jobs["label"])  # never "n/a"
+    own = jobs["hue"] != ""  # a job without the key: its configuration's label, never "n/a"
+    jobs["hue"] = jobs["hue"].where(own, jobs["label"])
+    title = hue_title(hue) + ("" if own.all() else "\n(else the configuration)")
     jobs["row"] = (_text(jobs, row) if row is not None
                    else labels(jobs.drop(columns=["label", "model", "hue", "job"]),
                                exclude=("activation", "cell", hue)))
@@ -214,8 +258,10 @@ def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None, hue: s
     nrows, ncols = _grid(len(keys), len(rows))
 
     big = nrows * ncols > 8  # a large grid gets smaller panels
-    fig = Figure(figsize=(2.8 + (3.6 if big else 4.3) * ncols, 1.4 + (2.7 if big else 3.3) * nrows),
-                 layout="constrained")
+    # The width of the columns used and of the legend and y label beside them (2.8 inches for
+    # both left one panel 2.5 inches of 7.1: the legend alone is about 3.6)
+    fig = Figure(figsize=(LEGEND_INCHES + (3.6 if big else 4.3) * ncols,
+                          1.4 + (2.7 if big else 3.3) * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, sharex=True, sharey="row" if nrows > 1 and len(rows) > 1
                         else True, squeeze=False).ravel()
     for ax in axes[len(keys):]:
@@ -237,6 +283,8 @@ def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None, hue: s
                             lw=0)
     finite = stats[np.isfinite(stats["median"])]
     _x_to_data(axes[0], float(finite["steps_back"].max()) if len(finite) else math.nan)
+    # whole steps back: no "12.5" labels, which ran into their neighbours on narrow panels
+    axes[0].xaxis.set_major_locator(MaxNLocator("auto", integer=True, steps=[1, 2, 5, 10]))
     for ax in panels.values():
         min_span(ax)
     grid = axes.reshape(nrows, ncols)
@@ -272,22 +320,49 @@ def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None, hue: s
             handles.append(Line2D([], [], color="gray", ls="--",
                                   label="prediction:\n" + ",\n".join(names)
                                   + "\n(anchored at T − t = T/4)"))
-    fig.legend(handles=handles, title=NAMES.get(hue, hue), loc="outside right center")
+    fig.legend(handles=handles, title=title, loc="outside right center")
+    # wrapped to the figure's width: a title wider than the figure widened the saved PNG
+    # (bbox_inches="tight") with blank space
     fig.suptitle("How ‖dL/dH_t‖ changes going back in time, at initialization "
-                 "(lines: median over seeds)")
+                 "(lines: median over seeds)", wrap=True)
     notes = [_no_prediction_note(summaries, drawn), dropped_note(stats)]
     _note(fig, "\n".join(n for n in notes if n))
     return fig
 
 
+def _references(stats: pd.DataFrame, T_of: pd.Series) -> tuple[pd.Series, list[str]]:
+    """Each job's reference median: its median at t = T, else its last finite one.
+
+    Args:
+      stats: `profile_stats` of the jobs (job, t, median).
+      T_of: each job's T (`job_T`).
+
+    Returns:
+      The reference log10 median per job (jobs with no finite median left out), and the jobs
+      whose reference is not at t = T.
+    """
+    fin = stats[np.isfinite(stats["median"])].sort_values("t").groupby("job").last()
+    moved = fin.index[fin["t"].to_numpy() != T_of.reindex(fin.index).to_numpy()]
+    return fin["median"], list(moved)
+
+
+def _signed(v: float, _=None) -> str:
+    """A colour-bar tick: its sign always shown ("+2", "−0.5", "0")."""
+    return "0" if abs(v) < 1e-12 else f"{v:+.3g}".replace("-", "−")
+
+
 @_styled
 def heatmap(df: pd.DataFrame) -> Figure:
-    """log10 grad_norm at initialization (median over seeds) over timestep × configuration.
+    """How ‖dL/dH_t‖ at initialization changes going back from t = T, over timestep ×
+    configuration.
 
-    The diverging colour scale is white at the median over jobs of their last step's value
-    (t = T, where the loss is) and spans the data on both sides of it separately, so both
-    halves of the scale are used; where every value lies on one side of that reference, white
-    is the middle of the data's range.
+    A cell's colour is the median over seeds of log10 ‖dL/dH_t‖ minus that median at the job's
+    last step t = T (where the loss is): white where the gradient is as large as at t = T (a
+    flat profile is white throughout), blue where it is smaller (vanishing going back), red
+    where larger (exploding). The scale is symmetric about 0, so a colour means the same
+    number of decades on either side, and spans at least `MIN_DECADES` in all, so a flat
+    profile's noise stays pale. A job whose median at t = T is not finite is drawn relative to
+    its last finite median, and the figure says so.
 
     Args:
       df: a `load_sweep` frame; only its train_step == 0 rows are used.
@@ -301,34 +376,25 @@ def heatmap(df: pd.DataFrame) -> Figure:
     stats = profile_stats(d)
     m = stats["median"]
     stats["state"] = np.select([np.isfinite(m), np.isneginf(m)], [0.0, 1.0], 2.0)
-    median = stats.pivot(index="job", columns="t", values="median").reindex(jobs["job"])
+    reference, moved = _references(stats, job_T(d))
+    stats["relative"] = m - stats["job"].map(reference)
+    relative = stats.pivot(index="job", columns="t", values="relative").reindex(jobs["job"])
     state = stats.pivot(index="job", columns="t", values="state").reindex(jobs["job"])
-    median.index = state.index = jobs["label"]
-    finite = median.where(state == 0)
-    values = finite.to_numpy()
-    lo, hi = (float(np.nanmin(values)), float(np.nanmax(values))) if np.isfinite(
-        values).any() else (-1.0, 1.0)
-    at_end = stats.sort_values("t").groupby("job")["median"].last()  # each job's t = T
-    at_end = at_end[np.isfinite(at_end)]
-    center = float(np.median(at_end)) if len(at_end) else (lo + hi) / 2
-    what = "the median over jobs at their last step t = T"
-    if not lo < center < hi:
-        if hi - lo < 1e-12:
-            lo, hi = lo - 1, hi + 1
-        center, what = (lo + hi) / 2, "the middle of the range"
+    relative.index = state.index = jobs["label"]
+    finite = relative.where(state == 0)
+    reach = np.nanmax(np.abs(finite.to_numpy())) if finite.notna().any().any() else 0.0
+    vmax = max(float(reach), MIN_DECADES / 2)  # the same decades per colour on both sides
 
-    fig = Figure(figsize=(12, 3.4 + 0.32 * len(jobs)), layout="constrained")
+    fig = Figure(figsize=(12, 4.4 + 0.32 * len(jobs)), layout="constrained")
     ax = fig.subplots()
-    sns.heatmap(finite, cmap="RdBu_r", norm=TwoSlopeNorm(center, lo, hi), ax=ax,
-                xticklabels="auto", yticklabels=True,
-                cbar_kws={"label": "log10 ‖dL/dH_t‖ (decades)"})
-    # Each half of the scale its own ticks: one locator over both would leave the shorter
-    # side (1.5 decades against 35, say) without any.
-    below, above = (MaxNLocator(4).tick_values(*ends) for ends in ((lo, center), (center, hi)))
+    sns.heatmap(finite, cmap="RdBu_r", vmin=-vmax, vmax=vmax, ax=ax, xticklabels="auto",
+                yticklabels=True, cbar_kws={"orientation": "horizontal", "aspect": 50,
+                                            "pad": 0.02})
     cbar = ax.collections[0].colorbar
-    cbar.set_ticks(sorted(
-        {center, *(t for t in below if lo <= t < center), *(t for t in above if center < t <= hi)}))
-    cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    cbar.set_label(HEATMAP_LABEL, fontsize="small")
+    # 0 and both sides alike, as many ticks as the bar's length has room for
+    cbar.locator = MaxNLocator("auto", symmetric=True, steps=[1, 2, 5, 10])
+    cbar.formatter = FuncFormatter(_signed)
     if (state > 0).any().any():
         sns.heatmap(state.where(state > 0), cmap=ListedColormap(["black", "gold"]), vmin=1,
                     vmax=2, cbar=False, ax=ax, xticklabels="auto", yticklabels=True)
@@ -344,9 +410,13 @@ def heatmap(df: pd.DataFrame) -> Figure:
                   frameon=False, fontsize=9)
     ax.set_xlabel(TIMESTEP + " (1 … T)")
     ax.set_ylabel("configuration")
-    fig.suptitle("Gradient norm ‖dL/dH_t‖ at initialization, by timestep and configuration\n"
-                 f"(white: log10 norm {center:.3g}, {what})")
-    _note(fig, dropped_note(stats))
+    fig.suptitle("Gradient norm ‖dL/dH_t‖ at initialization, by timestep and configuration,\n"
+                 "relative to the last step t = T: blue smaller (vanishing going back), red "
+                 "larger (exploding)", wrap=True)
+    label_of = dict(zip(jobs["job"], jobs["label"], strict=True))
+    notes = [dropped_note(stats), f"Relative to their last finite median (the median at t = T "
+             f"is not finite): {', '.join(label_of[j] for j in moved)}." if moved else ""]
+    _note(fig, "\n".join(n for n in notes if n))
     return fig
 
 
@@ -368,6 +438,7 @@ def _summary_points(summaries: pd.DataFrame) -> pd.DataFrame:
     pred = predictions(summaries).reindex(summaries["job"])
     return pd.DataFrame({
         "job": summaries["job"],
+        "label": config_label(summaries),
         "model": _model(cfg),
         "init": cfg.get("init", nan),
         "slope": pd.to_numeric(summaries.get(SLOPE, nan), errors="coerce"),
@@ -382,6 +453,50 @@ def _summary_points(summaries: pd.DataFrame) -> pd.DataFrame:
 
 def _left_out(n: int, why: str) -> str:
     return f"Not plotted: {n} job(s) {why}." if n else ""
+
+
+def _and(names: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _coinciding(ax: Axes, x: Iterable[float], y: Iterable[float], names: Iterable[str],
+                of: str = "") -> str:
+    """A note naming the points of `ax` that are drawn at the same place ("" when none).
+
+    Points coincide when they lie within `COINCIDE` of the axes' width and height of each other
+    (on log axes, in log space), directly or through a chain of such points; the limits are
+    those of the axes as drawn so far, so call this after everything is plotted.
+
+    Args:
+      ax: the axes the points are drawn on.
+      x, y: the points' data coordinates.
+      names: what each point is (a job's label), in the same order.
+      of: the panel, where a figure notes several ("‖dL/dλ‖").
+
+    Returns:
+      One line per group, e.g. "2 points coincide: tanh g=1 and linear g=1.".
+    """
+    xy = np.column_stack([np.asarray(x, float), np.asarray(y, float)])
+    names = list(names)
+    if len(xy) < 2:
+        return ""
+    ax.get_xlim(), ax.get_ylim()  # autoscales now: the limits the points are drawn in
+    pos = ax.transLimits.transform(ax.transScale.transform(xy))  # axes fraction
+    near = (np.abs(pos[:, None, :] - pos[None, :, :]) <= COINCIDE).all(axis=-1)
+    while True:  # the chains: transitive closure of `near` (symmetric, reflexive)
+        grown = (near.astype(np.int64) @ near.astype(np.int64)) > 0
+        if (grown == near).all():
+            break
+        near = grown
+    group = near.argmax(axis=1)  # a group's first point names it
+    lines = []
+    for g in dict.fromkeys(group):
+        members = [names[i] for i in np.flatnonzero(group == g)]
+        if len(members) > 1:
+            lines.append(f"{of + ': ' if of else ''}{len(members)} points coincide: "
+                         f"{_and(members)}.")
+    return "\n".join(lines)
 
 
 @_styled
@@ -445,8 +560,11 @@ def phase_diagram(summaries: pd.DataFrame) -> Figure:
     ax.set_ylabel("factor of ‖dL/dH_t‖ per step back (×/step)")
     ax.set_title("Vanishing (< 1) or exploding (> 1): measured per-step factor against gain,\n"
                  "with the mean-field prediction")
-    _note(fig, _left_out(int((~ok).sum()), "with no finite measured slope, or whose loss is "
-                         "not at the last step"))
+    shown = data[ok]
+    notes = [_left_out(int((~ok).sum()), "with no finite measured slope, or whose loss is not "
+                       "at the last step"),
+             _coinciding(ax, shown["gain"], shown["factor"], shown["label"])]
+    _note(fig, "\n".join(n for n in notes if n))
     return fig
 
 
@@ -464,7 +582,7 @@ def slope_vs_lyapunov(summaries: pd.DataFrame) -> Figure:
     data = _summary_points(summaries)
     ok = data["last"] & np.isfinite(data["slope"]) & np.isfinite(data["lyapunov"])
     models = frames.order(data["model"], [*frames.ACTIVATIONS, *frames.CELLS])
-    fig = Figure(figsize=(9, 6), layout="constrained")
+    fig = Figure(figsize=(10, 6), layout="constrained")  # room for the x tick labels
     ax = fig.subplots()
     sns.scatterplot(data=data[ok], x="slope", y="lyapunov", hue="model", hue_order=models,
                     palette=categorical(models),
@@ -478,12 +596,18 @@ def slope_vs_lyapunov(summaries: pd.DataFrame) -> Figure:
     ax.axhline(0, color="lightgray", lw=0.8, zorder=0)
     ax.axvline(0, color="lightgray", lw=0.8, zorder=0)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    # Few, short x tick labels: a narrow range's long ones ("−0.0125", 11 of them) ran together.
+    ax.xaxis.set_major_locator(MaxNLocator(6, steps=[1, 2, 5, 10]))
+    ax.xaxis.set_major_formatter(_Trimmed(useOffset=False))
     ax.set_xlabel("measured slope of log10 ‖dL/dH_t‖ per step back (decades/step)")
     ax.set_ylabel("top Lyapunov exponent λ₁ / ln 10 (decades/step)")
     ax.set_title("Measured gradient slope against the top Lyapunov exponent\n"
                  "of the input-driven hidden dynamics")
-    _note(fig, _left_out(int((~ok).sum()), "with a non-finite slope or exponent, or whose loss "
-                         "is not at the last step"))
+    shown = data[ok]
+    notes = [_left_out(int((~ok).sum()), "with a non-finite slope or exponent, or whose loss "
+                       "is not at the last step"),
+             _coinciding(ax, shown["slope"], shown["lyapunov"], shown["label"])]
+    _note(fig, "\n".join(n for n in notes if n))
     return fig
 
 
@@ -825,6 +949,7 @@ def curse_of_memory(summaries: pd.DataFrame) -> Figure:
     palette = {True: OKABE_ITO[0], False: OKABE_ITO[1]}
     fig = Figure(figsize=(14, 6), layout="constrained")
     axes = fig.subplots(1, len(frames.CURSE))
+    notes = []
     for ax, (q, (name, _)) in zip(axes, frames.CURSE.items(), strict=True):
         for normalize, g in curse.groupby("normalize"):
             s = slopes.loc[(q, normalize)]
@@ -844,12 +969,17 @@ def curse_of_memory(summaries: pd.DataFrame) -> Figure:
         ax.set_ylabel(f"{name} at initialization (median over seeds)")
         ax.set_title(name)
         ax.legend(frameon=False, fontsize=10, loc="upper left")
+        shown = curse[curse[q] > 0]
+        notes.append(_coinciding(ax, shown["memory"], shown[q], [
+            f"{'normalized' if n else 'not normalized'} r={r:g}"
+            for n, r in zip(shown["normalize"], shown["r"], strict=True)], of=name))
     fig.suptitle("The curse of memory: the LRU's gradients with respect to its eigenvalues as "
                  f"|λ| = r → 1\n(dashed: the power law fitted from 1/(1 − r) = "
                  f"{frames.CURSE_FROM:g} on)")
+    _note(fig, "\n".join(n for n in notes if n))
     return fig
 
 
-__all__ = ["MIN_DECADES", "OKABE_ITO", "before_after", "categorical", "cells_at_init",
-           "cells_training", "curse_of_memory", "decay_curves", "heatmap", "min_span",
-           "phase_diagram", "slope_vs_lyapunov", "training_curves"]
+__all__ = ["COINCIDE", "HEATMAP_LABEL", "MIN_DECADES", "OKABE_ITO", "before_after", "categorical",
+           "cells_at_init", "cells_training", "curse_of_memory", "decay_curves", "heatmap",
+           "hue_title", "min_span", "phase_diagram", "slope_vs_lyapunov", "training_curves"]

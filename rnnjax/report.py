@@ -111,12 +111,14 @@ def figures(df: pd.DataFrame, summaries: pd.DataFrame, metrics: pd.DataFrame | N
               "term's decay).")
     out = [
         ("heatmap.png", "Gradient norm by timestep and configuration",
-         "log10 ‖dL/dH_t‖ at initialization, median over seeds, for every timestep t (x) and "
-         "configuration (y); black cells: the median underflowed to 0.",
+         "log10 ‖dL/dH_t‖ at initialization relative to its value at t = T (decades; medians "
+         "over seeds), for every timestep t (x) and configuration (y): white as large as at "
+         "t = T, blue smaller (vanishing), red larger (exploding), on a scale symmetric about 0; "
+         "black cells: the median underflowed to 0.",
          lambda: plots.heatmap(df)),
         ("decay_curves.png", "Decay going back in time",
          "log10 ‖dL/dH_t‖ against steps back from the end, T − t, one panel per activation "
-         f"or cell, colour: {frames.NAMES.get(hue, hue)}; line: median over seeds, band: "
+         f"or cell, colour: {plots.hue_title(hue)}; line: median over seeds, band: "
          "interquartile range." + theory,
          lambda: plots.decay_curves(df, summaries, hue=hue)),
     ]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
-from matplotlib.colors import TwoSlopeNorm
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from rnnjax import frames, load_metrics, load_summaries, load_sweep, plots, report
 from rnnjax.config import register_configs, validate
@@ -226,20 +226,125 @@ def test_one_row_per_initialization_with_colours_told_apart():
     assert set(colours.values()) <= set(plots.OKABE_ITO)
 
 
-def test_the_heatmap_scale_is_centred_and_both_halves_used():
-    df = synthetic(50, {"a": -0.5, "b": 0.02, "c": -0.1})
+def notes(fig) -> list[str]:
+    """The figure's texts but its title: its notes."""
+    return [t.get_text() for t in fig.texts if t.get_text() != fig.get_suptitle()]
+
+
+def drawn(fig):
+    """The renderer of `fig` drawn on an Agg canvas (for window extents)."""
+    FigureCanvasAgg(fig).draw()
+    return fig.canvas.get_renderer()
+
+
+def test_the_heatmap_colours_mean_the_same_change_on_both_sides():
+    # A flat profile (uRNN, LRU, linear RNN with orthogonal W) 0.6 decades above the other
+    # jobs' gradient at t = T was the darkest red: a red half of 0.6 decades, a blue one of 24.
+    df = synthetic(50, {"a": -0.5, "b": -0.02, "c": 0.0})
+    df.loc[df["job"] == "c", "grad_norm"] *= 10 ** 0.6
     fig = plots.heatmap(df)
     mesh = fig.axes[0].collections[0]
-    norm = mesh.norm
-    assert isinstance(norm, TwoSlopeNorm)
-    ends = [0.0 + 0.005, 0.005, 0.005]  # each job's median at t = T (seeds 0 and 0.01)
-    assert norm.vcenter == pytest.approx(float(np.median(ends)))
-    values = np.ma.compressed(mesh.get_array())
-    assert norm.vmin == pytest.approx(values.min()) and norm.vmax == pytest.approx(values.max())
-    assert norm.vmin < norm.vcenter < norm.vmax  # blue and red both span data
-    ticks = mesh.colorbar.get_ticks()  # each half has ticks (the red one had none)
-    assert (ticks < norm.vcenter).sum() >= 2 and (ticks > norm.vcenter).sum() >= 2
-    assert ticks.min() >= norm.vmin and ticks.max() <= norm.vmax
+    norm, values = mesh.norm, mesh.get_array().reshape(3, 50)  # rows: jobs a, b, c
+    assert norm.vmin == -norm.vmax and norm(0.0) == 0.5  # symmetric about "no change"
+    assert norm(1.0) - 0.5 == pytest.approx(0.5 - norm(-1.0))
+    assert values[0, 0] == pytest.approx(-0.5 * 49) == norm.vmin  # a at t = 1, from t = T
+    assert np.abs(norm(values[2]) - 0.5).max() < 1e-9  # the flat profile: neutral throughout
+    assert mesh.colorbar.long_axis.get_label().get_text() == (  # what, units, the centre
+        "log10 ‖dL/dH_t‖ − log10 ‖dL/dH_T‖\n(decades; medians over seeds)\n"
+        "0 (white): as large as at t = T")
+    renderer = drawn(fig)
+    ticks = mesh.colorbar.get_ticks()  # readable on both sides of 0
+    ticks = ticks[(ticks >= norm.vmin) & (ticks <= norm.vmax)]  # the ones shown
+    assert 0 in ticks and (ticks < 0).sum() >= 2 and (ticks > 0).sum() >= 2
+    boxes = [t.get_window_extent(renderer) for t in mesh.colorbar.long_axis.get_ticklabels()
+             if t.get_text()]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert not notes(fig)
+    # A job whose median at t = T overflowed: its row relative to its last finite median.
+    inf = df.assign(grad_norm=df["grad_norm"].where((df["job"] != "c") | (df["t"] < 50), np.inf))
+    fig = plots.heatmap(inf)
+    assert np.abs(fig.axes[0].collections[0].get_array().reshape(3, 50)[2, :49]).max() < 1e-9
+    assert notes(fig)[0].endswith("\nRelative to their last finite median (the median at "
+                                  "t = T is not finite):  (job c).")
+    # A flat profile alone: its noise (0.01 decades between seeds) stays pale.
+    mesh = plots.heatmap(synthetic(20, {"u": 0.0})).axes[0].collections[0]
+    assert mesh.norm.vmax == plots.MIN_DECADES / 2
+    assert np.abs(mesh.norm(mesh.get_array()) - 0.5).max() < 0.01
+
+
+def test_the_decay_legend_title_names_its_entries():
+    # hue init_gain (report.decay_hue's pick) colours by the init with its parameter: the
+    # title said "gain g" above "normal std=0.01".
+    df = synthetic(20, {"a": -0.1, "b": -0.3, "c": -0.05}, activation="tanh",
+                   init={"a": "gaussian", "b": "gaussian", "c": "normal"},
+                   init_gain={"a": 0.5, "b": 2.0, "c": None},
+                   init_std={"a": None, "b": None, "c": 0.01})
+    hue = report.decay_hue(df)
+    assert hue == "init_gain"
+    legend = plots.decay_curves(df, hue=hue).legends[0]
+    assert legend.get_title().get_text() == "initialization"
+    assert plots.hue_title(hue) == "initialization"  # what report.py's caption can say
+    assert {t.get_text() for t in legend.get_texts()} == {
+        "gaussian g=0.5", "gaussian g=2", "normal std=0.01", "interquartile range over seeds"}
+    legend = plots.decay_curves(df.assign(T=df["job"].map({"a": 20, "b": 30, "c": 40})),
+                                hue="T").legends[0]
+    assert legend.get_title().get_text() == "timesteps T"
+
+
+def test_a_single_panel_fills_the_figure():
+    # One job: a panel 2.5 of 7.1 inches wide beside the legend, and a title 10.8 inches wide
+    # that widened the saved PNG with blank space.
+    df = synthetic(30, {"a": -0.1}, activation="tanh", init="normal", init_std=0.01)
+    fig = plots.decay_curves(df)
+    renderer = drawn(fig)
+    assert len(fig.axes) == 1
+    panel, legend = fig.axes[0].get_window_extent(renderer), fig.legends[0].get_window_extent()
+    assert panel.width / fig.dpi > 4  # as wide as a panel of a larger grid
+    assert 0 <= legend.x0 - panel.x1 < 0.5 * fig.dpi  # the legend right beside it
+    box = fig.get_tightbbox(renderer)  # what bbox_inches="tight" saves, in inches
+    assert box.x0 >= 0 and box.x1 <= fig.get_figwidth()  # nothing beyond the figure
+
+
+def summaries_of(points: list[tuple[str, float, float]]) -> pd.DataFrame:
+    """A load_summaries-like frame: one job per (activation, gain, slope), the loss at the last
+    step, the top Lyapunov exponent equal to the slope."""
+    return pd.DataFrame([{
+        "job": str(i), "config.activation.name": a, "config.init.name": "gaussian",
+        "config.init.gain": g, "config.probe.loss_at": "last", frames.SLOPE: s,
+        frames.LYAPUNOV: s, frames.MF + "gain": g, frames.MF + "input_var": 0.1,
+        frames.MF + "bias_var": 0.0, frames.MF + "log10_factor_per_step": s}
+        for i, (a, g, s) in enumerate(points)])
+
+
+def test_slope_vs_lyapunov_tick_labels_do_not_run_together():
+    # A narrow range: 11 labels "−0.0175" … "0.0075", each into the next.
+    s = summaries_of([("tanh", 1.0, v) for v in np.linspace(-0.0123, 0.0031, 6)])
+    fig = plots.slope_vs_lyapunov(s)
+    renderer = drawn(fig)
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    boxes = [t.label1.get_window_extent(renderer) for t in ax.xaxis.get_major_ticks()
+             if lo <= t.get_loc() <= hi]
+    assert len(boxes) >= 3
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert not notes(fig)  # no point hides another: no note
+
+
+def test_coinciding_points_are_named():
+    both = [("tanh", 1.0, -0.05), ("linear", 1.0, -0.05), ("tanh", 2.0, 0.1)]
+    note = "2 points coincide: tanh / gaussian g=1 and linear / gaussian g=1."
+    for figure in (plots.phase_diagram, plots.slope_vs_lyapunov):
+        assert notes(figure(summaries_of(both))) == [note]
+    r = [0.0, 0.9, 0.99]  # at r = 0 (memory 1) both normalizations give the same gradients
+    s = pd.DataFrame([{"job": f"{v}{n}", frames.THEORY + "r": v,
+                       frames.THEORY + "inverse_one_minus_r": 1 / (1 - v),
+                       "config.cell.normalize": n,
+                       frames.THEORY + "lambda_grad_norm": (1 / (1 - v)) ** (1 if n else 1.5),
+                       frames.THEORY + "nu_log_grad_norm": 0.03 * (1 / (1 - v)) ** (
+                           0 if n else 0.5)} for v in r for n in (True, False)])
+    assert notes(plots.curse_of_memory(s)) == [
+        "‖dL/dλ‖: 2 points coincide: not normalized r=0 and normalized r=0.\n"
+        "‖dL/dν_log‖: 2 points coincide: not normalized r=0 and normalized r=0."]
 
 
 def test_training_curves_draw_the_memoryless_baselines(sweep):
