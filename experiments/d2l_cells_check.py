@@ -26,9 +26,12 @@ runs' rounding differs, and 500 SGD steps at lr 4 amplify it; `--dtype float64` 
 shows how closely the computations themselves agree.
 
 Usage: python experiments/d2l_cells_check.py [--cells gru lstm] [--epochs 50] [--data PATH]
-       [--order rnnjax|torch] [--dtype float32|float64] [--torch-threads 1]
-       [--out results/d2l_cells_check.json]
+       [--order rnnjax|torch] [--dtype float32|float64] [--torch-threads 1] [--out FILE]
        (needs the bench extra: PyTorch)
+
+The JSON goes to a new file under results/runs/d2l_cells_check/ (git-ignored) unless --out
+names one: `--out results/d2l_cells_check.json` (and, with `--dtype float64`,
+`--out results/d2l_cells_check_float64.json`) replaces the repository's reference.
 """
 
 import argparse
@@ -46,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnjax.benchmark import write_json
+from rnnjax.cli import default_out, quiet_on_closed_stdout, unwritable
 
 try:
     import torch
@@ -284,28 +288,38 @@ def data_file(arg):
     return Path(os.environ.get("RNNJAX_DATA", ".")).expanduser().resolve() / DATA_FILE
 
 
-def main():
+def parse_args(argv=None):
+    """The command line, validated: one line and exit code 2 for a bad value or --out.
+
+    Args:
+      argv: the arguments (default: sys.argv[1:]).
+    Returns:
+      The arguments, with `data` the text file and `out` the JSON file to write.
+    """
     parser = argparse.ArgumentParser(
         description="Trains d2l's GRU and LSTM language models (d2l 10.2, 10.1) with rnnjax and "
         "with PyTorch from the same initial weights, and compares train and validation "
-        "perplexity (within 5% is agreement: `within_tolerance` in the JSON).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "perplexity (within 5% is agreement: `within_tolerance` in the JSON).")
     parser.add_argument("--cells", nargs="+", choices=sorted(EXPERIMENT),
-                        default=["gru", "lstm"], help="which cells")
-    parser.add_argument("--epochs", type=int, default=50, help="epochs, on both sides")
+                        default=["gru", "lstm"], help="which cells (default: gru lstm)")
+    parser.add_argument("--epochs", type=int, default=50,
+                        help="epochs, on both sides (default: %(default)s)")
     parser.add_argument("--data", help="timemachine.txt or a directory holding it (default: "
                         "$RNNJAX_DATA/timemachine.txt)")
     parser.add_argument("--order", choices=["rnnjax", "torch"], default="rnnjax",
-                        help="PyTorch's batches: rnnjax's (the same order) or its own shuffling")
+                        help="PyTorch's batches: rnnjax's (the same order) or its own shuffling "
+                        "(default: %(default)s)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                        help="both sides' dtype (float64 shows how far apart the arithmetic "
-                        "alone leaves them)")
+                        help="both sides' dtype; float64 shows how far apart the arithmetic "
+                        "alone leaves them (default: %(default)s)")
     parser.add_argument("--torch-threads", type=int, default=1,
-                        help="PyTorch's threads (on a shared 2-core machine two threads ran "
-                        "an epoch 10x slower than one)")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "d2l_cells_check.json",
-                        help="the JSON results file")
-    args = parser.parse_args()
+                        help="PyTorch's threads; on a shared 2-core machine two threads ran "
+                        "an epoch 10x slower than one (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
+                        help="the JSON results file (default: a new file under "
+                        "results/runs/d2l_cells_check/ of the repository, git-ignored; `--out "
+                        "results/d2l_cells_check.json` replaces the repository's reference)")
+    args = parser.parse_args(argv)
     if torch is None:
         parser.exit(2, "d2l_cells_check.py needs PyTorch: install the bench extra, "
                        "pip install -e '.[bench]'\n")
@@ -318,7 +332,17 @@ def main():
         parser.error("--epochs must be >= 1")
     if args.torch_threads < 1:
         parser.error("--torch-threads must be >= 1")
+    args.out = args.out or REPO / default_out("d2l_cells_check", f"-{args.dtype}")
+    problem = unwritable(args.out)
+    if problem:  # checked before minutes of training
+        parser.exit(2, f"{parser.prog}: error: --out {args.out}: {problem}\n")
+    return args
 
+
+def main(argv=None):
+    """Trains and compares each cell (see the module's docstring); exit code 1 when a cell's
+    perplexities differ by more than TOLERANCE."""
+    args = parse_args(argv)
     rows = []
     for cell in args.cells:
         with tempfile.TemporaryDirectory() as run_dir:
@@ -359,4 +383,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(quiet_on_closed_stdout(main))  # `| head`: no BrokenPipeError traceback

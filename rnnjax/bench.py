@@ -37,9 +37,14 @@ Also:
 On a GPU the same command runs JAX and PyTorch on the card (sweep default 256 networks); the
 tables name the card.
 
-Usage: python experiments/bench.py [--T 16 256 1024 4096] [--repeats 5] [--unrolls 1 2 4 8 16]
+Usage: rnnjax bench [--T 16 256 1024 4096] [--repeats 5] [--unrolls 1 2 4 8 16]
            [--loop-max-t 1024] [--mem-seeds 8] [--sweep-seeds N] [--sweep-t 1024]
-           [--skip-torch] [--skip-loop] [--quick] [--out results/bench.json]
+           [--skip-torch] [--skip-loop] [--quick] [--out FILE]
+       (or python experiments/bench.py ...)
+
+The JSON goes to a new file under results/runs/bench/ (git-ignored) unless --out names one:
+`rnnjax bench --out results/bench.json` is the one command that replaces the repository's
+reference; a --quick run refuses to replace a full run's results.
 """
 
 import argparse
@@ -79,12 +84,10 @@ from rnnjax.benchmark import (  # noqa: E402
 )
 from rnnjax.cells import RNNParams, vanilla  # noqa: E402
 from rnnjax.cells.vanilla import init_params  # noqa: E402
+from rnnjax.cli import RUNS, default_out, unwritable  # noqa: E402
 from rnnjax.init import normal  # noqa: E402
 from rnnjax.memory import status_bytes  # noqa: E402
 from rnnjax.probes import default_unroll, make_probe  # noqa: E402
-
-# Compile times are part of what is measured: never read them from the persistent cache.
-jax.config.update("jax_enable_compilation_cache", False)
 
 VOCAB, STD, SEED = 28, 0.01, 0
 FULL = {"B": 32, "H": 256, "T": [16, 256, 1024, 4096], "matmul_n": 2048, "repeats": 5,
@@ -530,42 +533,80 @@ def print_report(rows, unrolls, memory, sweep, matmul, machine, args, B, H, unro
 
 # ---------------------------------------------------------------- main
 
-def parse_args(argv=None):
+def out_error(out: Path, quick: bool) -> str | None:
+    """Why the results cannot go to `out`, in words (None: they can): a path that cannot be
+    written (checked before minutes of measuring), or, for a --quick run, a file holding a full
+    run's results (the committed reference), which smoke-test numbers must not replace."""
+    problem = unwritable(out)
+    if problem:
+        return f"--out {out}: {problem}"
+    if quick and out.is_file():
+        try:
+            full = json.loads(out.read_text()).get("config", {}).get("quick") is False
+        except (OSError, ValueError, AttributeError):  # not a benchmark's JSON: replaced
+            full = False
+        if full:
+            return (f"--out {out} holds a full run's results: a --quick run does not replace "
+                    "them (name another file, or leave --out out)")
+    return None
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The command line's parser; every help line states its default once."""
     parser = argparse.ArgumentParser(
         description="Times the per-timestep gradient-norm probe: rnnjax (lax.scan) against "
         "PyTorch eager (retain_grad on every step) and a d2l-style JAX Python loop under jit, "
         "on the same network and batch; reports compile and run times, GFLOP/s, agreement, "
         "rnnjax by unroll, its measured memory and sweep throughput, and writes them as JSON. "
-        "On a GPU the same command measures the card.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "On a GPU the same command measures the card.")
+    fmt = " ".join  # a list default as the command line takes it
     parser.add_argument("--T", type=int, nargs="+", default=None,
-                        help=f"sequence lengths (default {FULL['T']}; --quick: {QUICK['T']})")
+                        help=f"sequence lengths (default: {fmt(map(str, FULL['T']))}; --quick: "
+                        f"{fmt(map(str, QUICK['T']))})")
     parser.add_argument("--repeats", type=int, default=None,
-                        help=f"timed calls per implementation and T (default {FULL['repeats']},"
-                        f" at most 3 from T={FEWER_REPEATS_FROM_T}; --quick: {QUICK['repeats']})")
+                        help=f"timed calls per implementation and T, at most 3 from "
+                        f"T={FEWER_REPEATS_FROM_T} (default: {FULL['repeats']}; --quick: "
+                        f"{QUICK['repeats']})")
     parser.add_argument("--unrolls", type=int, nargs="+", default=None,
-                        help=f"probe.unroll values to time (default {FULL['unrolls']}; --quick: "
-                        f"{QUICK['unrolls']})")
+                        help=f"probe.unroll values to time (default: "
+                        f"{fmt(map(str, FULL['unrolls']))}; --quick: "
+                        f"{fmt(map(str, QUICK['unrolls']))})")
     parser.add_argument("--loop-max-t", type=int, default=1024,
-                        help="longest T for the JAX loop, whose compile time grows with T")
+                        help="longest T for the JAX loop, whose compile time grows with T "
+                        "(default: %(default)s)")
     parser.add_argument("--mem-seeds", type=int, default=None,
-                        help=f"networks vmapped in the memory measurement (default "
+                        help=f"networks vmapped in the memory measurement (default: "
                         f"{FULL['mem_seeds']}; --quick: {QUICK['mem_seeds']})")
     parser.add_argument("--sweep-seeds", type=int, default=None,
-                        help=f"networks vmapped in the sweep throughput (default "
+                        help=f"networks vmapped in the sweep throughput (default: "
                         f"{SWEEP_SEEDS['cpu']} on a CPU, {SWEEP_SEEDS['gpu']} on a GPU; --quick: "
                         f"{SWEEP_SEEDS['quick']})")
     parser.add_argument("--sweep-t", type=int, default=None,
-                        help=f"T of the sweep throughput (default {FULL['sweep_t']}; --quick: "
+                        help=f"T of the sweep throughput (default: {FULL['sweep_t']}; --quick: "
                         f"{QUICK['sweep_t']})")
     parser.add_argument("--skip-torch", action="store_true", help="no PyTorch column")
     parser.add_argument("--skip-loop", action="store_true", help="no JAX loop column")
     parser.add_argument("--quick", action="store_true",
-                        help=f"tiny sizes for a smoke test (B={QUICK['B']}, H={QUICK['H']})")
-    parser.add_argument("--out", type=Path, default=Path("results") / "bench.json",
-                        help="the JSON results file")
+                        help=f"tiny sizes for a smoke test: B={QUICK['B']}, H={QUICK['H']} "
+                        f"(without it: B={FULL['B']}, H={FULL['H']})")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
+                        help=f"the JSON results file (default: a new file under {RUNS}/bench/, "
+                        "git-ignored; `--out results/bench.json` replaces the repository's "
+                        "reference, which a --quick run never does)")
     parser.add_argument("--mem-worker", type=int, metavar="T", help=argparse.SUPPRESS)
     parser.add_argument("--mem-loss-at", choices=LOSS_AT, default="all", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv=None):
+    """The command line, validated (one line and exit code 2 for a bad value or --out).
+
+    Args:
+      argv: the arguments (default: sys.argv[1:]).
+    Returns:
+      The arguments, every size filled in from FULL or QUICK, and `out` set.
+    """
+    parser = make_parser()
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     for name in ("repeats", "mem_seeds", "sweep_t", "unrolls"):
@@ -577,13 +618,23 @@ def parse_args(argv=None):
         v = getattr(args, name)
         if v is not None and min(v if isinstance(v, list) else [v]) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.mem_worker is None:  # a memory worker writes no file
+        args.out = args.out or default_out("bench", "-quick" * args.quick)
+        problem = out_error(args.out, args.quick)
+        if problem:
+            print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+            sys.exit(2)
     return args
 
 
 def main(argv=None):
+    """The benchmark (see the module's docstring); a memory worker with --mem-worker."""
     args = parse_args(argv)
     sizes = QUICK if args.quick else FULL
     B, H = sizes["B"], sizes["H"]
+    # Compile times are part of what is measured: never read them from the persistent cache
+    # (set here, not on import, so that importing this module changes nothing).
+    jax.config.update("jax_enable_compilation_cache", False)
     if args.mem_worker is not None:
         if os.environ.get("RNNJAX_BENCH_CACHE"):  # a GPU's memory run (`measure_memory`)
             jax.config.update("jax_enable_compilation_cache", True)

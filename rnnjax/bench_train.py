@@ -34,9 +34,14 @@ a PyTorch process time (times 3 for three seeds, trained one after another) by r
 Perplexities are exp of the mean loss over the last 10 training steps and over the validation
 set (rnnjax: summary.json's final_train_ppl and final_val_ppl, the mean over seeds).
 
-Usage: python experiments/bench_train.py [--epochs 100] [--repeats 1] [--torch-threads 1 2]
+Usage: rnnjax bench-train [--epochs 100] [--repeats 1] [--torch-threads 1 2]
            [--torch-models scratch rnn] [--torch-compile] [--rnnjax-seeds 1 3] [--data PATH]
-           [--skip-torch] [--out results/bench_train.json]
+           [--skip-torch] [--out FILE]
+       (or python experiments/bench_train.py ...)
+
+The JSON goes to a new file under results/runs/bench_train/ (git-ignored) unless --out names
+one: `rnnjax bench-train --out results/bench_train.json` is the one command that replaces the
+repository's reference.
 """
 
 import argparse
@@ -63,6 +68,7 @@ from rnnjax.benchmark import (
     run_timed,
     write_json,
 )
+from rnnjax.cli import RUNS, default_out, unwritable
 
 DATA_FILE = "timemachine.txt"
 
@@ -332,25 +338,28 @@ def parse_args(argv=None):
         "the same validation and gradient-profile logging on every side: PyTorch eager (a "
         "scratch loop over time and torch.nn.RNN; 1 and 2 threads) against rnnjax's "
         "d2l_rnn_scratch experiment (1 and 3 seeds, cold JAX compilation cache). Prints a "
-        "table and the speed ratios, and writes them with the machine's details as JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "table and the speed ratios, and writes them with the machine's details as JSON.")
     parser.add_argument("--data", help="The Time Machine text: timemachine.txt or a directory "
                         "holding it (default: $RNNJAX_DATA/timemachine.txt, else rnnjax's "
                         "download cache)")
-    parser.add_argument("--epochs", type=int, default=100, help="epochs, on every side")
+    parser.add_argument("--epochs", type=int, default=100,
+                        help="epochs, on every side (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="runs of each contender, taken in turns")
+                        help="runs of each contender, taken in turns (default: %(default)s)")
     parser.add_argument("--torch-threads", type=int, nargs="+", default=[1, 2],
-                        help="PyTorch intra-op threads (torch.set_num_threads)")
+                        help="PyTorch intra-op threads, torch.set_num_threads (default: 1 2)")
     parser.add_argument("--torch-models", nargs="+", default=["scratch", "rnn"],
-                        choices=["scratch", "rnn"], help="PyTorch eager contenders")
+                        choices=["scratch", "rnn"],
+                        help="PyTorch eager contenders (default: scratch rnn)")
     parser.add_argument("--torch-compile", action="store_true",
                         help="also the scratch model under torch.compile")
     parser.add_argument("--rnnjax-seeds", type=int, nargs="+", default=[1, 3],
-                        help="rnnjax runs, by number of vmapped seeds")
+                        help="rnnjax runs, by number of vmapped seeds (default: 1 3)")
     parser.add_argument("--skip-torch", action="store_true", help="run rnnjax only")
-    parser.add_argument("--out", type=Path, default=Path("results") / "bench_train.json",
-                        help="the JSON results file")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
+                        help=f"the JSON results file (default: a new file under {RUNS}/"
+                        "bench_train/, git-ignored; `--out results/bench_train.json` replaces "
+                        "the repository's reference)")
     parser.add_argument("--torch-worker", choices=sorted(TORCH_MODELS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("epochs", "repeats"):
@@ -368,6 +377,12 @@ def parse_args(argv=None):
         parser.error(f"no text file at {args.data}: pass --data")
     if args.data.name != DATA_FILE:
         parser.error(f"rnnjax reads $RNNJAX_DATA/{DATA_FILE}: name the file {DATA_FILE}")
+    if not args.torch_worker:  # a worker writes no file
+        args.out = args.out or default_out("bench_train")
+        problem = unwritable(args.out)
+        if problem:  # one line, not parser.error's two: the usage is not what is wrong
+            print(f"{parser.prog}: error: --out {args.out}: {problem}", file=sys.stderr)
+            sys.exit(2)
     return args
 
 

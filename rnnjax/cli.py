@@ -8,17 +8,29 @@
 
 Each subcommand is the `main(argv)` of its module, imported only when it is chosen, so that
 `rnnjax --help` starts no JAX. The scripts in experiments/ call the same functions.
+
+A reader that goes away (`rnnjax --help | head -c 10`) ends the command quietly, exit code 141
+as a shell reports SIGPIPE: output printed to the closed pipe stops the command, log lines
+written there (Hydra's job log) are dropped and the command goes on.
 """
 
 import importlib
 import inspect
+import logging
+import os
 import sys
-from collections.abc import Sequence
-from typing import NamedTuple
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple, TextIO
 
 from rnnjax.interrupt import INTERRUPTED, catching_ctrl_c, held
 
 PROG = "rnnjax"
+RUNS = Path("results") / "runs"  # git-ignored: where a command's output goes unless told --out
+BROKEN_PIPE = 141  # the exit code of a writer whose reader went away, as a shell reports SIGPIPE
 
 
 class Command(NamedTuple):
@@ -82,8 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       argv: the arguments after the program name (default: sys.argv[1:]).
     Returns:
       The exit code: the subcommand's, 0 for --help, 2 for a missing or unknown command (one
-      line on stderr), 130 for a Ctrl-C the subcommand did not handle (one line).
+      line on stderr), 130 for a Ctrl-C the subcommand did not handle (one line), 141 when
+      stdout was closed by its reader (nothing printed).
     """
+    return quiet_on_closed_stdout(_dispatch, argv)
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
+    """`main` without its care for a closed stdout."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["-h"], ["--help"], ["help"]):
         print(usage())
@@ -110,7 +128,13 @@ def run_command(name: str, argv: Sequence[str], prog: str) -> int:
     scripts in experiments/ call it too). A Ctrl-C the subcommand does not handle itself
     (`run` says what it interrupted) is one line and exit code 130, also while its module
     loads (JAX imports for a second), which a Ctrl-C waits for: an import cut off halfway
-    leaves libraries broken (OmegaConf's turned it into an AttributeError)."""
+    leaves libraries broken (OmegaConf's turned it into an AttributeError). A closed stdout
+    ends it quietly (`quiet_on_closed_stdout`)."""
+    return quiet_on_closed_stdout(_run_command, name, argv, prog)
+
+
+def _run_command(name: str, argv: Sequence[str], prog: str) -> int:
+    """`run_command` without its care for a closed stdout."""
     try:
         with catching_ctrl_c():
             with held():
@@ -119,3 +143,105 @@ def run_command(name: str, argv: Sequence[str], prog: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED
+
+
+# ---------------------------------------------------------------- a reader that went away
+
+def quiet_on_closed_stdout(fn: Callable[..., int], *args) -> int:
+    """Calls `fn(*args)` and flushes stdout; a BrokenPipeError (the reader of stdout went away,
+    `| head`) ends it quietly instead of a traceback, with exit code BROKEN_PIPE.
+
+    Python ignores SIGPIPE, so a write to a closed pipe raises: in a print, or in the
+    interpreter's final flush after `main` returned, which the flush here does first. stdout
+    then points at os.devnull, so that no later flush raises again (Python's signal docs,
+    "Note on SIGPIPE"). Log records written to a closed stream are dropped the same way, and
+    the command goes on (`_logging_drops_closed_streams`).
+
+    Args:
+      fn: the command; its return value is the exit code (a SystemExit passes through).
+    Returns:
+      fn's exit code, or BROKEN_PIPE.
+    """
+    try:
+        try:
+            with _logging_drops_closed_streams():
+                return fn(*args)
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        _to_devnull(sys.stdout)
+        return BROKEN_PIPE
+
+
+def _to_devnull(stream: TextIO | None) -> None:
+    """Points the file descriptor under `stream` at os.devnull (where it has one): what is still
+    buffered, and whatever is written later, goes nowhere instead of raising."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # no descriptor (a test's StringIO)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+@contextmanager
+def _logging_drops_closed_streams() -> Iterator[None]:
+    """Within it, a log record that a handler fails to write because its reader went away (a
+    BrokenPipeError: Hydra's job log goes to stdout) is dropped quietly and its stream pointed
+    at os.devnull, where logging printed "--- Logging error ---" and a traceback per record.
+    Every other logging error is reported as before."""
+    report = logging.Handler.handleError
+
+    def handle_error(handler: logging.Handler, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            _to_devnull(getattr(handler, "stream", None))
+        else:
+            report(handler, record)
+
+    logging.Handler.handleError = handle_error
+    try:
+        yield
+    finally:
+        logging.Handler.handleError = report
+
+
+# ---------------------------------------------------------------- where commands write
+
+def default_out(name: str, suffix: str = "") -> Path:
+    """Where a benchmark writes its JSON unless told --out: a new file under RUNS/NAME/
+    (git-ignored), named by the date and time (and `suffix`), never the repository's reference
+    results/NAME.json, which only `--out results/NAME.json` replaces."""
+    return RUNS / name / f"{time.strftime('%Y%m%d-%H%M%S')}{suffix}.json"
+
+
+def unwritable(path: str | os.PathLike, directory: bool = False) -> str | None:
+    """Why a command cannot write its output `path` (a file, or with `directory` a folder that
+    it creates where missing), in words; None when it can. Checked before any work starts, so
+    that a bad path is one line, not a traceback at the end. Nothing is left behind: the test
+    write is an unnamed temporary file in the nearest folder that exists.
+
+    Args:
+      path: the output file or folder.
+      directory: `path` is a folder.
+    Returns:
+      e.g. "is a directory, not a file", "is a file, not a directory", "cannot write in
+      /x (Permission denied)"; or None.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        return "is a file, not a directory" if directory else "is a directory, not a file"
+    folder = path if directory else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return f"cannot write in {folder} ({e.strerror or e})"
+    return None

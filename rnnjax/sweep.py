@@ -754,6 +754,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
         if full_error == "1":
             raise
         _fail(_error_line(e))
+    except BrokenPipeError:  # a closed stdout (`| head`): rnnjax.cli ends quietly
+        raise
     except OSError as e:  # Hydra writing a job's .hydra/ or log file: a full disk, say
         if full_error == "1":
             raise

@@ -1,9 +1,11 @@
 """experiments/bench.py end to end in --quick mode, through a subprocess as a user runs it: the
-JSON's structure and the agreement of the implementations (never timings)."""
+JSON's structure and the agreement of the implementations (never timings); where it writes,
+in-process."""
 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,18 +17,87 @@ TORCH = importlib.util.find_spec("torch") is not None
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    """The JSON of one quick run (PyTorch included when it is installed)."""
+def bench_run(tmp_path_factory):
+    """One quick run without --out (PyTorch included when it is installed), in a directory of
+    its own: (that directory, the files it wrote there, relative to it)."""
     tmp = tmp_path_factory.mktemp("bench")
     env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
     env |= {"JAX_COMPILATION_CACHE_DIR": str(tmp / "jax"), "XDG_CACHE_HOME": str(tmp / "cache")}
-    out = tmp / "bench.json"
-    p = subprocess.run([sys.executable, str(BENCH), "--quick", "--out", str(out)], cwd=ROOT,
+    (tmp / "cwd").mkdir()
+    p = subprocess.run([sys.executable, str(BENCH), "--quick"], cwd=tmp / "cwd",
                        env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "| T | rnnjax compile s |" in p.stdout  # the markdown tables
     assert "| T | unroll 1: ms (compile) |" in p.stdout
-    return json.loads(out.read_text())
+    written = sorted(str(f.relative_to(tmp / "cwd")) for f in (tmp / "cwd").rglob("*")
+                     if f.is_file())
+    assert p.stdout.rstrip().endswith(f"wrote {written[-1]}")
+    return tmp / "cwd", written
+
+
+@pytest.fixture(scope="module")
+def bench(bench_run):
+    """The JSON of the quick run."""
+    where, written = bench_run
+    return json.loads((where / written[-1]).read_text())
+
+
+def test_a_quick_run_writes_under_runs_never_the_reference(bench_run):
+    # `rnnjax bench --quick` replaced the committed results/bench.json with smoke-test numbers.
+    _, written = bench_run
+    assert len(written) == 1, written
+    assert re.fullmatch(r"results/runs/bench/\d{8}-\d{6}-quick\.json", written[0]), written
+
+
+def test_a_quick_run_does_not_replace_a_full_runs_results(tmp_path, capsys):
+    from rnnjax import bench
+
+    reference = tmp_path / "bench.json"
+    reference.write_text(json.dumps({"config": {"quick": False}, "results": ["full"]}))
+    before = reference.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(["--quick", "--out", str(reference)])
+    assert e.value.code == 2 and reference.read_bytes() == before
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f": error: --out {reference} holds a full run's" in err
+    # a former quick run's file, or a new one, may be written
+    reference.write_text(json.dumps({"config": {"quick": True}}))
+    assert bench.parse_args(["--quick", "--out", str(reference)]).out == reference
+    assert bench.parse_args(["--out", str(reference)]).out == reference  # a full run may
+
+
+@pytest.mark.parametrize("where", ["a folder", "inside a file", "read-only"])
+def test_an_out_that_cannot_be_written_is_one_line_before_measuring(where, tmp_path, capsys,
+                                                                     monkeypatch):
+    # --out naming a folder ran the whole benchmark, then ended in an IsADirectoryError
+    # traceback when writing.
+    from rnnjax import bench
+
+    (tmp_path / "file").write_text("")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    out = {"a folder": tmp_path, "inside a file": tmp_path / "file" / "bench.json",
+           "read-only": folder / "bench.json"}[where]
+    says = {"a folder": "is a directory, not a file",
+            "inside a file": f"{tmp_path / 'file'} is a file, not a directory",
+            "read-only": f"cannot write in {folder} (Permission denied)"}[where]
+    if where == "read-only":
+        folder.chmod(0o555)
+        if os.access(folder, os.W_OK):  # root writes anyway: the refusal is faked
+            import rnnjax.cli
+
+            def refused(*args, **kwargs):
+                raise PermissionError(13, "Permission denied")
+
+            monkeypatch.setattr(rnnjax.cli.tempfile, "TemporaryFile", refused)
+    try:
+        with pytest.raises(SystemExit) as e:
+            bench.parse_args(["--quick", "--out", str(out)])
+    finally:
+        folder.chmod(0o755)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.endswith(f"--out {out}: {says}\n")
+    assert list(folder.iterdir()) == []
 
 
 def test_every_implementation_is_timed_and_agrees(bench):

@@ -1,10 +1,13 @@
 """experiments/bench_train.py (rnnjax.bench_train): the rnnjax contender end to end on one
 epoch, and the speed ratios and table from rows whose numbers are known."""
 
+import importlib.util
 import json
 import math
+import re
 
 import pytest
+from conftest import ROOT
 
 from rnnjax import bench_train
 
@@ -68,3 +71,57 @@ def test_missing_text_is_a_usage_error_not_a_traceback(monkeypatch, capsys):
     with pytest.raises(SystemExit):  # a bad number is named first
         bench_train.parse_args(["--epochs", "0"])
     assert capsys.readouterr().err.splitlines()[-1].endswith("error: --epochs must be >= 1")
+
+
+# ---------------------------------------------------------------- where the results go
+
+def text_file(tmp_path):
+    """A stand-in for The Time Machine: parse_args checks only that the file is there."""
+    path = tmp_path / "timemachine.txt"
+    path.write_text("the time traveller")
+    return path
+
+
+def test_default_out_is_under_runs_never_the_reference(tmp_path):
+    # Every run, a one-epoch smoke test included, replaced the committed
+    # results/bench_train.json; only `--out results/bench_train.json` may.
+    args = bench_train.parse_args(["--data", str(text_file(tmp_path))])
+    assert re.fullmatch(r"results/runs/bench_train/\d{8}-\d{6}\.json", str(args.out))
+    out = tmp_path / "mine.json"
+    assert bench_train.parse_args(["--data", str(tmp_path), "--out", str(out)]).out == out
+
+
+def test_an_out_that_cannot_be_written_is_one_line_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_train.parse_args(["--data", str(text_file(tmp_path)), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.endswith(f"error: --out {tmp_path}: is a directory, not a file\n")
+
+
+@pytest.fixture
+def d2l_cells_check(monkeypatch):
+    """experiments/d2l_cells_check.py as a module, with a stand-in for PyTorch (parse_args
+    only asks whether it is installed)."""
+    spec = importlib.util.spec_from_file_location(
+        "d2l_cells_check", ROOT / "experiments" / "d2l_cells_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "torch", object())
+    return module
+
+
+def test_d2l_cells_check_writes_under_runs_never_the_reference(d2l_cells_check, tmp_path,
+                                                                capsys):
+    # Its default was the committed results/d2l_cells_check.json (a float64 run replaced the
+    # float32 reference too).
+    runs = ROOT / "results" / "runs" / "d2l_cells_check"
+    for dtype in ("float32", "float64"):
+        args = d2l_cells_check.parse_args(["--data", str(text_file(tmp_path)), "--dtype", dtype])
+        assert args.out.parent == runs
+        assert re.fullmatch(rf"\d{{8}}-\d{{6}}-{dtype}\.json", args.out.name)
+    with pytest.raises(SystemExit) as e:
+        d2l_cells_check.parse_args(["--data", str(tmp_path), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.endswith(f"error: --out {tmp_path}: is a directory, not a file\n")

@@ -1,7 +1,8 @@
 """reproduce.py on two tiny figures (one drawn from the other's jobs), in-process with its worker
 process: the figures, their sections and REPORT.md under ./results by default; a second run
 skips every finished job and leaves its files alone; a new job runs alone; `--out DIR`; a bad
-override is one line and writes nothing."""
+override or --out is one line and writes nothing; a line comes before each long phase; the
+report names the installed command."""
 
 import logging
 import os
@@ -9,7 +10,9 @@ import shutil
 
 import pytest
 
+import rnnjax.cli
 from rnnjax import cli, frames, load_summaries, plots, reproduce
+from rnnjax.config import ConfigError
 from rnnjax.reproduce import Figure
 from rnnjax.tasks import DataError
 
@@ -98,6 +101,9 @@ def test_second_run_skips_every_finished_job(first, monkeypatch, caplog):
 
 def test_a_new_job_runs_alone(first, monkeypatch, caplog):
     out, _, _ = first
+    # a job running longer than this gets a line while it runs (the worker's start-up alone
+    # takes longer): silence for as long as a job ran before
+    monkeypatch.setattr(reproduce, "HEARTBEAT_S", 0.2)
     # its init values as a list: one job, one row per value
     new = ["activation=sigmoid", "init=gaussian", "init.gain=[0.5,2.0]"]
     code, lines = run(monkeypatch, caplog, tiny([new]), "--out", str(out), "--only", "tiny_a")
@@ -105,7 +111,9 @@ def test_a_new_job_runs_alone(first, monkeypatch, caplog):
     jobs = [line for line in lines if line.startswith("job ")]
     assert jobs[:2] == ["job 1 of 3 (tiny_a/activation=tanh): skipped, finished earlier",
                         "job 2 of 3 (tiny_a/activation=relu): skipped, finished earlier"]
-    assert jobs[2].startswith(f"job 3 of 3 (tiny_a/{reproduce.job_name(new)}): ok in")
+    name = f"job 3 of 3 (tiny_a/{reproduce.job_name(new)})"
+    assert jobs[2].startswith(f"{name}: running, ") and jobs[-1].startswith(f"{name}: ok in")
+    assert all(line.startswith(f"{name}: running, ") for line in jobs[2:-1])
     section = (out / "figures" / "tiny_a.md").read_text()
     for value in ("0.5", "2"):
         assert f"{reproduce.job_name(new)}[init.gain={value}] | sigmoid / gaussian g={value}" in (
@@ -131,3 +139,93 @@ def test_its_error_line_begins_with_the_name_it_was_called_by(tmp_path, monkeypa
     assert cli.main(["reproduce", "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == (
         "rnnjax reproduce: error: task=timemachine: cannot download it\n")
+
+
+def messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "reproduce"]
+
+
+def test_it_says_what_it_does_before_each_long_phase(tmp_path, monkeypatch, caplog):
+    # `rnnjax reproduce` was silent for 38 s (its imports, then Hydra composing and validating
+    # 86 jobs) before its first line.
+    monkeypatch.setattr(reproduce, "PROGRESS_S", 0.0)  # a progress line after every job
+    plan, seen = reproduce.plan, []
+
+    def planning(names, out, *progress):
+        seen.append(messages(caplog))
+        plan(names, out, *progress)
+        seen.append(messages(caplog))
+        raise ConfigError("stop here")  # nothing runs
+
+    monkeypatch.setattr(reproduce, "plan", planning)
+    out = tmp_path / "out"
+    code, _ = run(monkeypatch, caplog, tiny(), "--out", str(out))
+    assert code == 2 and not out.exists()
+    before, after = seen
+    assert before == [
+        f"reproducing every figure: 2 figures, 2 jobs, into {out} (figures/, REPORT.md; the "
+        "jobs in runs/reproduce/)",
+        "planning: composing and validating 2 job configs with Hydra ..."]
+    assert after[2:] == ["planning: 1 of 2 jobs composed and validated",
+                         "planning: 2 of 2 jobs composed and validated"]
+
+
+def test_the_first_run_said_what_it_did_in_order(first):
+    _, _, lines = first
+    assert lines[0].startswith("reproducing tiny_a, tiny_b: 2 figures, 2 jobs, into results ")
+    order = ["planning: composing", "2 jobs: 0 finished earlier, 2 to run",
+             "starting 1 worker process (each imports JAX", "job 1 of 2 (tiny_a/activation=tanh)",
+             "tiny_a: drawing", "tiny_a drawn", "tiny_b: drawing", "tiny_b drawn"]
+    at = [next(i for i, line in enumerate(lines) if line.startswith(s)) for s in order]
+    assert at == sorted(at)
+
+
+def test_the_report_tells_its_reader_the_installed_command(first):
+    # REPORT.md told a pip-installed user to run `python experiments/reproduce.py`.
+    out, _, _ = first
+    report = (out / "REPORT.md").read_text()
+    assert "Regenerate everything with `rnnjax reproduce` (one figure: `--only NAME`" in report
+    assert "Made by `rnnjax reproduce --only tiny_a`." in report
+    assert "experiments/" not in report and "python " not in report
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file", "read-only"])
+def test_an_out_that_cannot_be_written_is_one_line_before_any_job(where, tmp_path, monkeypatch,
+                                                                    caplog, capsys):
+    # `--out <read-only folder>` was a 40-line traceback, `--out <a file>` a 34-line one.
+    def plan(*args, **kwargs):
+        raise AssertionError("planned jobs for an --out it cannot write")
+
+    monkeypatch.setattr(reproduce, "plan", plan)
+    (tmp_path / "file").write_text("")
+    (tmp_path / "ro").mkdir()
+    out, says = {"a file": (tmp_path / "file", "is a file, not a directory"),
+                 "below a file": (tmp_path / "file" / "results",
+                                  f"{tmp_path / 'file'} is a file, not a directory"),
+                 "read-only": (tmp_path / "ro", f"cannot write in {tmp_path / 'ro'} "
+                                                "(Permission denied)")}[where]
+    (tmp_path / "ro").chmod(0o555)
+    if os.access(tmp_path / "ro", os.W_OK):  # root writes anyway: the refusal is faked
+        def refused(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(rnnjax.cli.tempfile, "TemporaryFile", refused)
+    try:
+        code, lines = run(monkeypatch, caplog, tiny(), "--out", str(out))
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    err = capsys.readouterr().err
+    assert code == 2 and lines == [] and err.count("\n") == 1
+    assert err.endswith(f"error: --out {out}: {says}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "ro"]
+    assert (tmp_path / "file").read_text() == "" and list((tmp_path / "ro").iterdir()) == []
+
+
+def test_a_figure_none_of_whose_jobs_finished_is_not_drawn(tmp_path, monkeypatch, caplog):
+    # When every job of a figure failed, drawing it ended the reproduction in a traceback
+    # ("ValueError: No objects to concatenate") instead of the report and exit code 1.
+    monkeypatch.setattr(reproduce, "FIGURES", tiny())
+    with caplog.at_level(logging.WARNING, logger="reproduce"):
+        assert reproduce.write_section("tiny_b", tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+    assert "tiny_a/activation=tanh did not finish: left out of the figure" in messages(caplog)
