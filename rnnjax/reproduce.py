@@ -516,7 +516,9 @@ def write_report(out: Path, how: str) -> None:
         "middle half of the steps above underflow, median over seeds; a prediction is shown "
         "only where it applies (the loss at the last step): mean field log10 sqrt(chi_1) for "
         "the vanilla RNN with a random W_hh, each cell's own for the others; Pascanu's bound "
-        "log10(gamma sigma_max(W_hh)); the top Lyapunov exponent in log10 per step. " + how
+        "log10(gamma sigma_max(W_hh)); the top Lyapunov exponent in log10 per step; absolute "
+        "difference: |measured − predicted| in decades per step; relative error: that over "
+        "|predicted|, left empty (—) where |predicted| < 0.01 decades per step. " + how
         + "\n",
     ]
     for name in FIGURES:
