@@ -1,8 +1,8 @@
 """Bad input tried automatically: hypothesis draws bad overrides (sizes, types,
-unknown options and keys, missing, unreadable or too short files) and runs the app as a user
-does, once as a run and once as a sweep (in parallel, one per core). Every case must exit
-non-zero with a short message naming the offending key or value, without a traceback, and
-without writing an output directory.
+unknown options and keys, missing, unreadable or too short files) and runs the app's command
+line in-process, once as a run and once as a sweep (one case, `activation=foo`, also as a real
+process). Every case must exit non-zero with a short message naming the offending key or
+value, without a traceback, and without writing an output directory.
 
 Every error is one line (`rnnjax: error: ...`): rnnjax's own validation, and Hydra's
 composition errors (an unknown option or key, a wrong type), which Hydra printed in 6 to 10.
@@ -13,18 +13,19 @@ The explicit `@example`s are defects these tests found (all fixed), kept as regr
 import math
 import os
 import re
-import signal
 import string
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import NamedTuple
 
-from conftest import ROOT
+import pytest
+from conftest import ROOT, exit_code_of
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
+
+from rnnjax.sweep import main
 
 RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 TRACEBACK = "Traceback (most recent call last)"
@@ -33,8 +34,8 @@ RESULT_FILES = ("grad_norms.parquet", "summary.json", "params.npz", "batch.npz",
 # Small sizes for every key a case leaves alone, so that a job a defect lets through is quick.
 TINY = {"seq_len": "3", "hidden_size": "2", "batch_size": "1", "seeds": "1"}
 
-# Subprocesses of ~3 s each: a few derandomized examples per strategy, no shrinking (a failure
-# is reported as drawn) and no example database (nothing written into the checkout).
+# A few derandomized examples per strategy, no shrinking (a failure is reported as drawn) and
+# no example database (nothing written into the checkout).
 BAD = settings(max_examples=5, deadline=None, derandomize=True, database=None,
                phases=[Phase.explicit, Phase.generate],
                suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -213,26 +214,23 @@ def tiny(args):
     return [f"{k}={v}" for k, v in TINY.items() if k not in keys] + list(args)
 
 
-def launch(args, cwd, jax_cache):
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # compact errors
-    env["JAX_COMPILATION_CACHE_DIR"] = jax_cache
-    return subprocess.Popen(RUN + args, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def command(monkeypatch, capsys):
+    """`command(args, cwd) -> CompletedProcess`: the app's command line in-process, in `cwd`,
+    with its exit code and output (`args` as a process would have them: `p.args[2:]`)."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # compact errors
+    absl = sys.modules.get("absl.logging")
+    if absl is not None:  # Hydra's logging setup would close pytest's stream (see test_sweep)
+        monkeypatch.setattr(absl.get_absl_handler().python_handler, "stream", sys.__stderr__)
 
+    def call(args, cwd):
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = exit_code_of(main, list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(RUN + list(args), code, out, err)
 
-def finish(p, target=None):
-    """Waits for `p`. Once `target` (the output directory) appears, validation has let the case
-    through and it has failed already: `p` is killed rather than left to run its job(s)."""
-    deadline = time.monotonic() + 300
-    while p.poll() is None and time.monotonic() < deadline:
-        if target is not None and target.exists():
-            time.sleep(1)  # the first log lines
-            break
-        time.sleep(0.05)
-    if p.poll() is None:
-        p.kill()
-    stdout, stderr = p.communicate()
-    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+    return call
 
 
 def sweep_args(case, sweep):
@@ -246,16 +244,16 @@ def sweep_args(case, sweep):
     return ["-m", f"hydra.sweep.dir={sweep}", *tiny(args)]
 
 
-def launch_run_and_sweep(case, base, jax_cache):
-    """Starts the case as one job and as a sweep, in parallel, each in a fresh directory under
-    `base`; returns [(process, cwd, output dir)] for both."""
+def run_and_sweep(case, base):
+    """The case as one job and as a sweep, each in a fresh directory under `base`:
+    [(args, cwd, output dir)] for both."""
     out = []
     for mode in ("run", "sweep"):
         cwd = Path(tempfile.mkdtemp(prefix=f"{mode}_", dir=base))
         target = cwd / ("job" if mode == "run" else "sweep")
         args = ([f"hydra.run.dir={target}", *tiny(case.args)] if mode == "run"
                 else sweep_args(case, target))
-        out.append((launch(args, cwd, jax_cache), cwd, target))
+        out.append((args, cwd, target))
     return out
 
 
@@ -266,8 +264,7 @@ def written(cwd):
 def check_clean_failure(p, cwd, target, names):
     """Non-zero exit, no traceback, nothing written, a short message naming the key/value."""
     cmd = " ".join(p.args[2:])
-    killed = " (killed: its output directory appeared)" if p.returncode == -signal.SIGKILL else ""
-    ctx = f"\n$ python experiments/run.py {cmd}\nexit {p.returncode}{killed}\n--- stderr:\n" \
+    ctx = f"\n$ python experiments/run.py {cmd}\nexit {p.returncode}\n--- stderr:\n" \
           f"{p.stderr}--- stdout (tail):\n{p.stdout[-1500:]}"
     assert p.returncode != 0, "exit code 0" + ctx
     assert TRACEBACK not in p.stderr and TRACEBACK not in p.stdout, "a traceback" + ctx
@@ -284,18 +281,22 @@ def check_clean_failure(p, cwd, target, names):
         "not a one-line rnnjax error" + ctx
 
 
-def check_case(case, base, jax_cache):
-    """The case fails cleanly both as a run and as a sweep (a process still running when the
-    other fails is killed: a defect that lets jobs run costs no more than one job)."""
-    started = launch_run_and_sweep(case, base, jax_cache)
-    try:
-        for p, cwd, target in started:
-            check_clean_failure(finish(p, target), cwd, target, case.names)
-    finally:
-        for p, _, _ in started:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+def check_case(case, base, command):
+    """The case fails cleanly both as a run and as a sweep (every job tiny: a defect that lets
+    jobs run costs little)."""
+    for args, cwd, target in run_and_sweep(case, base):
+        check_clean_failure(command(args, cwd), cwd, target, case.names)
+
+
+def test_a_bad_option_is_one_line_from_a_real_process(tmp_path, jax_cache):
+    """One case as a user runs it: a process of its own, run and sweep."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # compact errors
+    env["JAX_COMPILATION_CACHE_DIR"] = jax_cache
+    case = Case(("activation=foo",), ("activation=foo is not an option; allowed: ",), "tanh")
+    for args, cwd, target in run_and_sweep(case, tmp_path):
+        p = subprocess.run(RUN + args, cwd=cwd, env=env, capture_output=True, text=True,
+                           timeout=300)
+        check_clean_failure(p, cwd, target, case.names)
 
 
 # --------------------------------------------------------------------------------- tests
@@ -305,14 +306,14 @@ def check_case(case, base, jax_cache):
 @given(case=bad_sizes())
 @example(case=Case(("seeds=2", "seed=4294967295"), ("seed=",), "0"))  # wrapped to 0
 @example(case=Case(("train.steps=1", "train.lr=inf"), ("train.lr=",), "1.0"))  # NaN, "ok"
-def test_out_of_range_values_give_one_line(case, tmp_path, jax_cache):
-    check_case(case, tmp_path, jax_cache)
+def test_out_of_range_values_give_one_line(case, tmp_path, command):
+    check_case(case, tmp_path, command)
 
 
 @few(1)
 @given(case=bad_types())
-def test_wrong_types_name_the_key(case, tmp_path, jax_cache):
-    check_case(case, tmp_path, jax_cache)
+def test_wrong_types_name_the_key(case, tmp_path, command):
+    check_case(case, tmp_path, command)
 
 
 @few(1)
@@ -320,15 +321,15 @@ def test_wrong_types_name_the_key(case, tmp_path, jax_cache):
 @example(case=Case(("activation=null",), ("activation=",), "tanh"))  # was a traceback
 @example(case=Case(("activation=foo",), ("activation=foo is not an option; allowed: ",),
                    "tanh"))  # was Hydra's 10 lines
-def test_unknown_group_options_name_the_group(case, tmp_path, jax_cache):
-    check_case(case, tmp_path, jax_cache)
+def test_unknown_group_options_name_the_group(case, tmp_path, command):
+    check_case(case, tmp_path, command)
 
 
 @few(1)
 @given(case=unknown_keys())
 @example(case=Case(("+train.clipp=1",), ("train.clipp",), None))  # was ignored, exit 0
-def test_unknown_keys_are_rejected(case, tmp_path, jax_cache):
-    check_case(case, tmp_path, jax_cache)
+def test_unknown_keys_are_rejected(case, tmp_path, command):
+    check_case(case, tmp_path, command)
 
 
 # Never valid UTF-8, whatever follows: bytes no character starts with, a stray continuation
@@ -362,7 +363,7 @@ def bad_files(draw):
 @example(spec=("non_utf8", "latin1.txt", "The Time Traveller (for so it will be conveni"
                                          "ent to speak of him) was expounding a recondit"
                                          "e matter to us. caf\xe9".encode("latin-1")))
-def test_unreadable_text_files(spec, tmp_path, jax_cache):
+def test_unreadable_text_files(spec, tmp_path, command):
     kind, name, data = spec
     d = Path(tempfile.mkdtemp(prefix="data_", dir=tmp_path))
     path = d / name
@@ -373,7 +374,7 @@ def test_unreadable_text_files(spec, tmp_path, jax_cache):
     elif kind == "non_utf8":
         path.write_bytes(data)
     check_case(Case(("task=timemachine", f"task.path={path}"), ("task.path",), None),
-               tmp_path, jax_cache)
+               tmp_path, command)
 
 
 def preprocess(text):
@@ -391,18 +392,17 @@ def short_texts(draw):
 @few(1)
 @given(spec=short_texts())
 @example(spec=("Hello, world!", 12))  # "hello world ": 12 characters, a window needs 13
-def test_text_shorter_than_one_window(spec, tmp_path, jax_cache):
+def test_text_shorter_than_one_window(spec, tmp_path, command):
     text, seq_len = spec
     assert len(preprocess(text)) < seq_len + 1
     path = Path(tempfile.mkdtemp(prefix="data_", dir=tmp_path)) / "short.txt"
     path.write_text(text, encoding="utf-8")
     check_case(Case(("task=timemachine", f"task.path={path}", f"seq_len={seq_len}"),
-                    ("seq_len", "task.path"), None), tmp_path, jax_cache)
+                    ("seq_len", "task.path"), None), tmp_path, command)
 
 
 @few(1)
 @given(key=st.sampled_from(INT_KEYS + FLOAT_KEYS), name=identifiers)
 @example(key="seq_len", name="oops")
-def test_interpolation_to_a_missing_key(key, name, tmp_path, jax_cache):
-    check_case(Case((f"{key}=${{{name}}}",), (key, name), GOOD[key]), tmp_path,
-               jax_cache)
+def test_interpolation_to_a_missing_key(key, name, tmp_path, command):
+    check_case(Case((f"{key}=${{{name}}}",), (key, name), GOOD[key]), tmp_path, command)
