@@ -95,8 +95,8 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
-# submitit's job ignores SIGTERM: KILL soon after.
-KillWait=5
+# submitit's job ignores SIGTERM: KILL soon after (the tests cancel jobs mid-run and wait).
+KillWait=1
 MailProg=/bin/true
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/slurmdbd

@@ -1,6 +1,6 @@
-"""The command line: the `rnnjax` dispatcher in-process, and the Hydra app end to end through a
-subprocess as a user runs it. (Sweeps, bad input and directory names, in-process:
-test_sweep.py; the installed command: test_install.py.)"""
+"""The command line: the `rnnjax` dispatcher in-process, and the Hydra app in-process and once
+end to end through a subprocess as a user runs it. (Sweeps, bad input and directory names,
+in-process: test_sweep.py; the installed command: test_install.py.)"""
 
 import gc
 import importlib
@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, exit_code_of
 from numpy_bptt import bptt
+from test_sweep import app  # noqa: F401 (a fixture)
 from test_train import compose_cfg
 
 import rnnjax.cli
@@ -81,12 +82,11 @@ def test_single_run_files_schema_and_numbers(tmp_path, jax_cache):
     assert np.isfinite(summary["headline"]["log10_slope_per_step_back"])
 
 
-def test_float64_really_computes_in_float64(tmp_path, jax_cache):
+def test_float64_really_computes_in_float64(tmp_path, app):  # noqa: F811
     job = tmp_path / "job"
-    run([f"hydra.run.dir={job}", "dtype=float64", "activation=tanh", "init=gaussian",
-         "init.gain=1.2", "seq_len=10", "hidden_size=6", "batch_size=2", "seeds=2",
-         "probe.loss_at=all"],
-        tmp_path, jax_cache)
+    assert app(f"hydra.run.dir={job}", "dtype=float64", "activation=tanh", "init=gaussian",
+               "init.gain=1.2", "seq_len=10", "hidden_size=6", "batch_size=2", "seeds=2",
+               "probe.loss_at=all").code == 0
     assert np.load(job / "params.npz")["W_hh"].dtype == np.float64
     df = pd.read_parquet(job / "grad_norms.parquet")
     assert (df.dtype == "float64").all()
@@ -96,21 +96,21 @@ def test_float64_really_computes_in_float64(tmp_path, jax_cache):
         np.testing.assert_allclose(rows.param_grad_norm, pg, rtol=1e-10)
 
 
-def test_timemachine_task(tmp_path, jax_cache, timemachine_file):
+def test_timemachine_task(tmp_path, app, timemachine_file):  # noqa: F811
     job = tmp_path / "job"
-    run([f"hydra.run.dir={job}", "task=timemachine", f"task.path={timemachine_file}",
-         "seq_len=8", "hidden_size=8", "batch_size=4", "seeds=2"], tmp_path, jax_cache)
+    assert app(f"hydra.run.dir={job}", "task=timemachine", f"task.path={timemachine_file}",
+               "seq_len=8", "hidden_size=8", "batch_size=4", "seeds=2").code == 0
     df = pd.read_parquet(job / "grad_norms.parquet")
     assert (df.task == "timemachine").all() and (df.vocab_size == 28).all()
     x = np.load(job / "batch.npz")["x"]
     assert x.max() < 28 and (x != 1).all()  # real text: letters and spaces, never <unk>
 
 
-def test_training_job_and_divergence_is_data(tmp_path, jax_cache):
+def test_training_job_and_divergence_is_data(tmp_path, app):  # noqa: F811
     job = tmp_path / "job"
-    run([f"hydra.run.dir={job}", "task=adding", "seq_len=12", "hidden_size=8", "batch_size=8",
-         "seeds=2", "train.steps=25", "train.log_every=10", "train.optimizer=adam",
-         "train.lr=0.01", "train.clip=0.5"], tmp_path, jax_cache)
+    assert app(f"hydra.run.dir={job}", "task=adding", "seq_len=12", "hidden_size=8",
+               "batch_size=8", "seeds=2", "train.steps=25", "train.log_every=10",
+               "train.optimizer=adam", "train.lr=0.01", "train.clip=0.5").code == 0
     m = pd.read_parquet(job / "metrics.parquet")
     assert list(m.train_step.unique()) == [10, 20, 25] and len(m) == 6
     # the whole config as columns (test_job checks every value on a probe)
@@ -125,10 +125,9 @@ def test_training_job_and_divergence_is_data(tmp_path, jax_cache):
     assert 0 <= summary["training"]["clip_fraction"] <= 1
 
     bad = tmp_path / "bad"  # an IRNN with gain 3 overflows float32 in its first step
-    p = run([f"hydra.run.dir={bad}", "task=adding", "activation=relu", "init=identity",
-             "init.gain=3", "seq_len=200", "hidden_size=8", "batch_size=4", "seeds=2",
-             "train.steps=3"], tmp_path, jax_cache)
-    assert p.returncode == 0
+    assert app(f"hydra.run.dir={bad}", "task=adding", "activation=relu", "init=identity",
+               "init.gain=3", "seq_len=200", "hidden_size=8", "batch_size=4", "seeds=2",
+               "train.steps=3").code == 0
     summary = json.loads((bad / "summary.json").read_text())
     assert summary["status"] == "nonfinite"
     assert summary["training"]["diverged_seeds"] == {"0": 0, "1": 0}
