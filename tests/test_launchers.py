@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from test_cli import run
 from test_sweep import app  # noqa: F401 (a fixture)
 
 from rnnjax import load_sweep
@@ -18,8 +17,10 @@ def test_sweep_through_launcher(tmp_path, jax_cache, app, launcher, plugin):  # 
     sweep = tmp_path / "sweep"
     args = ["-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}",
             "activation=tanh,relu", "seq_len=5", "hidden_size=4", "batch_size=2", "seeds=2"]
-    p = run(args, tmp_path, jax_cache)
-    assert p.stderr.splitlines()[-3] == f"rnnjax: sweep {sweep}: 2 jobs: 2 ok"
+    # The sweep itself in-process; its jobs run in the launcher's own processes.
+    r = app(*args)
+    assert r.code == 0, r.err
+    assert r.closing() == f"rnnjax: sweep {sweep}: 2 jobs: 2 ok"
     df = load_sweep(sweep)
     assert df.job.nunique() == 2 and len(df) == 2 * 2 * 5
     assert set(df.activation) == {"tanh", "relu"}
