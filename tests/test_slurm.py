@@ -152,10 +152,10 @@ def test_sweep_runs_every_job_as_a_task_of_a_slurm_array(finished_sweep):
     assert "2 jobs: 2 ok" in finished_sweep["proc"].stderr
 
 
-def test_rerun_skips_finished_jobs_without_submitting_a_task(finished_sweep, jax_cache):
+def test_rerun_skips_finished_jobs_without_submitting_a_task(finished_sweep, app):  # noqa: F811
     cwd, sweep = finished_sweep["cwd"], finished_sweep["sweep"]
-    p = run(finished_sweep["args"], cwd, jax_cache)
-    assert "2 jobs: 2 ok (2 skipped" in closing_line(p.stderr)
+    r = app(*finished_sweep["args"], cwd=cwd)  # in-process: it submits nothing
+    assert r.code == 0 and "2 jobs: 2 ok (2 skipped" in closing_line(r.err)
     assert all(status(d) == "ok" for d in job_dirs(sweep).values())
     # No new task: neither in submitit's folder nor in SLURM's accounting.
     assert submitted(sweep) == finished_sweep["submitted"]
@@ -213,20 +213,20 @@ def _finish(proc: subprocess.Popen, array: str | None, timeout: float) -> str:
 
 def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, jax_cache):
     sweep = tmp_path / "sweep"
-    # One quick job and one that trains for about 8 s on 2 cores, which is cancelled once its
+    # One quick job and one that trains for about 5 s on 2 cores, which is cancelled once its
     # log shows a training step: mid-run, with time left for SLURM's KillWait (1 s in
     # scripts/slurm_cluster.sh: submitit ignores the SIGTERM of scancel, the SIGKILL after
     # KillWait ends it). A job shorter than KillWait finishes despite scancel.
-    args = ["-m", *CPU_NODE, f"hydra.sweep.dir={sweep}", "train.steps=0,150000",
-            "train.log_every=15000", *SMALL]
+    args = ["-m", *CPU_NODE, f"hydra.sweep.dir={sweep}", "train.steps=0,100000",
+            "train.log_every=10000", *SMALL]
     since = _now()
     proc = _start(args, tmp_path, jax_cache)
     slow = None
     try:
-        # map_array submits the jobs in order: task 1 is train.steps=150000. It is cancelled
+        # map_array submits the jobs in order: task 1 is train.steps=100000. It is cancelled
         # once its job is training.
         slow = _wait_running(tmp_path, 1)
-        _wait_started(sweep, "train.steps=150000", training=True)
+        _wait_started(sweep, "train.steps=100000", training=True)
         subprocess.run(["scancel", slow], check=True, timeout=30)
     finally:
         err = _finish(proc, slow and slow.split("_")[0], timeout=240)
@@ -236,7 +236,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     jobs = job_dirs(sweep)
     quick = next(d for o, d in jobs.items() if "train.steps=0" in o.split())
     assert status(quick) == "ok"
-    cancelled = next(d for o, d in jobs.items() if "train.steps=150000" in o.split())
+    cancelled = next(d for o, d in jobs.items() if "train.steps=100000" in o.split())
     assert not (cancelled / "summary.json").exists()
     first = settled(tmp_path, since, submitted(sweep), timeout=10)
     assert len(first) == 2 and all(s in FINAL for s in first.values()), first
@@ -244,8 +244,8 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert proc.returncode == 1
     assert "Traceback" not in err
     line = closing_line(err)
-    assert line.endswith(f"2 jobs: 1 failed, 1 ok; failed: train.steps=150000 "
-                         f"train.log_every=15000 {' '.join(SMALL)} (SLURM task {slow} ended "
+    assert line.endswith(f"2 jobs: 1 failed, 1 ok; failed: train.steps=100000 "
+                         f"train.log_every=10000 {' '.join(SMALL)} (SLURM task {slow} ended "
                          f"CANCELLED without a result)")
 
     # The re-run submits one task, for the cancelled job only, and it finishes.
@@ -256,7 +256,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert {j: s for j, s in now.items() if j not in first} == {next(iter(new)): "COMPLETED"}
     jobs = job_dirs(sweep)
     assert all(status(d) == "ok" for d in jobs.values())
-    redone = next(d for o, d in jobs.items() if "train.steps=150000" in o.split())
+    redone = next(d for o, d in jobs.items() if "train.steps=100000" in o.split())
     assert slurm_id(redone) == next(iter(new))
     assert slurm_id(quick) in first
     assert "2 jobs: 2 ok (1 skipped" in closing_line(p.stderr)
@@ -286,20 +286,20 @@ def test_task_cancelled_while_pending_does_not_hang_the_sweep(cluster, tmp_path,
 def test_ctrl_c_cancels_the_array_and_says_so_in_one_line(cluster, tmp_path, jax_cache):
     sweep = tmp_path / "sweep"
     args = ["-m", *CPU_NODE, "hydra.launcher.array_parallelism=1", f"hydra.sweep.dir={sweep}",
-            "train.steps=150000,0", "train.log_every=15000", *SMALL]
+            "train.steps=100000,0", "train.log_every=10000", *SMALL]
     proc = _start(args, tmp_path, jax_cache)
     array = None
     try:
         slow = _wait_running(tmp_path, 0)
         array = slow.split("_")[0]
-        _wait_started(sweep, "train.steps=150000", training=True)  # mid-run
+        _wait_started(sweep, "train.steps=100000", training=True)  # mid-run
         proc.send_signal(signal.SIGINT)
     finally:
         err = _finish(proc, array, timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
     assert closing_line(err) == (
         f"rnnjax: sweep {sweep} interrupted: 0 of 2 jobs finished; interrupted: "
-        f"train.steps=150000 train.log_every=15000 {' '.join(SMALL)}; 1 not started; cancelled its "
+        f"train.steps=100000 train.log_every=10000 {' '.join(SMALL)}; 1 not started; cancelled its "
         f"SLURM array {array}; the same command resumes the sweep")
     # Nothing of the array is left: the running task was cancelled, the pending one never ran.
     states = wait_for_tasks([slow, f"{array}_1"], poll_s=0.2, accounting_s=5)
@@ -316,17 +316,17 @@ def _offers():
 
 
 def test_unsatisfiable_request_fails_with_one_line_and_submits_nothing(
-        cluster, tmp_path, jax_cache):
+        cluster, tmp_path, app):  # noqa: F811
     # The preset's defaults on a CPU-only partition: sbatch would reject the GPU request.
     cpus, mem_mb, gpus = _offers()
     if gpus:
         pytest.skip("the default partition has GPUs: the preset's defaults may fit")
     since = _now()
-    p = run(["-m", "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-             "activation=tanh,relu", *SMALL], tmp_path, jax_cache, check=False)
-    assert p.returncode != 0
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rnnjax: error: "), p.stderr
+    r = app("-m", "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "activation=tanh,relu", *SMALL)  # in-process: it submits nothing
+    assert r.code != 0
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnnjax: error: "), r.err
     assert "hydra.launcher.gpus_per_node=1" in lines[0]
     assert f"at most {cpus} CPUs, {gpus} GPUs and {mem_mb / 1024:.1f} GB" in lines[0]
     assert not (tmp_path / "sweep").exists()
