@@ -715,6 +715,31 @@ def _read_json(path: Path) -> dict:
 # --------------------------------------------------------------------------- the command line
 
 
+def _mode_is_default(argv: Sequence[str]) -> bool:
+    """Whether `hydra.mode` is surely unset for this command: rnnjax's configs never set it, so
+    only the command line (`hydra.mode=...`) or an experiment file (`+experiment=...`, which a
+    user may write) can."""
+    return not any(o.lstrip("+~").startswith(("hydra.mode", "experiment")) for o in argv)
+
+
+@contextmanager
+def _hydra_mode_unset(known: bool) -> Iterator[None]:
+    """Within it, where `known`, Hydra takes `hydra.mode` as unset without composing the whole
+    config a first time only to read it (`Hydra.get_mode`: a tenth of a second or more, once
+    per command; `-m` still makes a multirun)."""
+    if not known:
+        yield
+        return
+    from hydra._internal.hydra import Hydra
+
+    get_mode = Hydra.get_mode
+    Hydra.get_mode = lambda self, config_name, overrides: None
+    try:
+        yield
+    finally:
+        Hydra.get_mode = get_mode
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") -> None:
     """The command line: `prog [--help] [-m] [KEY=VALUE ...]`, Hydra's app.
 
@@ -742,12 +767,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "experiments/run.py") ->
     sys.argv = [prog, *argv[:at], *sweep_dir_override(argv), *run_dir_override(argv),
                 *argv[at:]]
     _running.clear()
+    mode_known = _mode_is_default(argv)
     # Hydra prints its errors (an unknown key, a wrong type) in several lines unless
     # HYDRA_FULL_ERROR is set; then it raises them, and they become one line here.
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        with catching_ctrl_c():
+        with catching_ctrl_c(), _hydra_mode_unset(mode_known):
             stop_if_interrupted()  # pressed while the modules loaded (`rnnjax run`)
             app()
     except (HydraException, OmegaConfBaseException) as e:

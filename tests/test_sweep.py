@@ -578,3 +578,10 @@ def test_ctrl_c_in_a_real_sweep_prints_one_line(tmp_path, jax_cache):
     assert re.fullmatch(rf"rnnjax: sweep sweep interrupted: (\d) of 3 jobs finished; "
                         rf"interrupted: seed=\d {' '.join(TINY)}; (\d) not started; the same "
                         rf"command resumes the sweep\n", err), err
+
+
+def test_hydra_mode_multirun_without_m_is_a_sweep(app, tmp_path):
+    # rnnjax skips Hydra's first compose (only to read hydra.mode) unless the command sets it.
+    sweep = tmp_path / "sweep"
+    r = app("hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep}", "seed=0,1", *TINY)
+    assert r.code == 0 and r.closing() == f"rnnjax: sweep {sweep}: 2 jobs: 2 ok"
