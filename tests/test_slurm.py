@@ -3,6 +3,7 @@
 refuses a request the partition can never run (also without a cluster, on sinfo's text)."""
 
 import datetime
+import functools
 import json
 import os
 import re
@@ -211,7 +212,8 @@ def _finish(proc: subprocess.Popen, array: str | None, timeout: float) -> str:
         raise AssertionError(f"the sweep did not end within {timeout} s") from None
 
 
-def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, jax_cache):
+def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, jax_cache,
+                                                           app, monkeypatch):  # noqa: F811
     sweep = tmp_path / "sweep"
     # One quick job and one that trains for about 5 s on 2 cores, which is cancelled once its
     # log shows a training step: mid-run, with time left for SLURM's KillWait (1 s in
@@ -248,8 +250,12 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
                          f"train.log_every=10000 {' '.join(SMALL)} (SLURM task {slow} ended "
                          f"CANCELLED without a result)")
 
-    # The re-run submits one task, for the cancelled job only, and it finishes.
-    p = run(args, tmp_path, jax_cache)
+    # The re-run (in-process) submits one task, for the cancelled job only, and it finishes.
+    # Its launcher looks at the queue every second at most (not every 10 s): a short task.
+    monkeypatch.setattr(rnnjax.slurm, "wait_for_tasks",
+                        functools.partial(wait_for_tasks, max_poll_s=1.0))
+    r = app(*args, cwd=tmp_path)
+    assert r.code == 0, r.err
     new = submitted(sweep) - set(first)
     assert len(new) == 1, new
     now = settled(tmp_path, since, new)
@@ -259,7 +265,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     redone = next(d for o, d in jobs.items() if "train.steps=100000" in o.split())
     assert slurm_id(redone) == next(iter(new))
     assert slurm_id(quick) in first
-    assert "2 jobs: 2 ok (1 skipped" in closing_line(p.stderr)
+    assert "2 jobs: 2 ok (1 skipped" in closing_line(r.err)
 
 
 def test_task_cancelled_while_pending_does_not_hang_the_sweep(cluster, tmp_path, jax_cache):
