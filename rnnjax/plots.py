@@ -17,7 +17,7 @@ colours are Okabe and Ito's colour-blind-safe palette.
 import functools
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -408,6 +408,7 @@ def heatmap(df: pd.DataFrame) -> Figure:
     if handles:
         ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=3,
                   frameon=False, fontsize=9)
+    _timestep_ticks(ax, finite.columns)
     ax.set_xlabel(TIMESTEP + " (1 … T)")
     ax.set_ylabel("configuration")
     fig.suptitle("Gradient norm ‖dL/dH_t‖ at initialization, by timestep and configuration,\n"
@@ -418,6 +419,19 @@ def heatmap(df: pd.DataFrame) -> Figure:
              f"is not finite): {', '.join(label_of[j] for j in moved)}." if moved else ""]
     _note(fig, "\n".join(n for n in notes if n))
     return fig
+
+
+HEATMAP_TICKS = 16  # the most timestep labels under a heatmap (seaborn's "auto" ran them together)
+
+
+def _timestep_ticks(ax: Axes, timesteps: Sequence[int]) -> None:
+    """Labels a heatmap's columns (timesteps) at round steps only (1, 2, 5, 10, 20, ... apart),
+    at most HEATMAP_TICKS of them, horizontally."""
+    timesteps = list(timesteps)
+    step = next(s for k in range(10) for s in (10**k, 2 * 10**k, 5 * 10**k)
+                if len(timesteps) / s <= HEATMAP_TICKS)
+    at = [i for i, t in enumerate(timesteps) if t == 1 or t % step == 0]
+    ax.set_xticks([i + 0.5 for i in at], [str(timesteps[i]) for i in at], rotation=0)
 
 
 def _critical_gain(grid: np.ndarray, chi: np.ndarray) -> float | None:

@@ -237,6 +237,18 @@ def drawn(fig):
     return fig.canvas.get_renderer()
 
 
+def test_the_heatmap_labels_round_timesteps_that_do_not_run_together():
+    # seaborn's "auto" labelled every second timestep of 64: "1 3 5 ... 11131517" ran together.
+    fig = plots.heatmap(synthetic(64, {"a": -0.5, "b": -0.02}))
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["1", "5", "10", "15", "20", "25", "30", "35", "40", "45", "50", "55",
+                      "60"]
+    renderer = drawn(fig)
+    boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels()]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
 def test_the_heatmap_colours_mean_the_same_change_on_both_sides():
     # A flat profile (uRNN, LRU, linear RNN with orthogonal W) 0.6 decades above the other
     # jobs' gradient at t = T was the darkest red: a red half of 0.6 decades, a blue one of 24.
