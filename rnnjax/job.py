@@ -266,7 +266,8 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     net_values = np.repeat(np.array([0.0 if v is None else v for v in values]), len(seeds))
     # Compiling the initialization takes seconds for a new cell: say so (nothing a user waits
     # for stays silent).
-    log.info("initializing %d networks and their batches ...", len(net_seeds))
+    log.info("initializing %d networks and their batches (compiling the initialization) ...",
+             len(net_seeds))
     params, x, y, data_keys = jax.jit(jax.vmap(make_setup(cfg, task)))(
         jnp.asarray(net_seeds), jnp.asarray(net_values, cfg.dtype.value))
     budget = memory_budget(cfg.max_memory_gb)
