@@ -297,7 +297,10 @@ def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None, hue: s
         shown = [ax for ax in row_axes if ax.get_visible()]
         if shown:
             shown[0].tick_params(labelleft=True)
-            shown[0].set_ylabel(LOG10_NORM)
+            if nrows == 1:
+                shown[0].set_ylabel(LOG10_NORM)
+    if nrows > 1:  # one label for every row: a label each ran into the rows beside it
+        fig.supylabel(LOG10_NORM)
 
     handles = [Line2D([], [], color=c, lw=2, label=k) for k, c in palette.items()]
     handles.append(Patch(color="gray", alpha=0.3, label="interquartile range over seeds"))
@@ -474,6 +477,9 @@ def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+COINCIDE_LINES = 2  # the most groups of coinciding points a note names one by one
+
+
 def _coinciding(ax: Axes, x: Iterable[float], y: Iterable[float], names: Iterable[str],
                 of: str = "") -> str:
     """A note naming the points of `ax` that are drawn at the same place ("" when none).
@@ -489,7 +495,9 @@ def _coinciding(ax: Axes, x: Iterable[float], y: Iterable[float], names: Iterabl
       of: the panel, where a figure notes several ("‖dL/dλ‖").
 
     Returns:
-      One line per group, e.g. "2 points coincide: tanh g=1 and linear g=1.".
+      One line per group, e.g. "2 points coincide: tanh g=1 and linear g=1.", for up to
+      COINCIDE_LINES groups; beyond, one line that counts them and names the first (a note
+      of a line per group squeezed a sweep's figure to nothing).
     """
     xy = np.column_stack([np.asarray(x, float), np.asarray(y, float)])
     names = list(names)
@@ -504,13 +512,13 @@ def _coinciding(ax: Axes, x: Iterable[float], y: Iterable[float], names: Iterabl
             break
         near = grown
     group = near.argmax(axis=1)  # a group's first point names it
-    lines = []
-    for g in dict.fromkeys(group):
-        members = [names[i] for i in np.flatnonzero(group == g)]
-        if len(members) > 1:
-            lines.append(f"{of + ': ' if of else ''}{len(members)} points coincide: "
-                         f"{_and(members)}.")
-    return "\n".join(lines)
+    groups = [members for g in dict.fromkeys(group)
+              if len(members := [names[i] for i in np.flatnonzero(group == g)]) > 1]
+    prefix = f"{of}: " if of else ""
+    if len(groups) <= COINCIDE_LINES:
+        return "\n".join(f"{prefix}{len(m)} points coincide: {_and(m)}." for m in groups)
+    return (f"{prefix}{sum(map(len, groups))} points lie on top of one another in "
+            f"{len(groups)} places (e.g. {_and(groups[0])}); the slope table lists every job.")
 
 
 @_styled

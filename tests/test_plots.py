@@ -303,6 +303,16 @@ def test_the_decay_legend_title_names_its_entries():
     assert legend.get_title().get_text() == "timesteps T"
 
 
+def test_a_grid_of_rows_has_one_y_label():
+    # fig2's six rows each labelled their first panel, and each label ran into its neighbours.
+    inits = {"a": "normal", "b": "xavier", "c": "orthogonal"}
+    df = synthetic(20, {"a": -0.1, "b": -0.3, "c": -0.05}, activation="tanh", init=inits)
+    fig = plots.decay_curves(df, hue="init", row="init")
+    assert len([ax for ax in fig.axes if ax.get_visible() and ax.get_title()]) == 3
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == []
+    assert fig._supylabel is not None and fig._supylabel.get_text() == plots.LOG10_NORM
+
+
 def test_a_single_panel_fills_the_figure():
     # One job: a panel 2.5 of 7.1 inches wide beside the legend, and a title 10.8 inches wide
     # that widened the saved PNG with blank space.
@@ -357,6 +367,13 @@ def test_coinciding_points_are_named():
     assert notes(plots.curse_of_memory(s)) == [
         "‖dL/dλ‖: 2 points coincide: not normalized r=0 and normalized r=0.\n"
         "‖dL/dν_log‖: 2 points coincide: not normalized r=0 and normalized r=0."]
+    # Many places where points coincide (a sweep of linear and tanh networks, fig6's 11): one
+    # line counts them; a line each squeezed the axes to nothing.
+    many = [(act, g, -0.05 * g) for g in (0.5, 1.0, 1.5, 2.0) for act in ("tanh", "linear")]
+    fig = plots.slope_vs_lyapunov(summaries_of(many))
+    assert notes(fig) == ["8 points lie on top of one another in 4 places (e.g. tanh / gaussian "
+                          "g=0.5 and linear / gaussian g=0.5); the slope table lists every job."]
+    assert fig.axes[0].get_position().height > 0.4  # the axes keep most of the figure
 
 
 def test_training_curves_draw_the_memoryless_baselines(sweep):
