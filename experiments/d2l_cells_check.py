@@ -49,7 +49,8 @@ from pathlib import Path
 import numpy as np
 
 from rnnjax.benchmark import write_json
-from rnnjax.cli import default_out, quiet_on_closed_stdout, unwritable
+from rnnjax.cli import default_out, quiet_on_closed_stdout
+from rnnjax.results import unwritable
 
 try:
     import torch

@@ -84,10 +84,11 @@ from rnnjax.benchmark import (  # noqa: E402
 )
 from rnnjax.cells import RNNParams, vanilla  # noqa: E402
 from rnnjax.cells.vanilla import init_params  # noqa: E402
-from rnnjax.cli import RUNS, default_out, unwritable  # noqa: E402
+from rnnjax.cli import RUNS, default_out  # noqa: E402
 from rnnjax.init import normal  # noqa: E402
 from rnnjax.memory import status_bytes  # noqa: E402
 from rnnjax.probes import default_unroll, make_probe  # noqa: E402
+from rnnjax.results import unwritable  # noqa: E402
 
 VOCAB, STD, SEED = 28, 0.01, 0
 FULL = {"B": 32, "H": 256, "T": [16, 256, 1024, 4096], "matmul_n": 2048, "repeats": 5,

@@ -68,7 +68,8 @@ from rnnjax.benchmark import (
     run_timed,
     write_json,
 )
-from rnnjax.cli import RUNS, default_out, unwritable
+from rnnjax.cli import RUNS, default_out
+from rnnjax.results import unwritable
 
 DATA_FILE = "timemachine.txt"
 

@@ -19,7 +19,6 @@ import inspect
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -216,32 +215,3 @@ def default_out(name: str, suffix: str = "") -> Path:
     (git-ignored), named by the date and time (and `suffix`), never the repository's reference
     results/NAME.json, which only `--out results/NAME.json` replaces."""
     return RUNS / name / f"{time.strftime('%Y%m%d-%H%M%S')}{suffix}.json"
-
-
-def unwritable(path: str | os.PathLike, directory: bool = False) -> str | None:
-    """Why a command cannot write its output `path` (a file, or with `directory` a folder that
-    it creates where missing), in words; None when it can. Checked before any work starts, so
-    that a bad path is one line, not a traceback at the end. Nothing is left behind: the test
-    write is an unnamed temporary file in the nearest folder that exists.
-
-    Args:
-      path: the output file or folder.
-      directory: `path` is a folder.
-    Returns:
-      e.g. "is a directory, not a file", "is a file, not a directory", "cannot write in
-      /x (Permission denied)"; or None.
-    """
-    path = Path(path)
-    if path.exists() and path.is_dir() != directory:
-        return "is a file, not a directory" if directory else "is a directory, not a file"
-    folder = path if directory else path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is a file, not a directory"
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        return f"cannot write in {folder} ({e.strerror or e})"
-    return None

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rnnjax.cli import unwritable
-
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure as MplFigure
@@ -668,6 +666,8 @@ def out_problem(out: Path) -> str | None:
     """What is wrong with --out, in one line (None: nothing): a file where a directory must be,
     or a directory that cannot be written, where the figures, REPORT.md or the jobs go. Checked
     before any job runs; nothing is written."""
+    from rnnjax.results import unwritable  # pandas: not before the first line is out
+
     for where in (out, out / "figures", out / "runs" / "reproduce"):
         problem = unwritable(where, directory=True)
         if problem:

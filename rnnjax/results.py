@@ -218,6 +218,38 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def unwritable(path: str | os.PathLike, directory: bool = False) -> str | None:
+    """Why a command cannot write its output `path` (a file, or with `directory` a folder that
+    it creates where missing), in words; None when it can. Checked before any work starts, so
+    that a bad path is one line, not a traceback at the end. Nothing is left behind: the test
+    write is an unnamed temporary file in the nearest folder that exists, of a few KiB written
+    through to the disk (a full disk still has room for an empty file).
+
+    Args:
+      path: the output file or folder.
+      directory: `path` is a folder.
+    Returns:
+      e.g. "is a directory, not a file", "is a file, not a directory", "cannot write in
+      /x (Permission denied)"; or None.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        return "is a file, not a directory" if directory else "is a directory, not a file"
+    folder = path if directory else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=folder) as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return f"cannot write in {folder} ({e.strerror or e})"
+    return None
+
+
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     _atomic(Path(path), lambda tmp: df.to_parquet(tmp, index=False))
 

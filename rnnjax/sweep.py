@@ -257,17 +257,11 @@ def check_tracker(config: Config) -> None:
 def check_writable(directory: Path) -> None:
     """Exits with one line naming `directory` when a job cannot write there (read-only, a full
     disk, a file in the way), before Hydra writes its first file into it."""
-    import tempfile
+    from rnnjax.results import unwritable
 
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        # a few KiB, not an empty file: a full disk still has inodes for empty files
-        with tempfile.TemporaryFile(dir=directory) as f:
-            f.write(b"\0" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        _fail(_os_error_line(e, directory))
+    problem = unwritable(directory, directory=True)
+    if problem:
+        _fail(f"hydra.run.dir={directory}: {problem}")
 
 
 def _os_error_line(e: OSError, path: Any = None) -> str:

@@ -84,12 +84,12 @@ def test_an_out_that_cannot_be_written_is_one_line_before_measuring(where, tmp_p
     if where == "read-only":
         folder.chmod(0o555)
         if os.access(folder, os.W_OK):  # root writes anyway: the refusal is faked
-            import rnnjax.cli
+            import rnnjax.results
 
             def refused(*args, **kwargs):
                 raise PermissionError(13, "Permission denied")
 
-            monkeypatch.setattr(rnnjax.cli.tempfile, "TemporaryFile", refused)
+            monkeypatch.setattr(rnnjax.results.tempfile, "TemporaryFile", refused)
     try:
         with pytest.raises(SystemExit) as e:
             bench.parse_args(["--quick", "--out", str(out)])

@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 import rnnjax.cli
+import rnnjax.results
 from rnnjax import cli, frames, load_summaries, plots, reproduce
 from rnnjax.config import ConfigError
 from rnnjax.reproduce import Figure
@@ -209,7 +210,7 @@ def test_an_out_that_cannot_be_written_is_one_line_before_any_job(where, tmp_pat
         def refused(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(rnnjax.cli.tempfile, "TemporaryFile", refused)
+        monkeypatch.setattr(rnnjax.results.tempfile, "TemporaryFile", refused)
     try:
         code, lines = run(monkeypatch, caplog, tiny(), "--out", str(out))
     finally:

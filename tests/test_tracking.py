@@ -9,11 +9,11 @@ import io
 import json
 import logging
 import socket
+import tempfile
 from pathlib import Path
 
 import hydra.core.utils
 import pandas as pd
-import pytest
 from test_sweep import TINY, app  # noqa: F401 (a fixture)
 
 import rnnjax.job
@@ -104,8 +104,8 @@ def test_an_unreachable_tracking_server_fails_before_any_compute(app, tmp_path, 
     assert not (tmp_path / "results").exists()
 
 
-def test_a_sweep_sends_its_finished_jobs_and_goes_on_past_a_failing_tracker(  # noqa: F811
-        app, tmp_path):
+def test_a_sweep_sends_its_finished_jobs_and_goes_on_past_a_failing_tracker(
+        app, tmp_path):  # noqa: F811
     grid = ["seed=0,1", *TINY]
     sweep = Path(SWEEP_ROOT) / sweep_name(grid)
     assert app("-m", *grid).code == 0
@@ -139,19 +139,22 @@ def test_a_job_name_with_a_path_is_refused(app, tmp_path):  # noqa: F811
 
 def test_a_run_directory_that_cannot_be_written_is_one_line(app, tmp_path,  # noqa: F811
                                                             monkeypatch):
-    mkdir = Path.mkdir
-    run = tmp_path / "readonly" / "run"
+    folder = tmp_path / "readonly"  # as root a chmod would not stop writes: refused here
+    folder.mkdir()
+    run = folder / "run"
+    temporary = tempfile.TemporaryFile
 
-    def read_only(self, *args, **kwargs):
-        if self == run:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return mkdir(self, *args, **kwargs)
+    def read_only(*args, dir=None, **kwargs):
+        if Path(dir) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return temporary(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(Path, "mkdir", read_only)
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
     r = app(*TINY, f"hydra.run.dir={run}")
     assert r.code == 2 and r.err.splitlines() == [
-        f"rnnjax: error: cannot write {run}: Permission denied"]
-    monkeypatch.setattr(Path, "mkdir", mkdir)
+        f"rnnjax: error: hydra.run.dir={run}: cannot write in {folder} (Permission denied)"]
+    assert list(folder.iterdir()) == []
+    monkeypatch.setattr(tempfile, "TemporaryFile", temporary)
 
     def full(cfg, filename, output_dir):  # Hydra writing .hydra/config.yaml on a full disk
         raise OSError(errno.ENOSPC, "No space left on device", str(output_dir / filename))
