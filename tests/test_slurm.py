@@ -65,9 +65,22 @@ def _no_cluster() -> str | None:
     return None
 
 
+def _starting() -> bool:
+    """Whether a cluster is still being started: .ci/run starts it in the background while the
+    test command installs, and names the starting process in RNNJAX_SLURM_STARTING."""
+    pid = os.environ.get("RNNJAX_SLURM_STARTING", "")
+    try:  # running, not a zombie its shell has yet to reap
+        return pid.isdigit() and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def cluster():
     why = _no_cluster()
+    while why and _starting():  # wait for the start to end, however it ends
+        time.sleep(1)
+        why = _no_cluster()
     if why:
         pytest.skip(f"no SLURM cluster answers here: {why} (as root: scripts/slurm_cluster.sh "
                     "start)")
