@@ -4,6 +4,7 @@ still compute in float32."""
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,12 @@ os.environ["XLA_FLAGS"] = " ".join(_flags + [f for f in (
     "--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
     "--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_codegen_split_count=1")
     if f not in _flags])
+
+# Python's compiled modules are kept (in __pycache__, git-ignored) even where the environment
+# says not to write them (PYTHONDONTWRITEBYTECODE, as on CI's machines): the test workers and
+# the test's subprocesses would otherwise each compile rnnjax's and the tests' sources again.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 import jax  # noqa: E402 (after XLA_FLAGS)
 import pytest  # noqa: E402

@@ -70,7 +70,7 @@ def make_time_grads(activation, loss_at, kind="tokens", truncate=None):
             zeros, zeros, p, x, y)
         return TimeGrads(value, hs, dH, dA)
 
-    return time_grads
+    return jax.jit(time_grads)  # one program, not one per operation (the same numbers)
 
 
 def linear_profile(W_hh, dL_dH_T, T):
