@@ -352,18 +352,24 @@ def test_slope_vs_lyapunov_tick_labels_do_not_run_together():
     assert not notes(fig)  # no point hides another: no note
 
 
+def curse_summaries(r) -> pd.DataFrame:
+    """LRU summaries with the curse of memory's theory: at each r, ‖dL/dλ‖ grows as
+    (1/(1-r))^1 normalized and ^1.5 not, ‖dL/dν_log‖ as ^0 and ^0.5."""
+    return pd.DataFrame([{"job": f"{v}{n}", frames.THEORY + "r": v,
+                          frames.THEORY + "inverse_one_minus_r": 1 / (1 - v),
+                          "config.cell.normalize": n,
+                          frames.THEORY + "lambda_grad_norm": (1 / (1 - v)) ** (1 if n else 1.5),
+                          frames.THEORY + "nu_log_grad_norm": 0.03 * (1 / (1 - v)) ** (
+                              0 if n else 0.5)} for v in r for n in (True, False)])
+
+
 def test_coinciding_points_are_named():
     both = [("tanh", 1.0, -0.05), ("linear", 1.0, -0.05), ("tanh", 2.0, 0.1)]
     note = "2 points coincide: tanh / gaussian g=1 and linear / gaussian g=1."
     for figure in (plots.phase_diagram, plots.slope_vs_lyapunov):
         assert notes(figure(summaries_of(both))) == [note]
     r = [0.0, 0.9, 0.99]  # at r = 0 (memory 1) both normalizations give the same gradients
-    s = pd.DataFrame([{"job": f"{v}{n}", frames.THEORY + "r": v,
-                       frames.THEORY + "inverse_one_minus_r": 1 / (1 - v),
-                       "config.cell.normalize": n,
-                       frames.THEORY + "lambda_grad_norm": (1 / (1 - v)) ** (1 if n else 1.5),
-                       frames.THEORY + "nu_log_grad_norm": 0.03 * (1 / (1 - v)) ** (
-                           0 if n else 0.5)} for v in r for n in (True, False)])
+    s = curse_summaries(r)
     assert notes(plots.curse_of_memory(s)) == [
         "‖dL/dλ‖: 2 points coincide: not normalized r=0 and normalized r=0.\n"
         "‖dL/dν_log‖: 2 points coincide: not normalized r=0 and normalized r=0."]
@@ -434,12 +440,7 @@ def test_cells_figures(sweep, probed):
 
 def test_curse_of_memory_shows_the_fitted_powers():
     r = np.array([0.5, 0.9, 0.99, 0.999])
-    s = pd.DataFrame([{"job": f"{v}{n}", frames.THEORY + "r": v,
-                       frames.THEORY + "inverse_one_minus_r": 1 / (1 - v),
-                       "config.cell.normalize": n,
-                       frames.THEORY + "lambda_grad_norm": (1 / (1 - v)) ** (1 if n else 1.5),
-                       frames.THEORY + "nu_log_grad_norm": 0.03 * (1 / (1 - v)) ** (
-                           0 if n else 0.5)} for v in r for n in (True, False)])
+    s = curse_summaries(r)
     fig = plots.curse_of_memory(s)
     texts = legend_texts(fig)
     assert "normalized: slope 1.00 (theory 1)" in texts
