@@ -49,8 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnjax.benchmark import write_json
-from rnnjax.cli import default_out, quiet_on_closed_stdout
-from rnnjax.results import unwritable
+from rnnjax.cli import default_out, output_file, quiet_on_closed_stdout
 
 try:
     import torch
@@ -333,10 +332,9 @@ def parse_args(argv=None):
         parser.error("--epochs must be >= 1")
     if args.torch_threads < 1:
         parser.error("--torch-threads must be >= 1")
-    args.out = args.out or REPO / default_out("d2l_cells_check", f"-{args.dtype}")
-    problem = unwritable(args.out)
-    if problem:  # checked before minutes of training
-        parser.exit(2, f"{parser.prog}: error: --out {args.out}: {problem}\n")
+    # checked before minutes of training
+    args.out = output_file(parser, args.out, REPO / default_out("d2l_cells_check",
+                                                                f"-{args.dtype}"))
     return args
 
 

@@ -84,11 +84,10 @@ from rnnjax.benchmark import (  # noqa: E402
 )
 from rnnjax.cells import RNNParams, vanilla  # noqa: E402
 from rnnjax.cells.vanilla import init_params  # noqa: E402
-from rnnjax.cli import RUNS, default_out  # noqa: E402
+from rnnjax.cli import RUNS, default_out, output_file  # noqa: E402
 from rnnjax.init import normal  # noqa: E402
 from rnnjax.memory import status_bytes  # noqa: E402
 from rnnjax.probes import default_unroll, make_probe  # noqa: E402
-from rnnjax.results import unwritable  # noqa: E402
 
 VOCAB, STD, SEED = 28, 0.01, 0
 FULL = {"B": 32, "H": 256, "T": [16, 256, 1024, 4096], "matmul_n": 2048, "repeats": 5,
@@ -534,13 +533,9 @@ def print_report(rows, unrolls, memory, sweep, matmul, machine, args, B, H, unro
 
 # ---------------------------------------------------------------- main
 
-def out_error(out: Path, quick: bool) -> str | None:
-    """Why the results cannot go to `out`, in words (None: they can): a path that cannot be
-    written (checked before minutes of measuring), or, for a --quick run, a file holding a full
-    run's results (the committed reference), which smoke-test numbers must not replace."""
-    problem = unwritable(out)
-    if problem:
-        return f"--out {out}: {problem}"
+def replaces_full_run(out: Path, quick: bool) -> str | None:
+    """Why a --quick run's results cannot go to `out` (None: they can): it holds a full run's
+    results (the committed reference), which smoke-test numbers must not replace."""
     if quick and out.is_file():
         try:
             full = json.loads(out.read_text()).get("config", {}).get("quick") is False
@@ -620,11 +615,8 @@ def parse_args(argv=None):
         if v is not None and min(v if isinstance(v, list) else [v]) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.mem_worker is None:  # a memory worker writes no file
-        args.out = args.out or default_out("bench", "-quick" * args.quick)
-        problem = out_error(args.out, args.quick)
-        if problem:
-            print(f"{parser.prog}: error: {problem}", file=sys.stderr)
-            sys.exit(2)
+        args.out = output_file(parser, args.out, default_out("bench", "-quick" * args.quick),
+                               lambda out: replaces_full_run(out, args.quick))
     return args
 
 

@@ -68,8 +68,7 @@ from rnnjax.benchmark import (
     run_timed,
     write_json,
 )
-from rnnjax.cli import RUNS, default_out
-from rnnjax.results import unwritable
+from rnnjax.cli import RUNS, default_out, output_file
 
 DATA_FILE = "timemachine.txt"
 
@@ -379,11 +378,7 @@ def parse_args(argv=None):
     if args.data.name != DATA_FILE:
         parser.error(f"rnnjax reads $RNNJAX_DATA/{DATA_FILE}: name the file {DATA_FILE}")
     if not args.torch_worker:  # a worker writes no file
-        args.out = args.out or default_out("bench_train")
-        problem = unwritable(args.out)
-        if problem:  # one line, not parser.error's two: the usage is not what is wrong
-            print(f"{parser.prog}: error: --out {args.out}: {problem}", file=sys.stderr)
-            sys.exit(2)
+        args.out = output_file(parser, args.out, default_out("bench_train"))
     return args
 
 

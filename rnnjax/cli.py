@@ -14,6 +14,7 @@ as a shell reports SIGPIPE: output printed to the closed pipe stops the command,
 written there (Hydra's job log) are dropped and the command goes on.
 """
 
+import argparse
 import importlib
 import inspect
 import logging
@@ -119,7 +120,7 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         print(f"{PROG}: error: unknown command {name!r}; allowed: {', '.join(COMMANDS)} "
               f"('{PROG} --help' describes them)", file=sys.stderr)
         return 2
-    return run_command(name, rest, f"{PROG} {name}")
+    return _run_command(name, rest, f"{PROG} {name}")  # `main` cares for a closed stdout
 
 
 def run_command(name: str, argv: Sequence[str], prog: str) -> int:
@@ -215,3 +216,19 @@ def default_out(name: str, suffix: str = "") -> Path:
     (git-ignored), named by the date and time (and `suffix`), never the repository's reference
     results/NAME.json, which only `--out results/NAME.json` replaces."""
     return RUNS / name / f"{time.strftime('%Y%m%d-%H%M%S')}{suffix}.json"
+
+
+def output_file(parser: argparse.ArgumentParser, out: Path | None, default: Path,
+                problem: Callable[[Path], str | None] | None = None) -> Path:
+    """A benchmark's JSON file: --out, else `default` (see `default_out`), checked before any
+    work starts. Where it cannot be written (`rnnjax.results.unwritable`), or `problem(out)`
+    gives a further reason in words, the command ends with one line and exit code 2 (not
+    argparse's two: the usage is not what is wrong)."""
+    from rnnjax.results import unwritable  # pandas: loaded only where a benchmark runs
+
+    out = out or default
+    why = unwritable(out)
+    why = f"--out {out}: {why}" if why else problem(out) if problem else None
+    if why:
+        parser.exit(2, f"{parser.prog}: error: {why}\n")
+    return out
