@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, ScalarFormatter
+from scipy.sparse.csgraph import connected_components
 
 from rnnjax import frames
 from rnnjax.frames import (
@@ -506,12 +507,7 @@ def _coinciding(ax: Axes, x: Iterable[float], y: Iterable[float], names: Iterabl
     ax.get_xlim(), ax.get_ylim()  # autoscales now: the limits the points are drawn in
     pos = ax.transLimits.transform(ax.transScale.transform(xy))  # axes fraction
     near = (np.abs(pos[:, None, :] - pos[None, :, :]) <= COINCIDE).all(axis=-1)
-    while True:  # the chains: transitive closure of `near` (symmetric, reflexive)
-        grown = (near.astype(np.int64) @ near.astype(np.int64)) > 0
-        if (grown == near).all():
-            break
-        near = grown
-    group = near.argmax(axis=1)  # a group's first point names it
+    _, group = connected_components(near, directed=False)  # the chains of near points
     groups = [members for g in dict.fromkeys(group)
               if len(members := [names[i] for i in np.flatnonzero(group == g)]) > 1]
     prefix = f"{of}: " if of else ""
