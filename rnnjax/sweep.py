@@ -305,10 +305,17 @@ def _skip_if_finished(config: Config, cfg: DictConfig, out: Path) -> None:
     from rnnjax.job import finished_summary
     from rnnjax.tracking import failure_line, send_and_record, tracker_failure
 
-    with _console_log():
+    # Quietly: where the directory holds no finished run of this config, the job itself says
+    # why it runs again (into run.log too), and once.
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
         summary = finished_summary(out, job_config(cfg)[1]) if out.is_dir() else None
-        if summary is None:
-            return
+    finally:
+        log.setLevel(level)
+    if summary is None:
+        return
+    with _console_log():
         log.info("skipped: %s already holds a finished run of this config (status %s; "
                  "resume=false runs it again)", out, summary["status"])
         summary = send_and_record(config.logger, out, summary)

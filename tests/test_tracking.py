@@ -183,6 +183,13 @@ def test_a_finished_job_in_a_read_only_directory_is_skipped(app, tmp_path,  # no
     assert f"rnnjax: run {job}: ok" in r.err
 
 
+def test_why_a_run_runs_again_is_said_once(app, tmp_path):  # noqa: F811
+    job = tmp_path / "job"
+    assert app(*TINY, f"hydra.run.dir={job}").code == 0
+    r = app(*TINY, "init.std=0.02", f"hydra.run.dir={job}")
+    assert r.code == 0 and (r.out + r.err).count("holds a finished run of another config") == 1
+
+
 def test_a_single_run_says_where_its_results_are(app, tmp_path):  # noqa: F811
     job = tmp_path / RUN_ROOT / job_name(TINY)
     r = app(*TINY)
