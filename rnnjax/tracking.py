@@ -138,9 +138,7 @@ def send_job(logger: Any, job_dir: str | Path, summary: dict, grad_norms: pd.Dat
     """
     name, options = logger_options(logger)
     out = Path(job_dir)
-    record = {"logger": name, "options": options,
-              "location": planned_location(name, out, out.name, options), "status": "ok",
-              "error": None, "sent_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = _record(name, options, planned_location(name, out, out.name, options))
     config = {**summary["config"], "logger": {"name": name, **options}}
     tracker = None
     try:
@@ -191,15 +189,22 @@ def send_and_record(logger: Any, job_dir: str | Path, summary: dict,
             if results.METRICS in summary.get("files", {}):
                 metrics = pd.read_parquet(out / results.METRICS)
         except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds
-            record = {"logger": name, "options": options, "location": None,
-                      "status": "failed", "error": f"cannot read the job's tables: "
-                      f"{_one_line(e)}", "sent_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            return _record(out, summary, record)
+            record = _record(name, options, None, "failed",
+                             f"cannot read the job's tables: {_one_line(e)}")
+            return _recorded(out, summary, record)
     record = send_job(logger, out, summary, grad_norms, metrics)
-    return _record(out, summary, record)
+    return _recorded(out, summary, record)
 
 
-def _record(out: Path, summary: dict, record: dict) -> dict:
+def _record(name: str, options: dict, location: str | None, status: str = "ok",
+            error: str | None = None) -> dict:
+    """A sending's record, as summary.json's `trackers` lists it (see `send_job`)."""
+    return {"logger": name, "options": options, "location": location, "status": status,
+            "error": error, "sent_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _recorded(out: Path, summary: dict, record: dict) -> dict:
+    """Logs a sending, and records it in summary.json (see `send_and_record`)."""
     if record["status"] == "ok":
         log.info("logger=%s: sent %s to %s", record["logger"], out, record["location"])
     else:
