@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnjax.benchmark import write_json
+from rnnjax.bench.common import write_json
 from rnnjax.cli import default_out, output_file, quiet_on_closed_stdout
 
 try:
@@ -168,15 +168,15 @@ def torch_order(X, Y, epochs: int):
 def rnnjax_order(cell: str, p: dict, data: Path, epochs: int, seed: int = 0):
     """The batches rnnjax's job trained on, epoch by epoch: its timemachine task's
     `train_batch` with the job's data key (the first of `jax.random.split` of the training key,
-    as `rnnjax.train.make_train_chunk` splits it; the training key is the third of
-    `jax.random.split(key(seed), 4)`, as `rnnjax.job.make_setup` splits it), the padding of
+    as `rnnjax.core.train.make_train_chunk` splits it; the training key is the third of
+    `jax.random.split(key(seed), 4)`, as `rnnjax.app.job.make_setup` splits it), the padding of
     each epoch's last batch dropped. With --dtype float64 the two runs then agree to many
     digits for many epochs, which shows that the batches are the same."""
     import jax
     import jax.numpy as jnp
 
-    from rnnjax.cells import CELLS
-    from rnnjax.tasks import make_task
+    from rnnjax.core.cells import CELLS
+    from rnnjax.core.tasks import make_task
 
     task = make_task("timemachine", BATCH_SIZE, NUM_STEPS, path=str(data))
     k_params, _, k_train, _ = jax.random.split(jax.random.key(seed), 4)

@@ -1,8 +1,8 @@
 """rnnjax: per-timestep gradient dynamics of recurrent networks, in JAX.
 
 The names below are imported lazily, on first use, so that importing the core
-(`rnnjax.cells`, `rnnjax.probes`, `rnnjax.train`, `rnnjax.theory`) loads neither Hydra, OmegaConf,
-pandas nor matplotlib.
+(`rnnjax.core.cells`, `rnnjax.core.probes`, `rnnjax.core.train`, `rnnjax.core.theory`) loads
+neither Hydra, OmegaConf, pandas nor matplotlib.
 """
 
 import importlib
@@ -10,15 +10,15 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "rnnjax.cells": ("ACTIVATIONS", "CELLS", "Cell", "RNNParams", "activation", "unroll",
+    "rnnjax.core.cells": ("ACTIVATIONS", "CELLS", "Cell", "RNNParams", "activation", "unroll",
                      "vanilla"),
-    "rnnjax.cells.vanilla": ("init_params",),
-    "rnnjax.init": ("INITS", "gaussian", "identity", "make_init", "normal", "orthogonal",
+    "rnnjax.core.cells.vanilla": ("init_params",),
+    "rnnjax.core.init": ("INITS", "gaussian", "identity", "make_init", "normal", "orthogonal",
                     "spectral", "xavier"),
-    "rnnjax.probes": ("ProbeResult", "make_probe"),
-    "rnnjax.config": ("Config", "ConfigError", "validate"),
-    "rnnjax.results": ("load_metrics", "load_summaries", "load_sweep"),
-    "rnnjax.tasks": ("load_timemachine",),
+    "rnnjax.core.probes": ("ProbeResult", "make_probe"),
+    "rnnjax.app.config": ("Config", "ConfigError", "validate"),
+    "rnnjax.app.results": ("load_metrics", "load_summaries", "load_sweep"),
+    "rnnjax.core.tasks": ("load_timemachine",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

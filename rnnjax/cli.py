@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from rnnjax.interrupt import INTERRUPTED, catching_ctrl_c, held
+from rnnjax.app.interrupt import INTERRUPTED, catching_ctrl_c, held
 
 PROG = "rnnjax"
 RUNS = Path("results") / "runs"  # git-ignored: where a command's output goes unless told --out
@@ -42,15 +42,15 @@ class Command(NamedTuple):
 
 
 COMMANDS = {
-    "run": Command("rnnjax.sweep", "[-m] [KEY=VALUE ...]",
+    "run": Command("rnnjax.sweeps.app", "[-m] [KEY=VALUE ...]",
                    "one job, or a sweep with -m (--help lists every key)"),
-    "report": Command("rnnjax.report", "PATH [--out DIR]",
+    "report": Command("rnnjax.report.build", "PATH [--out DIR]",
                       "figures and report.md of a run or sweep directory"),
-    "reproduce": Command("rnnjax.reproduce", "[--only NAME]",
+    "reproduce": Command("rnnjax.report.reproduce", "[--only NAME]",
                          "every published figure and results/REPORT.md, under ./results"),
-    "bench": Command("rnnjax.bench", "[--quick] [...]",
+    "bench": Command("rnnjax.bench.probe", "[--quick] [...]",
                      "probe speed, compile time and memory against PyTorch and a JAX loop"),
-    "bench-train": Command("rnnjax.bench_train", "[--epochs N] [...]",
+    "bench-train": Command("rnnjax.bench.train", "[--epochs N] [...]",
                            "training speed of d2l's RNN language model against PyTorch"),
 }
 EXAMPLES = """\
@@ -221,10 +221,10 @@ def default_out(name: str, suffix: str = "") -> Path:
 def output_file(parser: argparse.ArgumentParser, out: Path | None, default: Path,
                 problem: Callable[[Path], str | None] | None = None) -> Path:
     """A benchmark's JSON file: --out, else `default` (see `default_out`), checked before any
-    work starts. Where it cannot be written (`rnnjax.results.unwritable`), or `problem(out)`
+    work starts. Where it cannot be written (`rnnjax.app.results.unwritable`), or `problem(out)`
     gives a further reason in words, the command ends with one line and exit code 2 (not
     argparse's two: the usage is not what is wrong)."""
-    from rnnjax.results import unwritable  # pandas: loaded only where a benchmark runs
+    from rnnjax.app.results import unwritable  # pandas: loaded only where a benchmark runs
 
     out = out or default
     why = unwritable(out)

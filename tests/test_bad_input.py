@@ -25,7 +25,7 @@ from conftest import ROOT, exit_code_of
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from rnnjax.sweep import main
+from rnnjax.sweeps.app import main
 
 RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 TRACEBACK = "Traceback (most recent call last)"

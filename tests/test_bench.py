@@ -50,7 +50,7 @@ def test_a_quick_run_writes_under_runs_never_the_reference(bench_run):
 
 
 def test_a_quick_run_does_not_replace_a_full_runs_results(tmp_path, capsys):
-    from rnnjax import bench
+    from rnnjax.bench import probe as bench
 
     reference = tmp_path / "bench.json"
     reference.write_text(json.dumps({"config": {"quick": False}, "results": ["full"]}))
@@ -71,7 +71,7 @@ def test_an_out_that_cannot_be_written_is_one_line_before_measuring(where, tmp_p
                                                                      monkeypatch):
     # --out naming a folder ran the whole benchmark, then ended in an IsADirectoryError
     # traceback when writing.
-    from rnnjax import bench
+    from rnnjax.bench import probe as bench
 
     (tmp_path / "file").write_text("")
     folder = tmp_path / "ro"
@@ -84,12 +84,12 @@ def test_an_out_that_cannot_be_written_is_one_line_before_measuring(where, tmp_p
     if where == "read-only":
         folder.chmod(0o555)
         if os.access(folder, os.W_OK):  # root writes anyway: the refusal is faked
-            import rnnjax.results
+            import rnnjax.app.results
 
             def refused(*args, **kwargs):
                 raise PermissionError(13, "Permission denied")
 
-            monkeypatch.setattr(rnnjax.results.tempfile, "TemporaryFile", refused)
+            monkeypatch.setattr(rnnjax.app.results.tempfile, "TemporaryFile", refused)
     try:
         with pytest.raises(SystemExit) as e:
             bench.parse_args(["--quick", "--out", str(out)])

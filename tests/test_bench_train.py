@@ -1,4 +1,4 @@
-"""experiments/bench_train.py (rnnjax.bench_train): the rnnjax contender end to end on one
+"""experiments/bench_train.py (rnnjax.bench.train): the rnnjax contender end to end on one
 epoch, and the speed ratios and table from rows whose numbers are known."""
 
 import importlib.util
@@ -9,7 +9,7 @@ import re
 import pytest
 from conftest import ROOT
 
-from rnnjax import bench_train
+from rnnjax.bench import train as bench_train
 
 
 def rows(**process_s):
@@ -57,12 +57,12 @@ def test_rnnjax_contender_trains_one_epoch(tmp_path, timemachine_file, capsys):
 
 def test_missing_text_is_a_usage_error_not_a_traceback(monkeypatch, capsys):
     # Offline and without the text, bench-train raised DataError with a traceback.
-    import rnnjax.tasks
+    import rnnjax.core.tasks
 
     def nowhere(path):
-        raise rnnjax.tasks.DataError("task=timemachine: cannot download it; put it in X")
+        raise rnnjax.core.tasks.DataError("task=timemachine: cannot download it; put it in X")
 
-    monkeypatch.setattr(rnnjax.tasks, "timemachine_path", nowhere)
+    monkeypatch.setattr(rnnjax.core.tasks, "timemachine_path", nowhere)
     with pytest.raises(SystemExit) as e:
         bench_train.parse_args([])
     assert e.value.code == 2

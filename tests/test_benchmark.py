@@ -1,8 +1,8 @@
-"""rnnjax.benchmark: the helpers both benchmarks share."""
+"""rnnjax.bench.common: the helpers both benchmarks share."""
 
 import json
 
-from rnnjax import benchmark
+from rnnjax.bench import common as benchmark
 
 
 def test_interleaved_takes_the_contenders_in_turns():

@@ -1,4 +1,4 @@
-"""The Cell interface: every cell option is declared once (rnnjax.cells.CELLS) and the config
+"""The Cell interface: every cell option is declared once (rnnjax.core.cells.CELLS) and the config
 schema, its validation and conf/cell/*.yaml agree with it; the core imports no app stack."""
 
 import subprocess
@@ -11,9 +11,9 @@ import pytest
 from conftest import ROOT
 from omegaconf import OmegaConf
 
-from rnnjax.cells import CELLS, unroll, vanilla
-from rnnjax.config import CELL_OPTIONS, CellName
-from rnnjax.tasks import make_random_batch
+from rnnjax.app.config import CELL_OPTIONS, CellName
+from rnnjax.core.cells import CELLS, unroll, vanilla
+from rnnjax.core.tasks import make_random_batch
 
 
 def test_config_options_and_yaml_files_are_the_cells_own():
@@ -27,8 +27,8 @@ def test_config_options_and_yaml_files_are_the_cells_own():
 
 
 def test_the_core_imports_no_app_stack():
-    code = ("import sys, rnnjax.cells, rnnjax.probes, rnnjax.train, rnnjax.theory, "
-            "rnnjax.losses, rnnjax.tasks, rnnjax.init\n"
+    code = ("import sys, rnnjax.core.cells, rnnjax.core.probes, rnnjax.core.train, "
+            "rnnjax.core.theory, rnnjax.core.losses, rnnjax.core.tasks, rnnjax.core.init\n"
             "bad = sorted(m for m in ('hydra', 'omegaconf', 'pandas', 'matplotlib') "
             "if m in sys.modules)\n"
             "assert not bad, bad")

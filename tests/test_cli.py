@@ -22,10 +22,10 @@ from test_train import compose_cfg
 
 import rnnjax.cli
 from rnnjax import load_summaries, load_sweep
+from rnnjax.app.job import run_job
+from rnnjax.app.results import config_schema_columns
 from rnnjax.cli import COMMANDS, _call
 from rnnjax.cli import main as cli_main
-from rnnjax.job import run_job
-from rnnjax.results import config_schema_columns
 
 RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 COLUMNS = ["seed", "t", "grad_norm", "param_grad_norm", "train_step", "activation", "init",
@@ -247,7 +247,7 @@ def test_ctrl_c_while_a_command_loads_waits_for_it_and_stops_it(where, cli, tmp_
     except KeyboardInterrupt:
         pytest.fail("the KeyboardInterrupt escaped rnnjax.cli.main")
     assert (code, out, err) == (130, "", "rnnjax run: interrupted\n")
-    assert loaded == ["rnnjax.sweep"] and unraisable == [] and list(tmp_path.iterdir()) == []
+    assert loaded == ["rnnjax.sweeps.app"] and unraisable == [] and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["report", "reproduce", "bench", "bench-train"])

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, exit_code_of
 
+import rnnjax.app.results
 import rnnjax.cli
-import rnnjax.results
 from rnnjax.cli import COMMANDS, Command
 
 BROKEN_PIPE = 141  # rnnjax.cli.BROKEN_PIPE: 128 + SIGPIPE, as a shell reports it
@@ -50,7 +50,7 @@ def test_every_help_line_states_its_default_once(name, capsys):
 
 
 def test_the_defaults_help_states_are_the_real_ones(capsys):
-    from rnnjax import bench
+    from rnnjax.bench import probe as bench
 
     exit_code_of(rnnjax.cli.main, ["bench", "--help"])
     entries = help_entries(capsys.readouterr().out)
@@ -177,7 +177,7 @@ def test_help_into_a_closed_pipe_ends_quietly_at_interpreter_exit():
 # ---------------------------------------------------------------- unwritable
 
 def test_unwritable_names_what_is_wrong(tmp_path, monkeypatch):
-    from rnnjax.results import unwritable
+    from rnnjax.app.results import unwritable
 
     file = tmp_path / "a_file"
     file.write_text("x")
@@ -189,20 +189,20 @@ def test_unwritable_names_what_is_wrong(tmp_path, monkeypatch):
     assert unwritable(file / "sub", directory=True) == f"{file} is a file, not a directory"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing left behind
 
-    monkeypatch.setattr(rnnjax.results.tempfile, "TemporaryFile", refused)
+    monkeypatch.setattr(rnnjax.app.results.tempfile, "TemporaryFile", refused)
     assert unwritable(tmp_path / "new" / "out.json") == (
         f"cannot write in {tmp_path} (Permission denied)")
 
 
 def test_unwritable_read_only_folder(tmp_path, monkeypatch):
-    from rnnjax.results import unwritable
+    from rnnjax.app.results import unwritable
 
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
     try:
         if writes_anyway(folder):  # root: the mode does not stop it, so a refusal is faked
-            monkeypatch.setattr(rnnjax.results.tempfile, "TemporaryFile", refused)
+            monkeypatch.setattr(rnnjax.app.results.tempfile, "TemporaryFile", refused)
         assert unwritable(folder / "out.json") == f"cannot write in {folder} (Permission denied)"
         assert unwritable(folder / "sub", directory=True) == (
             f"cannot write in {folder} (Permission denied)")

@@ -5,7 +5,7 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from rnnjax.config import (
+from rnnjax.app.config import (
     Config,
     ConfigError,
     InitName,
@@ -13,7 +13,7 @@ from rnnjax.config import (
     register_configs,
     validate,
 )
-from rnnjax.sweep import CONF_DIR
+from rnnjax.sweeps.app import CONF_DIR
 
 
 def cfg(**kw):

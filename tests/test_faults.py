@@ -14,11 +14,12 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from rnnjax import load_summaries, load_sweep, provenance, results
-from rnnjax.config import register_configs, validate
-from rnnjax.job import finished_summary, run_or_resume
-from rnnjax.results import job_status
-from rnnjax.tasks import sha1_of
+from rnnjax import load_summaries, load_sweep
+from rnnjax.app import provenance, results
+from rnnjax.app.config import register_configs, validate
+from rnnjax.app.job import finished_summary, run_or_resume
+from rnnjax.app.results import job_status
+from rnnjax.core.tasks import sha1_of
 
 SMALL = ["hidden_size=4", "batch_size=2", "seeds=2"]
 

@@ -1,4 +1,4 @@
-"""The tables behind the figures (rnnjax.frames), on small frames built here: config columns,
+"""The tables behind the figures (rnnjax.report.frames), on small frames built here: config columns,
 labels, job order, quantiles over seeds, which prediction applies, slope tables, baselines
 checked against the tasks themselves, the fall of a profile and the curse-of-memory power laws."""
 
@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rnnjax import frames
-from rnnjax.losses import make_loss
-from rnnjax.tasks import COPY_VOCAB, make_adding_batch, make_copy_batch
+from rnnjax.core.losses import make_loss
+from rnnjax.core.tasks import COPY_VOCAB, make_adding_batch, make_copy_batch
+from rnnjax.report import frames
 
 
 def summaries(rows: list[dict]) -> pd.DataFrame:

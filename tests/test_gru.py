@@ -13,14 +13,14 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from numpy_gru import gru_bptt, sigmoid
 
-from rnnjax.cells import CELLS
-from rnnjax.cells.gru import GRUParams, gru, theory
-from rnnjax.config import ConfigError, register_configs, validate
-from rnnjax.job import run_job
-from rnnjax.probes import make_probe
-from rnnjax.results import log10_slope
-from rnnjax.tasks import COPY_VOCAB, make_copy_batch
-from rnnjax.train import init_state, make_optimizer, make_train_chunk
+from rnnjax.app.config import ConfigError, register_configs, validate
+from rnnjax.app.job import run_job
+from rnnjax.app.results import log10_slope
+from rnnjax.core.cells import CELLS
+from rnnjax.core.cells.gru import GRUParams, gru, theory
+from rnnjax.core.probes import make_probe
+from rnnjax.core.tasks import COPY_VOCAB, make_copy_batch
+from rnnjax.core.train import init_state, make_optimizer, make_train_chunk
 
 register_configs()
 D = V = 7  # vocabulary
@@ -75,8 +75,8 @@ def test_probe_matches_numpy_bptt(key, loss_at, dtype, rtol):
 def test_numpy_reference_agrees_with_autodiff(key):
     """The reference's full gradients of W_hz, W_hr, W_hh equal jax.grad of the loss (so the
     reference itself is checked, not only its agreement with the probe)."""
-    from rnnjax.cells import unroll
-    from rnnjax.losses import make_loss
+    from rnnjax.core.cells import unroll
+    from rnnjax.core.losses import make_loss
 
     p = random_net(key)
     x, y = tokens(jax.random.fold_in(key, 2), 4, 6)

@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnjax.cells.vanilla import init_params
-from rnnjax.init import INITS, make_init, normal, xavier
+from rnnjax.core.cells.vanilla import init_params
+from rnnjax.core.init import INITS, make_init, normal, xavier
 
 
 def sample(name, key, H=256, value=None):

@@ -11,9 +11,9 @@ import pytest
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
-from rnnjax.config import register_configs, validate
-from rnnjax.job import run_job
-from rnnjax.results import config_schema_columns, load_summaries, load_sweep
+from rnnjax.app.config import register_configs, validate
+from rnnjax.app.job import run_job
+from rnnjax.app.results import config_schema_columns, load_summaries, load_sweep
 
 register_configs()
 F32_MAX = float(np.finfo(np.float32).max)
@@ -153,7 +153,7 @@ def test_tables_carry_the_whole_config(tmp_path):
 
 def test_training_log_numbers_stay_short_when_a_run_diverges():
     # A diverging adding run logged "train MSE 659378740803645603840.0000".
-    from rnnjax.job import _progress
+    from rnnjax.app.job import _progress
 
     line = _progress({"train_loss": 6.59e20, "val_loss": math.nan}, tokens=False)
     assert line == "train MSE 6.59e+20, val MSE nan (always predicting 1 scores 0.1667)"

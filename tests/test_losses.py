@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnjax.losses import make_loss, regression_loss, token_loss, truncation_scale
+from rnnjax.core.losses import make_loss, regression_loss, token_loss, truncation_scale
 
 
 def np_ce(logits, labels):

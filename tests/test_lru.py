@@ -2,7 +2,7 @@
 ring initialization, the exact gradient profile, dL/dlambda, its options and one job.
 
 Every compiled function is built once per setting for the whole file (`probe`,
-`rnnjax.cells.lru._seed_terms`) and every test uses the same sizes, so that the file compiles
+`rnnjax.core.cells.lru._seed_terms`) and every test uses the same sizes, so that the file compiles
 each probe and each lambda scan once."""
 
 import functools
@@ -18,8 +18,11 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from numpy_lru import lru_bptt
 
-from rnnjax.cells import CELLS
-from rnnjax.cells.lru import (
+from rnnjax.app.config import ConfigError, register_configs, validate
+from rnnjax.app.job import run_job
+from rnnjax.app.results import log10_slope
+from rnnjax.core.cells import CELLS
+from rnnjax.core.cells.lru import (
     LRUParams,
     _seed_terms,
     eigenvalues,
@@ -32,11 +35,8 @@ from rnnjax.cells.lru import (
     ring_init,
     theory,
 )
-from rnnjax.config import ConfigError, register_configs, validate
-from rnnjax.job import run_job
-from rnnjax.probes import make_probe
-from rnnjax.results import log10_slope
-from rnnjax.train import init_state, make_optimizer, make_train_chunk
+from rnnjax.core.probes import make_probe
+from rnnjax.core.train import init_state, make_optimizer, make_train_chunk
 
 register_configs()
 # input width, complex units, outputs (all different, so a transposed matrix cannot pass),
@@ -439,7 +439,7 @@ def test_job_writes_the_lru_files(tmp_path):
 
 
 def test_short_training_lowers_the_loss(key):
-    """rnnjax.train works on the LRU unchanged: 100 Adam steps teach it to recall the input of
+    """rnnjax.core.train works on the LRU unchanged: 100 Adam steps teach it to recall the input of
     5 steps back (a linear task: the LRU, linear from input to output, cannot multiply the
     adding problem's value and marker), far below the memoryless baseline, 1, for every seed."""
     cell = lru()

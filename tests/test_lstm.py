@@ -14,14 +14,14 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from numpy_lstm import lstm_bptt
 
-from rnnjax.cells import CELLS, unroll
-from rnnjax.cells.lstm import LSTMParams, PeepholeLSTMParams, lstm, theory
-from rnnjax.config import ConfigError, register_configs, validate
-from rnnjax.job import run_job
-from rnnjax.losses import make_loss
-from rnnjax.probes import make_probe
-from rnnjax.tasks import COPY_VOCAB, make_copy_batch
-from rnnjax.train import init_state, make_optimizer, make_train_chunk
+from rnnjax.app.config import ConfigError, register_configs, validate
+from rnnjax.app.job import run_job
+from rnnjax.core.cells import CELLS, unroll
+from rnnjax.core.cells.lstm import LSTMParams, PeepholeLSTMParams, lstm, theory
+from rnnjax.core.losses import make_loss
+from rnnjax.core.probes import make_probe
+from rnnjax.core.tasks import COPY_VOCAB, make_copy_batch
+from rnnjax.core.train import init_state, make_optimizer, make_train_chunk
 
 register_configs()
 D = V = 7  # vocabulary

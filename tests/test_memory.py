@@ -17,13 +17,10 @@ import pytest
 from conftest import ROOT
 from test_train import compose_cfg
 
-from rnnjax import memory
-from rnnjax.cells import vanilla
-from rnnjax.cells.vanilla import init_params
-from rnnjax.config import ConfigError
-from rnnjax.init import normal
-from rnnjax.job import enable_compilation_cache, run_job
-from rnnjax.memory import (
+from rnnjax.app import memory
+from rnnjax.app.config import ConfigError
+from rnnjax.app.job import enable_compilation_cache, run_job
+from rnnjax.app.memory import (
     balanced_chunk,
     chunk_units,
     compiled_bytes,
@@ -33,7 +30,10 @@ from rnnjax.memory import (
     memory_budget,
     plan_chunk,
 )
-from rnnjax.probes import make_probe
+from rnnjax.core.cells import vanilla
+from rnnjax.core.cells.vanilla import init_params
+from rnnjax.core.init import normal
+from rnnjax.core.probes import make_probe
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -233,8 +233,8 @@ PEAK_SCRIPT = """
 import json, sys, logging
 sys.path.insert(0, {tests!r})
 from test_train import compose_cfg
-from rnnjax.job import enable_compilation_cache, run_job
-from rnnjax.memory import peak_resident_bytes, resident_bytes
+from rnnjax.app.job import enable_compilation_cache, run_job
+from rnnjax.app.memory import peak_resident_bytes, resident_bytes
 lines = []
 logging.getLogger("rnnjax").addHandler(logging.Handler())
 logging.getLogger("rnnjax").handlers[-1].emit = lambda r: lines.append(r.getMessage())
@@ -286,7 +286,7 @@ def test_jobs_beyond_the_hosts_memory_are_refused_at_validation(overrides, key, 
     text.write_text("a b " * 60_000)  # 240 kB: enough windows for seq_len=200000
     monkeypatch.setenv("RNNJAX_DATA", str(tmp_path))
     monkeypatch.setattr(memory, "host_available", lambda: 8 * 10**9)
-    monkeypatch.setattr("rnnjax.config.host_available", lambda: 8 * 10**9)
+    monkeypatch.setattr("rnnjax.app.config.host_available", lambda: 8 * 10**9)
     with pytest.raises(ConfigError) as e:
         compose_cfg(overrides)
     msg = str(e.value)

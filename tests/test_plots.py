@@ -1,6 +1,6 @@
-"""The figures (rnnjax.plots) and the report (rnnjax.report), in-process: a tiny sweep of real
-jobs (two activations × two gains, an LSTM, a loss over all steps, training on the adding
-task), plus frames built here where a figure's number must be exact (the x-range, the
+"""The figures (rnnjax.report.plots) and the report (rnnjax.report.build), in-process: a tiny
+sweep of real jobs (two activations × two gains, an LSTM, a loss over all steps, training on
+the adding task), plus frames built here where a figure's number must be exact (the x-range, the
 colour scale, the baselines, the power laws). What a figure draws is read back from its
 artists and checked against the summaries."""
 
@@ -14,9 +14,11 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from rnnjax import frames, load_metrics, load_summaries, load_sweep, plots, report
-from rnnjax.config import register_configs, validate
-from rnnjax.job import run_job
+from rnnjax import load_metrics, load_summaries, load_sweep
+from rnnjax.app.config import register_configs, validate
+from rnnjax.app.job import run_job
+from rnnjax.report import build as report
+from rnnjax.report import frames, plots
 
 register_configs()
 
@@ -217,7 +219,7 @@ def test_one_row_per_initialization_with_colours_told_apart():
                    init_gain={k: v[1] for k, v in inits.items()})
     fig = plots.decay_curves(df, hue="init", row="init")
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
-    # the gaussian and orthogonal rows apart, in the order of rnnjax.init.INITS
+    # the gaussian and orthogonal rows apart, in the order of rnnjax.core.init.INITS
     assert titles == ["tanh · xavier", "tanh · orthogonal g=1", "tanh · identity g=1",
                       "tanh · gaussian g=1"]
     colours = {ax.get_title(): ax.get_lines()[0].get_color() for ax in fig.axes

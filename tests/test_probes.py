@@ -8,11 +8,11 @@ from jax.extend.core import jaxprs_in_params
 from numpy_bptt import bptt
 from references import make_time_grads, tokens
 
-from rnnjax.cells import ACTIVATIONS, log10_norm, vanilla
-from rnnjax.cells.vanilla import init_params, log10_outer_norm
-from rnnjax.init import gaussian, orthogonal, xavier
-from rnnjax.probes import DEFAULT_UNROLL, default_unroll, make_probe
-from rnnjax.results import log10_slope
+from rnnjax.app.results import log10_slope
+from rnnjax.core.cells import ACTIVATIONS, log10_norm, vanilla
+from rnnjax.core.cells.vanilla import init_params, log10_outer_norm
+from rnnjax.core.init import gaussian, orthogonal, xavier
+from rnnjax.core.probes import DEFAULT_UNROLL, default_unroll, make_probe
 
 CASES = list(itertools.product(sorted(ACTIVATIONS), ["all", "last"]))
 

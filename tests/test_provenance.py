@@ -10,7 +10,7 @@ from importlib import metadata
 import jax
 import pytest
 
-from rnnjax import provenance
+from rnnjax.app import provenance
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""`rnnjax report` (rnnjax.report), in-process, on synthetic job directories (summary.json and
+"""`rnnjax report` (rnnjax.report.build), in-process, on synthetic job directories (summary.json and
 grad_norms.parquet written here; no JAX job runs): job counts of half-finished sweeps, a folder
 of several sweeps, and writing the report whole or not at all (read-only --out, --out naming
 a file, a full disk). Where only the files' fate matters the figures are stubbed (two small
@@ -16,14 +16,14 @@ import pytest
 from matplotlib.figure import Figure
 
 import rnnjax.cli
-from rnnjax import report
-from rnnjax.results import (
+from rnnjax.app.results import (
     SUMMARY,
     config_columns,
     file_record,
     with_config_columns,
     write_parquet,
 )
+from rnnjax.report import build as report
 
 
 def finished(job, T: int = 8, seeds: int = 2, slope: float = -0.2):

@@ -10,12 +10,13 @@ import shutil
 
 import pytest
 
+import rnnjax.app.results
 import rnnjax.cli
-import rnnjax.results
-from rnnjax import cli, frames, load_summaries, plots, reproduce
-from rnnjax.config import ConfigError
-from rnnjax.reproduce import Figure
-from rnnjax.tasks import DataError
+from rnnjax import cli, load_summaries
+from rnnjax.app.config import ConfigError
+from rnnjax.core.tasks import DataError
+from rnnjax.report import frames, plots, reproduce
+from rnnjax.report.reproduce import Figure
 
 SMALL = ["hidden_size=8", "seq_len=12", "seeds=2", "batch_size=4", "probe.loss_at=last"]
 
@@ -210,7 +211,7 @@ def test_an_out_that_cannot_be_written_is_one_line_before_any_job(where, tmp_pat
         def refused(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(rnnjax.results.tempfile, "TemporaryFile", refused)
+        monkeypatch.setattr(rnnjax.app.results.tempfile, "TemporaryFile", refused)
     try:
         code, lines = run(monkeypatch, caplog, tiny(), "--out", str(out))
     finally:

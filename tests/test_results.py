@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from rnnjax.config import Config
-from rnnjax.results import (
+from rnnjax.app.config import Config
+from rnnjax.app.results import (
     config_columns,
     config_schema_columns,
     file_record,
@@ -21,7 +21,7 @@ from rnnjax.results import (
     write_json,
     write_parquet,
 )
-from rnnjax.summary import Profile
+from rnnjax.app.summary import Profile
 
 
 def test_fit_window_is_middle_half():

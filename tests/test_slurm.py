@@ -21,9 +21,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from test_cli import RUN, run
 from test_sweep import TINY, app  # noqa: F401 (a fixture)
 
-import rnnjax.slurm
-from rnnjax.config import register_configs
-from rnnjax.slurm import (
+import rnnjax.sweeps.slurm
+from rnnjax.app.config import register_configs
+from rnnjax.sweeps.slurm import (
     Partition,
     TaskEnded,
     expand_task_ids,
@@ -265,7 +265,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
 
     # The re-run (in-process) submits one task, for the cancelled job only, and it finishes.
     # Its launcher looks at the queue every second at most (not every 10 s): a short task.
-    monkeypatch.setattr(rnnjax.slurm, "wait_for_tasks",
+    monkeypatch.setattr(rnnjax.sweeps.slurm, "wait_for_tasks",
                         functools.partial(wait_for_tasks, max_poll_s=1.0))
     r = app(*args, cwd=tmp_path)
     assert r.code == 0, r.err
@@ -426,7 +426,7 @@ def launcher(**kw):
 
 
 def check(sinfo=SINFO, **kw):
-    from rnnjax.slurm import check_request
+    from rnnjax.sweeps.slurm import check_request
 
     part = parse_sinfo(sinfo, kw.get("partition"))
     return part if isinstance(part, str) else check_request(request(launcher(**kw)), part)
@@ -572,8 +572,8 @@ class FakeSlurm:
 def fake_slurm(monkeypatch):
     def make(squeue, sacct=("",)):
         fake = FakeSlurm(squeue, sacct)
-        monkeypatch.setattr(rnnjax.slurm, "_run", fake.run)
-        monkeypatch.setattr(rnnjax.slurm, "time", SimpleNamespace(
+        monkeypatch.setattr(rnnjax.sweeps.slurm, "_run", fake.run)
+        monkeypatch.setattr(rnnjax.sweeps.slurm, "time", SimpleNamespace(
             time=lambda: fake.now, sleep=lambda s: setattr(fake, "now", fake.now + s)))
         return fake
     return make
@@ -685,7 +685,7 @@ def test_slurm_launcher_returns_one_outcome_per_job(slurm_launcher, tmp_path, mo
         waited.append(list(ids))
         return {"7_0": "COMPLETED", "7_1": "CANCELLED", "7_2": "UNKNOWN"}
 
-    monkeypatch.setattr(rnnjax.slurm, "wait_for_tasks", wait)
+    monkeypatch.setattr(rnnjax.sweeps.slurm, "wait_for_tasks", wait)
     overrides = [["seed=0"], ["seed=1"], ["seed=2"]]
     rets = launcher.launch(overrides, initial_job_idx=4)
     # Submitted as hydra-submitit-launcher does: the launcher itself is the task function.
@@ -715,7 +715,7 @@ def test_slurm_launcher_cancels_its_array_on_ctrl_c(slurm_launcher, tmp_path, fa
     def interrupted(ids):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rnnjax.slurm, "wait_for_tasks", interrupted)
+    monkeypatch.setattr(rnnjax.sweeps.slurm, "wait_for_tasks", interrupted)
     fake = fake_slurm([""])
     with pytest.raises(KeyboardInterrupt, match=r"^cancelled its SLURM array 7$"):
         launcher.launch([["seed=0"], ["seed=1"]], initial_job_idx=0)

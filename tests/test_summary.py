@@ -5,8 +5,8 @@ import logging
 import numpy as np
 import pytest
 
-from rnnjax.probes import ProbeResult
-from rnnjax.summary import Profile, headline, log_headline, to_host
+from rnnjax.app.summary import Profile, headline, log_headline, to_host
+from rnnjax.core.probes import ProbeResult
 
 
 def test_to_host_exponentiates_in_float64():

@@ -1,4 +1,4 @@
-"""Runs and sweeps from the command line (rnnjax.sweep and its Hydra sweeper), in-process: the
+"""Runs and sweeps from the command line (rnnjax.sweeps.app and its Hydra sweeper), in-process: the
 app's `main` with an argv, in a temporary working directory. Two subprocess tests cover what
 only a real process shows: Ctrl-C, and a job directory held by another live process.
 
@@ -30,13 +30,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 
-import rnnjax.interrupt
-import rnnjax.job
+import rnnjax.app.interrupt
+import rnnjax.app.job
 from rnnjax import load_sweep
-from rnnjax.config import register_configs
-from rnnjax.job import JobBusy, job_lock
-from rnnjax.results import job_status
-from rnnjax.sweep import (
+from rnnjax.app.config import register_configs
+from rnnjax.app.job import JobBusy, job_lock
+from rnnjax.app.results import job_status
+from rnnjax.sweeps.app import (
     CONF_DIR,
     RUN_ROOT,
     SWEEP_ROOT,
@@ -89,15 +89,15 @@ def app(tmp_path, monkeypatch, capsys):
 
 
 def plant(monkeypatch, when, error):
-    """Makes rnnjax.job.run_job raise `error` for the jobs whose config satisfies `when`."""
-    run_job = rnnjax.job.run_job
+    """Makes rnnjax.app.job.run_job raise `error` for the jobs whose config satisfies `when`."""
+    run_job = rnnjax.app.job.run_job
 
     def planted(cfg, out, resolved=None):
         if when(cfg):
             raise error
         return run_job(cfg, out, resolved=resolved)
 
-    monkeypatch.setattr(rnnjax.job, "run_job", planted)
+    monkeypatch.setattr(rnnjax.app.job, "run_job", planted)
 
 
 def summaries(root):
@@ -244,7 +244,7 @@ def test_command_line_wins_over_an_experiment_grid(app, monkeypatch):
         ran.append((cfg.activation.name.value, cfg.init.name.value, cfg.init.gain))
         return {"status": "ok", "config": resolved}
 
-    monkeypatch.setattr(rnnjax.job, "run_job", fake)
+    monkeypatch.setattr(rnnjax.app.job, "run_job", fake)
     r = app("-m", "hydra.sweep.dir=sweep", "+experiment=irnn_adding", "activation=relu",
             "init=identity", "init.gain=0.5,2.0", "train.steps=300")
     assert r.code == 0, r.err
@@ -449,12 +449,12 @@ def test_ctrl_c_whose_exception_python_swallowed_still_stops_the_sweep(app, tmp_
     KeyboardInterrupt to sys.unraisablehook ("Exception ignored ... Traceback") and goes on.
     The sweep must stop anyway (it ran all 3 jobs, exit 0, in CI) and print no traceback (CI
     printed one)."""
-    run_job = rnnjax.job.run_job
+    run_job = rnnjax.app.job.run_job
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
 
     def interrupt(phase, info):
-        rnnjax.interrupt._raise(signal.SIGINT, None)
+        rnnjax.app.interrupt._raise(signal.SIGINT, None)
 
     def swallowed(cfg, out, resolved=None):
         summary = run_job(cfg, out, resolved=resolved)
@@ -466,7 +466,7 @@ def test_ctrl_c_whose_exception_python_swallowed_still_stops_the_sweep(app, tmp_
                 gc.callbacks.remove(interrupt)
         return summary
 
-    monkeypatch.setattr(rnnjax.job, "run_job", swallowed)
+    monkeypatch.setattr(rnnjax.app.job, "run_job", swallowed)
     sweep = tmp_path / "sweep"
     r = app("-m", f"hydra.sweep.dir={sweep}", "seed=0,1,2", *TINY)
     assert r.code == 130
@@ -528,7 +528,7 @@ def test_bad_group_options_and_missing_launchers_give_one_line(override, message
     # 'hydra/launcher/joblib'"), an unknown option Hydra's 10.
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(SystemExit) as e:
-        rnnjax.sweep.check_group_options(["-m", override])
+        rnnjax.sweeps.app.check_group_options(["-m", override])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"rnnjax: error: {message}") and err.count("\n") == 1, err

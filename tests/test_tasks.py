@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from rnnjax import tasks
-from rnnjax.tasks import (
+from rnnjax.core import tasks
+from rnnjax.core.tasks import (
     TIMEMACHINE_SHA1,
     DataError,
     build_vocab,

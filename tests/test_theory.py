@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from references import jacobian_product_singular_values, linear_profile, make_time_grads
 
-from rnnjax.cells import vanilla
-from rnnjax.cells.vanilla import init_params
-from rnnjax.init import gaussian, orthogonal, spectral, xavier
-from rnnjax.probes import make_probe
-from rnnjax.results import log10_slope
-from rnnjax.tasks import make_random_batch
-from rnnjax.theory import (
+from rnnjax.app.results import log10_slope
+from rnnjax.core.cells import vanilla
+from rnnjax.core.cells.vanilla import init_params
+from rnnjax.core.init import gaussian, orthogonal, spectral, xavier
+from rnnjax.core.probes import make_probe
+from rnnjax.core.tasks import make_random_batch
+from rnnjax.core.theory import (
     GAMMA,
     effective_gain,
     gauss_expect,
@@ -163,8 +163,8 @@ def test_job_summary_sets_theory_beside_measurement(tmp_path):
     from conftest import ROOT
     from hydra import compose, initialize_config_dir
 
-    from rnnjax.config import register_configs, validate
-    from rnnjax.job import run_job
+    from rnnjax.app.config import register_configs, validate
+    from rnnjax.app.job import run_job
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rnnjax import trackers
-from rnnjax.config import LoggerName, register_configs, validate
-from rnnjax.trackers import (
+from rnnjax.app import trackers
+from rnnjax.app.config import LoggerName, register_configs, validate
+from rnnjax.app.trackers import (
     OPTIONS,
     TRACKERS,
     Tracker,
@@ -114,10 +114,10 @@ def test_names_agree_across_schema_tracker_and_conf(tmp_path):
 
 
 def test_importing_trackers_imports_no_tracker_package(tmp_path):
-    """`import rnnjax.trackers` and the `none` tracker import none of the trackers' packages."""
+    """`import rnnjax.app.trackers` and the `none` tracker import none of the trackers' packages."""
     code = (
         "import sys, numpy as np\n"
-        "import rnnjax.trackers as t\n"
+        "import rnnjax.app.trackers as t\n"
         "with t.make_tracker('none', sys.argv[1], 'r') as tr:\n"
         "    tr.log_config({'a': 1}); tr.log_headline({'x': 1.0})\n"
         "    tr.log_profile(0, np.arange(3), np.ones(3)); tr.log_metrics(1, {'loss': 1.0})\n"

@@ -16,11 +16,11 @@ import hydra.core.utils
 import pandas as pd
 from test_sweep import TINY, app  # noqa: F401 (a fixture)
 
-import rnnjax.job
+import rnnjax.app.job
 from rnnjax import load_summaries, load_sweep
-from rnnjax.results import job_status
-from rnnjax.sweep import RUN_ROOT, SWEEP_ROOT, job_name, sweep_name
-from rnnjax.trackers import CsvTracker
+from rnnjax.app.results import job_status
+from rnnjax.app.trackers import CsvTracker
+from rnnjax.sweeps.app import RUN_ROOT, SWEEP_ROOT, job_name, sweep_name
 
 TRAIN = [*TINY, "train.steps=4", "train.log_every=2", "train.lr=0.1"]
 CSV_FILES = ("config.json", "headline.csv", "profile.csv", "metrics.csv")
@@ -213,12 +213,12 @@ def test_a_diverged_training_run_says_the_same_everywhere(app, tmp_path):  # noq
 
 def test_run_log_holds_the_training_lines_under_a_terminal(app, tmp_path,  # noqa: F811
                                                            monkeypatch):
-    tqdm = rnnjax.job.tqdm
+    tqdm = rnnjax.app.job.tqdm
 
     def shown(*args, **kwargs):  # the bar a terminal shows (disable=None would hide it)
         return tqdm(*args, **{**kwargs, "disable": False, "file": io.StringIO()})
 
-    monkeypatch.setattr(rnnjax.job, "tqdm", shown)
+    monkeypatch.setattr(rnnjax.app.job, "tqdm", shown)
     job = tmp_path / "job"
     r = app(*TRAIN, f"hydra.run.dir={job}")
     assert r.code == 0

@@ -10,21 +10,21 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from numpy_bptt import bptt
 
-from rnnjax.cells import CELLS, unroll, vanilla
-from rnnjax.cells.vanilla import init_params
-from rnnjax.config import register_configs, validate
-from rnnjax.init import gaussian, make_init, xavier
-from rnnjax.job import run_job
-from rnnjax.losses import make_loss
-from rnnjax.probes import make_probe
-from rnnjax.results import load_sweep
-from rnnjax.tasks import (
+from rnnjax.app.config import register_configs, validate
+from rnnjax.app.job import run_job
+from rnnjax.app.results import load_sweep
+from rnnjax.core.cells import CELLS, unroll, vanilla
+from rnnjax.core.cells.vanilla import init_params
+from rnnjax.core.init import gaussian, make_init, xavier
+from rnnjax.core.losses import make_loss
+from rnnjax.core.probes import make_probe
+from rnnjax.core.tasks import (
     COPY_VOCAB,
     make_adding_batch,
     make_copy_batch,
     make_random_batch,
 )
-from rnnjax.train import (
+from rnnjax.core.train import (
     bptt_scale,
     init_state,
     make_eval,
@@ -235,8 +235,8 @@ def test_copy_task_records_its_T_and_uses_it(tmp_path, monkeypatch):
     """task=copy backpropagates through T = seq_len + 20 steps: the T column, the summary, the
     Lyapunov burn-in and the plots' steps back all use that T, and the seq_len column keeps
     the config value (metrics.parquet's T: test_memory's training job)."""
-    from rnnjax import plots
-    from rnnjax import summary as summary_module
+    from rnnjax.app import summary as summary_module
+    from rnnjax.report import plots
 
     burn_ins = []
     real = summary_module.make_lyapunov

@@ -13,11 +13,11 @@ import pytest
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
-from rnnjax.cells import CELLS
-from rnnjax.cells import urnn as U
-from rnnjax.config import ConfigError, register_configs, validate
-from rnnjax.job import run_job
-from rnnjax.probes import make_probe
+from rnnjax.app.config import ConfigError, register_configs, validate
+from rnnjax.app.job import run_job
+from rnnjax.core.cells import CELLS
+from rnnjax.core.cells import urnn as U
+from rnnjax.core.probes import make_probe
 
 register_configs()
 CELL = CELLS["urnn"].build()

@@ -11,9 +11,10 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
 
 class RnnjaxSweeper(BasicSweeper):
-    """BasicSweeper's job list and launcher; `rnnjax.sweep.run_sweep` decides what to launch."""
+    """BasicSweeper's job list and launcher; `rnnjax.sweeps.app.run_sweep` decides what to
+    launch."""
 
     def sweep(self, arguments: list[str]) -> Any:
-        from rnnjax.sweep import run_sweep
+        from rnnjax.sweeps.app import run_sweep
 
         return run_sweep(self, arguments)

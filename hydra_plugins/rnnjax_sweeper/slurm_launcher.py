@@ -5,7 +5,8 @@ The parent's `launch` submits the array and then reads `job.results()` job after
 submitit's UncompletedJobError at the first task that ended without a result (cancelled, timed
 out, killed), leaving the later tasks running, and waits forever for a task cancelled while
 still pending. This launcher submits exactly as the parent does, then waits for the whole array
-(`rnnjax.slurm.wait_for_tasks`) and returns one JobReturn per job (`rnnjax.slurm.task_return`):
+(`rnnjax.sweeps.slurm.wait_for_tasks`) and returns one JobReturn per job
+(`rnnjax.sweeps.slurm.task_return`):
 a task that left no result is a FAILED job whose value says how the task ended. On Ctrl-C it
 cancels the array before passing the interrupt on.
 
@@ -47,7 +48,7 @@ if submitit_launcher is not None:
 
         def launch(self, job_overrides: Sequence[Sequence[str]],
                    initial_job_idx: int) -> Sequence[Any]:
-            from rnnjax.slurm import cancel, task_return, wait_for_tasks
+            from rnnjax.sweeps.slurm import cancel, task_return, wait_for_tasks
 
             jobs: list[Any] = []
             try:

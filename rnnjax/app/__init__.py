@@ -1,0 +1,3 @@
+"""The app: config and validation, one job, the results store, memory planning, provenance,
+trackers.
+"""

@@ -1,0 +1,199 @@
+"""A job's headline numbers and the theory set beside them, from the probe's arrays on the host.
+
+Everything here runs after the jitted probe has returned: numpy in, plain dicts out (what
+summary.json holds and the job's log line shows).
+"""
+
+import logging
+import math
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from rnnjax.app import results
+from rnnjax.core.cells import Cell
+from rnnjax.core.theory import (
+    effective_gain,
+    input_drive_variance,
+    make_lyapunov,
+    mean_field,
+    pascanu_log10_bound,
+)
+
+log = logging.getLogger("rnnjax")
+
+
+class Profile(NamedTuple):
+    """A probe's result on the host, for S networks: norms as float64 numbers."""
+
+    loss: np.ndarray  # (S,)
+    grad_norm: np.ndarray  # (S, T) ||dL/dH_t||: 0 where it underflowed, inf where overflowed
+    param_grad_norm: np.ndarray  # (S, T)
+    overflow: np.ndarray  # (S, T) bool: the backward chain was lost at or after t
+    forward_overflow_t: np.ndarray  # (S,) int: the first t whose H_t is not finite (0: none)
+    taps: dict[str, np.ndarray]  # tap name -> (S, T) norms
+
+    def select(self, sl) -> "Profile":
+        """The networks `sl` (a slice or index array) of this profile."""
+        return Profile(*(v[sl] if not isinstance(v, dict) else {k: a[sl] for k, a in v.items()}
+                         for v in self))
+
+
+def to_host(res) -> Profile:
+    """A `ProbeResult` (device arrays, log10 norms) as a `Profile` (numpy, float64 norms).
+
+    The norms are exponentiated in float64, so a float32 norm of finite entries beyond float32's
+    range (up to ~1e38 * sqrt(B H)) is still a finite number here."""
+    def norm(a):
+        return np.power(10.0, np.asarray(a, np.float64))
+
+    return Profile(loss=np.asarray(res.loss, np.float64), grad_norm=norm(res.log10_grad_norm),
+                   param_grad_norm=norm(res.log10_param_grad_norm),
+                   overflow=np.asarray(res.overflow, bool),
+                   forward_overflow_t=np.asarray(res.forward_overflow_t, np.int64),
+                   taps={k: norm(v) for k, v in res.taps.items()})
+
+
+def headline(p: Profile) -> dict:
+    """The headline numbers of one group of networks (one init value, every seed)."""
+    fits = [results.log10_slope(g) for g in p.grad_norm]
+    slopes = np.array([f[0] for f in fits])
+    nonfinite = ((~np.isfinite(p.grad_norm)).sum() + (~np.isfinite(p.loss)).sum()
+                 + (~np.isfinite(p.param_grad_norm)).sum())
+    return {
+        "log10_slope_per_step_back": _nanmedian(slopes),
+        "log10_slope_per_seed": slopes.tolist(),
+        "fit_window_t_per_seed": [list(f[1]) for f in fits],
+        "loss_mean": float(np.mean(p.loss)),
+        "grad_norm_t1_median": float(np.median(p.grad_norm[:, 0])),
+        "grad_norm_tT_median": float(np.median(p.grad_norm[:, -1])),
+        "n_nonfinite": int(nonfinite),
+        "n_overflow": int(p.overflow.sum()),
+        "n_underflow": int((p.grad_norm == 0).sum()),
+        "n_forward_overflow": int((p.forward_overflow_t > 0).sum()),
+        "forward_overflow_t_per_seed": p.forward_overflow_t.tolist(),
+        **{f"{k}_grad_norm_tT_median": float(np.median(v[:, -1])) for k, v in p.taps.items()},
+    }
+
+
+def theory_applies(loss_at: str | None) -> bool:
+    """Whether the predictions describe the measured profile: they are of the gradient of one
+    loss term, which `probe.loss_at=last` measures; with `all` each step's own loss term keeps
+    the profile flat (None: not said, taken as last)."""
+    return loss_at != "all"
+
+
+def log_headline(name: str, sizes: str, loss_at: str, h: dict, status: str, wall: float
+                 ) -> None:
+    """The job's log line: the measured slope, the predictions beside it where they apply
+    (the gradient of one loss term: `probe.loss_at=last`), and what was flagged.
+
+    Args:
+      name: what the networks are ("tanh/gaussian"); sizes: "T=64 H=64 S=4".
+    """
+    th = h["theory"]
+    value = f" {h['init_param']}={h['init_value']:g}" if "init_param" in h else ""
+    if theory_applies(loss_at) and "mean_field" in th:
+        theory = (f"; mean field {_num(th['mean_field']['log10_factor_per_step'])}, Pascanu bound "
+                  f"{_num(th['pascanu_log10_bound_per_step'])}, top Lyapunov "
+                  f"{_num(th['lyapunov_top_log10_per_step'])}")
+    elif theory_applies(loss_at):
+        theory = f"; top Lyapunov {_num(th['lyapunov_top_log10_per_step'])}"
+        if th.get("predicted_log10_slope_per_step_back") is not None:
+            theory = (f"; {th.get('prediction', 'predicted')} "
+                      f"{_num(th['predicted_log10_slope_per_step_back'])}" + theory)
+    else:
+        theory = ("; with the loss over all steps each step's own loss term keeps the profile "
+                  "flat, and no prediction applies: probe.loss_at=last measures one term's decay")
+    n_fwd = h["n_forward_overflow"]
+    fwd = ""
+    if n_fwd:
+        first = min(t for t in h["forward_overflow_t_per_seed"] if t > 0)
+        fwd = (f", FORWARD OVERFLOW in {n_fwd} of {len(h['forward_overflow_t_per_seed'])} seeds "
+               f"(H_t not finite from t={first}: gradients NaN)")
+    log.info("%s%s %s: log10 grad_norm per step back %s (median over seeds%s), loss %.4f, "
+             "underflow %d, overflow %d%s, status %s, %.2fs", name, value, sizes,
+             _num(h["log10_slope_per_step_back"]), theory, h["loss_mean"], h["n_underflow"],
+             h["n_overflow"], fwd, status, wall)
+
+
+LYAPUNOV_SEQUENCES = 4  # of the probe batch: the exponents are averaged over these
+LYAPUNOV_K = 3  # exponents per network
+
+
+def theory_summary(cell: Cell, activation: str, params, x, measured: float,
+                   cell_theory=None, options: dict | None = None, y=None,
+                   kind: str | None = None, loss_at: str | None = None) -> dict:
+    """Predictions at initialization, beside the measured slope (log10 per step back), and
+    whether they apply to it (`applies`: false with `loss_at="all"`, see `theory_applies`).
+
+    lyapunov (every cell): the top exponents of the driven state dynamics (natural log per
+    step; /ln 10 for log10), on the first sequences of each seed's probe batch, after a burn-in
+    of a quarter of the batch's actual length T. For the vanilla RNN also mean_field: for
+    W_hh ~ N(0, g^2/H) with g the effective gain sqrt(H mean W_hh^2) and the input variance of
+    this job's W_xh and batch (medians over seeds); pascanu: log10 of gamma sigma_max(W_hh).
+
+    Args:
+      cell: the job's cell. activation: its activation (vanilla).
+      params: the networks' parameters (leading axis S). x: (S, B, T...) their probe batches.
+      measured: the measured slope.
+      cell_theory: the cell's own theory (`rnnjax.core.cells.CellSpec.theory`), called as
+        cell_theory(cell, params, x, measured, y=y, kind=kind, loss_at=loss_at, **options);
+        its dict is merged in.
+      y: (S, B, T) or (S, B) the probe batches' targets; kind, loss_at: the probe's loss.
+      options: the cell's options.
+    """
+    T = x.shape[2]
+    S = x.shape[0]
+    k = min(LYAPUNOV_K, jax.tree.leaves(cell.initial_state(
+        jax.tree.map(lambda a: a[0], params), 1))[0].size)
+    lyap = jax.jit(jax.vmap(make_lyapunov(cell, k, burn_in=T // 4)))
+    lam = np.asarray(lyap(params, x[:, :LYAPUNOV_SEQUENCES]), np.float64)  # (S, k)
+    top = _nanmedian(lam[:, 0])
+    out = {
+        # false with loss_at=all: the numbers below are kept, but no plot or line compares them
+        "applies": theory_applies(loss_at),
+        "measured_log10_slope_per_step_back": measured,
+        "lyapunov_top_per_step": top,
+        "lyapunov_top_log10_per_step": top / math.log(10),
+        "lyapunov_exponents_per_seed": lam.tolist(),
+    }
+    if cell.name == "vanilla":
+        W_hh = np.asarray(params.W_hh, np.float64)
+        W_xh = np.asarray(params.W_xh, np.float64)
+        gains = [effective_gain(w) for w in W_hh]
+        input_var = [input_drive_variance(W_xh[s], np.asarray(x[s])) for s in range(S)]
+        bias_var = float(np.mean(np.asarray(params.b_h, np.float64) ** 2))
+        mf = mean_field(activation, float(np.median(gains)), float(np.median(input_var)),
+                        bias_var)
+        bounds = [pascanu_log10_bound(activation, w) for w in W_hh]
+        out["mean_field"] = {"gain": float(np.median(gains)),
+                             "input_var": float(np.median(input_var)), "bias_var": bias_var,
+                             **mf, "relative_error": _rel(measured, mf["log10_factor_per_step"])}
+        out["pascanu_log10_bound_per_step"] = _nanmedian(np.array(bounds))
+        out["pascanu_guarantees_vanishing"] = bool(max(bounds) < 0)
+    if cell_theory is not None:
+        out.update(cell_theory(cell, params, x, measured, y=y, kind=kind, loss_at=loss_at,
+                               **(options or {})))
+    return out
+
+
+def _num(v: float) -> str:
+    """A slope for the log: 4 decimals, or 3 significant digits when it is below 1e-3 (the
+    uRNN's deviations from 0 are ~1e-5 per step)."""
+    if v is None or not math.isfinite(v) or v == 0 or abs(v) >= 1e-3:
+        return f"{v:+.4f}" if v is not None else "n/a"
+    return f"{v:+.2e}"
+
+
+def _rel(measured: float, predicted: float) -> float:
+    """|measured - predicted| / |predicted| (NaN when undefined)."""
+    if not (math.isfinite(measured) and math.isfinite(predicted)) or predicted == 0:
+        return math.nan
+    return abs(measured - predicted) / abs(predicted)
+
+
+def _nanmedian(a: np.ndarray) -> float:
+    a = a[np.isfinite(a)]
+    return float(np.median(a)) if a.size else float("nan")

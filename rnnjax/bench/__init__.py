@@ -1,0 +1,1 @@
+"""Benchmarks against peers (PyTorch), run side by side."""

@@ -1,0 +1,158 @@
+"""The vanilla RNN of d2l's RNN chapter, in row-vector form.
+
+    A_t = X_t W_xh + H_{t-1} W_hh + b_h,   H_t = phi(A_t),   O_t = H_t W_hq + b_q,   H_0 = 0.
+
+Token inputs are one-hot rows (X_t W_xh is the row of W_xh picked by the token); real-valued
+inputs (B, D), as in the adding problem, are used as they are.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from rnnjax.core.cells.registry import CellSpec
+from rnnjax.core.init import Initializer, make_init, xavier
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "relu": jax.nn.relu,
+    "linear": lambda a: a,  # identity: the analytic control
+}
+
+# phi'(A) as a function of H = phi(A), for the probe's fast backward step, which keeps H_t only.
+# (relu: jax.nn.relu's derivative at 0 is 0, and H = 0 there.)
+DERIVATIVES_FROM_OUTPUT: dict[str, Callable[[Array], Array]] = {
+    "tanh": lambda h: 1 - jnp.square(h),
+    "sigmoid": lambda h: h * (1 - h),
+    "relu": lambda h: (h > 0).astype(h.dtype),
+    "linear": jnp.ones_like,
+}
+
+
+class RNNParams(NamedTuple):
+    """Parameters of one network (a leading seed axis S is added by `vmap`)."""
+
+    W_xh: Array  # (D, H) input-to-hidden, one row per token
+    W_hh: Array  # (H, H) hidden-to-hidden
+    b_h: Array  # (H,)
+    W_hq: Array  # (H, Q) hidden-to-output
+    b_q: Array  # (Q,)
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """The elementwise nonlinearity `phi` called `name` (one of `ACTIVATIONS`)."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        allowed = sorted(ACTIVATIONS)
+        raise ValueError(f"activation={name!r} is unknown; allowed: {allowed}") from None
+
+
+def step_drive(W_xh: Array, x_t: Array) -> Array:
+    """X_t W_xh for one step: (B, H). x_t is (B,) tokens or (B, D) real inputs."""
+    if jnp.issubdtype(x_t.dtype, jnp.integer):
+        # A row gather equals the one-hot product; on a CPU it is also ~2x faster end to end.
+        return W_xh[x_t]
+    return x_t.astype(W_xh.dtype) @ W_xh
+
+
+def input_drive(W_xh: Array, x: Array) -> Array:
+    """X_t W_xh for every step: (T, B, H). x is (B, T) tokens or (B, T, D) real inputs."""
+    return jax.vmap(step_drive, in_axes=(None, 1))(W_xh, x)
+
+
+def init_params(key: Array, w_hh_init: Initializer, io_init: Initializer, D: int, H: int, Q: int,
+                dtype=jnp.float32) -> RNNParams:
+    """Initial parameters of one network.
+
+    Args:
+      key: a PRNG key.
+      w_hh_init: initializer of W_hh.
+      io_init: initializer of W_xh and W_hq.
+      D: input size (vocabulary or channels). H: hidden size. Q: output size.
+      dtype: parameter dtype.
+
+    Returns:
+      RNNParams with W_xh (D, H), W_hh (H, H), b_h (H,), W_hq (H, Q), b_q (Q,); biases 0.
+    """
+    k_xh, k_hh, k_hq = jax.random.split(key, 3)
+    return RNNParams(
+        W_xh=io_init(k_xh, (D, H), dtype),
+        W_hh=w_hh_init(k_hh, (H, H), dtype),
+        b_h=jnp.zeros((H,), dtype),
+        W_hq=io_init(k_hq, (H, Q), dtype),
+        b_q=jnp.zeros((Q,), dtype),
+    )
+
+
+def log10_outer_norm(u: Array, v: Array) -> Array:
+    """log10 ||u^T v||_F for u, v (B, H), without forming the (H, H) product when B <= H.
+
+    ||u^T v||_F^2 = <u u^T, v v^T>_F costs B^2 H instead of B H^2. Both factors are scaled by
+    their largest entry first (see `rnnjax.core.cells.unit` for why).
+    """
+    from rnnjax.core.cells.base import unit
+
+    mu, mv = jnp.max(jnp.abs(u)), jnp.max(jnp.abs(v))
+    un, vn = unit(u, mu), unit(v, mv)
+    B, H = u.shape
+    if B > H:  # shapes are static: form the (H, H) product when it is the smaller
+        sq = jnp.sum(jnp.square(un.T @ vn))
+    else:
+        # The inner product of two PSD matrices is >= 0; clip rounding below zero.
+        sq = jnp.maximum(jnp.sum((un @ un.T) * (vn @ vn.T)), 0)
+    # 0 where a factor is 0 (H_0 = 0 at step 1): there XLA on a CPU read the Gram of the zero
+    # constant from memory it never wrote, NaN in most runs with 28 vmapped networks of H = 512.
+    sq = jnp.where((mu > 0) & (mv > 0), sq, 0)
+    return jnp.log10(mu) + jnp.log10(mv) + 0.5 * jnp.log10(sq)
+
+
+def vanilla(activation: str = "tanh", init: str = "normal", init_value=None) -> "Cell":  # noqa: F821
+    """The vanilla RNN cell.
+
+    Args:
+      activation: the name of phi (one of `ACTIVATIONS`).
+      init: the initializer of W_hh (one of `rnnjax.core.init.INITS`). With `normal` every weight
+        matrix is N(0, std^2), exactly d2l's scratch RNN; with the others W_xh and W_hq are
+        Glorot normal. Biases start at 0.
+      init_value: the initializer's parameter (std, gain or radius; None: its default). It may
+        be a traced value, so that several values are vmapped in one call.
+
+    Returns:
+      A Cell whose state is H_t (B, H), with a fast backward step for the probe.
+    """
+    from rnnjax.core.cells.base import Cell
+
+    phi = globals()["activation"](activation)
+    dphi = DERIVATIVES_FROM_OUTPUT[activation]
+    w_hh_init = make_init(init, init_value)
+    io_init = make_init("normal", init_value) if init == "normal" else xavier()
+
+    def init_fn(key, D, H, Q, dtype=jnp.float32):
+        return init_params(key, w_hh_init, io_init, D, H, Q, dtype)
+
+    def initial_state(params, B):
+        return jnp.zeros((B, params.W_hh.shape[0]), params.W_hh.dtype)
+
+    def step(params, h, x_t):
+        return phi(step_drive(params.W_xh, x_t) + params.b_h + h @ params.W_hh)
+
+    def readout(params, h):
+        return h @ params.W_hq + params.b_q
+
+    def backward(params, h_prev, h, x_t, g):
+        # dL/dA_t = dL/dH_t * phi'(A_t), with phi' read off H_t: no recomputation of A_t, and
+        # the W_hh share's norm by the Gram trick: no (H, H) matrix per step.
+        del x_t
+        dA = g * dphi(h)
+        return dA @ params.W_hh.T, log10_outer_norm(h_prev, dA), {}
+
+    return Cell(name="vanilla", init=init_fn, initial_state=initial_state, step=step,
+                readout=readout, hidden=lambda h: h, recurrent=("W_hh",), backward=backward)
+
+
+SPEC = CellSpec(build=vanilla, order=0)

@@ -1,0 +1,3 @@
+"""Reporting: tables, figures, report, reproduce. Reads files; imports neither JAX nor Hydra at
+module level.
+"""

@@ -1,0 +1,1 @@
+"""Sweeps: the Hydra app, directory names, launchers, SLURM."""
