@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from rnnjax.core.baselines import COPY_LENGTH, COPY_SYMBOLS  # data symbols 1..8; to memorize
+
 TASKS = ("random", "timemachine", "adding", "copy")
 
 TIMEMACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
@@ -81,8 +83,6 @@ def make_adding_batch(batch_size: int, seq_len: int) -> Callable[[Array], tuple[
     return batch
 
 
-COPY_SYMBOLS = 8  # data symbols 1..8
-COPY_LENGTH = 10  # symbols to memorize
 COPY_VOCAB = COPY_SYMBOLS + 2  # 0 blank, 1..8 data, 9 delimiter
 
 

@@ -22,77 +22,15 @@ from jax.flatten_util import ravel_pytree
 from rnnjax.core.cells import Cell
 from rnnjax.core.cells.vanilla import input_drive
 
-# sup |phi'|: the gamma of Pascanu et al.'s bound.
-GAMMA = {"tanh": 1.0, "relu": 1.0, "linear": 1.0, "sigmoid": 0.25}
-
-
-def _np_phi(name: str) -> tuple[Callable, Callable]:
-    """phi and phi' in numpy float64 (relu'(0) never arises: the quadrature has no node at 0)."""
-    if name == "tanh":
-        return np.tanh, lambda h: 1.0 - np.tanh(h) ** 2
-    if name == "sigmoid":
-        s = lambda h: 0.5 * (1.0 + np.tanh(0.5 * h))  # noqa: E731 (overflow-free sigmoid)
-        return s, lambda h: s(h) * (1.0 - s(h))
-    if name == "relu":
-        return lambda h: np.maximum(h, 0.0), lambda h: (h > 0).astype(np.float64)
-    if name == "linear":
-        return lambda h: h, np.ones_like
-    raise ValueError(f"activation={name!r} is unknown; allowed: {sorted(GAMMA)}")
-
-
-_NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(128)  # even: no node at exactly 0
-_WEIGHTS = _WEIGHTS / math.sqrt(2 * math.pi)  # the weights of E over N(0, 1)
-
-
-def gauss_expect(f: Callable[[np.ndarray], np.ndarray], q: float) -> float:
-    """E[f(h)] for h ~ N(0, q), by 128-point Gauss-Hermite quadrature."""
-    return float(np.sum(_WEIGHTS * f(math.sqrt(max(q, 0.0)) * _NODES)))
-
-
-def mean_field_q(name: str, gain: float, input_var: float = 0.0, bias_var: float = 0.0,
-                 max_iter: int = 10_000, tol: float = 1e-13) -> float:
-    """The fixed point q* of q = g^2 E[phi(h)^2] + input_var + bias_var, h ~ N(0, q).
-
-    E[phi^2] is the raw second moment: with zero-mean weights the mean of phi (sigmoid's 1/2)
-    adds to the variance of A_t. Returns inf when the iteration diverges (e.g. linear, g >= 1).
-    """
-    phi, _ = _np_phi(name)
-    q = 1.0 + input_var + bias_var
-    for _ in range(max_iter):
-        new = gain**2 * gauss_expect(lambda h: phi(h) ** 2, q) + input_var + bias_var
-        if not new < 1e30:
-            return math.inf
-        if abs(new - q) <= tol * max(1.0, q):
-            return new
-        q = new
-    return q
-
-
-def mean_field_chi(name: str, gain: float, q: float) -> float:
-    """chi_1 = g^2 E[phi'(h)^2], h ~ N(0, q): the mean squared per-step gain of a gradient."""
-    _, dphi = _np_phi(name)
-    if math.isinf(q):
-        q = 1e30  # linear and relu do not depend on q; tanh and sigmoid saturate
-    return gain**2 * gauss_expect(lambda h: dphi(h) ** 2, max(q, 1e-300))
-
-
-def mean_field(name: str, gain: float, input_var: float = 0.0, bias_var: float = 0.0) -> dict:
-    """The mean-field prediction for W_hh ~ N(0, gain^2/H).
-
-    Returns:
-      q_star, chi1, log10_factor_per_step (= log10 sqrt(chi1), the predicted log10 change of
-      ||dL/dH_t|| per step back), depth_scale (-1/ln chi1; inf at criticality, negative when
-      gradients explode).
-    """
-    q = mean_field_q(name, gain, input_var, bias_var)
-    chi = mean_field_chi(name, gain, q)
-    log_chi = math.log(chi) if chi > 0 else -math.inf
-    return {
-        "q_star": q,
-        "chi1": chi,
-        "log10_factor_per_step": 0.5 * log_chi / math.log(10),
-        "depth_scale": -1.0 / log_chi if log_chi != 0 else math.inf,
-    }
+# the numpy mean field: jax-free in rnnjax.core.meanfield (the report draws its curves)
+from rnnjax.core.meanfield import (  # noqa: F401 (re-exported)
+    GAMMA,
+    _np_phi,
+    gauss_expect,
+    mean_field,
+    mean_field_chi,
+    mean_field_q,
+)
 
 
 def effective_gain(W_hh: np.ndarray) -> float:
