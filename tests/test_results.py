@@ -8,13 +8,17 @@ from omegaconf import OmegaConf
 
 from rnnjax.app.config import Config
 from rnnjax.app.results import (
+    JOB_KEYS,
     config_columns,
     config_schema_columns,
     file_record,
     fit_window,
+    flat_config,
+    load_metrics,
     load_summaries,
     load_sweep,
     log10_slope,
+    order_keys,
     probe_frame,
     summary_problem,
     with_config_dtypes,
@@ -199,3 +203,68 @@ def test_config_columns_none_in_one_job_concatenate(tmp_path):
     assert old["train_lr"] == 0.5 and old["activation"] == "relu" and old["seq_len"] is None
     df = with_config_dtypes(pd.DataFrame([old, config_columns(Config())]))
     assert df.seq_len.dtype == "Int64" and df.seq_len.isna().tolist() == [True, False]
+
+
+def test_flat_config_names_columns_as_the_schema_does_without_it():
+    # load_summaries flattens a summary's config from its dicts alone (no Hydra, no JAX): the
+    # same columns and values as the schema's walk, for the defaults and for a changed config
+    c = Config()
+    c.train.clip, c.cell.peephole, c.task.vocab_size, c.seed = 1.0, True, None, 7
+    for cfg in (Config(), c):
+        config = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+        assert flat_config(config) == config_columns(config)
+    listed = {"init": {"name": "gaussian", "gain": [0.5, 2.0]}}
+    assert flat_config(listed) == {"init": "gaussian", "init_gain": None}
+
+
+def write_job(job, cfg: Config, **extra):
+    """A finished job directory of `cfg` (one seed, T = 3), its summary with `extra` keys."""
+    job.mkdir(parents=True)
+    df = probe_frame(np.array([0]), profile(np.ones((1, 3))), config_columns(cfg))
+    write_parquet(df, job / "grad_norms.parquet")
+    write_parquet(df[["seed"]].assign(train_step=0, train_loss=1.0), job / "metrics.parquet")
+    config = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    summary = finished_summary_of(job, config=config, **extra)
+    summary["files"]["metrics.parquet"] = file_record(job / "metrics.parquet")
+    write_json(summary, job / "summary.json")
+
+
+def test_summary_config_columns_take_the_dtypes_their_parquet_holds(tmp_path):
+    # None in one job and a number in the other: the schema's nullable dtypes, as load_sweep
+    # gives them, read from the jobs' parquet files (not from the schema: no JAX)
+    b = Config()
+    b.train.epochs, b.cell.peephole, b.init.gain = 3, True, 2
+    write_job(tmp_path / "a", Config())
+    write_job(tmp_path / "b", b)
+    s = load_summaries(tmp_path).set_index("job")
+    sweep = load_sweep(tmp_path)
+    for col in ("train_epochs", "cell_peephole", "init_gain", "train_lr", "seq_len", "resume"):
+        assert s[col].dtype == sweep[col].dtype, col
+    assert s["train_epochs"].dtype == "Int64" and s.loc["b", "train_epochs"] == 3
+    assert s["cell_peephole"].dtype == "boolean" and s.loc["b", "cell_peephole"]
+    assert s["init_gain"].dtype == np.float64  # an init parameter is a number (Any in YAML)
+
+
+def test_loaders_carry_the_summary_keys_of_the_cell(tmp_path):
+    keys = {"cell_label": "forget_bias=1", "model_label": "lstm", "cell_order": 2.0}
+    write_job(tmp_path / "a", Config(), **keys)
+    write_job(tmp_path / "b", Config())  # written before the keys existed
+    for frame in (load_sweep(tmp_path), load_metrics(tmp_path), load_summaries(tmp_path)):
+        a, b = frame[frame.job == "a"], frame[frame.job == "b"]
+        for k, v in keys.items():
+            assert (a[k] == v).all() and b[k].isna().all(), k
+        assert not set(JOB_KEYS) - set(keys) & set(frame.columns)
+
+
+def test_order_keys_follow_the_registries():
+    from rnnjax.core.cells import ACTIVATIONS, CELLS
+    from rnnjax.core.init import INITS
+
+    keys = {c: order_keys(c, "relu", "xavier") for c in CELLS}
+    assert sorted(CELLS, key=lambda c: (keys[c]["cell_order"], c)) == list(CELLS)
+    for c, k in keys.items():
+        assert k["cell_takes_init"] == (CELLS[c].inits is None)
+        assert k["cell_takes_activation"] == (CELLS[c].activations is None)
+        assert k["activation_order"] == list(ACTIVATIONS).index("relu")
+        assert k["init_order"] == list(INITS).index("xavier")
+    assert order_keys("vanilla", "nope", "nope")["init_order"] == len(INITS)

@@ -141,6 +141,48 @@ def config_columns(cfg: Any) -> dict[str, Any]:
     return out
 
 
+def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A resolved config as nested dicts (a summary.json's `config`) as flat columns named as
+    `config_schema_columns` names them (a group's `name` by the group, `task.vocab_size` as
+    `vocab_size`, every other key by its dotted path with `_`), read from the dicts alone: no
+    schema, so no Hydra and no JAX. A list (an init parameter set per network group) is None."""
+    out = {}
+    for k, v in config.items():
+        key = prefix + str(k)
+        if isinstance(v, Mapping):
+            out.update(flat_config(v, key + "."))
+            continue
+        name = _COLUMN_NAMES.get(key) or (prefix[:-1].replace(".", "_") if k == "name" and prefix
+                                          else key.replace(".", "_"))
+        out[name] = None if isinstance(v, list | tuple) else v
+    return out
+
+
+# Keys of summary.json that say how a job's cell reads and where it stands: `load_summaries`
+# has them as columns as every key; `load_sweep` and `load_metrics` add them to their rows.
+JOB_KEYS = ("cell_label", "model_label", "cell_order", "activation_order", "init_order",
+            "cell_takes_activation", "cell_takes_init")
+
+
+def order_keys(cell: str, activation: str, init: str) -> dict[str, Any]:
+    """The summary keys of JOB_KEYS that the registries give (the cell's `order` and whether it
+    takes the config's activation and init; the activation's and init's places in their
+    listings), for the report, which reads files only."""
+    from rnnjax.core.cells import ACTIVATIONS, registry  # the job's side: JAX is loaded
+    from rnnjax.core.init import INITS
+
+    spec = registry.get(cell)
+    return {"cell_order": float(spec.order),
+            "activation_order": _place(list(ACTIVATIONS), activation),
+            "init_order": _place(list(INITS), init),
+            "cell_takes_activation": spec.activations is None,
+            "cell_takes_init": spec.inits is None}
+
+
+def _place(names: list[str], name: str) -> int:
+    return names.index(name) if name in names else len(names)
+
+
 def with_config_columns(df: pd.DataFrame, columns: Mapping[str, Any]) -> pd.DataFrame:
     """`df` with the constant `columns` added (the job's config, its `T`), each config column
     in its schema's dtype (`config_schema_columns`). Returns `df`, changed in place."""
@@ -152,15 +194,40 @@ def with_config_columns(df: pd.DataFrame, columns: Mapping[str, Any]) -> pd.Data
 def with_config_dtypes(df: pd.DataFrame) -> pd.DataFrame:
     """`df`'s config columns in their schema's dtypes (in place; returns `df`): a column that
     is None in one job and a number in another must still concatenate to numbers."""
-    for col in config_schema_columns():
-        if col.name not in df or col.dtype == "object":  # strings concatenate as they are
+    return with_dtypes(df, {col.name: col.dtype for col in config_schema_columns()})
+
+
+TEXT_DTYPES = ("object", "str", "string")  # strings concatenate as they are
+
+
+def with_dtypes(df: pd.DataFrame, dtypes: Mapping[str, str]) -> pd.DataFrame:
+    """`df`'s columns named in `dtypes` (column -> pandas dtype) in those dtypes, nullable
+    where a value is missing (a summary written before the key existed); in place, returns
+    `df`. A column that does not convert stays as it is."""
+    for name, dtype in dtypes.items():
+        if name not in df or dtype in TEXT_DTYPES:
             continue
-        dtype = col.dtype
-        if df[col.name].isna().any():  # a summary written before the key existed
+        if df[name].isna().any():
             dtype = {"int64": "Int64", "bool": "boolean"}.get(dtype, dtype)
-        if df[col.name].dtype != dtype:
-            df[col.name] = df[col.name].astype(dtype)
+        if df[name].dtype != dtype:
+            try:
+                df[name] = df[name].astype(dtype)
+            except (TypeError, ValueError):
+                continue
     return df
+
+
+def file_dtypes(job: Path) -> dict[str, str]:
+    """column -> pandas dtype of the job's grad_norms.parquet (its footer only: the config
+    columns in their schema's dtypes, as the job wrote them); {} where it cannot be read."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(Path(job) / GRAD_NORMS).pandas_metadata or {}
+    except Exception:  # noqa: BLE001 - pyarrow raises many kinds; the values' own dtypes remain
+        return {}
+    return {c["name"]: c["numpy_type"] for c in meta.get("columns", [])
+            if isinstance(c.get("name"), str) and isinstance(c.get("numpy_type"), str)}
 
 
 def probe_frame(seeds: np.ndarray, profile, columns: Mapping[str, Any],
@@ -504,24 +571,37 @@ def load_summaries(path: str | os.PathLike) -> pd.DataFrame:
     """One row per finished job under `path`: its summary.json flattened (dots join nested
     keys: `headline.theory.mean_field.chi1`, `training.final_val_ppl`, ...), per-seed lists,
     the file list and the tracker records dropped, plus a `job` column as in `load_sweep` and
-    the config once, as the tables name it (`activation`, `train_lr`, ...: `config_columns`;
+    the config once, as the tables name it (`activation`, `train_lr`, ...: `flat_config`, each
+    in the dtype its grad_norms.parquet holds it in;
     `vocab_size` is the config's, null where the task fixes it). Infinities, which
     summary.json writes as "inf"/"-inf", are floats again. Jobs that are not finished (see
     `read_job`) are skipped with a warning."""
     root = _check_root(path)
     done, unfinished = _finished_jobs(root)
     _warn_unfinished(root, unfinished, "load_summaries")
-    rows = []
+    rows, dtypes, config = [], {}, set()
     for job, summary in done.items():
         kept = {k: v for k, v in summary.items() if k not in ("files", "trackers")}
+        dtypes.update(file_dtypes(job))
         for name, one in _per_value(str(job.relative_to(root)), kept):
             flat = pd.json_normalize({k: v for k, v in one.items() if k != "config"})
             row = {k: _float_if_inf(v) for k, v in flat.iloc[0].to_dict().items()
                    if not isinstance(v, list | dict)}
-            rows.append({"job": name, **row, **config_columns(one.get("config", {}))})
+            columns = flat_config(one.get("config", {}))
+            config |= set(columns)
+            rows.append({"job": name, **row, **columns})
     if not rows:
         raise FileNotFoundError(f"load_summaries: no finished job under {str(root)!r}")
-    return with_config_dtypes(pd.DataFrame(rows))
+    # each config column in the dtype its job's grad_norms.parquet holds it in
+    return with_dtypes(pd.DataFrame(rows), {k: v for k, v in dtypes.items() if k in config})
+
+
+def _with_job_keys(df: pd.DataFrame, summary: dict) -> pd.DataFrame:
+    """`df` with the keys of JOB_KEYS that `summary` has as constant columns (in place)."""
+    for key in JOB_KEYS:
+        if key in summary and key not in df:
+            df[key] = summary[key]
+    return df
 
 
 def _float_if_inf(v: Any) -> Any:
@@ -541,7 +621,8 @@ def load_metrics(path: str | os.PathLike) -> pd.DataFrame | None:
         if METRICS not in summary["files"]:  # a metrics.parquet it does not list is stale
             continue
         try:
-            frames.append(pd.read_parquet(job / METRICS).assign(job=str(job.relative_to(root))))
+            frames.append(_with_job_keys(pd.read_parquet(job / METRICS), summary)
+                          .assign(job=str(job.relative_to(root))))
         except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds; one job never fails all
             _warn_unreadable("load_metrics", root, job, METRICS, e)
     return pd.concat(frames, ignore_index=True) if frames else None
@@ -555,7 +636,8 @@ def load_sweep(path: str | os.PathLike) -> pd.DataFrame:
     sizes and sha1 it lists (see `read_job`). Unfinished and failed jobs, and a job whose file
     cannot be read, are skipped with a warning: one bad job never fails the whole load. A `job`
     column holds each job's directory relative to `path`, with `[init.gain=0.5]` appended for
-    each value of a job whose init parameter was a list.
+    each value of a job whose init parameter was a list; the keys of JOB_KEYS its summary.json
+    has (its cell's label and order, ...) are columns too.
     """
     root = _check_root(path)
     done, unfinished = _finished_jobs(root)
@@ -572,7 +654,7 @@ def load_sweep(path: str | os.PathLike) -> pd.DataFrame:
             df.insert(0, "job", name)
         else:
             df.insert(0, "job", [value_job(name, param, v) for v in df[f"init_{param}"]])
-        frames.append(df)
+        frames.append(_with_job_keys(df, summary))
     _warn_unfinished(root, unfinished, "load_sweep")
     if not frames:
         raise FileNotFoundError(f"load_sweep: no finished job under {str(root)!r}")
