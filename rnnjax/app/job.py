@@ -25,6 +25,7 @@ from rnnjax.app import provenance, results, tracking
 from rnnjax.app.config import Config, cell_options, init_values
 from rnnjax.app.memory import fit_seeds, memory_budget
 from rnnjax.app.summary import headline, log_headline, theory_summary, to_host
+from rnnjax.core.baselines import ADDING_BASELINE
 from rnnjax.core.cells import CELLS, Cell
 from rnnjax.core.probes import make_probe
 from rnnjax.core.tasks import DataError, Task, cache_dir, make_task
@@ -34,7 +35,6 @@ log = logging.getLogger("rnnjax")
 
 SAMPLE_PREFIX = "time traveller "  # d2l's predict() prefix
 SAMPLE_LENGTH = 50
-ADDING_BASELINE = 1 / 6  # the adding problem's MSE of always predicting 1
 
 
 def job_task(cfg: Config, path: str | None = None) -> Task:
@@ -337,6 +337,9 @@ def _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out
         "status": "ok" if finite else "nonfinite",
         "wall_time_s": wall,
         "T": T,
+        # where the cell, activation and init stand in tables (what the report sorts by)
+        **results.order_keys(cfg.cell.name.value, cfg.activation.name.value,
+                             cfg.init.name.value),
         # a list of values: one headline per value under "headlines" (load_summaries gives
         # each its row)
         **({"headlines": headlines} if is_list else {"headline": headlines[0]}),
