@@ -12,7 +12,7 @@ from conftest import ROOT
 from omegaconf import OmegaConf
 
 from rnnjax.app.config import CELL_OPTIONS, CellName
-from rnnjax.core.cells import CELLS, unroll, vanilla
+from rnnjax.core.cells import CELLS, registry, unroll, vanilla
 from rnnjax.core.tasks import make_random_batch
 
 
@@ -22,7 +22,7 @@ def test_config_options_and_yaml_files_are_the_cells_own():
                                                                           "cell").glob("*.yaml")}
     assert set(files) == set(CELLS)
     for name, spec in CELLS.items():
-        assert files[name] == {"name": name, **spec.options}, name
+        assert files[name] == {"name": name, **registry.defaults(name)}, name
         assert set(spec.options) <= set(CELL_OPTIONS), name
 
 
@@ -40,8 +40,7 @@ def test_the_core_imports_no_app_stack():
 def test_every_cell_runs_its_contract(key, name):
     """init, initial_state, step, readout and hidden fit together, for tokens and real inputs:
     shapes, dtypes, a deterministic init, and `unroll` equal to stepping by hand."""
-    spec = CELLS[name]
-    cell = spec.build(activation="tanh", init="normal", init_value=None, **spec.options)
+    cell = registry.build(name, {}, activation="tanh", init="normal", init_value=None)
     D, H, Q, B, T = 5, 6, 5, 3, 7
     params = cell.init(key, D, H, Q, jnp.float64)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params,
@@ -67,3 +66,80 @@ def test_every_cell_runs_its_contract(key, name):
 def test_vanilla_is_the_default_cell():
     assert CELLS["vanilla"].build is vanilla
     assert OmegaConf.load(ROOT / "conf" / "config.yaml").defaults[1] == {"cell": "vanilla"}
+
+
+def test_each_option_is_a_record_with_its_type_help_and_default():
+    for name, spec in CELLS.items():
+        assert spec.help, name
+        for key, value in spec.options.items():
+            assert isinstance(value, registry.Option), (name, key)
+            assert value.help and isinstance(value.default, value.type), (name, key)
+
+
+def test_a_builder_takes_only_what_the_cell_uses():
+    """A cell whose activation (or init) is not free does not take it; build passes only what a
+    builder declares, so a free activation reaches the vanilla RNN and nothing else."""
+    import inspect
+
+    for name, spec in CELLS.items():
+        params = inspect.signature(spec.build).parameters
+        assert ("activation" in params) == (spec.activations is None), name
+        assert ("init" in params) == (spec.inits is None), name
+    relu = registry.build("vanilla", {}, activation="relu", init="normal", init_value=None)
+    h = relu.step(relu.init(jax.random.key(0), 3, 4, 3), -jnp.ones((2, 4)), jnp.array([0, 1]))
+    assert float(jnp.min(h)) >= 0  # relu, not the default tanh
+    assert registry.build("urnn", {}, activation="relu", init="gaussian", init_value=2.0).name \
+        == "urnn"
+
+
+@pytest.mark.parametrize(("name", "options", "error"), [
+    ("lstm", {"forget_bias": float("inf")}, "cell.forget_bias=inf is invalid: must be a finite "
+                                            "number"),
+    ("lru", {"r_min": 0.0}, "cell.r_min=0.0 is invalid: must be in (0, 1]"),
+    ("lru", {"r_max": 1.5}, "cell.r_max=1.5 is invalid: must be in (0, 1]"),
+    ("lru", {"r_min": 0.99, "r_max": 0.9}, "cell.r_min=0.99 is invalid: must be <= cell.r_max=0.9"),
+    ("lru", {"max_phase": -1.0}, "cell.max_phase=-1.0 is invalid: must be a finite number >= 0"),
+])
+def test_option_checks_give_one_line(name, options, error):
+    message = registry.check(name, options)
+    assert message.startswith(error) and "\n" not in message
+    assert registry.check(name, {}) is None
+
+
+@pytest.mark.parametrize(("name", "options", "text"), [
+    ("vanilla", {}, ""),
+    ("gru", {}, ""),
+    ("urnn", {}, ""),
+    ("lstm", {}, ""),
+    ("lstm", {"forget_bias": 1.0}, "forget_bias=1"),
+    ("lstm", {"peephole": True}, "peephole"),
+    ("lstm", {"forget_bias": 1.0, "peephole": True}, "forget_bias=1, peephole"),
+    ("lru", {}, "|λ| in [0.9, 0.999]"),
+    ("lru", {"r_min": 0.99, "r_max": 0.99}, "r=0.99"),
+    ("lru", {"normalize": False}, "|λ| in [0.9, 0.999], unnormalized"),
+])
+def test_labels(name, options, text):
+    assert registry.label(name, options) == text
+
+
+def _saved_floats(cell, params, x_t, B):
+    """Floats JAX's autodiff saves to differentiate one step of B sequences (complex: 2)."""
+    from jax._src.ad_checkpoint import saved_residuals
+
+    s = jax.tree.map(lambda a: a + 0.1, cell.initial_state(params, B))
+    saved = saved_residuals(lambda p, s: cell.step(p, s, x_t), params, s)
+    return sum((2 if jnp.issubdtype(a.dtype, jnp.complexfloating) else 1) * a.size
+               for a, _ in saved if jnp.issubdtype(a.dtype, jnp.inexact))
+
+
+@pytest.mark.parametrize(("name", "options"), [(n, {}) for n in sorted(CELLS)]
+                         + [("lstm", {"peephole": True})])
+@pytest.mark.parametrize("H", [8, 16])
+def test_cost_is_what_autodiff_saves_per_sequence(name, options, H):
+    """registry.cost: the floats per step and per sequence a step's backward keeps (the saved
+    activations of 2 sequences less those of 1: the parameters drop out)."""
+    cell = registry.build(name, options, activation="tanh", init="normal", init_value=None)
+    params = cell.init(jax.random.key(0), 5, H, 3)
+    per_sequence = (_saved_floats(cell, params, jnp.zeros((2,), jnp.int32), 2)
+                    - _saved_floats(cell, params, jnp.zeros((1,), jnp.int32), 1))
+    assert registry.cost(name, options, H) == per_sequence

@@ -26,7 +26,7 @@ from rnnjax.app.config import Config, cell_options, init_values
 from rnnjax.app.memory import fit_seeds, memory_budget
 from rnnjax.app.summary import headline, log_headline, theory_summary, to_host
 from rnnjax.core.baselines import ADDING_BASELINE
-from rnnjax.core.cells import CELLS, Cell
+from rnnjax.core.cells import CELLS, Cell, registry
 from rnnjax.core.probes import make_probe
 from rnnjax.core.tasks import DataError, Task, cache_dir, make_task
 from rnnjax.core.train import init_state, make_eval, make_generate, make_optimizer, make_train_chunk
@@ -49,9 +49,9 @@ def build_cell(cfg: Config, init_value=None) -> Cell:
     may be a traced value when a list of them is vmapped; None: the config's own)."""
     if init_value is None:
         init_value = init_values(cfg)[1][0]
-    return CELLS[cfg.cell.name.value].build(activation=cfg.activation.name.value,
-                                            init=cfg.init.name.value, init_value=init_value,
-                                            **cell_options(cfg))
+    return registry.build(cfg.cell.name.value, cell_options(cfg),
+                          activation=cfg.activation.name.value, init=cfg.init.name.value,
+                          init_value=init_value)
 
 
 def job_name(cfg: Config) -> str:

@@ -354,8 +354,10 @@ class Job(NamedTuple):
 def _cost(cfg) -> float:
     """Work of a job in arbitrary units: the trajectory it scans times the passes over it."""
     passes = 1 + 3 * (cfg.train.steps or 0) + (cfg.train.epochs or 0) * 30
-    width = cfg.hidden_size * (4 if cfg.cell.name.value in ("lstm", "gru") else 1) * (
-        8 if cfg.cell.name.value == "urnn" else 1)
+    from rnnjax.app.config import cell_options
+    from rnnjax.core.cells import registry
+
+    width = registry.cost(cfg.cell.name.value, cell_options(cfg), cfg.hidden_size)
     return passes * cfg.seq_len * cfg.batch_size * cfg.seeds * width
 
 

@@ -44,7 +44,7 @@ import numpy as np
 from jax import Array
 
 from rnnjax.core.cells.base import Cell
-from rnnjax.core.cells.registry import CellSpec
+from rnnjax.core.cells.registry import CellSpec, Option
 from rnnjax.core.losses import make_loss
 
 # The paper's ring for most tasks (Section 3.3: r_min 0.9, r_max 0.999) and the full phase
@@ -182,13 +182,12 @@ def zero_state(params: LRUParams, B: int) -> LRUState:
                     skip=jnp.zeros((B, H), dtype))
 
 
-def lru(activation: str = "tanh", init: str = "normal", init_value=None, r_min: float = R_MIN,
-        r_max: float = R_MAX, max_phase: float = MAX_PHASE, normalize: bool = True) -> Cell:
-    """The LRU cell (Orvieto et al. 2023).
+def lru(r_min: float = R_MIN, r_max: float = R_MAX, max_phase: float = MAX_PHASE,
+        normalize: bool = True) -> Cell:
+    """The LRU cell (Orvieto et al. 2023). The recurrence is linear and the paper's
+    initialization is used: `activation` and `init` do not apply.
 
     Args:
-      activation, init, init_value: do not apply (the recurrence is linear and the paper's
-        initialization is used); the config accepts their defaults only.
       r_min, r_max: |lambda| of the ring initialization, 0 < r_min <= r_max <= 1.
       max_phase: arg lambda uniform on [0, max_phase].
       normalize: gamma = sqrt(1 - |lambda|^2) at initialization (a trained parameter, as in the
@@ -198,8 +197,6 @@ def lru(activation: str = "tanh", init: str = "normal", init_value=None, r_min: 
       A Cell whose state is `LRUState` (h_t complex, x_t D); `hidden` is h_t and `recurrent` the
       eigenvalues' parameters (nu_log, theta_log).
     """
-    del activation, init, init_value
-
     def init_fn(key, D, H, Q, dtype=jnp.float32):
         return init_params(key, D, H, Q, r_min, r_max, max_phase, normalize, dtype)
 
@@ -210,21 +207,45 @@ def lru(activation: str = "tanh", init: str = "normal", init_value=None, r_min: 
                 readout=lru_readout, hidden=lambda s: s.h, recurrent=("nu_log", "theta_log"))
 
 
+def _modulus(r: float) -> str | None:
+    return None if 0 < r <= 1 else "must be in (0, 1] (a modulus |lambda| of the ring " \
+                                   "initialization)"
+
+
+def _phase(m: float) -> str | None:
+    return None if 0 <= m < math.inf else "must be a finite number >= 0 (the phases of " \
+                                          "lambda are uniform on [0, cell.max_phase])"
+
+
+OPTIONS = {
+    "r_min": Option(R_MIN, float, "smallest |lambda| of the ring, in (0, 1] (the paper's "
+                    "Section 3.3)", _modulus),
+    "r_max": Option(R_MAX, float, "largest |lambda|, in [r_min, 1]", _modulus),
+    "max_phase": Option(MAX_PHASE, float, "arg lambda uniform on [0, max_phase] (2 pi)",
+                        _phase),
+    "normalize": Option(True, bool, "gamma = sqrt(1 - |lambda|^2) on the input (trained), "
+                        "else gamma = 1"),
+}
+
+
 def check(options: dict) -> str | None:
-    """The error line for options the LRU does not take, or None."""
-    for key in ("r_min", "r_max"):
-        r = options[key]
-        if not 0 < r <= 1:
-            return (f"cell.{key}={r} is invalid: must be in (0, 1] (a modulus |lambda| of the "
-                    "ring initialization)")
+    """The ring's order, which no single option can check (each option checks itself)."""
     if options["r_min"] > options["r_max"]:
         return (f"cell.r_min={options['r_min']} is invalid: must be <= cell.r_max="
                 f"{options['r_max']} (equal is allowed)")
-    m = options["max_phase"]
-    if not 0 <= m < math.inf:
-        return (f"cell.max_phase={m} is invalid: must be a finite number >= 0 (the phases of "
-                "lambda are uniform on [0, cell.max_phase])")
     return None
+
+
+def label(options: dict) -> str:
+    """The ring, "r=0.9" or "|λ| in [0.9, 0.999]", and the other options where they differ
+    from their defaults ("max_phase=3.14", "unnormalized")."""
+    lo, hi = options["r_min"], options["r_max"]
+    parts = [f"r={lo:g}" if lo == hi else f"|λ| in [{lo:g}, {hi:g}]"]
+    if options["max_phase"] != MAX_PHASE:
+        parts.append(f"max_phase={options['max_phase']:g}")
+    if not options["normalize"]:
+        parts.append("unnormalized")
+    return ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------- theory
@@ -477,10 +498,15 @@ def _median(values) -> float:
 
 SPEC = CellSpec(
     build=lru,
-    options={"r_min": R_MIN, "r_max": R_MAX, "max_phase": MAX_PHASE, "normalize": True},
+    options=OPTIONS,
     activations=("tanh",),
     inits=("normal",),
     check=check,
     theory=theory,
+    label=label,
+    # per step: two complex (B, H) arrays, 2 floats a unit (what autodiff saves;
+    # tests/test_cells.py measures it)
+    cost=lambda options, H: 4 * H,
+    help="Orvieto et al. (2023)'s linear recurrent unit: complex diagonal lambda on a ring",
     order=4,
 )

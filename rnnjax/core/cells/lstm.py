@@ -22,10 +22,21 @@ from jax import Array
 
 from rnnjax.core.cells.base import Cell
 from rnnjax.core.cells.gated import gate_theory, initializers, mean_gates
-from rnnjax.core.cells.registry import CellSpec
+from rnnjax.core.cells.registry import CellSpec, Option
 from rnnjax.core.cells.vanilla import step_drive
 
-OPTIONS = {"forget_bias": 0.0, "peephole": False}
+
+def _finite(value: float) -> str | None:
+    if math.isfinite(value):
+        return None
+    return "must be a finite number (d2l: 0; Jozefowicz et al. 2015: 1)"
+
+
+OPTIONS = {
+    "forget_bias": Option(0.0, float, "initial b_f (d2l: 0; Jozefowicz et al. 2015: 1)",
+                          _finite),
+    "peephole": Option(False, bool, "the output gate sees C_t through a learned w_co (H,)"),
+}
 
 
 class LSTMParams(NamedTuple):
@@ -102,21 +113,11 @@ def step_with_gate(params, state: State, x_t: Array) -> tuple[State, Array]:
     return tapped_step_with_gate(params, state, x_t, None)
 
 
-def check(options: dict) -> str | None:
-    """cell.forget_bias must be a finite number."""
-    fb = options["forget_bias"]
-    if not math.isfinite(fb):
-        return f"cell.forget_bias={fb} is invalid: must be a finite number (d2l: 0; " \
-               "Jozefowicz et al. 2015: 1)"
-    return None
-
-
-def lstm(activation: str = "tanh", init: str = "normal", init_value=None,
-         forget_bias: float = 0.0, peephole: bool = False) -> Cell:
-    """d2l's LSTM cell (d2l 10.1).
+def lstm(init: str = "normal", init_value=None, forget_bias: float = 0.0,
+         peephole: bool = False) -> Cell:
+    """d2l's LSTM cell (d2l 10.1); the input node's and the cell output's nonlinearity is tanh.
 
     Args:
-      activation: only "tanh" (the input node's and the cell output's nonlinearity).
       init: the initializer of W_hi, W_hf, W_ho and W_hc (one of `rnnjax.core.init.INITS`). With
         `normal` every weight matrix is N(0, std^2), exactly d2l's scratch LSTM, and so is w_co;
         with the others the input matrices and W_hq are Glorot normal and w_co is N(0, 1 / H)
@@ -129,8 +130,6 @@ def lstm(activation: str = "tanh", init: str = "normal", init_value=None,
     Returns:
       A Cell whose state is (H_t, C_t), with the tap "cell": the total derivative dL/dC_t.
     """
-    if activation != "tanh":
-        raise ValueError(f"activation={activation!r} does not apply to cell=lstm; allowed: tanh")
     w_h_init, io_init = initializers(init, init_value)
 
     def init_fn(key, D, H, Q, dtype=jnp.float32):
@@ -177,5 +176,25 @@ def theory(cell, params, x, measured, **options) -> dict:
                        RECURRENT, params, x)
 
 
-SPEC = CellSpec(build=lstm, options=OPTIONS, activations=("tanh",), check=check, theory=theory,
-                order=2)
+def label(options: dict) -> str:
+    """"forget_bias=1, peephole"; "" for d2l's LSTM (forget_bias 0, no peephole)."""
+    parts = [f"forget_bias={options['forget_bias']:g}"] if options["forget_bias"] != 0 else []
+    return ", ".join(parts + (["peephole"] if options["peephole"] else []))
+
+
+def cost(options: dict, H: int) -> int:
+    """Per step: H_{t-1}, C_{t-1}, the four gates' outputs and derivatives, C_t and tanh'(C_t)
+    (what autodiff saves; tests/test_cells.py measures it), and w_co * C_t's factor."""
+    return (13 if options["peephole"] else 12) * H
+
+
+SPEC = CellSpec(
+    build=lstm,
+    options=OPTIONS,
+    activations=("tanh",),
+    theory=theory,
+    label=label,
+    cost=cost,
+    help="d2l's LSTM, state (H_t, C_t); init applies to W_h*; the probe also taps dL/dC_t",
+    order=2,
+)

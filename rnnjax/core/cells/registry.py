@@ -59,7 +59,8 @@ class CellSpec(NamedTuple):
     # the init options it takes; None: every one. A cell that follows its paper's
     # initialization takes ("normal",), the default, and its build does not declare `init`.
     inits: tuple[str, ...] | None = None
-    # options (defaults filled in) -> an error line naming the key and what is allowed, or None
+    # options (defaults filled in) -> an error line naming the keys and what is allowed, or None:
+    # what no single option's `Option.check` can say (the LRU's r_min <= r_max)
     check: Callable[[dict[str, Any]], str | None] | None = None
     # Theory beside the measurement, for `summary.json`: (cell, params of S networks, x of
     # (S, B, T...), the measured slope, options; and, where the caller passes them, y, kind,
@@ -70,8 +71,9 @@ class CellSpec(NamedTuple):
     # options (defaults filled in) -> how they read in a figure's label or a table ("" for
     # none); None: "key=value" for each option that differs from its default
     label: Callable[[dict[str, Any]], str] | None = None
-    # (options, H) -> floats of state the probe keeps per step and per sequence, for memory
-    # planning and scheduling; None: H
+    # (options, H) -> floats per step and per sequence that differentiating the cell keeps: the
+    # state and the activations JAX's autodiff saves for one step's backward (the state it reads
+    # included), for memory planning and scheduling; None: H
     cost: Callable[[dict[str, Any], int], int] | None = None
     # one line for `rnnjax run --help`
     help: str = ""
@@ -169,9 +171,24 @@ def label(name: str, options: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in full.items() if v != base.get(k))
 
 
+def check(name: str, options: Mapping[str, Any]) -> str | None:
+    """The error line for `options` of `cell=name` (defaults filled in), or None: each option's
+    own `Option.check` ("cell.r_min=0 is invalid: must be in (0, 1] ..."), then the spec's."""
+    spec = get(name)
+    full = {**defaults(name), **options}
+    for key, value in spec.options.items():
+        rule = option(value).check
+        error = rule(full[key]) if rule is not None else None
+        if error:
+            return f"cell.{key}={full[key]} is invalid: {error}"
+    return spec.check(full) if spec.check is not None else None
+
+
 def cost(name: str, options: Mapping[str, Any], hidden_size: int) -> int:
-    """Floats of state the probe keeps per step and per sequence for `cell=name`."""
+    """Floats per step and per sequence that differentiating `cell=name` keeps (state and saved
+    activations; see `CellSpec.cost`)."""
     spec = get(name)
     if spec.cost is None:
         return hidden_size
     return spec.cost({**defaults(name), **options}, hidden_size)
+

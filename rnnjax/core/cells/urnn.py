@@ -171,9 +171,9 @@ def readout(params: URNNParams, h: Array) -> Array:
     return jnp.concatenate([h.real, h.imag], axis=-1) @ params.W_hq + params.b_q
 
 
-def urnn(activation: str = "tanh", init: str = "normal", init_value=None) -> "Cell":  # noqa: F821
+def urnn() -> "Cell":  # noqa: F821
     """The uRNN cell. `activation` and `init` do not apply (the paper fixes modReLU and its
-    initialization); the config accepts their defaults only, and they are ignored here.
+    initialization).
 
     Returns:
       A Cell whose state is h_t (B, H) complex; `recurrent` is the parameters of W (the
@@ -182,7 +182,6 @@ def urnn(activation: str = "tanh", init: str = "normal", init_value=None) -> "Ce
     """
     from rnnjax.core.cells.base import Cell
 
-    del activation, init, init_value
     return Cell(name="urnn", init=init_params, initial_state=initial_state, step=step,
                 readout=readout, hidden=lambda h: h, recurrent=RECURRENT)
 
@@ -250,5 +249,14 @@ def theory(cell, params, x, measured: float, **options) -> dict:
     }
 
 
-SPEC = CellSpec(build=urnn, activations=("tanh",), inits=("normal",), theory=theory,
-                order=3)
+SPEC = CellSpec(
+    build=urnn,
+    activations=("tanh",),
+    inits=("normal",),
+    theory=theory,
+    # per step: the complex intermediates of W's seven factors and of modReLU, and 4 floats of
+    # the two reflections' v^* u (what autodiff saves; tests/test_cells.py measures it)
+    cost=lambda options, H: 23 * H + 4,
+    help="Arjovsky et al. (2016)'s unitary RNN: complex state, W = D3 R2 F^-1 D2 Pi R1 F D1",
+    order=3,
+)

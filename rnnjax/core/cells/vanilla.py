@@ -155,4 +155,10 @@ def vanilla(activation: str = "tanh", init: str = "normal", init_value=None) -> 
                 readout=readout, hidden=lambda h: h, recurrent=("W_hh",), backward=backward)
 
 
-SPEC = CellSpec(build=vanilla, order=0)
+SPEC = CellSpec(
+    build=vanilla,
+    # per step: H_{t-1}, H_t and phi'(A_t), what autodiff saves (tests/test_cells.py measures it)
+    cost=lambda options, H: 3 * H,
+    help="d2l's vanilla RNN, H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h): activation and init apply",
+    order=0,
+)
