@@ -286,7 +286,7 @@ def test_jobs_beyond_the_hosts_memory_are_refused_at_validation(overrides, key, 
     text.write_text("a b " * 60_000)  # 240 kB: enough windows for seq_len=200000
     monkeypatch.setenv("RNNJAX_DATA", str(tmp_path))
     monkeypatch.setattr(memory, "host_available", lambda: 8 * 10**9)
-    monkeypatch.setattr("rnnjax.app.config.host_available", lambda: 8 * 10**9)
+    monkeypatch.setattr("rnnjax.app.memory.host_available", lambda: 8 * 10**9)
     with pytest.raises(ConfigError) as e:
         compose_cfg(overrides)
     msg = str(e.value)

@@ -1,39 +1,26 @@
-"""Structured configs (Hydra ConfigStore schema) and their validation.
+"""Structured configs: the schema Hydra's ConfigStore holds (`Config`), its `cell.*` made from
+the registry of cells.
 
 Types and enum values are checked by OmegaConf when Hydra composes the config; ranges and
-cross-field rules are checked by `validate`, which `rnnjax.sweeps.app` runs on every job of a run or
-a sweep before Hydra creates any output directory.
+cross-field rules by `rnnjax.app.validate.validate`, which `rnnjax.sweeps.app` runs on every job
+of a run or a sweep before Hydra creates any output directory. The names other modules import
+from here before (validate, ConfigError, cell_options, init_values, prepare_data, ...) stay
+importable from here (`__getattr__`).
 """
 
-import math
-import os
-from dataclasses import dataclass, field, fields, is_dataclass
+import importlib
+from dataclasses import dataclass, field, fields, make_dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import OmegaConf
 
-from rnnjax.app.memory import host_available, host_bytes
-from rnnjax.app.trackers import TRACKERS, TrackerError, check_options
-from rnnjax.core.cells import ACTIVATIONS, CELLS
-from rnnjax.core.init import INIT_PARAM, INITS, PARAM_DEFAULTS
+from rnnjax.app.tracker_names import TRACKERS
+from rnnjax.core.cells import ACTIVATIONS, registry
+from rnnjax.core.init import INITS
 from rnnjax.core.losses import LOSS_AT
-from rnnjax.core.tasks import (
-    COPY_LENGTH,
-    COPY_VOCAB,
-    NUM_TRAIN,
-    TASKS,
-    TIMEMACHINE_FILE,
-    DataError,
-    cache_dir,
-    check_readable,
-    check_windows,
-    load_timemachine,
-)
+from rnnjax.core.tasks import TASKS
 from rnnjax.core.train import BPTT_MODES, OPTIMIZERS
 
 
@@ -43,7 +30,7 @@ def _options(name: str, names) -> type[Enum]:
 
 
 # The options of each enum-valued key, from the lists of the core that implements them.
-CellName = _options("CellName", CELLS)
+CellName = _options("CellName", registry.CELLS)
 Activation = _options("Activation", ACTIVATIONS)
 InitName = _options("InitName", INITS)
 TaskName = _options("TaskName", TASKS)
@@ -55,17 +42,34 @@ LoggerName = _options("LoggerName", TRACKERS)
 WandbMode = _options("WandbMode", ("online", "offline"))
 
 
-@dataclass
-class CellConfig:
-    # The options of every cell; a cell takes its own (rnnjax.core.cells.CELLS[name].options), the
-    # others stay null. null: the cell's default.
-    name: CellName = CellName.vanilla  # the recurrent cell (rnnjax.core.cells.CELLS)
-    forget_bias: float | None = None  # lstm: initial bias of the forget gate (d2l: 0)
-    peephole: bool | None = None  # lstm: output gate sees C_t through a learned w_co (H,)
-    r_min: float | None = None  # lru: smallest |lambda| of the ring initialization, in (0, 1]
-    r_max: float | None = None  # lru: largest |lambda|, in [r_min, 1]
-    max_phase: float | None = None  # lru: phases of lambda uniform on [0, max_phase]
-    normalize: bool | None = None  # lru: gamma = sqrt(1 - |lambda|^2) on the input
+_TYPES = (bool, int, float, str)
+
+
+def _option_types() -> dict[str, Any]:
+    """Every registered cell's options, name -> type (Any where two cells type one name apart
+    or a type is not one OmegaConf holds), in the registry's order."""
+    types: dict[str, Any] = {}
+    for name in registry.CELLS:
+        for key, value in registry.get(name).options.items():
+            t = registry.option(value).type
+            t = t if t in _TYPES else Any
+            types[key] = t if types.get(key, t) is t else Any
+    return types
+
+
+# The options of every cell, made from the registry (a cell or a plugin adds its own with no
+# edit here): a cell takes its own (registry.get(name).options), the others stay null; null: the
+# cell's default. `name` is the recurrent cell. A cell whose build takes **options (cell=custom)
+# takes further keys, `cell.KEY=VALUE` on the command line: `validate` keeps them in
+# `free_options` (not a field: no column, no schema key).
+CellConfig = make_dataclass(
+    "CellConfig",
+    [("name", CellName, field(default=next(iter(CellName))))]
+    + [(k, t if t is Any else t | None, field(default=None)) for k, t in _option_types().items()],
+    namespace={"free_options": {}, "__module__": __name__,
+               "__doc__": "cell.*: the cell and its options (from the registry)"},
+)
+CELL_OPTIONS = tuple(f.name for f in fields(CellConfig) if f.name != "name")
 
 
 @dataclass
@@ -143,298 +147,34 @@ class Config:
     resume: bool = True  # skip a job whose directory holds a finished run of the same config
 
 
-def register_configs() -> None:
-    """Stores the schema in Hydra's ConfigStore as `config_schema` (config.yaml extends it)."""
-    ConfigStore.instance().store(name="config_schema", node=Config)
+def register_configs(conf_dir=None) -> None:
+    """Stores the schema in Hydra's ConfigStore as `config_schema` (config.yaml extends it), and
+    the option `cell=NAME` (group `cell`, its options at their defaults) of every registered
+    cell that has no conf/cell/NAME.yaml in `conf_dir` (default: the app's): a plugin's cell.
 
-
-class ConfigError(ValueError):
-    """An invalid config value; the message is one line naming the key and what is allowed."""
-
-
-def _check_size(key: str, value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"{key}={value} is invalid: must be an integer >= 1")
-
-
-def _omegaconf_message(e: OmegaConfBaseException) -> str:
-    """One line from an OmegaConf error (an interpolation that does not resolve, say)."""
-    key = getattr(e, "full_key", None) or "config"
-    return f"{key} is invalid: {str(e).splitlines()[0]}"
-
-
-def not_a_key(key: str, schema: type) -> str:
-    """The message for `key` (dotted), which the dataclass `schema` of its parent lacks."""
-    parent = key.rpartition(".")[0] or "the config"
-    return f"{key} is not a config key; allowed in {parent}: " \
-           f"{', '.join(f.name for f in fields(schema))}"
-
-
-def _check_keys(node: DictConfig, schema: type, prefix: str) -> None:
-    """Raises ConfigError for a key the schema does not have (`+train.clipp=1` would otherwise
-    be ignored, silently)."""
-    known = {f.name: f for f in fields(schema)}
-    for key in node.keys():
-        if prefix == "" and key == "hydra":
-            continue
-        if key not in known:
-            raise ConfigError(not_a_key(f"{prefix}{key}", schema))
-        sub = known[key].default_factory
-        value = node._get_node(key)
-        if isinstance(value, DictConfig) and is_dataclass(sub):
-            _check_keys(value, sub, f"{prefix}{key}.")
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _check_init_value(p: str, value: Any, dtype: str) -> None:
-    allowed = "must be a number > 0, or a list of them ([0.5,1.0]) vmapped in one job"
-    items = value if isinstance(value, list) else [value]
-    strings = [v for v in items if isinstance(v, str)]
-    text = [repr(v) if isinstance(v, str) else str(v) for v in items]
-    shown = "[" + ",".join(text) + "]" if isinstance(value, list) else text[0] if text else ""
-    if strings:  # a quoted number ('1.5') reaches us as a string: say so
-        raise ConfigError(f"init.{p}={shown} is invalid: got the string {strings[0]!r}; "
-                          f"{allowed} (write numbers without quotes)")
-    if not items or not all(_is_number(v) and 0 < v < math.inf for v in items):
-        raise ConfigError(f"init.{p}={shown} is invalid: {allowed}")
-    if isinstance(value, list) and len(set(items)) != len(items):
-        raise ConfigError(f"init.{p}={value} is invalid: the values must differ")
-    info = np.finfo(dtype)
-    for v in items:
-        # The value scales the weights: one the dtype rounds to inf or 0 makes every number
-        # of the job NaN (and LAPACK complain), so it is bad input, not data.
-        with np.errstate(over="ignore"):
-            held = np.asarray(v, dtype)
-        if not 0 < held < np.inf:
-            raise ConfigError(f"init.{p}={v:g} is invalid: dtype={dtype} cannot hold it (it "
-                              f"holds {info.smallest_subnormal:.3g} to {info.max:.3g}); use "
-                              f"{'dtype=float64 or ' if dtype == 'float32' else ''}a value in "
-                              "that range")
-
-
-def init_values(cfg: Config) -> tuple[str | None, list[float | None], bool]:
-    """(the init's parameter name, its values, whether it was given as a list).
-
-    A parameter left unset is its default (normal: std 0.01; orthogonal, identity, gaussian:
-    gain 1; spectral: radius 1); xavier takes none: (None, [None], False).
+    The schema's `cell` node is not struct, so that `cell.KEY=VALUE` reaches a cell that takes
+    free options (cell=custom) without Hydra's `+`; `validate` refuses a key the cell does not
+    take, with the cell's options in the message.
     """
-    p = INIT_PARAM[cfg.init.name.value]
-    if p is None:
-        return None, [None], False
-    value = getattr(cfg.init, p)
-    if value is None:
-        return p, [PARAM_DEFAULTS[p]], False
-    if isinstance(value, list):
-        return p, [float(v) for v in value], True
-    return p, [float(value)], False
+    if conf_dir is None:
+        from rnnjax.sweeps.app import CONF_DIR as conf_dir  # noqa: N811 (where conf/ is)
+    store = ConfigStore.instance()
+    node = OmegaConf.structured(Config)
+    OmegaConf.set_struct(node.cell, False)
+    store.store(name="config_schema", node=node)
+    for name in registry.CELLS:
+        if not (conf_dir / "cell" / f"{name}.yaml").is_file():
+            store.store(group="cell", name=name, node={"name": name, **registry.defaults(name)})
 
 
-def validate(cfg: DictConfig | Config) -> Config:
-    """Checks ranges and cross-field rules and returns the config as a `Config` object.
-
-    Raises:
-      ConfigError: one line naming the offending key and what is allowed.
-    """
-    if isinstance(cfg, DictConfig):
-        _check_keys(cfg, Config, "")
-        keys = [f.name for f in fields(Config)]
-        try:
-            cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config),
-                                                      OmegaConf.masked_copy(cfg, keys)))
-        except OmegaConfBaseException as e:
-            raise ConfigError(_omegaconf_message(e)) from None
-    for key in ("seq_len", "hidden_size", "batch_size", "seeds"):
-        _check_size(key, getattr(cfg, key))
-    if cfg.probe.unroll is not None:
-        _check_size("probe.unroll", cfg.probe.unroll)
-    if not 0 <= cfg.seed <= 2**32 - cfg.seeds:
-        raise ConfigError(f"seed={cfg.seed} is invalid: must be an integer >= 0 with seed + seeds "
-                          f"<= 2**32 (JAX's PRNG seeds are 32-bit)")
-    if cfg.max_memory_gb is not None and not 0 < cfg.max_memory_gb < math.inf:
-        raise ConfigError(f"max_memory_gb={cfg.max_memory_gb} is invalid: must be > 0, or null "
-                          "for 80% of the free device memory")
-
-    _validate_cell(cfg)
-    try:
-        check_options(cfg.logger.name.value, vars(cfg.logger))
-    except TrackerError as e:
-        raise ConfigError(str(e)) from None
-    init = cfg.init.name.value
-    wanted = INIT_PARAM[init]
-    for p in ("std", "gain", "radius"):
-        value = getattr(cfg.init, p)
-        if p != wanted and value is not None:
-            takes = f"init.{wanted}" if wanted else "no parameter"
-            raise ConfigError(f"init.{p} is not a parameter of init={init} (it takes {takes})")
-        if p == wanted and value is not None:
-            _check_init_value(p, value, cfg.dtype.value)
-            if isinstance(value, list) and (cfg.train.steps or cfg.train.epochs):
-                raise ConfigError(f"init.{p} is a list: lists are vmapped for probing at "
-                                  f"initialization only; to train, sweep init.{p} as separate "
-                                  f"jobs (-m init.{p}=a,b)")
-
-    task = cfg.task.name.value
-    if task in ("adding", "copy", "timemachine") and cfg.task.vocab_size is not None and not (
-            task == "timemachine" and cfg.task.vocab_size == 28):
-        raise ConfigError(f"task.vocab_size is not a parameter of task={task} (its inputs are "
-                          "fixed by the task); leave it unset")
-    if task in ("adding", "copy") and cfg.task.path is not None:
-        raise ConfigError(f"task.path is not a parameter of task={task}")
-    if task == "adding" and cfg.probe.loss_at.value != "last":
-        raise ConfigError("probe.loss_at=all is invalid for task=adding: it is scored at the "
-                          "last step; allowed: last")
-    if task == "random":
-        if cfg.task.vocab_size is None or cfg.task.vocab_size < 2:
-            raise ConfigError(
-                f"task.vocab_size={cfg.task.vocab_size} is invalid: must be an integer >= 2"
-            )
-        if cfg.task.path is not None:
-            raise ConfigError("task.path is not a parameter of task=random (use task=timemachine)")
-    elif task == "timemachine":
-        if cfg.task.path is not None:
-            try:
-                check_readable(Path(cfg.task.path).expanduser(), "task.path")
-            except DataError as e:
-                raise ConfigError(str(e)) from None
-    _validate_train(cfg)
-    _check_host_memory(cfg)
-    return cfg
+# Names that lived here before the split; other modules and tests import them from here.
+_MOVED = {"ConfigError": "rnnjax.app.validate", "validate": "rnnjax.app.validate",
+          "cell_options": "rnnjax.app.validate", "init_values": "rnnjax.app.validate",
+          "not_a_key": "rnnjax.app.validate", "_omegaconf_message": "rnnjax.app.validate",
+          "prepare_data": "rnnjax.app.data"}
 
 
-CELL_OPTIONS = tuple(f.name for f in fields(CellConfig) if f.name != "name")
-
-
-def cell_options(cfg: Config) -> dict[str, Any]:
-    """The options of the config's cell, with its defaults where the config leaves them null."""
-    spec = CELLS[cfg.cell.name.value]
-    return {k: default if getattr(cfg.cell, k) is None else getattr(cfg.cell, k)
-            for k, default in spec.options.items()}
-
-
-def _validate_cell(cfg: Config) -> None:
-    """The cell's options, and the activation and init options it takes."""
-    name = cfg.cell.name.value
-    spec = CELLS[name]
-    for key in CELL_OPTIONS:
-        if getattr(cfg.cell, key) is not None and key not in spec.options:
-            takes = ", ".join(f"cell.{k}" for k in spec.options) or "no options"
-            raise ConfigError(f"cell.{key} is not an option of cell={name} (it takes {takes})")
-    act = cfg.activation.name.value
-    if spec.activations is not None and act not in spec.activations:
-        raise ConfigError(f"activation={act} does not apply to cell={name}; allowed: "
-                          f"{', '.join(spec.activations)}")
-    init = cfg.init.name.value
-    if spec.inits is not None and init not in spec.inits:
-        raise ConfigError(f"init={init} does not apply to cell={name}; allowed: "
-                          f"{', '.join(spec.inits)}")
-    if spec.inits == ("normal",):  # the cell follows its paper: init is ignored
-        std = cfg.init.std
-        if std is not None and std != PARAM_DEFAULTS["std"]:
-            raise ConfigError(f"init.std={std} does not apply to cell={name} (it follows its "
-                              f"paper's initialization); leave init=normal at its default")
-    if spec.check is not None:
-        error = spec.check(cell_options(cfg))
-        if error:
-            raise ConfigError(error)
-
-
-_SIZE_KEYS = ("seeds", "seq_len", "hidden_size", "batch_size")
-
-
-def _text_bytes(cfg: Config) -> int:
-    """The size of the text file a task=timemachine job would read (0 when not found yet): an
-    upper bound on its characters."""
-    if cfg.task.path is not None:
-        p = Path(cfg.task.path).expanduser()
-    elif os.environ.get("RNNJAX_DATA"):
-        p = Path(os.environ["RNNJAX_DATA"]).expanduser() / TIMEMACHINE_FILE
-    else:
-        p = cache_dir() / TIMEMACHINE_FILE
-    try:
-        return p.stat().st_size if p.is_file() else 0
-    except OSError:
-        return 0
-
-
-def _check_host_memory(cfg: Config) -> None:
-    """Refuses a job whose parameters, batches and outputs alone need more host memory than the
-    host has available (MemAvailable): the kernel's OOM killer would end it without a word.
-
-    The key named is the size furthest above its default; the message gives the estimate.
-    """
-    available = host_available()
-    if available is None:
-        return
-    task = cfg.task.name.value
-    T = cfg.seq_len + 2 * COPY_LENGTH if task == "copy" else cfg.seq_len
-    D, Q = {"random": (cfg.task.vocab_size, cfg.task.vocab_size), "timemachine": (28, 28),
-            "copy": (COPY_VOCAB, COPY_VOCAB), "adding": (2, 1)}[task]
-    tr = cfg.train
-    steps = (tr.epochs * -(-NUM_TRAIN // cfg.batch_size) if tr.epochs is not None
-             else tr.steps)
-    need = host_bytes(
-        networks=cfg.seeds * len(init_values(cfg)[1]), T=T, batch_size=cfg.batch_size,
-        hidden_size=cfg.hidden_size, inputs=D, outputs=Q,
-        dtype_bytes=np.dtype(cfg.dtype.value).itemsize,
-        profiles=1 + (-(-steps // tr.log_every) if steps else 0), training=bool(steps),
-        input_channels=2 if task == "adding" else 1,
-        text_windows=_text_bytes(cfg) if task == "timemachine" else 0)
-    if need > available:
-        default = Config()
-        key = max(_SIZE_KEYS, key=lambda k: getattr(cfg, k) / getattr(default, k))
-        sizes = " ".join(f"{k}={getattr(cfg, k)}" for k in _SIZE_KEYS if k != key)
-        raise ConfigError(f"{key}={getattr(cfg, key)} is invalid: with {sizes} the job needs "
-                          f"about {need / 1e9:,.1f} GB of host memory for its parameters, "
-                          f"batches and outputs, more than the {available / 1e9:,.1f} GB "
-                          f"available (MemAvailable); use a smaller {key}")
-
-
-def _validate_train(cfg: Config) -> None:
-    tr = cfg.train
-    if tr.steps < 0:
-        raise ConfigError(f"train.steps={tr.steps} is invalid: must be an integer >= 0")
-    if tr.epochs is not None:
-        if cfg.task.name.value != "timemachine":
-            raise ConfigError(f"train.epochs applies to task=timemachine only; use train.steps "
-                              f"for task={cfg.task.name.value}")
-        if tr.epochs < 1:
-            raise ConfigError(f"train.epochs={tr.epochs} is invalid: must be an integer >= 1")
-        if tr.steps:
-            raise ConfigError("train.epochs and train.steps are both set: give one of them")
-    if not 0 < tr.lr < math.inf:
-        raise ConfigError(f"train.lr={tr.lr} is invalid: must be a finite number > 0")
-    if tr.clip is not None and not 0 < tr.clip < math.inf:
-        raise ConfigError(f"train.clip={tr.clip} is invalid: must be a finite number > 0, or null "
-                          "for no clipping")
-    if tr.clip_value is not None and not 0 < tr.clip_value < math.inf:
-        raise ConfigError(f"train.clip_value={tr.clip_value} is invalid: must be a finite number "
-                          "> 0, or null for no clipping")
-    if not 0 <= tr.initial_scale < math.inf:
-        raise ConfigError(f"train.initial_scale={tr.initial_scale} is invalid: must be a finite "
-                          "number >= 0")
-    if tr.initial_scale and tr.optimizer.value != "rmsprop":
-        raise ConfigError(f"train.initial_scale applies to train.optimizer=rmsprop only, not "
-                          f"{tr.optimizer.value}")
-    if tr.log_every < 1:
-        raise ConfigError(f"train.log_every={tr.log_every} is invalid: must be an integer >= 1")
-    bptt = tr.bptt.value
-    if bptt == "full" and tr.truncate is not None:
-        raise ConfigError("train.truncate is not a parameter of train.bptt=full (use "
-                          "train.bptt=truncated or randomized)")
-    least = {"truncated": 1, "randomized": 2}.get(bptt)
-    if least is not None and (tr.truncate is None or tr.truncate < least):
-        raise ConfigError(f"train.truncate={tr.truncate} is invalid for train.bptt={bptt}: must "
-                          f"be an integer >= {least}")
-
-
-def prepare_data(cfg: Config, corpus_sizes: dict | None = None) -> None:
-    """Makes sure the data a job needs is on disk (downloading it once if needed) and long
-    enough for its seq_len. `corpus_sizes` caches the token counts of texts already read."""
-    if cfg.task.name.value == "timemachine":
-        sizes = {} if corpus_sizes is None else corpus_sizes
-        if cfg.task.path not in sizes:
-            sizes[cfg.task.path] = len(load_timemachine(cfg.task.path)[0])
-        check_windows(sizes[cfg.task.path], cfg.seq_len)
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
+
+from rnnjax.core.tasks import COPY_LENGTH, COPY_VOCAB, NUM_TRAIN, TIMEMACHINE_FILE, cache_dir
 
 log = logging.getLogger("rnnjax")
 
@@ -361,3 +364,59 @@ def host_bytes(networks: int, T: int, batch_size: int, hidden_size: int, inputs:
     windows = text_windows * (T + 1) * 4
     rows = networks * T * profiles * ROW_BYTES
     return params + batches + windows + rows
+
+
+_SIZE_KEYS = ("seeds", "seq_len", "hidden_size", "batch_size")
+
+
+def _text_bytes(cfg) -> int:
+    """The size of the text file a task=timemachine job would read (0 when not found yet): an
+    upper bound on its characters."""
+    if cfg.task.path is not None:
+        p = Path(cfg.task.path).expanduser()
+    elif os.environ.get("RNNJAX_DATA"):
+        p = Path(os.environ["RNNJAX_DATA"]).expanduser() / TIMEMACHINE_FILE
+    else:
+        p = cache_dir() / TIMEMACHINE_FILE
+    try:
+        return p.stat().st_size if p.is_file() else 0
+    except OSError:
+        return 0
+
+
+def host_memory_error(cfg, networks: int) -> str | None:
+    """The error line for a job (a validated rnnjax.app.config.Config of `networks` networks:
+    seeds x init values) whose parameters, batches and outputs alone need more host memory than
+    the host has available (MemAvailable): the kernel's OOM killer would end it without a word.
+    None when it fits or MemAvailable is unknown.
+
+    The key named is the size furthest above its default; the message gives the estimate.
+    """
+    from rnnjax.app.config import Config  # the schema's defaults (Hydra): only when validating
+
+    available = host_available()
+    if available is None:
+        return None
+    task = cfg.task.name.value
+    T = cfg.seq_len + 2 * COPY_LENGTH if task == "copy" else cfg.seq_len
+    D, Q = {"random": (cfg.task.vocab_size, cfg.task.vocab_size), "timemachine": (28, 28),
+            "copy": (COPY_VOCAB, COPY_VOCAB), "adding": (2, 1)}[task]
+    tr = cfg.train
+    steps = (tr.epochs * -(-NUM_TRAIN // cfg.batch_size) if tr.epochs is not None
+             else tr.steps)
+    need = host_bytes(
+        networks=networks, T=T, batch_size=cfg.batch_size,
+        hidden_size=cfg.hidden_size, inputs=D, outputs=Q,
+        dtype_bytes=np.dtype(cfg.dtype.value).itemsize,
+        profiles=1 + (-(-steps // tr.log_every) if steps else 0), training=bool(steps),
+        input_channels=2 if task == "adding" else 1,
+        text_windows=_text_bytes(cfg) if task == "timemachine" else 0)
+    if need > available:
+        default = Config()
+        key = max(_SIZE_KEYS, key=lambda k: getattr(cfg, k) / getattr(default, k))
+        sizes = " ".join(f"{k}={getattr(cfg, k)}" for k in _SIZE_KEYS if k != key)
+        return (f"{key}={getattr(cfg, key)} is invalid: with {sizes} the job needs about "
+                f"{need / 1e9:,.1f} GB of host memory for its parameters, batches and outputs, "
+                f"more than the {available / 1e9:,.1f} GB available (MemAvailable); use a "
+                f"smaller {key}")
+    return None
