@@ -11,10 +11,10 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
 
 class RnnjaxSweeper(BasicSweeper):
-    """BasicSweeper's job list and launcher; `rnnjax.sweeps.app.run_sweep` decides what to
-    launch."""
+    """BasicSweeper's job list and launcher; `rnnjax.sweeps.sweep.run_sweep` decides what to
+    launch (rnnjax registers this class by its name, without importing this module)."""
 
     def sweep(self, arguments: list[str]) -> Any:
-        from rnnjax.sweeps.app import run_sweep
+        from rnnjax.sweeps.sweep import run_sweep
 
         return run_sweep(self, arguments)
