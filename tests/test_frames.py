@@ -3,6 +3,7 @@ labels, job order, quantiles over seeds, which prediction applies, slope tables,
 checked against the tasks themselves, the fall of a profile and the curse-of-memory power laws."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -38,44 +39,60 @@ def test_config_frame_finds_each_key_under_any_of_its_names():
     df = pd.DataFrame({"init_gain": [2.0], "train.lr": [0.1], "train_clip": [1.0],
                        "config.cell.forget_bias": [1.0], "T": [120], "config.seq_len": [100]})
     cfg = frames.config_frame(df)
-    assert cfg.iloc[0].to_dict() == {"init_gain": 2.0, "forget_bias": 1.0, "T": 120,
+    assert cfg.iloc[0].to_dict() == {"init_gain": 2.0, "cell_label": "forget_bias=1", "T": 120,
                                      "seq_len": 100, "lr": 0.1, "clip": 1.0}
+    # the job's own text of its options, where it wrote one, over the generic one
+    own = frames.config_frame(df.assign(cell_label="forget bias 1", model_label="lstm"))
+    assert own.iloc[0]["cell_label"] == "forget bias 1" and own.iloc[0]["model_label"] == "lstm"
 
 
 def test_labels_name_each_cell_by_what_it_uses():
-    cfg = pd.DataFrame({
+    # What the jobs wrote (summary.json): how the cell's options read, what the network is in
+    # one word, and whether the cell takes the config's activation and init.
+    cfg = frames.config_frame(pd.DataFrame({
         "cell": ["vanilla", "lstm", "lstm", "urnn", "lru", "lru"],
         "activation": ["relu", "tanh", "tanh", "tanh", "tanh", "tanh"],
         "init": ["identity", "normal", "normal", "normal", "normal", "normal"],
         "init_std": [None, 0.01, 0.01, 0.01, 0.01, 0.01],
         "init_gain": [1.0, None, None, None, None, None],
-        "forget_bias": [None, 1.0, 0.0, None, None, None],
-        "peephole": [None, True, True, None, None, None],
-        "r_min": [None, None, None, None, 0.9, 0.5],
-        "r_max": [None, None, None, None, 0.999, 0.5],
+        "cell_label": ["", "forget bias 1", "", "", "|λ| in [0.9, 0.999]", "r=0.5"],
+        "model_label": ["relu", "lstm", "lstm", "urnn", "lru", "lru"],
+        "cell_takes_activation": [True, False, False, False, False, False],
+        "cell_takes_init": [True, True, True, False, False, False],
         "T": [120] * 6, "seq_len": [100] * 6,
-    })
+    }))
     assert frames.labels(cfg).tolist() == [
         "vanilla / relu / identity g=1",
         "lstm / normal std=0.01 / forget bias 1",  # activation: the cell ignores it
-        "lstm / normal std=0.01 / forget bias 0",  # the peephole: the same in every LSTM
+        "lstm / normal std=0.01",  # its defaults: no text
         "urnn",  # neither activation nor init
         "lru / |λ| in [0.9, 0.999]",
         "lru / r=0.5",
     ]  # T is the same for all: not named; seq_len never (T is)
+    assert frames.model(cfg).tolist() == ["relu", "lstm", "lstm", "urnn", "lru", "lru"]
+    # one cell alone: named where its name is what the network is, not beside its activation
+    lstm = cfg[cfg["cell"] == "lstm"]
+    assert frames.labels(lstm).tolist() == ["lstm / normal std=0.01 / forget bias 1",
+                                            "lstm / normal std=0.01"]
+    assert frames.labels(cfg[cfg["cell"] == "vanilla"]).tolist() == ["relu / identity g=1"]
 
 
-def test_labels_of_nullable_columns_where_some_cells_lack_the_option():
+def test_labels_of_results_written_before_the_jobs_said_how_their_cell_reads():
     """Jobs of different cells concatenate into nullable columns (pandas' NA where a cell has
-    no such option): a gap is a missing value, not an error."""
-    cfg = pd.DataFrame({
-        "cell": ["vanilla", "lstm", "lstm"],
-        "forget_bias": pd.array([None, 1.0, 0.0], dtype="Float64"),
-        "peephole": pd.array([None, True, False], dtype="boolean"),
-        "r_min": [math.nan] * 3, "r_max": [math.nan] * 3,  # no LRU among them
+    no such option): a gap is a missing value, not an error; with no `cell_label` the options
+    read "key=value" and the network is named by its cell."""
+    df = pd.DataFrame({
+        "cell": ["vanilla", "lstm", "lstm"], "activation": ["tanh"] * 3,
+        "cell_forget_bias": pd.array([None, 1.0, 0.0], dtype="Float64"),
+        "cell_peephole": pd.array([None, True, False], dtype="boolean"),
+        "cell_r_min": [math.nan] * 3, "cell_r_max": [math.nan] * 3,  # no LRU among them
     })
+    cfg = frames.config_frame(df)
     assert frames.labels(cfg).tolist() == [
-        "vanilla", "lstm / forget bias 1 / peephole", "lstm / forget bias 0 / no peephole"]
+        "vanilla / tanh", "lstm / tanh / forget_bias=1, peephole=True",
+        "lstm / tanh / forget_bias=0, peephole=False"]
+    assert frames.model(cfg).tolist() == ["vanilla", "lstm", "lstm"]
+    assert frames.model(cfg.drop(columns="cell")).tolist() == ["tanh"] * 3
 
 
 def test_labels_keep_the_old_vanilla_form_and_exclude_init_with_its_parameter():
@@ -114,9 +131,15 @@ def test_jobs_table_orders_cells_then_activations_then_config():
     df = pd.DataFrame({"job": ["1", "2", "3", "4", "5"],
                        "cell": ["lru", "vanilla", "gru", "vanilla", "vanilla"],
                        "activation": ["tanh", "sigmoid", "tanh", "tanh", "tanh"],
-                       "init": ["normal"] * 5, "T": [8, 8, 8, 16, 8]})
+                       "init": ["normal"] * 5, "T": [8, 8, 8, 16, 8],
+                       # where the jobs said their cell and activation stand
+                       "cell_order": [50.0, 0.0, 10.0, 0.0, 0.0],
+                       "activation_order": [0, 1, 0, 0, 0]})
     jobs = frames.jobs_table(df)
     assert jobs["job"].tolist() == ["5", "4", "2", "3", "1"]  # tanh T=8, T=16, sigmoid, gru, lru
+    # results written before the jobs said: by name
+    old = frames.jobs_table(df.drop(columns=["cell_order", "activation_order"]))
+    assert old["job"].tolist() == ["3", "1", "2", "5", "4"]  # gru, lru, vanilla; sigmoid, tanh
 
 
 def test_a_prediction_applies_to_one_loss_term_only_and_never_to_the_identity():
@@ -245,3 +268,27 @@ def test_dropped_note_names_the_line_its_medians_belong_to():
         "Not plotted: of 4 (configuration, t) medians over seeds, 1 underflowed to 0 "
         "(log10 = −∞) and 2 overflowed to inf or are NaN.")
     assert frames.dropped_note(stats.iloc[:1]) == ""
+
+
+def test_the_report_names_no_cell_in_its_code():
+    """Labels, options and order come from the files the jobs wrote: no report module spells a
+    built-in cell's name in its code (docstrings and data files may)."""
+    import ast
+    from pathlib import Path
+
+    import rnnjax.report
+
+    names = {"vanilla", "gru", "lstm", "urnn", "lru"}
+    found = []
+    for path in Path(rnnjax.report.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, ast.Module | ast.FunctionDef | ast.ClassDef) and n.body
+                and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+                words = set(re.findall(r"[a-z]+", node.value.lower()))
+                found += [f"{path.name}:{node.lineno}: {w}" for w in words & names]
+            if isinstance(node, ast.Name) and node.id.lower() in names:
+                found.append(f"{path.name}:{node.lineno}: {node.id}")
+    assert not found

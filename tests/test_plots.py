@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from rnnjax import load_metrics, load_summaries, load_sweep
 from rnnjax.app.config import register_configs, validate
 from rnnjax.app.job import run_job
+from rnnjax.app.results import order_keys
 from rnnjax.report import build as report
 from rnnjax.report import frames, plots
 
@@ -171,7 +172,12 @@ def synthetic(T: int, slopes: dict[str, float], seeds: int = 2, floor: float = 1
                              "grad_norm": g if g > floor else 0.0,
                              **{k: v[job] if isinstance(v, dict) else v
                                 for k, v in columns.items()}})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    # what a job writes beside its config (load_sweep carries it): where its cell, activation
+    # and init stand, and which of them its cell takes
+    keys = df.apply(lambda r: order_keys(r.get("cell", "vanilla"), r.get("activation", "tanh"),
+                                         r.get("init", "normal")), axis=1)
+    return pd.concat([df, pd.DataFrame(list(keys), index=df.index)], axis=1)
 
 
 def test_the_x_range_follows_the_data_and_no_panel_is_empty():

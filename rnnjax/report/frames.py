@@ -1,16 +1,15 @@
 """The tables behind the figures and reports of a run or sweep: config columns under canonical
-names, labels, job order, quantiles over seeds, the predictions that apply, slope tables and
-the training baselines.
+names, labels, job order, the predictions that apply and slope tables (statistics over seeds:
+`rnnjax.report.stats`; the tasks' memoryless baselines: `rnnjax.core.baselines`).
 
-pandas and numpy only: `rnnjax.report.plots` draws from these frames, `rnnjax.report.build` and
-`rnnjax.report.reproduce` print them. They take the frames of `rnnjax.app.results` (`load_sweep`,
-`load_summaries`, `load_metrics`).
-
-Quantiles over seeds are taken of log10 grad_norm with an underflowed norm (0) as -inf and an
-overflowed one as +inf: order statistics, so a seed whose norm underflowed still counts.
+pandas and numpy only, and files only: labels, a cell's options and the order of cells,
+activations and inits come from the columns the job wrote (summary.json's `cell_label`,
+`model_label`, `cell_order`, ...: `rnnjax.app.results.JOB_KEYS`), with generic text where
+results written before them lack those. `rnnjax.report.plots` draws from these frames,
+`rnnjax.report.build` and `rnnjax.report.reproduce` print them. They take the frames of
+`rnnjax.app.results` (`load_sweep`, `load_summaries`, `load_metrics`).
 """
 
-import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
@@ -18,8 +17,19 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from rnnjax.core.cells import ACTIVATIONS, CELLS
-from rnnjax.core.init import INITS
+from rnnjax.app import markdown
+from rnnjax.core.baselines import ADDING_BASELINE, memoryless_baseline
+from rnnjax.report.stats import (
+    CURSE,
+    CURSE_FROM,
+    curse_of_memory,
+    dropped_note,
+    fall_per_seed,
+    job_T,
+    power_law_slopes,
+    profile_stats,
+    quantile,
+)
 
 # Columns of load_summaries frames.
 SLOPE = "headline.log10_slope_per_step_back"
@@ -48,12 +58,9 @@ def _fmt(pattern: str) -> Callable[[Any], str]:
     return pattern.format
 
 
-def _flag(yes: str, no: str) -> Callable[[Any], str]:
-    return lambda v: yes if bool(v) else no
-
-
 # Config keys in label order: canonical name (the column of load_sweep / load_metrics frames)
-# -> where it is in the config and how one value reads.
+# -> where it is in the config and how one value reads. `cell_label` is how the job's cell
+# options read (summary.json's, or `key=value` of each set option where it has none).
 KEYS: dict[str, Key] = {
     "cell": Key("cell.name", _fmt("{}")),
     "activation": Key("activation.name", _fmt("{}")),
@@ -61,12 +68,7 @@ KEYS: dict[str, Key] = {
     "init_std": Key("init.std", _fmt("std={:g}")),
     "init_gain": Key("init.gain", _fmt("g={:g}")),
     "init_radius": Key("init.radius", _fmt("ρ={:g}")),
-    "forget_bias": Key("cell.forget_bias", _fmt("forget bias {:g}")),
-    "peephole": Key("cell.peephole", _flag("peephole", "no peephole")),
-    "r_min": Key("cell.r_min", _fmt("r_min={:g}")),
-    "r_max": Key("cell.r_max", _fmt("r_max={:g}")),
-    "max_phase": Key("cell.max_phase", _fmt("max phase {:.3g}")),
-    "normalize": Key("cell.normalize", _flag("normalized", "not normalized")),
+    "cell_label": Key("cell_label", _fmt("{}")),
     "task": Key("task.name", _fmt("{}")),
     "vocab_size": Key("task.vocab_size", _fmt("V={:g}")),
     "T": Key("T", _fmt("T={:g}")),
@@ -85,8 +87,13 @@ KEYS: dict[str, Key] = {
     "epochs": Key("train.epochs", _fmt("{:g} epochs")),
 }
 INIT_PARAMS = ("init_std", "init_gain", "init_radius")
-CELL_OPTIONS = ("forget_bias", "peephole", "ring", "max_phase", "normalize")
 MISSING = {"clip": "no clip"}  # what a missing value says; other keys then say nothing
+# What the job wrote about its cell (rnnjax.app.results.JOB_KEYS), kept by `config_frame`:
+# where the cell, activation and init stand, whether the cell takes the config's activation
+# and init, and what the network is in one word.
+ORDERS = {"cell": "cell_order", "activation": "activation_order", "init": "init_order"}
+TAKES = {"activation": "cell_takes_activation", "init": "cell_takes_init"}
+JOB_COLUMNS = ("model_label", *ORDERS.values(), *TAKES.values())
 
 # Legend titles of the columns a figure can colour by.
 NAMES = {
@@ -104,10 +111,6 @@ NAMES = {
     "dtype": "dtype",
 }
 
-ADDING_BASELINE = 1 / 6  # the adding problem's MSE of always predicting 1
-COPY_SYMBOLS = 8  # the copy task's data symbols, each equally likely
-COPY_LENGTH = 10  # symbols to remember
-
 
 def job_order(jobs: Iterable[str]) -> list[str]:
     """The distinct job names in natural order ("2" before "10", "g=1.25" before "g=1.5")."""
@@ -121,22 +124,62 @@ def job_order(jobs: Iterable[str]) -> list[str]:
 def _column(df: pd.DataFrame, name: str) -> str | None:
     """The column of `df` that holds config key `name`: its canonical name, its config path
     (dotted or with underscores) or the path under "config." (a load_summaries frame)."""
-    path = KEYS[name].path
+    path = KEYS[name].path if name in KEYS else name
     for col in (name, path, path.replace(".", "_"), "config." + path):
         if col in df:
             return col
     return None
 
 
+def _cell_options(df: pd.DataFrame) -> dict[str, str]:
+    """option -> the column of `df` holding that cell option (`cell_X` of the loaders' frames,
+    `cell.X` or `config.cell.X`), the job's own keys (`cell_label`, ...) aside."""
+    own = {"cell", "cell_label", *JOB_COLUMNS}
+    out = {}
+    for col in df.columns:
+        for prefix in ("config.cell.", "cell.", "cell_"):
+            if isinstance(col, str) and col.startswith(prefix) and col not in own:
+                option = col.removeprefix(prefix)
+                if option != "name":
+                    out.setdefault(option, col)
+                break
+    return out
+
+
+def _value_text(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float | np.floating) else str(v)
+
+
+def options_text(df: pd.DataFrame) -> pd.Series:
+    """Each row's cell options as generic "key=value" text (every option the row sets, in
+    column order; "" for none): the label of results written before summary.json said how
+    its cell's options read (`cell_label`)."""
+    cols = _cell_options(df)
+    parts = [df[col].map(lambda v, k=k: "" if _is_missing(v) else f"{k}={_value_text(v)}")
+             for k, col in cols.items()]
+    if not parts:
+        return pd.Series("", index=df.index)
+    return pd.Series([", ".join(p for p in row if p) for row in zip(*parts, strict=True)],
+                     index=df.index)
+
+
 def config_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The config columns of `df` under their canonical names (`cell`, `T`, `init_gain`,
-    `clip`, ...), from a `load_sweep` / `load_metrics` frame or a `load_summaries` one."""
+    `clip`, `cell_label`, ...) and what the job wrote about its cell (JOB_COLUMNS), from a
+    `load_sweep` / `load_metrics` frame or a `load_summaries` one. `cell_label` is the job's,
+    else (results written before it) `options_text`."""
     cols = {}
-    for name in KEYS:
+    for name in [*KEYS, *JOB_COLUMNS]:
         col = _column(df, name)
         if col is not None:
             cols[name] = df[col]
-    return pd.DataFrame(cols, index=df.index)
+    out = pd.DataFrame(cols, index=df.index)
+    generic = options_text(df)
+    if "cell_label" in out:
+        out["cell_label"] = out["cell_label"].where(out["cell_label"].notna(), generic)
+    elif (generic != "").any():
+        out["cell_label"] = generic
+    return out[[c for c in [*KEYS, *JOB_COLUMNS] if c in out]]
 
 
 def format_values(values: pd.Series, key: str) -> pd.Series:
@@ -154,20 +197,39 @@ def _is_missing(v: Any) -> bool:
         return False
 
 
-def takes(cell: str, what: str) -> bool:
-    """Whether `cell` uses the config's `activation` or `init` (a cell that follows its paper
-    accepts the default and ignores it)."""
-    spec = CELLS.get(cell)
-    return spec is None or getattr(spec, f"{what}s") is None
+def _flags(cfg: pd.DataFrame, column: str) -> pd.Series:
+    """A boolean column of the job's (TAKES) as plain bools; True where the job did not say."""
+    if column not in cfg:
+        return pd.Series(True, index=cfg.index)
+    return cfg[column].map(lambda v: True if _is_missing(v) else bool(v))
+
+
+def model(cfg: pd.DataFrame) -> pd.Series:
+    """What each job's network is, in one word: the job's `model_label` (the activation where
+    the cell's activation is free, else the cell's name); where it has none, the activation
+    where the cell takes it (or no cell is named), else the cell's name."""
+    act = cfg["activation"] if "activation" in cfg else pd.Series("", index=cfg.index)
+    if "cell" not in cfg:
+        out = act
+    elif TAKES["activation"] in cfg:
+        out = act.where(_flags(cfg, TAKES["activation"]) & act.notna(), cfg["cell"])
+    else:  # results written before the job said: the cell's name
+        out = cfg["cell"]
+    if "model_label" in cfg:
+        own = cfg["model_label"]
+        out = own.where(own.notna() & (own != ""), out)
+    return out.astype(object)
 
 
 def labels(cfg: pd.DataFrame, exclude: Iterable[str] = ()) -> pd.Series:
     """Labels from canonical config columns (`config_frame`).
 
-    The cell is named where any row is not the vanilla RNN; the activation and the init (with
-    its parameter) always, for the cells that use them; a cell's option where it varies among
-    the rows of the cells that take it; every other key where it varies; the keys in `exclude`
-    never (excluding "init" excludes its parameter too). `T` replaces `seq_len`.
+    The cell is named where the cells differ among the rows, or where a cell's name is what
+    its network is (`model`: the cell's activation is not free); the activation and the init
+    (with its parameter) always, for the cells that take them (the job's `cell_takes_*`;
+    all where it did not say); the cell's options (`cell_label`) where they differ among the
+    rows of that cell; every other key where it varies; the keys in `exclude` never
+    (excluding "init" excludes its parameter too). `T` replaces `seq_len`.
     """
     exclude = set(exclude)
     if "init" in exclude:
@@ -179,30 +241,25 @@ def labels(cfg: pd.DataFrame, exclude: Iterable[str] = ()) -> pd.Series:
         for p in INIT_PARAMS:
             if p in text:
                 text["init"] = (text["init"] + " " + text.pop(p)).str.strip()
-    if "r_min" in text and "r_max" in text:  # the LRU's ring: r=0.9, or |λ| in [0.9, 0.999]
-        lo, hi = cfg["r_min"].astype(float), cfg["r_max"].astype(float)
-        lo_s, hi_s = lo.map("{:g}".format), hi.map("{:g}".format)  # object: "nan" where missing
-        ring = ("|λ| in [" + lo_s + ", " + hi_s + "]").where(lo != hi, "r=" + lo_s)
-        ring = ring.where(lo.notna() & hi.notna(), "")  # not an LRU (or no ring): no text
-        text = {("ring" if k == "r_min" else k): (ring if k == "r_min" else v)
-                for k, v in text.items() if k != "r_max"}
-    cells = cfg["cell"] if "cell" in cfg else pd.Series("vanilla", index=cfg.index)
-    for key in ("activation", "init"):
+    for key, column in TAKES.items():
         if key in text:
-            text[key] = text[key].where(cells.map(lambda c, key=key: takes(c, key)), "")
-    always = {"activation", "init"} | ({"cell"} if (cells != "vanilla").any() else set())
-
-    def varies(k: str, s: pd.Series) -> bool:  # a cell's option: among the cells that take it
-        return (s[s != ""] if k in CELL_OPTIONS else s).nunique() > 1
-
-    keep = [s for k, s in text.items() if (k in always and (s != "").any()) or varies(k, s)]
+            text[key] = text[key].where(_flags(cfg, column), "")
+    cells = cfg["cell"] if "cell" in cfg else pd.Series("", index=cfg.index)
+    if "cell_label" in text:  # a cell's options: where they differ among that cell's rows
+        differ = text["cell_label"].groupby(cells.to_numpy()).transform("nunique") > 1
+        text["cell_label"] = text["cell_label"].where(differ, "")
+    named = "cell" in cfg and (cells.nunique() > 1 or "model_label" in cfg and bool(
+        (cfg["model_label"] == cells).any()))
+    always = {"activation", "init", "cell_label"} | ({"cell"} if named else set())
+    keep = [s for k, s in text.items()
+            if (k in always and (s != "").any()) or (k not in always and s.nunique() > 1)]
     return pd.Series([" / ".join(p for p in row if p) for row in zip(*keep, strict=True)]
                      if keep else "", index=cfg.index)
 
 
 def config_label(df: pd.DataFrame) -> pd.Series:
     """A short label per row from its config, e.g. "tanh / gaussian g=1.5 / T=64", or
-    "lstm / normal std=0.01 / forget bias 1" beside other cells (see `labels`).
+    "lstm / normal std=0.01 / forget_bias=1" beside other cells (see `labels`).
 
     Works on `load_sweep`, `load_metrics` and `load_summaries` frames. Jobs whose labels would
     coincide get their job name appended.
@@ -224,89 +281,47 @@ def config_label(df: pd.DataFrame) -> pd.Series:
     return out
 
 
-def quantile(values: np.ndarray, q: float) -> np.ndarray:
-    """Row-wise q-quantile (numpy's linear interpolation) ignoring NaN, where -inf and inf are
-    values: an interpolation that touches -inf gives -inf, one that touches inf gives inf, one
-    that touches both NaN."""
-    s = np.sort(values, axis=1)  # NaN last
-    pos = np.maximum((~np.isnan(values)).sum(axis=1) - 1, 0) * q
-    lo, hi = np.floor(pos).astype(int), np.ceil(pos).astype(int)
-    a = np.take_along_axis(s, lo[:, None], axis=1)[:, 0]
-    b = np.take_along_axis(s, hi[:, None], axis=1)[:, 0]
-    with np.errstate(invalid="ignore"):
-        out = a + (b - a) * (pos - lo)
-    out = np.where(np.isneginf(a) & ~np.isposinf(b), -np.inf, out)
-    return np.where(np.isposinf(b) & ~np.isneginf(a), np.inf, out)
-
-
-def profile_stats(df: pd.DataFrame, by: Sequence[str] = ("job",), column: str = "grad_norm",
-                  quantiles: Sequence[float] = (0.25, 0.5, 0.75)) -> pd.DataFrame:
-    """Quantiles over seeds of log10 of `column` (grad_norm), per (*by, t).
-
-    Args:
-      df: a `load_sweep` frame with one row per (*by, t, seed).
-      by: the columns that name one profile.
-      column: the norm ("grad_norm", "cell_grad_norm", ...).
-      quantiles: which; 0.25, 0.5 and 0.75 are named q25, median and q75, others q<100 q>.
-
-    Returns:
-      One row per (*by, t): those columns, t, and the quantiles (log10; -inf where the quantile
-      underflowed to 0, inf where it overflowed, NaN where undefined).
-    """
-    keys = [*by, "t"]
-    with np.errstate(divide="ignore"):
-        lg = np.log10(df[column].to_numpy(np.float64))
-    wide = df[[*keys, "seed"]].assign(lg=lg).set_index([*keys, "seed"])["lg"].unstack("seed")
-    out = wide.index.to_frame(index=False)
-    for q in quantiles:
-        name = {0.25: "q25", 0.5: "median", 0.75: "q75"}.get(q, f"q{100 * q:g}")
-        out[name] = quantile(wide.to_numpy(), q)
-    return out
-
-
-def dropped_note(stats: pd.DataFrame, what: str = "(configuration, t)", of: str = "") -> str:
-    """How many medians of `profile_stats` no log scale can show, and why ("" when none); `of`
-    names the line they belong to, where a figure notes several."""
-    m = stats["median"].to_numpy()
-    under = int(np.isneginf(m).sum())
-    other = int((~np.isfinite(m)).sum()) - under
-    parts = [text for n, text in ((under, f"{under} underflowed to 0 (log10 = −∞)"),
-                                  (other, f"{other} overflowed to inf or are NaN")) if n]
-    if not parts:
-        return ""
-    return (f"Not plotted{f' ({of})' if of else ''}: of {len(m)} {what} medians over seeds, "
-            + " and ".join(parts) + ".")
-
-
-def job_T(df: pd.DataFrame) -> pd.Series:
-    """Each job's number of timesteps T, indexed by job: the `T` column (seq_len, or
-    seq_len + 20 for task=copy), or the largest t in frames written before it existed."""
-    return df.groupby("job")["T" if "T" in df else "t"].max()
-
-
 def order(values: Iterable[str], names: Sequence[str]) -> list[str]:
     """The distinct `values` in the order of `names`, unknown ones last (sorted)."""
     values = {v for v in values if isinstance(v, str)}
     return [n for n in names if n in values] + sorted(values - set(names))
 
 
+def ranked(values: pd.Series, ranks: pd.Series | None = None) -> list[str]:
+    """The distinct (text) `values` by their rank in `ranks` (the job's `cell_order`, ...: the
+    lowest first, then by name; NaN or no ranks: last, by name)."""
+    if ranks is None:
+        ranks = pd.Series(np.nan, index=values.index)
+    r = pd.to_numeric(ranks, errors="coerce").fillna(np.inf)
+    first = pd.DataFrame({"v": values, "r": r})[values.map(lambda v: isinstance(v, str))]
+    best = first.groupby("v")["r"].min()
+    return sorted(best.index, key=lambda v: (best[v], v))
+
+
+def model_order(cfg: pd.DataFrame) -> list[str]:
+    """The distinct `model`s of `cfg` in the order of their cells, then activations."""
+    m = model(cfg)
+    nan = pd.Series(np.nan, index=cfg.index)
+    rank = (pd.to_numeric(cfg.get(ORDERS["cell"], nan), errors="coerce").fillna(np.inf) * 1000
+            + pd.to_numeric(cfg.get(ORDERS["activation"], nan), errors="coerce").fillna(999))
+    return ranked(m, rank.where(np.isfinite(rank)))
+
+
 def jobs_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per job of a `load_sweep` (or `load_summaries`) frame: job, label and the
-    canonical config columns, sorted by cell, activation and init (in the orders of `CELLS`,
-    `ACTIVATIONS` and `INITS`), then the other config keys, then job name."""
+    canonical config columns, sorted by cell, activation and init (in the orders the jobs
+    wrote: `cell_order`, `activation_order`, `init_order`; by name where they did not), then
+    the other config keys, then job name."""
     first = df.drop_duplicates("job")
     jobs = config_frame(first).assign(job=first["job"].to_numpy(),
                                       label=config_label(first).to_numpy())
-    if "cell" not in jobs:
-        jobs["cell"] = "vanilla"
     ranks = {}
-    for key, names in (("cell", list(CELLS)), ("activation", list(ACTIVATIONS)),
-                       ("init", list(INITS))):
+    for key, column in ORDERS.items():
         if key in jobs:
-            ranks[f"_{key}"] = jobs[key].map(
-                {v: i for i, v in enumerate(order(jobs[key], names))})
+            names = ranked(jobs[key], jobs.get(column))
+            ranks[f"_{key}"] = jobs[key].map({v: i for i, v in enumerate(names)})
     natural = {j: i for i, j in enumerate(job_order(jobs["job"]))}
-    keys = [k for k in KEYS if k in jobs and k not in ("cell", "activation", "init")]
+    keys = [k for k in KEYS if k in jobs and k not in ORDERS]
     sortable = jobs[keys].astype(str).where(jobs[keys].notna(), "")  # mixed types sort as text
     numeric = {k: jobs[k] for k in keys if pd.api.types.is_numeric_dtype(jobs[k])}
     sortable = sortable.assign(**numeric)
@@ -404,98 +419,14 @@ def markdown_table(table: pd.DataFrame) -> str:
         return str(v).replace("|", "\\|")
 
     numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table]
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |",
-             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in table.itertuples(index=False)]
-    return "\n".join(lines)
+    rows = [[cell(v) for v in row] for row in table.itertuples(index=False)]
+    return markdown.markdown_table(list(table.columns), rows, numeric)
 
 
-def memoryless_baseline(task: str, T: int, loss_at: str = "all") -> float | None:
-    """The loss of the best predictor that remembers nothing, or None where the task has none.
-
-    adding: MSE 1/6, always predicting 1 (E[(u1 + u2 - 1)^2] = 2/12). copy (T = seq_len + 20
-    steps): blanks where blanks are due and a uniform guess among the 8 symbols at each of the
-    last 10 steps, cross-entropy 10 log 8 / T averaged over all steps (log 8 at the last step).
-    """
-    if task == "adding":
-        return ADDING_BASELINE
-    if task == "copy":
-        guess = math.log(COPY_SYMBOLS)
-        return guess if loss_at == "last" else COPY_LENGTH * guess / T
-    return None
-
-
-def fall_per_seed(df: pd.DataFrame) -> pd.DataFrame:
-    """How many decades ‖dL/dH_t‖ falls from t = T back to t = 1, per job, training step and
-    seed: log10 grad_norm at T minus at 1 (inf where it underflowed to 0 at t = 1, NaN where
-    either end is not finite otherwise).
-
-    Args:
-      df: a `load_sweep` frame.
-
-    Returns:
-      Columns job, train_step, seed, fall.
-    """
-    ends = df[(df["t"] == 1) | (df["t"] == df.groupby("job")["t"].transform("max"))]
-    with np.errstate(divide="ignore"):
-        lg = np.log10(ends["grad_norm"].to_numpy(np.float64))
-    wide = (ends[["job", "train_step", "seed"]].assign(end=np.where(ends["t"] == 1, "first",
-                                                                     "last"), lg=lg)
-            .pivot_table(index=["job", "train_step", "seed"], columns="end", values="lg",
-                         aggfunc="first"))
-    with np.errstate(invalid="ignore"):
-        fall = wide["last"] - wide["first"]
-    return fall.rename("fall").reset_index()
-
-
-# The curse of memory (Zucchet & Orvieto 2024): the power of 1/(1 - r) with which each
-# gradient grows for i.i.d. drives, without and with the LRU's normalization (README: the LRU).
-CURSE = {"lambda_grad_norm": ("‖dL/dλ‖", {False: 1.5, True: 1.0}),
-         "nu_log_grad_norm": ("‖dL/dν_log‖", {False: 0.5, True: 0.0})}
-CURSE_FROM = 10.0  # fit the power law where 1/(1 - r) >= this (the asymptotic regime)
-
-
-def curse_of_memory(summaries: pd.DataFrame) -> pd.DataFrame:
-    """The LRU's gradients against its memory 1/(1 - r), with and without normalization.
-
-    Args:
-      summaries: a `load_summaries` frame of `cell=lru` jobs with r_min = r_max = r.
-
-    Returns:
-      One row per job: job, r, memory (1/(1 - r)), normalize, and each quantity of `CURSE`
-      (median over seeds).
-    """
-    s = summaries[summaries[THEORY + "inverse_one_minus_r"].notna()]
-    return pd.DataFrame({
-        "job": s["job"],
-        "r": s[THEORY + "r"].astype(float),
-        "memory": s[THEORY + "inverse_one_minus_r"].astype(float),
-        "normalize": config_frame(s)["normalize"].astype(bool),
-        **{q: s[THEORY + q].astype(float) for q in CURSE},
-    }).sort_values(["normalize", "memory"]).reset_index(drop=True)
-
-
-def power_law_slopes(curse: pd.DataFrame, start: float = CURSE_FROM) -> pd.DataFrame:
-    """The log-log least-squares slope of each `CURSE` quantity against 1/(1 - r), from
-    1/(1 - r) = `start` on, per normalization, beside the predicted power.
-
-    Returns:
-      Columns quantity, normalize, measured, predicted, points (how many jobs were fitted).
-    """
-    rows = []
-    for (normalize, g), q in ((ng, q) for ng in curse.groupby("normalize") for q in CURSE):
-        g = g[(g["memory"] >= start) & (g[q] > 0)]
-        slope = (float(np.polyfit(np.log10(g["memory"]), np.log10(g[q]), 1)[0])
-                 if len(g) >= 2 else math.nan)
-        rows.append({"quantity": q, "normalize": bool(normalize), "measured": slope,
-                     "predicted": CURSE[q][1][bool(normalize)], "points": len(g)})
-    return pd.DataFrame(rows)
-
-
-__all__ = ["ADDING_BASELINE", "APPLIES", "CURSE", "KEYS", "LYAPUNOV", "MF", "NAMES", "NEAR_ZERO",
-           "PASCANU", "PREDICTED", "PREDICTION", "SLOPE", "THEORY", "config_frame",
+__all__ = ["ADDING_BASELINE", "APPLIES", "CURSE", "CURSE_FROM", "KEYS", "LYAPUNOV", "MF", "NAMES",
+           "NEAR_ZERO", "PASCANU", "PREDICTED", "PREDICTION", "SLOPE", "THEORY", "config_frame",
            "config_label", "curse_of_memory", "dropped_note", "fall_per_seed", "format_values",
            "job_T", "job_order", "jobs_table", "labels", "markdown_table",
-           "memoryless_baseline", "order", "power_law_slopes", "predictions", "profile_stats",
-           "quantile", "slope_table", "takes"]
+           "memoryless_baseline", "model", "model_order", "options_text", "order",
+           "power_law_slopes", "predictions", "profile_stats", "quantile", "ranked",
+           "slope_table"]
