@@ -16,7 +16,7 @@ from rnnjax import cli, load_summaries
 from rnnjax.app.config import ConfigError
 from rnnjax.core.tasks import DataError
 from rnnjax.report import frames, plots, reproduce
-from rnnjax.report.reproduce import Figure
+from rnnjax.report.figures import Figure
 
 SMALL = ["hidden_size=8", "seq_len=12", "seeds=2", "batch_size=4", "probe.loss_at=last"]
 
@@ -231,3 +231,48 @@ def test_a_figure_none_of_whose_jobs_finished_is_not_drawn(tmp_path, monkeypatch
         assert reproduce.write_section("tiny_b", tmp_path) is None
     assert list(tmp_path.iterdir()) == []
     assert "tiny_a/activation=tanh did not finish: left out of the figure" in messages(caplog)
+
+
+def test_the_published_figures_are_data_and_read_as_published():
+    """conf/figures.yaml holds every figure: its jobs, how it is drawn and its text. Read back,
+    the text is what results/REPORT.md and each section say (those change only by `rnnjax
+    reproduce`), and each figure's draw names a function of plots that takes its inputs."""
+    import inspect
+    from pathlib import Path
+
+    from rnnjax.report import figures
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    report = (results / "REPORT.md").read_text()
+    head = "\n".join(figures.report_head(reproduce.COMMAND, ""))
+    assert report.startswith(head.rstrip("\n"))
+    spec = figures.published()["figures"]
+    assert list(reproduce.FIGURES) == list(spec) and len(spec) == 9
+    for name, fig in reproduce.FIGURES.items():
+        section = (results / "figures" / f"{name}.md").read_text()
+        assert f"## {name}\n" in report and fig.caption + "\n" in section
+        kind = spec[name].get("tables", "slopes")
+        for heading in figures.published()["tables"][kind]:
+            assert heading.format(start=frames.CURSE_FROM) + ":\n" in section, (name, heading)
+        draw = getattr(plots, spec[name]["draw"]["plot"])
+        takes = inspect.signature(draw).parameters
+        assert set(spec[name]["draw"]["inputs"]) | set(spec[name]["draw"].get("args", {})) <= set(
+            takes), name
+        assert all(0 <= i < len(fig.jobs) for i in [*fig.names, *fig.table_only]), name
+        assert set(fig.sources) < set(reproduce.FIGURES), name
+
+
+def test_a_bad_figure_entry_is_one_line():
+    from rnnjax.report import figures
+
+    good = {"draw": {"plot": "heatmap", "inputs": ["df"]}, "caption": "x"}
+    assert figures.figure("ok", {**good, "grid": {"seq_len": [8, 16]}}).jobs == [
+        ["seq_len=8"], ["seq_len=16"]]
+    for bad, why in (({**good, "draw": {}}, "needs draw.plot"),
+                     ({**good, "tables": "nope"}, "tables must be one of slopes, falls"),
+                     ({**good, "colour": 1}, "has unknown keys ['colour']"),
+                     ({**good, "draw": {"plot": "heatmap", "inputs": ["cfg"]}},
+                      "draw.inputs may name df, summaries, metrics, names")):
+        with pytest.raises(ValueError, match="^figures.yaml: figure bad ") as e:
+            figures.figure("bad", bad)
+        assert why in str(e.value) and "\n" not in str(e.value)
