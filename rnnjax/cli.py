@@ -14,22 +14,19 @@ as a shell reports SIGPIPE: output printed to the closed pipe stops the command,
 written there (Hydra's job log) are dropped and the command goes on.
 """
 
-import argparse
 import importlib
 import inspect
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from rnnjax.app.interrupt import INTERRUPTED, catching_ctrl_c, held
+from rnnjax.bench.common import RUNS, default_out, output_file  # noqa: F401 (experiments/)
 
 PROG = "rnnjax"
-RUNS = Path("results") / "runs"  # git-ignored: where a command's output goes unless told --out
 BROKEN_PIPE = 141  # the exit code of a writer whose reader went away, as a shell reports SIGPIPE
 
 
@@ -207,28 +204,3 @@ def _logging_drops_closed_streams() -> Iterator[None]:
         yield
     finally:
         logging.Handler.handleError = report
-
-
-# ---------------------------------------------------------------- where commands write
-
-def default_out(name: str, suffix: str = "") -> Path:
-    """Where a benchmark writes its JSON unless told --out: a new file under RUNS/NAME/
-    (git-ignored), named by the date and time (and `suffix`), never the repository's reference
-    results/NAME.json, which only `--out results/NAME.json` replaces."""
-    return RUNS / name / f"{time.strftime('%Y%m%d-%H%M%S')}{suffix}.json"
-
-
-def output_file(parser: argparse.ArgumentParser, out: Path | None, default: Path,
-                problem: Callable[[Path], str | None] | None = None) -> Path:
-    """A benchmark's JSON file: --out, else `default` (see `default_out`), checked before any
-    work starts. Where it cannot be written (`rnnjax.app.results.unwritable`), or `problem(out)`
-    gives a further reason in words, the command ends with one line and exit code 2 (not
-    argparse's two: the usage is not what is wrong)."""
-    from rnnjax.app.results import unwritable  # pandas: loaded only where a benchmark runs
-
-    out = out or default
-    why = unwritable(out)
-    why = f"--out {out}: {why}" if why else problem(out) if problem else None
-    if why:
-        parser.exit(2, f"{parser.prog}: error: {why}\n")
-    return out

@@ -50,53 +50,58 @@ reference; a --quick run refuses to replace a full run's results.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 # Before JAX starts: GPU memory statistics mean something only without preallocation.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from rnnjax.app.memory import status_bytes  # noqa: E402
 from rnnjax.bench.common import (  # noqa: E402
+    RUNS,
     TORCH_HINT,
     busy_warning,
+    default_out,
     git_state,
     import_torch,
     interleaved,
     load_average,
     machine_info,
     machine_line,
-    markdown_table,
+    output_file,
     reset_peak_rss,
-    size,
-    summary,
     time_calls,
     write_json,
 )
-from rnnjax.cli import RUNS, default_out, output_file  # noqa: E402
-from rnnjax.core.cells import RNNParams, vanilla  # noqa: E402
-from rnnjax.core.cells.vanilla import init_params  # noqa: E402
-from rnnjax.core.init import normal  # noqa: E402
-from rnnjax.core.probes import default_unroll, make_probe  # noqa: E402
+from rnnjax.bench.contenders import (  # noqa: E402
+    FEWER_REPEATS_FROM_T,
+    LOSS_AT,
+    SEED,
+    STD,
+    VOCAB,
+    loop_probe,
+    make_inputs,
+    matmul_rate,
+    max_rel_diff,
+    prepare_jax,
+    prepare_torch,
+    rnnjax_probe,
+    stacked_inputs,
+    timed,
+)
+from rnnjax.bench.probe_report import print_report  # noqa: E402
+from rnnjax.core.probes import default_unroll  # noqa: E402
 
-VOCAB, STD, SEED = 28, 0.01, 0
 FULL = {"B": 32, "H": 256, "T": [16, 256, 1024, 4096], "matmul_n": 2048, "repeats": 5,
         "mem_seeds": 8, "sweep_t": 1024, "unrolls": [1, 2, 4, 8, 16]}
 QUICK = {"B": 4, "H": 16, "T": [4, 16], "matmul_n": 256, "repeats": 2, "mem_seeds": 2,
          "sweep_t": 16, "unrolls": [1, 2]}
 SWEEP_SEEDS = {"cpu": 16, "gpu": 256, "quick": 2}  # default --sweep-seeds by platform
-LOSS_AT = ("all", "last")
-FEWER_REPEATS_FROM_T = 4096  # at least this long: at most 3 timed calls
 IMPLS = ("rnnjax", "pytorch_eager", "jax_loop")
 LABELS = {"rnnjax": "rnnjax", "pytorch_eager": "PyTorch eager", "jax_loop": "JAX loop"}
 
@@ -116,187 +121,6 @@ def probe_flops(T: int, B: int, H: int, Q: int = VOCAB) -> int:
     gradients and 2/3 of this count is strictly needed; PyTorch's `.backward()` computes them.
     """
     return 6 * T * B * H * (H + Q)
-
-
-# ---------------------------------------------------------------- inputs
-
-@partial(jax.jit, static_argnames=("B", "H", "T"))
-def make_inputs(key, B, H, T):
-    """d2l's normal(0.01) network and a batch of random tokens with next-token targets.
-
-    Returns:
-      params: RNNParams, W_xh (28, H), W_hh (H, H), b_h (H,), W_hq (H, 28), b_q (28,).
-      x, y: (B, T) int32.
-    """
-    k_params, k_tokens = jax.random.split(key)
-    params = init_params(k_params, normal(STD), normal(STD), VOCAB, H, VOCAB)
-    tokens = jax.random.randint(k_tokens, (B, T + 1), 0, VOCAB, dtype=jnp.int32)
-    return params, tokens[:, :-1], tokens[:, 1:]
-
-
-def stacked_inputs(S, B, H, T):
-    """Networks and batches of seeds SEED..SEED+S-1 stacked on a leading axis, as a sweep runs
-    them (stacked on the host: one compiled make_inputs per shape, whatever S)."""
-    each = [make_inputs(jax.random.key(SEED + s), B=B, H=H, T=T) for s in range(S)]
-    return jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *each)
-
-
-def rnnjax_probe(loss_at="all", unroll=None):
-    """rnnjax's probe of the vanilla tanh RNN (unroll None: the backend's default)."""
-    return make_probe(vanilla("tanh"), loss_at, unroll=unroll)
-
-
-# ---------------------------------------------------------------- JAX Python loop (d2l style)
-
-def loop_probe(params: RNNParams, x, y):
-    """grad_norm (T,) from a Python loop over time, unrolled by jit (d2l's JAX scratch RNN).
-
-    dL/dH_t is the gradient with respect to a zero perturbation added to H_t; the perturbations
-    are T separate (B, H) arrays, so that each gradient is one output, not a slice of one array.
-    """
-    B, T = x.shape
-    H = params.W_hh.shape[0]
-    inputs = params.W_xh[x.T]  # (T, B, H): row lookups, the one-hot product X_t W_xh
-
-    def loss_fn(perturbations):
-        h = jnp.zeros((B, H), params.W_hh.dtype)
-        outputs = []
-        for X, dH in zip(inputs, perturbations, strict=True):
-            h = jnp.tanh(X + h @ params.W_hh + params.b_h) + dH
-            outputs.append(h @ params.W_hq + params.b_q)
-        logits = jnp.stack(outputs)  # (T, B, Q)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y.T).mean()
-
-    zeros = tuple(jnp.zeros((B, H), params.W_hh.dtype) for _ in range(T))
-    grads = jax.grad(loss_fn)(zeros)
-    return jnp.stack([jnp.sqrt(jnp.sum(jnp.square(g))) for g in grads])
-
-
-# ---------------------------------------------------------------- PyTorch eager
-
-def torch_device(torch):
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def torch_inputs(torch, params, x, y):
-    """The same network and batch as PyTorch tensors; the weights are leaves requiring grad."""
-    dev = torch_device(torch)
-    p = {k: torch.tensor(np.asarray(v), device=dev, requires_grad=True)
-         for k, v in params._asdict().items()}
-    x, y = (torch.tensor(np.asarray(a), dtype=torch.long, device=dev) for a in (x, y))
-    return p, x, y
-
-
-def torch_probe(torch, p, x, y):
-    """grad_norm (T,) as a PyTorch user computes it: retain_grad on every H_t, then backward."""
-    F = torch.nn.functional
-    B = x.shape[0]
-    h = torch.zeros(B, p["W_hh"].shape[0], device=x.device)
-    states, outputs = [], []
-    for X in p["W_xh"][x.T]:  # (B, H) per step: the row lookup X_t W_xh
-        h = torch.tanh(X + h @ p["W_hh"] + p["b_h"])
-        h.retain_grad()
-        states.append(h)
-        outputs.append(h @ p["W_hq"] + p["b_q"])
-    logits = torch.stack(outputs)  # (T, B, Q)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.T.reshape(-1))
-    for v in p.values():
-        v.grad = None
-    loss.backward()
-    return torch.stack([s.grad for s in states]).flatten(1).norm(dim=1)
-
-
-def torch_sync(torch):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-# ---------------------------------------------------------------- timing
-
-def compile_jax(fn, *args):
-    """jax.jit(fn) compiled for args; returns (compiled, trace + lower s, compile s)."""
-    start = time.perf_counter()
-    lowered = jax.jit(fn).lower(*args)
-    lowered_at = time.perf_counter()
-    compiled = lowered.compile()
-    return compiled, lowered_at - start, time.perf_counter() - lowered_at
-
-
-def grad_norm_of(out):
-    """grad_norm (T,) in float64 from a ProbeResult (log10 norms) or a plain array."""
-    if hasattr(out, "log10_grad_norm"):
-        return 10.0 ** np.asarray(out.log10_grad_norm, np.float64)
-    return np.asarray(out, np.float64)
-
-
-class Prepared:
-    """One implementation, ready to be timed: a call that blocks until its result is ready,
-    the fields measured while preparing it (compile time, the first call), and its grad_norm."""
-
-    def __init__(self, call, fields, grad_norm):
-        self.call, self.fields, self.grad_norm = call, fields, grad_norm
-
-
-def prepare_jax(fn, args):
-    """Compiles fn for args and makes the first call."""
-    compiled, lower_s, compile_s = compile_jax(fn, *args)
-    start = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
-    first_s = time.perf_counter() - start
-    return Prepared(lambda: jax.block_until_ready(compiled(*args)),
-                    {"compile_s": lower_s + compile_s, "trace_lower_s": lower_s,
-                     "xla_compile_s": compile_s, "first_call_s": first_s}, grad_norm_of(out))
-
-
-def prepare_torch(torch, params, x, y):
-    """The PyTorch inputs and the first call."""
-    torch.set_num_threads(os.cpu_count())
-    p, tx, ty = torch_inputs(torch, params, x, y)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-
-    def call():
-        norms = torch_probe(torch, p, tx, ty)
-        torch_sync(torch)
-        return norms
-
-    start = time.perf_counter()
-    out = call()
-    fields = {"compile_s": None, "first_call_s": time.perf_counter() - start,
-              "device": str(tx.device), "threads": torch.get_num_threads()}
-    return Prepared(call, fields, out.detach().cpu().double().numpy())
-
-
-def timed(prepared, runs, flops):
-    """A prepared implementation's fields with its timed calls."""
-    s = summary(runs)
-    return prepared.fields | s | {"gflops": flops / s["run_s_median"] / 1e9}
-
-
-def max_rel_diff(a, ref):
-    """max_t |a_t - ref_t| / |ref_t|."""
-    return float(np.max(np.abs(a - ref) / np.maximum(np.abs(ref), np.finfo(np.float64).tiny)))
-
-
-def matmul_rate(n, repeats, torch=None):
-    """Measured dense float32 n x n matmul rate in GFLOP/s: jitted JAX, and PyTorch's."""
-    a = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    f = jax.jit(jnp.matmul).lower(a, a).compile()
-    jax.block_until_ready(f(a, a))
-    median = statistics.median(time_calls(lambda: jax.block_until_ready(f(a, a)), repeats))
-    out = {"n": n, "jax_s_median": median, "jax_gflops": 2 * n**3 / median / 1e9}
-    if torch is not None:
-        torch.set_num_threads(os.cpu_count())
-        ta = torch.tensor(np.asarray(a), device=torch_device(torch))
-
-        def call():
-            ta @ ta
-            torch_sync(torch)
-
-        call()
-        median = statistics.median(time_calls(call, repeats))
-        out |= {"torch_s_median": median, "torch_gflops": 2 * n**3 / median / 1e9}
-    return out
 
 
 # ---------------------------------------------------------------- memory (a fresh process)
@@ -429,109 +253,6 @@ def sweep_throughput(S, T, sizes, repeats, unroll):
             "network_steps_per_s": S * T / fields["run_s_median"]}
 
 
-# ---------------------------------------------------------------- report
-
-def f2(v):
-    return f"{v:.2f}"
-
-
-def ms(r):
-    return f"{1e3 * r['run_s_median']:.1f}"
-
-
-def main_table(rows):
-    """One row per T: rnnjax, PyTorch eager and the JAX loop side by side."""
-    head = ["T", "rnnjax compile s", "rnnjax ms", "rnnjax GFLOP/s (% matmul)",
-            "PyTorch eager ms", "PyTorch / rnnjax", "JAX loop compile s", "JAX loop ms",
-            "JAX loop / rnnjax", "max rel diff"]
-    body = []
-    for row in rows:
-        r, t, lp = row["rnnjax"], row["pytorch_eager"], row["jax_loop"]
-        diffs = [row[i]["max_rel_diff"] for i in ("pytorch_eager", "jax_loop")
-                 if "max_rel_diff" in row[i]]
-        body.append([
-            row["T"], f2(r["compile_s"]), ms(r),
-            f"{r['gflops']:.1f} ({100 * r['fraction_of_matmul_rate']:.0f}%)",
-            ms(t) if "run_s" in t else t["skipped"],
-            f"**{t['ratio_to_rnnjax']:.2f}x**" if "run_s" in t else "",
-            f2(lp["compile_s"]) if "run_s" in lp else lp["skipped"],
-            ms(lp) if "run_s" in lp else "",
-            f"{lp['ratio_to_rnnjax']:.2f}x" if "run_s" in lp else "",
-            f"{max(diffs):.1e}" if diffs else ""])
-    return markdown_table(head, body, [False] + [True] * 9)
-
-
-def unroll_table(unrolls):
-    """One row per T: rnnjax's run ms (compile s) at each unroll; and the compile growth."""
-    us = sorted({u["unroll"] for u in unrolls})
-    Ts = sorted({u["T"] for u in unrolls})
-    at = {(u["T"], u["unroll"]): u for u in unrolls}
-    body = [[T] + [f"{ms(at[T, u])} ({f2(at[T, u]['compile_s'])} s)" for u in us] for T in Ts]
-    body.append([f"compile T={Ts[-1]} / T={Ts[0]}"]
-                + [f"{at[Ts[-1], u]['compile_s'] / at[Ts[0], u]['compile_s']:.2f}x" for u in us])
-    return markdown_table(["T"] + [f"unroll {u}: ms (compile)" for u in us], body,
-                          [False] + [True] * len(us))
-
-
-def memory_table(memory):
-    """One row per T: measured peak and XLA's estimate, as multiples of the trajectory."""
-    Ts = sorted({m["T"] for m in memory})
-    at = {(m["T"], m["loss_at"]): m for m in memory}
-    body = []
-    for T in Ts:
-        cells = [T, size(at[T, LOSS_AT[0]]["trajectory_bytes"])]
-        for loss_at in LOSS_AT:
-            m = at[T, loss_at]
-            cells += [f"{size(m['measured']['increase_bytes'])} = "
-                      f"**{m['measured_multiple']:.2f}x**", f"{m['xla_estimate_multiple']:.2f}x"]
-        body.append(cells)
-    head = ["T", "trajectory"] + [h for a in LOSS_AT for h in (
-        f"loss_at={a}: measured peak", f"loss_at={a}: XLA estimate")]
-    return markdown_table(head, body, [False] + [True] * 5)
-
-
-def print_report(rows, unrolls, memory, sweep, matmul, machine, args, B, H, unroll):
-    start, end = matmul["start"]["jax_gflops"], matmul["end"]["jax_gflops"]
-    where = (f"{machine['device_kind']} (jax {machine['jax']}, {machine['jax_platform']})"
-             if machine["jax_platform"] != "cpu" else
-             f"{machine['cpu']}, {machine['cpu_count']} CPUs (jax {machine['jax']})")
-    torch = f", torch {machine['torch']} on {machine['torch_device']}" if machine["torch"] else ""
-    print(f"\n## rnnjax probe on {where}{torch}")
-    print(f"B={B}, H={H}, vocabulary {VOCAB}, tanh, loss over all steps, normal({STD}) init; "
-          f"rnnjax unroll {unroll}; FLOPs = 6*T*B*H*(H+Q); matmul rate "
-          f"{matmul['reference_gflops']:.1f} GFLOP/s (the faster of {start:.1f} at the start and "
-          f"{end:.1f} at the end); median of {args.repeats} calls taken in turns (at most 3 from "
-          f"T={FEWER_REPEATS_FROM_T}); peer / rnnjax > 1: rnnjax is faster. The FLOPs include "
-          "the weight gradients, which PyTorch's backward computes and the JAX probes do not; "
-          "compile s = trace + lower + compile.")
-    if not matmul["stable"]:
-        print("WARNING: the matmul rate changed by more than 20% during the run: other work on "
-              "this machine; the timings are unreliable")
-    print()
-    print(main_table(rows))
-    print("\nrnnjax by probe.unroll:\n")
-    print(unroll_table(unrolls))
-    print(f"\nmemory: rnnjax, {args.mem_seeds} networks vmapped, a fresh process per row "
-          f"({memory[0]['measured']['method']}); multiples of the trajectory S*T*B*H*4 bytes:\n")
-    print(memory_table(memory))
-    cuda = [(r["T"], r["pytorch_eager"]["cuda_max_memory_allocated_bytes"]) for r in rows
-            if "cuda_max_memory_allocated_bytes" in r["pytorch_eager"]]
-    if cuda:
-        print("\nPyTorch eager, one network, torch.cuda.max_memory_allocated (multiple of "
-              "T*B*H*4): " + ", ".join(f"T={T}: {size(b)} ({b / (T * B * H * 4):.1f}x)"
-                                       for T, b in cuda))
-    single = next((r for r in rows if r["T"] == args.sweep_t), None)
-    line = (f"\nsweep (rnnjax): {sweep['seeds']} networks x T={sweep['T']} in one call, median "
-            f"{sweep['run_s_median']:.3f} s = {sweep['network_steps_per_s']:,.0f} "
-            f"network-timesteps/s ({sweep['gflops']:.1f} GFLOP/s)")
-    if single is not None:
-        line += f"; one network at a time: rnnjax {single['rnnjax']['T_per_s']:,.0f}/s"
-        if "run_s_median" in single["pytorch_eager"]:
-            torch_s = single["pytorch_eager"]["run_s_median"]
-            line += f", PyTorch eager {args.sweep_t / torch_s:,.0f}/s"
-    print(line)
-
-
 # ---------------------------------------------------------------- main
 
 def replaces_full_run(out: Path, quick: bool) -> str | None:
@@ -548,6 +269,14 @@ def replaces_full_run(out: Path, quick: bool) -> str | None:
     return None
 
 
+def _defaults(name: str) -> str:
+    """`(default: X; --quick: Y)` for the size `name`, a list as the command line takes it."""
+    def text(v):
+        return " ".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    return f"(default: {text(FULL[name])}; --quick: {text(QUICK[name])})"
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The command line's parser; every help line states its default once."""
     parser = argparse.ArgumentParser(
@@ -556,31 +285,24 @@ def make_parser() -> argparse.ArgumentParser:
         "on the same network and batch; reports compile and run times, GFLOP/s, agreement, "
         "rnnjax by unroll, its measured memory and sweep throughput, and writes them as JSON. "
         "On a GPU the same command measures the card.")
-    fmt = " ".join  # a list default as the command line takes it
     parser.add_argument("--T", type=int, nargs="+", default=None,
-                        help=f"sequence lengths (default: {fmt(map(str, FULL['T']))}; --quick: "
-                        f"{fmt(map(str, QUICK['T']))})")
+                        help=f"sequence lengths {_defaults('T')}")
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"timed calls per implementation and T, at most 3 from "
-                        f"T={FEWER_REPEATS_FROM_T} (default: {FULL['repeats']}; --quick: "
-                        f"{QUICK['repeats']})")
+                        f"T={FEWER_REPEATS_FROM_T} {_defaults('repeats')}")
     parser.add_argument("--unrolls", type=int, nargs="+", default=None,
-                        help=f"probe.unroll values to time (default: "
-                        f"{fmt(map(str, FULL['unrolls']))}; --quick: "
-                        f"{fmt(map(str, QUICK['unrolls']))})")
+                        help=f"probe.unroll values to time {_defaults('unrolls')}")
     parser.add_argument("--loop-max-t", type=int, default=1024,
                         help="longest T for the JAX loop, whose compile time grows with T "
                         "(default: %(default)s)")
     parser.add_argument("--mem-seeds", type=int, default=None,
-                        help=f"networks vmapped in the memory measurement (default: "
-                        f"{FULL['mem_seeds']}; --quick: {QUICK['mem_seeds']})")
+                        help=f"networks vmapped in the memory measurement {_defaults('mem_seeds')}")
     parser.add_argument("--sweep-seeds", type=int, default=None,
                         help=f"networks vmapped in the sweep throughput (default: "
                         f"{SWEEP_SEEDS['cpu']} on a CPU, {SWEEP_SEEDS['gpu']} on a GPU; --quick: "
                         f"{SWEEP_SEEDS['quick']})")
     parser.add_argument("--sweep-t", type=int, default=None,
-                        help=f"T of the sweep throughput (default: {FULL['sweep_t']}; --quick: "
-                        f"{QUICK['sweep_t']})")
+                        help=f"T of the sweep throughput {_defaults('sweep_t')}")
     parser.add_argument("--skip-torch", action="store_true", help="no PyTorch column")
     parser.add_argument("--skip-loop", action="store_true", help="no JAX loop column")
     parser.add_argument("--quick", action="store_true",
@@ -695,22 +417,22 @@ def main(argv=None):
               ["compile_s"] / next(r for r in unrolls if r["T"] == unroll_T[0]
                                    and r["unroll"] == u)["compile_s"] for u in args.unrolls}
 
-    print_report(rows, unrolls, memory, sweep, matmul, machine, args, B, H, unroll)
+    record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine,
+              "git": git_state(), "load_average_1min_during": loads,
+              "load_average_at_end": load_average(),
+              "config": {"B": B, "H": H, "vocab": VOCAB, "activation": "tanh",
+                         "loss_at": "all", "init": f"normal({STD})", "T": args.T,
+                         "repeats": args.repeats, "loop_max_t": args.loop_max_t,
+                         "unroll": unroll, "unrolls": args.unrolls,
+                         "mem_seeds": args.mem_seeds, "quick": args.quick},
+              "flops_formula": "6*T*B*H*(H+Q)", "matmul": matmul, "results": rows,
+              "unrolls": unrolls, "compile_growth_by_unroll": growth, "memory": memory,
+              "sweep": sweep}
+    print_report(record)
     warning = busy_warning(loads) if not gpu else None
     if warning:
         print(warning)
-
-    write_json({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine,
-                "git": git_state(), "load_average_1min_during": loads,
-                "load_average_at_end": load_average(),
-                "config": {"B": B, "H": H, "vocab": VOCAB, "activation": "tanh",
-                           "loss_at": "all", "init": f"normal({STD})", "T": args.T,
-                           "repeats": args.repeats, "loop_max_t": args.loop_max_t,
-                           "unroll": unroll, "unrolls": args.unrolls,
-                           "mem_seeds": args.mem_seeds, "quick": args.quick},
-                "flops_formula": "6*T*B*H*(H+Q)", "matmul": matmul, "results": rows,
-                "unrolls": unrolls, "compile_growth_by_unroll": growth, "memory": memory,
-                "sweep": sweep}, args.out)
+    write_json(record, args.out)
     print(f"\nwrote {args.out}")
 
 
