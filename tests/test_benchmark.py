@@ -17,7 +17,7 @@ def test_interleaved_takes_the_contenders_in_turns():
 
 def test_markdown_table_and_sizes():
     assert benchmark.markdown_table(["T", "ms"], [[16, "1.8"]], [False, True]) == (
-        "| T | ms |\n| --- | ---: |\n| 16 | 1.8 |")
+        "| T | ms |\n|---|---:|\n| 16 | 1.8 |")
     assert [benchmark.size(n) for n in (512, 1536, 3 * 2**20, 5 * 2**40)] == [
         "512 B", "1.50 KiB", "3.00 MiB", "5120.00 GiB"]
 

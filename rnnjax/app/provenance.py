@@ -73,11 +73,6 @@ def git_state() -> tuple[str | None, bool | None]:
     return commit, any(not ln.startswith("#") for ln in lines)
 
 
-@functools.cache
-def _sha1(path: str, stamp: tuple[int, int, int]) -> str:
-    return sha1_of(Path(path))
-
-
 def data_file(task: str, path: str | None) -> dict[str, str] | None:
     """The data file a job of `task` reads, as {"path": absolute path, "sha1": hex sha1};
     None for generated tasks.
@@ -93,10 +88,10 @@ def data_file(task: str, path: str | None) -> dict[str, str] | None:
         return None
     p = timemachine_path(path).resolve()
     try:
-        st = p.stat()
+        p.stat()
     except OSError as e:
         raise DataError(f"task.path: cannot read {str(p)!r} ({e.strerror})") from None
-    return {"path": str(p), "sha1": _sha1(str(p), (st.st_ino, st.st_size, st.st_mtime_ns))}
+    return {"path": str(p), "sha1": sha1_of(p)}  # hashed once while the file stays the same
 
 
 def now() -> str:

@@ -5,7 +5,6 @@ pandas only runs here, after the jitted call has returned.
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
@@ -19,6 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+
+from rnnjax.core.files import file_sha1
 
 GRAD_NORMS = "grad_norms.parquet"
 SUMMARY = "summary.json"
@@ -368,18 +369,7 @@ def file_record(path: Path) -> dict[str, Any]:
 
 
 def _file_sha1(path: Path) -> str:
-    st = path.stat()
-    return _sha1_cached(str(path), (st.st_ino, st.st_size, st.st_mtime_ns))
-
-
-@functools.lru_cache(maxsize=4096)
-def _sha1_cached(path: str, stamp: tuple[int, int, int]) -> str:
-    # Loaders and resume check the same files again and again: hash each version once.
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha1(path)  # loaders and resume check the same files again: hashed once each
 
 
 def _is_number(v: Any) -> bool:

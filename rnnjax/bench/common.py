@@ -5,19 +5,22 @@ Imports neither JAX nor PyTorch at module level, so that a PyTorch worker proces
 for importing JAX (`machine_info` imports JAX when it runs).
 """
 
+import argparse
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rnnjax.app.markdown import markdown_table  # noqa: F401 (the benchmarks' tables)
+
 PACKAGE = Path(__file__).resolve().parent
+RUNS = Path("results") / "runs"  # git-ignored: where a command's output goes unless told --out
 TORCH_HINT = "PyTorch is not installed: pip install -e '.[bench]'"
 # A 1-minute load average above this fraction of the cores means other work shared the machine:
 # the report says so, as its timings are then not to be trusted.
@@ -91,18 +94,12 @@ def busy_warning(loads: Sequence[float], cpus: int | None = None) -> str | None:
 
 
 def git_state() -> dict[str, Any]:
-    """The commit, and whether rnnjax/ differs from it (read-only git calls)."""
-    def git(*a):
-        try:
-            p = subprocess.run(["git", "--no-optional-locks", *a], cwd=PACKAGE,
-                               capture_output=True, text=True)
-        except OSError:
-            return None
-        return p.stdout.strip() if p.returncode == 0 else None
+    """The commit, and whether the checkout's tracked files differ from it
+    (`rnnjax.app.provenance.git_state`: one read-only git call per process)."""
+    from rnnjax.app.provenance import git_state as checkout_state
 
-    status = git("status", "--porcelain", "--", ".")
-    return {"commit": git("rev-parse", "HEAD"),
-            "rnnjax_dirty": None if status is None else bool(status)}
+    commit, dirty = checkout_state()
+    return {"commit": commit, "rnnjax_dirty": dirty}
 
 
 # ---------------------------------------------------------------- timing
@@ -160,14 +157,6 @@ def reset_peak_rss() -> bool:
 
 # ---------------------------------------------------------------- tables and files
 
-def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]],
-                   right: Sequence[bool] | None = None) -> str:
-    """A markdown table; `right[i]`: column i is right-aligned (numbers)."""
-    right = right or [False] * len(head)
-    rule = ["---:" if r else "---" for r in right]
-    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in [head, rule, *rows])
-
-
 def size(n: float) -> str:
     """Bytes in the largest binary unit that keeps the number >= 1 (e.g. '1.50 GiB')."""
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -178,16 +167,40 @@ def size(n: float) -> str:
 
 
 def write_json(obj: Any, path: Path) -> None:
-    """Writes `obj` as JSON to `path` atomically (a temporary file, then os.replace)."""
+    """Writes `obj` to `path` as `rnnjax.app.results.write_json` does (strict JSON, atomically),
+    creating its folder."""
+    from rnnjax.app.results import write_json as write  # pandas: only where a benchmark writes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write(obj, path)
 
 
 def last_json_line(stdout: str) -> dict[str, Any]:
     """The JSON object a worker process printed as its last line."""
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- where a benchmark writes
+
+def default_out(name: str, suffix: str = "") -> Path:
+    """Where a benchmark writes its JSON unless told --out: a new file under RUNS/NAME/
+    (git-ignored), named by the date and time (and `suffix`), never the repository's reference
+    results/NAME.json, which only `--out results/NAME.json` replaces."""
+    return RUNS / name / f"{time.strftime('%Y%m%d-%H%M%S')}{suffix}.json"
+
+
+def output_file(parser: argparse.ArgumentParser, out: Path | None, default: Path,
+                problem: Callable[[Path], str | None] | None = None) -> Path:
+    """A benchmark's JSON file: --out, else `default` (see `default_out`), checked before any
+    work starts. Where it cannot be written (`rnnjax.app.results.unwritable`), or `problem(out)`
+    gives a further reason in words, the command ends with one line and exit code 2 (not
+    argparse's two: the usage is not what is wrong)."""
+    from rnnjax.app.results import unwritable  # pandas: loaded only where a benchmark runs
+
+    out = out or default
+    why = unwritable(out)
+    why = f"--out {out}: {why}" if why else problem(out) if problem else None
+    if why:
+        parser.exit(2, f"{parser.prog}: error: {why}\n")
+    return out

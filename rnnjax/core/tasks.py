@@ -22,6 +22,7 @@ import numpy as np
 from jax import Array
 
 from rnnjax.core.baselines import COPY_LENGTH, COPY_SYMBOLS  # data symbols 1..8; to memorize
+from rnnjax.core.files import file_sha1
 
 TASKS = ("random", "timemachine", "adding", "copy")
 
@@ -117,7 +118,7 @@ def make_copy_batch(batch_size: int, delay: int) -> Callable[[Array], tuple[Arra
 def sha1_of(path: Path, key: str = "data file") -> str:
     """Hex sha1 of a data file's bytes (read as `read_data_file` does: a regular file of at
     most 1 GiB, else DataError naming `key`)."""
-    return hashlib.sha1(read_data_file(Path(path), key)).hexdigest()
+    return file_sha1(path, lambda p: read_data_file(p, key))  # hashed once per version
 
 
 def cache_dir() -> Path:
