@@ -56,8 +56,10 @@ import time
 from pathlib import Path
 
 from rnnjax.bench.common import (
+    RUNS,
     TORCH_HINT,
     busy_warning,
+    default_out,
     git_state,
     import_torch,
     last_json_line,
@@ -65,10 +67,10 @@ from rnnjax.bench.common import (
     machine_info,
     machine_line,
     markdown_table,
+    output_file,
     run_timed,
     write_json,
 )
-from rnnjax.cli import RUNS, default_out, output_file
 
 DATA_FILE = "timemachine.txt"
 
