@@ -16,18 +16,30 @@ import numpy as np
 GAMMA = {"tanh": 1.0, "relu": 1.0, "linear": 1.0, "sigmoid": 0.25}
 
 
+def _np_sigmoid(a: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * a))  # overflow-free
+
+
+# phi and phi' of the built-in activations in numpy float64, here so that the report's mean-field
+# curves need no JAX: the records of `rnnjax.core.cells.activations` take theirs from here
+# (relu'(0) never arises in the mean field: its quadrature has no node at 0).
+NUMPY_PHI: dict[str, tuple[Callable, Callable]] = {
+    "tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2),
+    "sigmoid": (_np_sigmoid, lambda a: _np_sigmoid(a) * (1.0 - _np_sigmoid(a))),
+    "relu": (lambda a: np.maximum(a, 0.0), lambda a: (a > 0).astype(np.float64)),
+    "linear": (lambda a: a, np.ones_like),
+}
+
+
 def _np_phi(name: str) -> tuple[Callable, Callable]:
-    """phi and phi' in numpy float64 (relu'(0) never arises: the quadrature has no node at 0)."""
-    if name == "tanh":
-        return np.tanh, lambda h: 1.0 - np.tanh(h) ** 2
-    if name == "sigmoid":
-        s = lambda h: 0.5 * (1.0 + np.tanh(0.5 * h))  # noqa: E731 (overflow-free sigmoid)
-        return s, lambda h: s(h) * (1.0 - s(h))
-    if name == "relu":
-        return lambda h: np.maximum(h, 0.0), lambda h: (h > 0).astype(np.float64)
-    if name == "linear":
-        return lambda h: h, np.ones_like
-    raise ValueError(f"activation={name!r} is unknown; allowed: {sorted(GAMMA)}")
+    """phi and phi' in numpy float64: a built-in's from NUMPY_PHI (no JAX), another
+    activation's from its record (`rnnjax.core.cells.activations`, which loads JAX)."""
+    if name in NUMPY_PHI:
+        return NUMPY_PHI[name]
+    from rnnjax.core.cells.activations import get
+
+    act = get(name)
+    return act.phi, act.dphi
 
 
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(128)  # even: no node at exactly 0
