@@ -34,6 +34,10 @@ def check_group_options(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
 
     groups = {p.name: sorted(f.stem for f in p.glob("*.yaml"))
               for p in Path(conf_dir).iterdir() if p.is_dir()}
+    # a plugin's cell has no yaml: its option is stored by config.register_configs
+    from rnnjax.core.cells import registry
+
+    groups["cell"] = sorted({*groups.get("cell", ()), *registry.CELLS})
     try:
         parsed = OverridesParser.create().parse_overrides(command_overrides(argv))
     except HydraException:
