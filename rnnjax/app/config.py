@@ -157,7 +157,7 @@ def register_configs(conf_dir=None) -> None:
     take, with the cell's options in the message.
     """
     if conf_dir is None:
-        from rnnjax.sweeps.app import CONF_DIR as conf_dir  # noqa: N811 (where conf/ is)
+        from rnnjax.app.paths import CONF_DIR as conf_dir  # noqa: N811 (where conf/ is)
     store = ConfigStore.instance()
     node = OmegaConf.structured(Config)
     OmegaConf.set_struct(node.cell, False)

@@ -7,22 +7,15 @@ A single run goes to `results/runs/single/<job name>`, a sweep to
 
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 from rnnjax.app.names import safe_name
+from rnnjax.app.paths import CONF_DIR, CONFIG_NAME
 
 __all__ = ["CONF_DIR", "CONFIG_NAME", "RUN_ROOT", "SWEEP_ROOT", "command_overrides",
            "is_multirun", "job_name", "run_dir_override", "safe_name", "sweep_dir_override",
            "sweep_name"]
 
 
-# The one place that says where the app's configs are: conf/ at the repository root in a
-# checkout (and an editable install), shipped as rnnjax/conf/ inside an installed package.
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # rnnjax/
-CONF_DIR = next((d for d in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parent / "conf")
-                 if (d / "config.yaml").is_file()), _PACKAGE_DIR.parent / "conf")
-
-CONFIG_NAME = "config"
 SWEEP_ROOT = "results/runs/multirun"  # a sweep: SWEEP_ROOT/<sweep_name>/<job_name>
 RUN_ROOT = "results/runs/single"  # a single run: RUN_ROOT/<job_name>
 
