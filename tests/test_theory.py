@@ -7,13 +7,12 @@ import pytest
 from references import jacobian_product_singular_values, linear_profile, make_time_grads
 
 from rnnjax.app.results import log10_slope
-from rnnjax.core.cells import vanilla
+from rnnjax.core.cells import ACTIVATIONS, vanilla
 from rnnjax.core.cells.vanilla import init_params
 from rnnjax.core.init import gaussian, orthogonal, spectral, xavier
 from rnnjax.core.probes import make_probe
 from rnnjax.core.tasks import make_random_batch
 from rnnjax.core.theory import (
-    GAMMA,
     effective_gain,
     gauss_expect,
     input_drive_variance,
@@ -81,7 +80,7 @@ def rand_net(key, act, H=12, gain=1.3, dtype=jnp.float64):
     return init_params(key, init, xavier(), 5, H, 5, dtype)
 
 
-@pytest.mark.parametrize("act", sorted(GAMMA))
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
 def test_pascanu_bound_holds(key, act):
     p = rand_net(key, act, gain=0.9)
     x = np.asarray(make_random_batch(5, 1, 30)(key)[0])[0]

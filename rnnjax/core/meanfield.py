@@ -12,9 +12,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-# sup |phi'|: the gamma of Pascanu et al.'s bound.
-GAMMA = {"tanh": 1.0, "relu": 1.0, "linear": 1.0, "sigmoid": 0.25}
-
 
 def _np_sigmoid(a: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * a))  # overflow-free

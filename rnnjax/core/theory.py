@@ -19,13 +19,11 @@ import numpy as np
 from jax import Array
 from jax.flatten_util import ravel_pytree
 
-from rnnjax.core.cells import Cell
+from rnnjax.core.cells import Cell, activations
 from rnnjax.core.cells.vanilla import input_drive
 
 # the numpy mean field: jax-free in rnnjax.core.meanfield (the report draws its curves)
 from rnnjax.core.meanfield import (  # noqa: F401 (re-exported)
-    GAMMA,
-    _np_phi,
     gauss_expect,
     mean_field,
     mean_field_chi,
@@ -51,7 +49,7 @@ def pascanu_log10_bound(name: str, W_hh: np.ndarray) -> float:
 
     ||dH_T/dH_t|| <= (gamma sigma_max)^(T-t); vanishing is guaranteed when it is < 0."""
     sigma = np.linalg.norm(np.asarray(W_hh, np.float64), ord=2)
-    return float(math.log10(GAMMA[name] * sigma)) if sigma > 0 else -math.inf
+    return float(math.log10(activations.get(name).gamma * sigma)) if sigma > 0 else -math.inf
 
 
 def make_lyapunov(cell: Cell, k: int = 3, burn_in: int = 0) -> Callable[..., Array]:

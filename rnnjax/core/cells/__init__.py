@@ -7,6 +7,7 @@ spec: the modules of this package that define `SPEC`, then plugins (entry point 
 `rnnjax.cells`).
 """
 
+from rnnjax.core.cells.activations import ACTIVATIONS, Activation
 from rnnjax.core.cells.base import (
     Cell,
     Params,
@@ -18,8 +19,8 @@ from rnnjax.core.cells.base import (
     unroll,
 )
 from rnnjax.core.cells.registry import CELLS, CellSpec, Option, register
-from rnnjax.core.cells.vanilla import ACTIVATIONS, RNNParams, activation, vanilla
+from rnnjax.core.cells.vanilla import RNNParams, activation, vanilla
 
-__all__ = ["ACTIVATIONS", "CELLS", "Cell", "CellSpec", "Option", "Params", "RNNParams", "State",
-           "activation", "finite", "log10_norm", "register", "scale_grad", "unit", "unroll",
-           "vanilla"]
+__all__ = ["ACTIVATIONS", "CELLS", "Activation", "Cell", "CellSpec", "Option", "Params",
+           "RNNParams", "State", "activation", "finite", "log10_norm", "register", "scale_grad",
+           "unit", "unroll", "vanilla"]

@@ -99,7 +99,7 @@ def _load() -> None:
     _LOADED = True
     package = sys.modules[__package__]
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name in ("base", "registry"):
+        if info.name in ("activations", "base", "registry"):
             continue
         module = importlib.import_module(f"{__package__}.{info.name}")
         if isinstance(getattr(module, "SPEC", None), CellSpec):

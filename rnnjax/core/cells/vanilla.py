@@ -13,24 +13,10 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from rnnjax.core.cells import activations
+from rnnjax.core.cells.activations import ACTIVATIONS  # noqa: F401 (re-exported)
 from rnnjax.core.cells.registry import CellSpec
 from rnnjax.core.init import Initializer, make_init, xavier
-
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "relu": jax.nn.relu,
-    "linear": lambda a: a,  # identity: the analytic control
-}
-
-# phi'(A) as a function of H = phi(A), for the probe's fast backward step, which keeps H_t only.
-# (relu: jax.nn.relu's derivative at 0 is 0, and H = 0 there.)
-DERIVATIVES_FROM_OUTPUT: dict[str, Callable[[Array], Array]] = {
-    "tanh": lambda h: 1 - jnp.square(h),
-    "sigmoid": lambda h: h * (1 - h),
-    "relu": lambda h: (h > 0).astype(h.dtype),
-    "linear": jnp.ones_like,
-}
 
 
 class RNNParams(NamedTuple):
@@ -44,12 +30,8 @@ class RNNParams(NamedTuple):
 
 
 def activation(name: str) -> Callable[[Array], Array]:
-    """The elementwise nonlinearity `phi` called `name` (one of `ACTIVATIONS`)."""
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        allowed = sorted(ACTIVATIONS)
-        raise ValueError(f"activation={name!r} is unknown; allowed: {allowed}") from None
+    """The elementwise nonlinearity `phi` called `name` (one of `ACTIVATIONS`), in JAX."""
+    return activations.get(name).fn
 
 
 def step_drive(W_xh: Array, x_t: Array) -> Array:
@@ -127,8 +109,8 @@ def vanilla(activation: str = "tanh", init: str = "normal", init_value=None) -> 
     """
     from rnnjax.core.cells.base import Cell
 
-    phi = globals()["activation"](activation)
-    dphi = DERIVATIVES_FROM_OUTPUT[activation]
+    act = activations.get(activation)
+    phi, dphi = act.fn, act.derivative_from_output
     w_hh_init = make_init(init, init_value)
     io_init = make_init("normal", init_value) if init == "normal" else xavier()
 
