@@ -280,3 +280,64 @@ def test_a_full_disk_is_one_line_and_leaves_every_file_as_it_was(tmp_path, cli,
     assert sorted(files_in(out)) == ["decay_curves.png", "heatmap.png", "report.md"]
     assert (out / "heatmap.png").read_bytes().startswith(b"\x89PNG")
     assert oct((out / "report.md").stat().st_mode & 0o777) == oct(0o666 & ~report._UMASK)
+
+
+# ------------------------------------------------------------- reads files only, starts fast
+
+def theory_job(job, gain: float, slope: float):
+    """A finished tanh job with its loss at the last step and its theory in summary.json (mean
+    field at `gain`, a Lyapunov exponent): the phase diagram and the slope-Lyapunov figure
+    draw it."""
+    finished(job, slope=slope)
+    summary = json.loads((job / SUMMARY).read_text())
+    summary["config"]["probe"]["loss_at"] = "last"
+    summary["headline"]["theory"] = {
+        "applies": True, "lyapunov_top_log10_per_step": slope,
+        "mean_field": {"gain": gain, "input_var": 0.1, "bias_var": 0.0,
+                       "log10_factor_per_step": slope}}
+    summary.update(cell_label="", model_label="tanh", cell_order=0.0, activation_order=0,
+                   init_order=0, cell_takes_activation=True, cell_takes_init=True)
+    (job / SUMMARY).write_text(json.dumps(summary))
+
+
+START_S = 2.0  # `rnnjax report` starts (its command module loaded) within this
+
+
+def test_report_reads_files_only_and_starts_fast(tmp_path):
+    """`rnnjax report` in a fresh process on a finished sweep, every figure drawn that its jobs
+    allow (heatmap, decay curves, phase diagram, slope against Lyapunov): no JAX, Hydra or
+    OmegaConf is loaded, and the command's module loads within START_S (the best of three
+    fresh processes: other work on the machine only slows one down)."""
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    theory_job(sweep / "a", gain=0.5, slope=-0.3)
+    theory_job(sweep / "b", gain=2.0, slope=0.1)
+    script = (
+        "import json, sys, time\n"
+        "t0 = time.perf_counter()\n"
+        "import rnnjax.cli, rnnjax.report.build\n"
+        "started = time.perf_counter() - t0\n"
+        f"code = rnnjax.cli.main(['report', {str(sweep)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+        "loaded = [m for m in ('jax', 'hydra', 'omegaconf') if m in sys.modules]\n"
+        "print(json.dumps({'code': code, 'loaded': loaded, 'started': started}))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=False, timeout=120)
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["code"] == 0 and result["loaded"] == [], run.stderr
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["decay_curves.png", "heatmap.png", "phase_diagram.png", "report.md",
+                       "slope_vs_lyapunov.png"]
+    best = []  # wall time of a fresh interpreter that loads the command
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import rnnjax.cli, rnnjax.report.build"],
+                       check=True, timeout=60)
+        best.append(time.perf_counter() - start)
+    print(f"rnnjax report: module loaded in {result['started']:.2f} s; fresh process "
+          f"{min(best):.2f} s (best of 3)")
+    assert min(best) < START_S

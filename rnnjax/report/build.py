@@ -22,16 +22,12 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # headless; before seaborn imports pyplot
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from rnnjax.app.results import (  # noqa: E402
+from rnnjax.app.results import (
     GRAD_NORMS,
     SUMMARY,
     _finished_jobs,
@@ -39,10 +35,10 @@ from rnnjax.app.results import (  # noqa: E402
     load_summaries,
     load_sweep,
 )
-from rnnjax.report import (
-    frames,  # noqa: E402
-    plots,
-)
+from rnnjax.report import frames, load_plots
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 120
 GAIN_TOLERANCE = 0.05  # effective gains within 5% of each other count as one
@@ -103,8 +99,10 @@ def data_line(df: pd.DataFrame, summaries: pd.DataFrame) -> str:
 
 
 def figures(df: pd.DataFrame, summaries: pd.DataFrame, metrics: pd.DataFrame | None
-            ) -> list[tuple[str, str, str, Callable[[], Figure]]]:
-    """(file, heading, caption, make) of each figure this sweep has."""
+            ) -> list[tuple[str, str, str, Callable[[], "Figure"]]]:
+    """(file, heading, caption, make) of each figure this sweep has (matplotlib and seaborn
+    load here, once the data has)."""
+    plots = load_plots()
     hue = decay_hue(df)
     pred = frames.predictions(summaries)
     theory = (" Dashed: the prediction where one applies, anchored at T − t = T/4."

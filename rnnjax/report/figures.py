@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from rnnjax.report import load_plots
 from rnnjax.sweeps.names import CONF_DIR
 
 if TYPE_CHECKING:
@@ -57,20 +58,9 @@ def grid(**axes: list) -> list[list[str]]:
     return jobs
 
 
-def plots():
-    """rnnjax.report.plots (seaborn and matplotlib: a second or more to import), imported when a
-    figure is first drawn; matplotlib headless (before seaborn imports pyplot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from rnnjax.report import plots
-
-    return plots
-
-
 def _draw(plot: str, inputs: tuple[str, ...], args: dict[str, Any], data: Data) -> MplFigure:
     """`plots.<plot>` called with the frames `inputs` of `data` and `args`, as keywords."""
-    return getattr(plots(), plot)(**{k: getattr(data, k) for k in inputs}, **args)
+    return getattr(load_plots(), plot)(**{k: getattr(data, k) for k in inputs}, **args)
 
 
 def _slopes(data: Data) -> list[pd.DataFrame]:
@@ -218,4 +208,4 @@ def report_head(command: str, how: str) -> list[str]:
 
 
 __all__ = ["FIGURES_FILE", "INPUTS", "TABLES", "Data", "Figure", "figure", "grid",
-           "load_figures", "plots", "published", "report_head", "sections", "slopes"]
+           "load_figures", "published", "report_head", "sections", "slopes"]
