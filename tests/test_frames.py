@@ -286,7 +286,8 @@ def test_the_report_names_no_cell_in_its_code():
                 if isinstance(n, ast.Module | ast.FunctionDef | ast.ClassDef) and n.body
                 and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            text = isinstance(node, ast.Constant) and isinstance(node.value, str)
+            if text and id(node) not in docs:
                 words = set(re.findall(r"[a-z]+", node.value.lower()))
                 found += [f"{path.name}:{node.lineno}: {w}" for w in words & names]
             if isinstance(node, ast.Name) and node.id.lower() in names:
