@@ -1,18 +1,28 @@
+import copy
+import dataclasses
 import re
+import typing
 
 import pytest
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from rnnjax.app.config import (
+    CELL_OPTIONS,
+    CellConfig,
+    CellName,
     Config,
     ConfigError,
     InitName,
     TaskName,
+    _option_types,
+    cell_options,
     register_configs,
     validate,
 )
+from rnnjax.core.cells import registry
 from rnnjax.sweeps.app import CONF_DIR
 
 
@@ -119,3 +129,77 @@ def test_loss_at_defaults_to_last_and_language_models_keep_all():
         for name in sorted(experiments):
             assert loss_at(f"+experiment={name}") == ("all" if name in ALL_STEPS else "last"), \
                 name
+
+
+# ------------------------------------------------------------------ cell.* from the registry
+
+
+def width_cell(width: int, activation: str = "tanh"):
+    """A factory for cell=custom (this module is importable as `test_config`)."""
+    from rnnjax.core.cells.vanilla import vanilla
+
+    assert width > 0
+    return vanilla(activation=activation)
+
+
+def test_the_cell_schema_is_every_registered_cells_options():
+    hints = typing.get_type_hints(CellConfig)
+    assert [c.value for c in CellName] == list(registry.CELLS)
+    assert CellConfig().name is CellName[next(iter(registry.CELLS))]
+    declared = {k for name in registry.CELLS for k in registry.get(name).options}
+    assert set(CELL_OPTIONS) == declared and "target" in declared  # cell=custom's
+    for name in registry.CELLS:
+        for key, value in registry.get(name).options.items():
+            t = registry.option(value).type
+            assert hints[key] in (t | None, typing.Any), (name, key)
+            assert getattr(CellConfig(), key) is None  # null: the cell's default
+    # the options of the config's cell, its defaults filled in
+    c = validate(cfg(**{"cell.name": "lstm", "cell.forget_bias": 1.0}))
+    assert cell_options(c) == {**registry.defaults("lstm"), "forget_bias": 1.0}
+
+
+def test_two_cells_typing_one_option_apart_make_it_any(monkeypatch):
+    cells = {"a": registry.CellSpec(build=lambda k=1.0: None, options={"k": 1.0, "j": 2}),
+             "b": registry.CellSpec(build=lambda k="x": None, options={"k": "x"})}
+    monkeypatch.setattr(registry, "_CELLS", cells)
+    monkeypatch.setattr(registry, "_LOADED", True)
+    assert _option_types() == {"k": typing.Any, "j": int}
+
+
+@pytest.fixture
+def store():
+    """Hydra's ConfigStore, given back as it was (an entry stored here must not leak)."""
+    repo = copy.deepcopy(ConfigStore.instance().repo)
+    yield ConfigStore.instance()
+    ConfigStore.instance().repo = repo
+
+
+def test_a_cell_without_a_yaml_gets_a_stored_node(store, tmp_path):
+    (tmp_path / "cell").mkdir()
+    (tmp_path / "cell" / "vanilla.yaml").write_text("name: vanilla\n")
+    register_configs(tmp_path)
+    stored = {n.removesuffix(".yaml") for n in store.list("cell")}
+    assert stored == set(registry.CELLS) - {"vanilla"}
+    node = store.load("cell/lru.yaml").node
+    assert OmegaConf.to_container(node) == {"name": "lru", **registry.defaults("lru")}
+
+
+@pytest.mark.parametrize("plus", ["", "+"])
+def test_free_cell_options_reach_the_factory_with_or_without_plus(plus):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        c = compose("config", overrides=["cell=custom", "cell.target=test_config:width_cell",
+                                         f"{plus}cell.width=3"])
+        bad = compose("config", overrides=["cell=lru", f"{plus}cell.width=3"])
+    v = validate(c)
+    assert cell_options(v) == {"target": "test_config:width_cell", "width": 3}
+    assert [f.name for f in dataclasses.fields(v.cell)] == ["name", *CELL_OPTIONS]  # no column
+    with pytest.raises(ConfigError, match=re.escape(
+            "cell.width is not an option of cell=lru (it takes cell.r_min, ")):
+        validate(bad)
+
+
+def test_an_options_own_check_is_one_line_naming_key_and_value():
+    with pytest.raises(ConfigError) as e:
+        validate(cfg(**{"cell.name": "lru", "cell.r_max": 1.5}))
+    assert str(e.value).startswith("cell.r_max=1.5 is invalid: must be in (0, 1]")
