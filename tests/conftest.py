@@ -101,3 +101,29 @@ def exit_code_of(main: Callable[[list[str]], object], argv: list[str]) -> int:
         root.handlers[:] = handlers
         root.setLevel(level)
     return code
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch, capsys):
+    """`app(*argv, cwd=None) -> helpers.Result`: the command line (`rnnjax run`), in-process,
+    in tmp_path (or cwd)."""
+    from helpers import Result
+
+    from rnnjax.sweeps.app import main
+
+    monkeypatch.chdir(tmp_path)
+    absl = sys.modules.get("absl.logging")
+    if absl is not None:
+        # Hydra's logging.config.dictConfig closes every handler; absl's (imported with JAX)
+        # would close the stream it was made with, pytest's own capture, unless it is the
+        # interpreter's.
+        monkeypatch.setattr(absl.get_absl_handler().python_handler, "stream", sys.__stderr__)
+
+    def call(*argv, cwd=None):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        code = exit_code_of(main, list(argv))
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return call

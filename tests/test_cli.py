@@ -6,9 +6,7 @@ import gc
 import importlib
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -16,9 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT, exit_code_of
+from helpers import compose_cfg, run
 from numpy_bptt import bptt
-from test_sweep import app  # noqa: F401 (a fixture)
-from test_train import compose_cfg
 
 import rnnjax.cli
 from rnnjax import load_summaries, load_sweep
@@ -27,19 +24,9 @@ from rnnjax.app.results import config_schema_columns
 from rnnjax.cli import COMMANDS, _call
 from rnnjax.cli import main as cli_main
 
-RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 COLUMNS = ["seed", "t", "grad_norm", "param_grad_norm", "train_step", "activation", "init",
            "task", "seq_len", "hidden_size", "batch_size", "loss_at", "dtype", "init_std",
            "init_gain", "init_radius"]
-
-
-def run(args, cwd, jax_cache, check=True):
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}  # compact errors
-    env["JAX_COMPILATION_CACHE_DIR"] = jax_cache
-    p = subprocess.run(RUN + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    if check:
-        assert p.returncode == 0, p.stderr
-    return p
 
 
 def recompute(job, activation, loss_at):
@@ -82,7 +69,7 @@ def test_single_run_files_schema_and_numbers(tmp_path, jax_cache):
     assert np.isfinite(summary["headline"]["log10_slope_per_step_back"])
 
 
-def test_float64_really_computes_in_float64(tmp_path, app):  # noqa: F811
+def test_float64_really_computes_in_float64(tmp_path, app):
     job = tmp_path / "job"
     assert app(f"hydra.run.dir={job}", "dtype=float64", "activation=tanh", "init=gaussian",
                "init.gain=1.2", "seq_len=10", "hidden_size=6", "batch_size=2", "seeds=2",
@@ -96,7 +83,7 @@ def test_float64_really_computes_in_float64(tmp_path, app):  # noqa: F811
         np.testing.assert_allclose(rows.param_grad_norm, pg, rtol=1e-10)
 
 
-def test_timemachine_task(tmp_path, app, timemachine_file):  # noqa: F811
+def test_timemachine_task(tmp_path, app, timemachine_file):
     job = tmp_path / "job"
     assert app(f"hydra.run.dir={job}", "task=timemachine", f"task.path={timemachine_file}",
                "seq_len=8", "hidden_size=8", "batch_size=4", "seeds=2").code == 0
@@ -106,7 +93,7 @@ def test_timemachine_task(tmp_path, app, timemachine_file):  # noqa: F811
     assert x.max() < 28 and (x != 1).all()  # real text: letters and spaces, never <unk>
 
 
-def test_training_job_and_divergence_is_data(tmp_path, app):  # noqa: F811
+def test_training_job_and_divergence_is_data(tmp_path, app):
     job = tmp_path / "job"
     assert app(f"hydra.run.dir={job}", "task=adding", "seq_len=12", "hidden_size=8",
                "batch_size=8", "seeds=2", "train.steps=25", "train.log_every=10",

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from test_sweep import app  # noqa: F401 (a fixture)
 
 from rnnjax import load_sweep
 
@@ -12,7 +11,7 @@ from rnnjax import load_sweep
     ("local_parallel", "hydra_plugins.hydra_joblib_launcher"),
     ("submitit_local", "hydra_plugins.hydra_submitit_launcher"),
 ])
-def test_sweep_through_launcher(tmp_path, jax_cache, app, launcher, plugin):  # noqa: F811
+def test_sweep_through_launcher(tmp_path, jax_cache, app, launcher, plugin):
     pytest.importorskip(plugin)
     sweep = tmp_path / "sweep"
     args = ["-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}",

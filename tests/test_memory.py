@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT
-from test_train import compose_cfg
+from helpers import compose_cfg
 
 from rnnjax.app import memory
 from rnnjax.app.config import ConfigError
@@ -232,7 +232,7 @@ def test_job_with_a_small_budget_chunks_its_seeds(tmp_path, monkeypatch, caplog)
 PEAK_SCRIPT = """
 import json, sys, logging
 sys.path.insert(0, {tests!r})
-from test_train import compose_cfg
+from helpers import compose_cfg
 from rnnjax.app.job import enable_compilation_cache, run_job
 from rnnjax.app.memory import peak_resident_bytes, resident_bytes
 lines = []

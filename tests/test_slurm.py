@@ -17,9 +17,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from conftest import ROOT
+from helpers import RUN, TINY, run
 from hydra.core.utils import JobReturn, JobStatus
-from test_cli import RUN, run
-from test_sweep import TINY, app  # noqa: F401 (a fixture)
 
 import rnnjax.sweeps.slurm
 from rnnjax.app.config import register_configs
@@ -166,7 +165,7 @@ def test_sweep_runs_every_job_as_a_task_of_a_slurm_array(finished_sweep):
     assert "2 jobs: 2 ok" in finished_sweep["proc"].stderr
 
 
-def test_rerun_skips_finished_jobs_without_submitting_a_task(finished_sweep, app):  # noqa: F811
+def test_rerun_skips_finished_jobs_without_submitting_a_task(finished_sweep, app):
     cwd, sweep = finished_sweep["cwd"], finished_sweep["sweep"]
     r = app(*finished_sweep["args"], cwd=cwd)  # in-process: it submits nothing
     assert r.code == 0 and "2 jobs: 2 ok (2 skipped" in closing_line(r.err)
@@ -226,7 +225,7 @@ def _finish(proc: subprocess.Popen, array: str | None, timeout: float) -> str:
 
 
 def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, jax_cache,
-                                                           app, monkeypatch):  # noqa: F811
+                                                           app, monkeypatch):
     sweep = tmp_path / "sweep"
     # One quick job and one that trains for about 5 s on 2 cores, which is cancelled once its
     # log shows a training step: mid-run, with time left for SLURM's KillWait (1 s in
@@ -335,7 +334,7 @@ def _offers():
 
 
 def test_unsatisfiable_request_fails_with_one_line_and_submits_nothing(
-        cluster, tmp_path, app):  # noqa: F811
+        cluster, tmp_path, app):
     # The preset's defaults on a CPU-only partition: sbatch would reject the GPU request.
     cpus, mem_mb, gpus = _offers()
     if gpus:
@@ -729,7 +728,7 @@ def _basic_launcher():
         "hydra._internal.core_plugins.basic_launcher.BasicLauncher"]
 
 
-def test_sweep_lists_jobs_whose_task_left_no_result_as_failed(app, monkeypatch):  # noqa: F811
+def test_sweep_lists_jobs_whose_task_left_no_result_as_failed(app, monkeypatch):
     # A launcher that returns as rnnjax's SLURM launcher does: job 0's task was cancelled after
     # the job had finished (its directory counts), job 1's before it started.
     launcher = _basic_launcher()
@@ -750,7 +749,7 @@ def test_sweep_lists_jobs_whose_task_left_no_result_as_failed(app, monkeypatch):
         "task cancelled before it started))")
 
 
-def test_interrupted_sweep_says_what_the_launcher_did(app, tmp_path, monkeypatch):  # noqa: F811
+def test_interrupted_sweep_says_what_the_launcher_did(app, tmp_path, monkeypatch):
     def interrupted(self, job_overrides, initial_job_idx):
         raise KeyboardInterrupt("cancelled its SLURM array 7")
 

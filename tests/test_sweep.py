@@ -21,11 +21,10 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import pytest
-from conftest import ROOT, exit_code_of
+from helpers import RUN, SMALL, TINY
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
@@ -42,50 +41,15 @@ from rnnjax.sweeps.app import (
     SWEEP_ROOT,
     job_list,
     job_name,
-    main,
     register_sweeper,
     run_dir_override,
     sweep_dir_override,
     sweep_name,
 )
 
-SMALL = ["hidden_size=4", "batch_size=2", "seeds=2"]
-TINY = ["seq_len=3", *SMALL]  # jobs that differ in seed, init or task data share compiled code
 RESULT_FILES = {"summary.json", "grad_norms.parquet", "params.npz", "batch.npz"}
-RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 # A text of 13200 characters with every letter: enough windows for task=timemachine.
 TEXT = "The quick brown fox jumps over the lazy dog. " * 300
-
-
-class Result(NamedTuple):
-    code: int
-    out: str
-    err: str
-
-    def closing(self) -> str:
-        """The sweep's closing line (the open commands follow it)."""
-        return next(ln for ln in self.err.splitlines() if ln.startswith("rnnjax: sweep "))
-
-
-@pytest.fixture
-def app(tmp_path, monkeypatch, capsys):
-    """`app(*argv, cwd=None) -> Result`: the command line, in-process, in tmp_path (or cwd)."""
-    monkeypatch.chdir(tmp_path)
-    absl = sys.modules.get("absl.logging")
-    if absl is not None:
-        # Hydra's logging.config.dictConfig closes every handler; absl's (imported with JAX)
-        # would close the stream it was made with, pytest's own capture, unless it is the
-        # interpreter's.
-        monkeypatch.setattr(absl.get_absl_handler().python_handler, "stream", sys.__stderr__)
-
-    def call(*argv, cwd=None):
-        if cwd is not None:
-            monkeypatch.chdir(cwd)
-        code = exit_code_of(main, list(argv))
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return call
 
 
 def plant(monkeypatch, when, error):

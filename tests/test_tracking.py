@@ -14,7 +14,7 @@ from pathlib import Path
 
 import hydra.core.utils
 import pandas as pd
-from test_sweep import TINY, app  # noqa: F401 (a fixture)
+from helpers import TINY
 
 import rnnjax.app.job
 from rnnjax import load_summaries, load_sweep
@@ -34,7 +34,7 @@ def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
 
 
-def test_a_failing_tracker_on_a_finished_job_keeps_its_results(app, tmp_path):  # noqa: F811
+def test_a_failing_tracker_on_a_finished_job_keeps_its_results(app, tmp_path):
     """The issue's case: a finished job re-run with a tracker that fails at start was run
     again in its directory and left `failed`, its results no longer loadable."""
     job = tmp_path / RUN_ROOT / job_name(TINY)
@@ -53,7 +53,7 @@ def test_a_failing_tracker_on_a_finished_job_keeps_its_results(app, tmp_path):  
     assert record["location"] == "bogus://x" and "bogus://x" in record["error"]
 
 
-def test_a_finished_job_is_sent_to_a_new_tracker_as_a_fresh_run_sends(app, tmp_path):  # noqa: F811
+def test_a_finished_job_is_sent_to_a_new_tracker_as_a_fresh_run_sends(app, tmp_path):
     fresh, later = tmp_path / "fresh", tmp_path / "later"
     assert app(*TRAIN, "logger=csv", f"hydra.run.dir={fresh}").code == 0
     assert app(*TRAIN, f"hydra.run.dir={later}").code == 0
@@ -75,7 +75,7 @@ def test_a_finished_job_is_sent_to_a_new_tracker_as_a_fresh_run_sends(app, tmp_p
     assert [t["status"] for t in summary_of(later)["trackers"]] == ["ok"]
 
 
-def test_a_tracker_failing_mid_job_costs_the_job_nothing(app, tmp_path, monkeypatch):  # noqa: F811
+def test_a_tracker_failing_mid_job_costs_the_job_nothing(app, tmp_path, monkeypatch):
     def full_disk(self, step, metrics):
         raise OSError(errno.ENOSPC, "No space left on device", str(self._dir / "metrics.csv"))
 
@@ -91,7 +91,7 @@ def test_a_tracker_failing_mid_job_costs_the_job_nothing(app, tmp_path, monkeypa
     assert summary["trackers"][0]["status"] == "failed" and "training" in summary
 
 
-def test_an_unreachable_tracking_server_fails_before_any_compute(app, tmp_path,  # noqa: F811
+def test_an_unreachable_tracking_server_fails_before_any_compute(app, tmp_path,
                                                                  monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the old code: fail fast too
     with socket.socket() as s:  # a port nothing listens on
@@ -105,7 +105,7 @@ def test_an_unreachable_tracking_server_fails_before_any_compute(app, tmp_path, 
 
 
 def test_a_sweep_sends_its_finished_jobs_and_goes_on_past_a_failing_tracker(
-        app, tmp_path):  # noqa: F811
+        app, tmp_path):
     grid = ["seed=0,1", *TINY]
     sweep = Path(SWEEP_ROOT) / sweep_name(grid)
     assert app("-m", *grid).code == 0
@@ -126,7 +126,7 @@ def test_a_sweep_sends_its_finished_jobs_and_goes_on_past_a_failing_tracker(
     assert len(load_summaries(tmp_path / sweep)) == 2
 
 
-def test_a_job_name_with_a_path_is_refused(app, tmp_path):  # noqa: F811
+def test_a_job_name_with_a_path_is_refused(app, tmp_path):
     r = app(*TINY, "hydra.job.name=../../../escaped_log")
     assert r.code == 2 and r.err.splitlines() == [
         "rnnjax: error: hydra.job.name=../../../escaped_log is invalid: it names the job's log "
@@ -137,7 +137,7 @@ def test_a_job_name_with_a_path_is_refused(app, tmp_path):  # noqa: F811
     assert r.code == 2 and len(r.err.splitlines()) == 1 and "hydra.job.name=a/b" in r.err
 
 
-def test_a_run_directory_that_cannot_be_written_is_one_line(app, tmp_path,  # noqa: F811
+def test_a_run_directory_that_cannot_be_written_is_one_line(app, tmp_path,
                                                             monkeypatch):
     folder = tmp_path / "readonly"  # as root a chmod would not stop writes: refused here
     folder.mkdir()
@@ -166,7 +166,7 @@ def test_a_run_directory_that_cannot_be_written_is_one_line(app, tmp_path,  # no
         "left on device"]
 
 
-def test_a_finished_job_in_a_read_only_directory_is_skipped(app, tmp_path,  # noqa: F811
+def test_a_finished_job_in_a_read_only_directory_is_skipped(app, tmp_path,
                                                             monkeypatch):
     job = tmp_path / "job"
     assert app(*TINY, f"hydra.run.dir={job}").code == 0
@@ -183,14 +183,14 @@ def test_a_finished_job_in_a_read_only_directory_is_skipped(app, tmp_path,  # no
     assert f"rnnjax: run {job}: ok" in r.err
 
 
-def test_why_a_run_runs_again_is_said_once(app, tmp_path):  # noqa: F811
+def test_why_a_run_runs_again_is_said_once(app, tmp_path):
     job = tmp_path / "job"
     assert app(*TINY, f"hydra.run.dir={job}").code == 0
     r = app(*TINY, "init.std=0.02", f"hydra.run.dir={job}")
     assert r.code == 0 and (r.out + r.err).count("holds a finished run of another config") == 1
 
 
-def test_a_single_run_says_where_its_results_are(app, tmp_path):  # noqa: F811
+def test_a_single_run_says_where_its_results_are(app, tmp_path):
     job = tmp_path / RUN_ROOT / job_name(TINY)
     r = app(*TINY)
     assert r.code == 0 and r.err.splitlines()[-3:] == [
@@ -198,7 +198,7 @@ def test_a_single_run_says_where_its_results_are(app, tmp_path):  # noqa: F811
         f'rnnjax: in Python: rnnjax.load_sweep("{job}")']
 
 
-def test_a_diverged_training_run_says_the_same_everywhere(app, tmp_path):  # noqa: F811
+def test_a_diverged_training_run_says_the_same_everywhere(app, tmp_path):
     job = tmp_path / "job"
     assert app(*TRAIN[:-1], "train.lr=1e12", f"hydra.run.dir={job}").code == 0
     training = summary_of(job)["training"]
@@ -211,7 +211,7 @@ def test_a_diverged_training_run_says_the_same_everywhere(app, tmp_path):  # noq
     assert "(ppl inf)" in step and "nan" not in step
 
 
-def test_run_log_holds_the_training_lines_under_a_terminal(app, tmp_path,  # noqa: F811
+def test_run_log_holds_the_training_lines_under_a_terminal(app, tmp_path,
                                                            monkeypatch):
     tqdm = rnnjax.app.job.tqdm
 

@@ -6,11 +6,10 @@ import numpy as np
 import optax
 import pandas as pd
 import pytest
-from conftest import ROOT
-from hydra import compose, initialize_config_dir
+from helpers import compose_cfg
 from numpy_bptt import bptt
 
-from rnnjax.app.config import register_configs, validate
+from rnnjax.app.config import register_configs
 from rnnjax.app.job import run_job
 from rnnjax.app.results import load_sweep
 from rnnjax.core.cells import CELLS, unroll, vanilla
@@ -200,11 +199,6 @@ def test_copy_problem_matches_its_definition(key):
     # the memoryless baseline: blank with certainty, then uniform over the 8 symbols
     ce = np.where(np.arange(L) < delay + 10, 0.0, math.log(8)).mean()
     assert ce == pytest.approx(10 * math.log(8) / (delay + 20), rel=1e-12)
-
-
-def compose_cfg(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return validate(compose("config", overrides=overrides))
 
 
 def test_short_d2l_run_lowers_perplexity(tmp_path, timemachine_file):
