@@ -8,14 +8,13 @@ from references import jacobian_product_singular_values, linear_profile, make_ti
 
 from rnnjax.app.results import log10_slope
 from rnnjax.core.cells import ACTIVATIONS, vanilla
-from rnnjax.core.cells.vanilla import init_params
+from rnnjax.core.cells.vanilla import init_params, input_drive_variance
 from rnnjax.core.init import gaussian, orthogonal, spectral, xavier
 from rnnjax.core.probes import make_probe
 from rnnjax.core.tasks import make_random_batch
 from rnnjax.core.theory import (
     effective_gain,
     gauss_expect,
-    input_drive_variance,
     make_lyapunov,
     mean_field,
     mean_field_q,
@@ -179,3 +178,38 @@ def test_job_summary_sets_theory_beside_measurement(tmp_path):
     assert th["lyapunov_top_log10_per_step"] == pytest.approx(want, abs=1e-9)
     assert len(th["lyapunov_exponents_per_seed"]) == 2
     assert th["pascanu_guarantees_vanishing"] is True
+
+
+def test_effective_gain_of_a_stack_is_each_ones_and_finite_median_drops_nans(key):
+    from rnnjax.core.theory import finite_median
+
+    Ws = np.asarray(jax.vmap(lambda k: gaussian(1.3)(k, (32, 32), jnp.float64))(
+        jax.random.split(key, 3)))
+    each = [float(np.sqrt(32 * np.mean(W**2))) for W in Ws]
+    np.testing.assert_allclose(effective_gain(Ws), each, rtol=1e-13)
+    assert effective_gain(Ws[0]).shape == () and effective_gain(Ws[0]) == pytest.approx(each[0])
+    assert finite_median([1.0, np.nan, 3.0, np.inf, 2.0]) == 2.0
+    assert math.isnan(finite_median([np.nan, -np.inf]))
+
+
+def test_the_vanilla_theory_comes_through_its_spec_with_the_jobs_activation(key):
+    """theory_summary calls the cell's own theory with the context it declares: the vanilla
+    RNN's mean field is of the job's activation (relu here, not the default tanh)."""
+    from rnnjax.app.summary import theory_summary
+    from rnnjax.core.cells import CELLS
+
+    S, H = 2, 16
+    keys = jax.random.split(key, S)
+    ps = jax.vmap(lambda k: init_params(k, gaussian(1.2), xavier(), 28, H, 28, jnp.float64))(keys)
+    xs, ys = jax.vmap(lambda k: make_random_batch(28, 4, 12)(k))(keys)
+    th = theory_summary(vanilla("relu"), ps, xs, -0.1, CELLS["vanilla"].theory, {}, y=ys,
+                        kind="tokens", loss_at="last", activation="relu", init="gaussian",
+                        init_value=1.2)
+    gain = float(np.median(effective_gain(ps.W_hh)))
+    v = float(np.median([input_drive_variance(ps.W_xh[s], xs[s]) for s in range(S)]))
+    want = mean_field("relu", gain, v, 0.0)
+    assert th["mean_field"]["chi1"] == pytest.approx(want["chi1"], rel=1e-12)
+    assert th["mean_field"]["chi1"] != pytest.approx(mean_field("tanh", gain, v, 0.0)["chi1"])
+    bounds = [pascanu_log10_bound("relu", w) for w in ps.W_hh]
+    assert th["pascanu_log10_bound_per_step"] == pytest.approx(float(np.median(bounds)))
+    assert th["applies"] is True and "lyapunov_top_log10_per_step" in th

@@ -26,7 +26,7 @@ from rnnjax.app.config import Config, cell_options, init_values
 from rnnjax.app.memory import fit_seeds, memory_budget
 from rnnjax.app.summary import headline, log_headline, theory_summary, to_host
 from rnnjax.core.baselines import ADDING_BASELINE
-from rnnjax.core.cells import CELLS, Cell, registry
+from rnnjax.core.cells import Cell, registry
 from rnnjax.core.probes import make_probe
 from rnnjax.core.tasks import DataError, Task, cache_dir, make_task
 from rnnjax.core.train import init_state, make_eval, make_generate, make_optimizer, make_train_chunk
@@ -59,7 +59,7 @@ def job_name(cfg: Config) -> str:
     "gru/orthogonal" (another cell, with its init where it takes one and it is not the
     default)."""
     cell = cfg.cell.name.value
-    if cell == "vanilla":
+    if registry.get(cell).activations is None:  # the activation is free: it names the network
         return f"{cfg.activation.name.value}/{cfg.init.name.value}"
     init = cfg.init.name.value
     return cell if init == "normal" else f"{cell}/{init}"
@@ -324,11 +324,12 @@ def _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out
     headlines = []
     for sl, v in zip(groups, values, strict=True):
         h = headline(prof.select(sl))
-        h["theory"] = theory_summary(cell, cfg.activation.name.value,
-                                     jax.tree.map(lambda a, sl=sl: a[sl], params), x[sl],
-                                     h["log10_slope_per_step_back"],
-                                     CELLS[cfg.cell.name.value].theory, cell_options(cfg),
-                                     y=y[sl], kind=task.kind, loss_at=cfg.probe.loss_at.value)
+        h["theory"] = theory_summary(
+            cell, jax.tree.map(lambda a, sl=sl: a[sl], params), x[sl],
+            h["log10_slope_per_step_back"], registry.get(cfg.cell.name.value).theory,
+            cell_options(cfg), y=y[sl], kind=task.kind, loss_at=cfg.probe.loss_at.value,
+            activation=cfg.activation.name.value, init=cfg.init.name.value,
+            init_value=v)
         headlines.append({**({"init_param": param, "init_value": v} if is_list else {}), **h})
     wall = time.perf_counter() - start
     finite = (all(h["n_nonfinite"] == 0 for h in headlines)

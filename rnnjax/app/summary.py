@@ -12,14 +12,8 @@ import jax
 import numpy as np
 
 from rnnjax.app import results
-from rnnjax.core.cells import Cell
-from rnnjax.core.theory import (
-    effective_gain,
-    input_drive_variance,
-    make_lyapunov,
-    mean_field,
-    pascanu_log10_bound,
-)
+from rnnjax.core.cells import Cell, registry
+from rnnjax.core.theory import finite_median, make_lyapunov
 
 log = logging.getLogger("rnnjax")
 
@@ -62,7 +56,7 @@ def headline(p: Profile) -> dict:
     nonfinite = ((~np.isfinite(p.grad_norm)).sum() + (~np.isfinite(p.loss)).sum()
                  + (~np.isfinite(p.param_grad_norm)).sum())
     return {
-        "log10_slope_per_step_back": _nanmedian(slopes),
+        "log10_slope_per_step_back": finite_median(slopes),
         "log10_slope_per_seed": slopes.tolist(),
         "fit_window_t_per_seed": [list(f[1]) for f in fits],
         "loss_mean": float(np.mean(p.loss)),
@@ -122,60 +116,43 @@ LYAPUNOV_SEQUENCES = 4  # of the probe batch: the exponents are averaged over th
 LYAPUNOV_K = 3  # exponents per network
 
 
-def theory_summary(cell: Cell, activation: str, params, x, measured: float,
-                   cell_theory=None, options: dict | None = None, y=None,
-                   kind: str | None = None, loss_at: str | None = None) -> dict:
+def theory_summary(cell: Cell, params, x, measured: float, cell_theory=None,
+                   options: dict | None = None, **context) -> dict:
     """Predictions at initialization, beside the measured slope (log10 per step back), and
     whether they apply to it (`applies`: false with `loss_at="all"`, see `theory_applies`).
 
     lyapunov (every cell): the top exponents of the driven state dynamics (natural log per
     step; /ln 10 for log10), on the first sequences of each seed's probe batch, after a burn-in
-    of a quarter of the batch's actual length T. For the vanilla RNN also mean_field: for
-    W_hh ~ N(0, g^2/H) with g the effective gain sqrt(H mean W_hh^2) and the input variance of
-    this job's W_xh and batch (medians over seeds); pascanu: log10 of gamma sigma_max(W_hh).
+    of a quarter of the batch's actual length T. Then the cell's own theory, merged in.
 
     Args:
-      cell: the job's cell. activation: its activation (vanilla).
+      cell: the job's cell.
       params: the networks' parameters (leading axis S). x: (S, B, T...) their probe batches.
       measured: the measured slope.
       cell_theory: the cell's own theory (`rnnjax.core.cells.CellSpec.theory`), called as
-        cell_theory(cell, params, x, measured, y=y, kind=kind, loss_at=loss_at, **options);
-        its dict is merged in.
-      y: (S, B, T) or (S, B) the probe batches' targets; kind, loss_at: the probe's loss.
+        cell_theory(cell, params, x, measured, **options, **context) with those entries of
+        `context` it declares (`registry.declared`); its dict is merged in.
       options: the cell's options.
+      context: y ((S, B, T) or (S, B) the probe batches' targets), kind, loss_at (the probe's
+        loss), activation, init, init_value (the job's).
     """
     T = x.shape[2]
-    S = x.shape[0]
     k = min(LYAPUNOV_K, jax.tree.leaves(cell.initial_state(
         jax.tree.map(lambda a: a[0], params), 1))[0].size)
     lyap = jax.jit(jax.vmap(make_lyapunov(cell, k, burn_in=T // 4)))
     lam = np.asarray(lyap(params, x[:, :LYAPUNOV_SEQUENCES]), np.float64)  # (S, k)
-    top = _nanmedian(lam[:, 0])
+    top = finite_median(lam[:, 0])
     out = {
         # false with loss_at=all: the numbers below are kept, but no plot or line compares them
-        "applies": theory_applies(loss_at),
+        "applies": theory_applies(context.get("loss_at")),
         "measured_log10_slope_per_step_back": measured,
         "lyapunov_top_per_step": top,
         "lyapunov_top_log10_per_step": top / math.log(10),
         "lyapunov_exponents_per_seed": lam.tolist(),
     }
-    if cell.name == "vanilla":
-        W_hh = np.asarray(params.W_hh, np.float64)
-        W_xh = np.asarray(params.W_xh, np.float64)
-        gains = [effective_gain(w) for w in W_hh]
-        input_var = [input_drive_variance(W_xh[s], np.asarray(x[s])) for s in range(S)]
-        bias_var = float(np.mean(np.asarray(params.b_h, np.float64) ** 2))
-        mf = mean_field(activation, float(np.median(gains)), float(np.median(input_var)),
-                        bias_var)
-        bounds = [pascanu_log10_bound(activation, w) for w in W_hh]
-        out["mean_field"] = {"gain": float(np.median(gains)),
-                             "input_var": float(np.median(input_var)), "bias_var": bias_var,
-                             **mf, "relative_error": _rel(measured, mf["log10_factor_per_step"])}
-        out["pascanu_log10_bound_per_step"] = _nanmedian(np.array(bounds))
-        out["pascanu_guarantees_vanishing"] = bool(max(bounds) < 0)
     if cell_theory is not None:
-        out.update(cell_theory(cell, params, x, measured, y=y, kind=kind, loss_at=loss_at,
-                               **(options or {})))
+        out.update(cell_theory(cell, params, x, measured, **(options or {}),
+                               **registry.declared(cell_theory, context)))
     return out
 
 
@@ -185,15 +162,3 @@ def _num(v: float) -> str:
     if v is None or not math.isfinite(v) or v == 0 or abs(v) >= 1e-3:
         return f"{v:+.4f}" if v is not None else "n/a"
     return f"{v:+.2e}"
-
-
-def _rel(measured: float, predicted: float) -> float:
-    """|measured - predicted| / |predicted| (NaN when undefined)."""
-    if not (math.isfinite(measured) and math.isfinite(predicted)) or predicted == 0:
-        return math.nan
-    return abs(measured - predicted) / abs(predicted)
-
-
-def _nanmedian(a: np.ndarray) -> float:
-    a = a[np.isfinite(a)]
-    return float(np.median(a)) if a.size else float("nan")

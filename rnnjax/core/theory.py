@@ -20,7 +20,6 @@ from jax import Array
 from jax.flatten_util import ravel_pytree
 
 from rnnjax.core.cells import Cell, activations
-from rnnjax.core.cells.vanilla import input_drive
 
 # the numpy mean field: jax-free in rnnjax.core.meanfield (the report draws its curves)
 from rnnjax.core.meanfield import (  # noqa: F401 (re-exported)
@@ -31,17 +30,27 @@ from rnnjax.core.meanfield import (  # noqa: F401 (re-exported)
 )
 
 
-def effective_gain(W_hh: np.ndarray) -> float:
-    """g with H E[W_ij^2] = g^2: the mean-field gain of any W_hh (exact for `gaussian`, the
-    gain itself for `orthogonal`)."""
-    W = np.asarray(W_hh, np.float64)
-    return float(math.sqrt(W.shape[0] * np.mean(W**2)))
+def effective_gain(W: np.ndarray) -> np.ndarray:
+    """g with H E[W_ij^2] = g^2 of (..., H, H) matrices: shape (...), float64 (() for one).
+
+    The mean-field gain of any recurrent matrix: g itself for `gaussian` (W ~ N(0, g^2 / H)) and
+    for `orthogonal` (gain g)."""
+    W = np.asarray(W, np.float64)
+    return np.sqrt(W.shape[-1] * np.mean(W**2, axis=(-2, -1)))
 
 
-def input_drive_variance(W_xh: np.ndarray, x: np.ndarray) -> float:
-    """The mean square of X_t W_xh over the batch, steps and units: the input's share of q."""
-    drive = np.asarray(input_drive(jnp.asarray(W_xh), jnp.asarray(x)), np.float64)
-    return float(np.mean(drive**2))
+def finite_median(values) -> float:
+    """The median of the finite entries of `values` (NaN when none is finite)."""
+    a = np.asarray(values, np.float64)
+    a = a[np.isfinite(a)]
+    return float(np.median(a)) if a.size else math.nan
+
+
+def relative_error(measured: float, predicted: float) -> float:
+    """|measured - predicted| / |predicted| (NaN when undefined)."""
+    if not (math.isfinite(measured) and math.isfinite(predicted)) or predicted == 0:
+        return math.nan
+    return abs(measured - predicted) / abs(predicted)
 
 
 def pascanu_log10_bound(name: str, W_hh: np.ndarray) -> float:

@@ -11,6 +11,7 @@ import numpy as np
 from jax import Array
 
 from rnnjax.core.init import Initializer, make_init, xavier
+from rnnjax.core.theory import effective_gain
 
 
 def initializers(init: str, init_value=None) -> tuple[Initializer, Initializer]:
@@ -61,11 +62,6 @@ def mean_gates(step_with_gate: Callable, initial_state: Callable) -> Callable[..
 MAX_RECURRENT_GAIN = 0.15
 
 
-def effective_gain(W: np.ndarray) -> np.ndarray:
-    """sqrt(H mean(W^2)) of (S, H, H) matrices: (S,), the gain g of W ~ N(0, g^2 / H)."""
-    return np.sqrt(W.shape[-1] * np.mean(W**2, axis=(-2, -1)))
-
-
 def gate_theory(gate: str, mean_gate: Callable[..., Array], recurrent: tuple[str, ...],
                 params, x) -> dict:
     """The mean gate at initialization beside the measured slope, for `summary.json`.
@@ -86,8 +82,8 @@ def gate_theory(gate: str, mean_gate: Callable[..., Array], recurrent: tuple[str
     """
     means = np.asarray(mean_gate(params, x), np.float64)  # (S,)
     logs = np.log10(means)
-    gains = np.max(np.stack([effective_gain(np.asarray(getattr(params, k), np.float64))
-                             for k in recurrent]), axis=0)  # (S,)
+    gains = np.max(np.stack([effective_gain(getattr(params, k)) for k in recurrent]),
+                   axis=0)  # (S,)
     out = {
         "gate": gate,
         "gate_mean": float(np.median(means)),

@@ -46,6 +46,7 @@ from jax import Array
 from rnnjax.core.cells.base import Cell
 from rnnjax.core.cells.registry import CellSpec, Option
 from rnnjax.core.losses import make_loss
+from rnnjax.core.theory import finite_median
 
 # The paper's ring for most tasks (Section 3.3: r_min 0.9, r_max 0.999) and the full phase
 # range [0, 2 pi] (its appendix code writes 6.28). Its code's own signature defaults, r_min 0
@@ -461,19 +462,20 @@ def theory(cell: Cell, params: LRUParams, x: Array, measured: float, y: Array | 
         slopes = [float(np.mean(lr)) / math.log(10) for lr in log_r]
     else:
         slopes = None
+    predicted = finite_median(slopes) if slopes is not None else None
     out = {
         "prediction": "exact (LRU)" if slopes is not None else None,
-        "predicted_log10_slope_per_step_back": _median(slopes) if slopes is not None else None,
+        "predicted_log10_slope_per_step_back": predicted,
         "predicted_log10_slope_per_seed": slopes,
-        "measured_minus_predicted": (measured - _median(slopes)) if slopes is not None else None,
+        "measured_minus_predicted": (measured - predicted) if slopes is not None else None,
         "lambda_modulus_min": float(np.exp(log_r.min())),
         "lambda_modulus_max": float(np.exp(log_r.max())),
         "r": r_min if equal else None,
         "inverse_one_minus_r": 1 / (1 - r_min) if equal and r_min < 1 else None,
         "normalize": bool(normalize),
-        "state_lambda_sensitivity": _median(np.asarray(terms.sensitivity_rms, np.float64)),
+        "state_lambda_sensitivity": finite_median(np.asarray(terms.sensitivity_rms, np.float64)),
         # for token inputs, whose drives are i.i.d. draws of B's rows on the random task
-        "state_lambda_sensitivity_iid": _median(
+        "state_lambda_sensitivity_iid": finite_median(
             [expected_sensitivity(jax.tree.map(lambda a, s=s: a[s], host), T, normalize)
              for s in range(x.shape[0])]) if jnp.issubdtype(x.dtype, jnp.integer) else None,
         "lambda_grad_norm": None,
@@ -484,16 +486,11 @@ def theory(cell: Cell, params: LRUParams, x: Array, measured: float, y: Array | 
     if has_targets:
         g = np.asarray(terms.lambda_grad)
         per_seed = np.linalg.norm(g, axis=1)
-        out.update(lambda_grad_norm=_median(per_seed), lambda_grad_norm_per_seed=per_seed.tolist(),
-                   nu_log_grad_norm=_median(np.linalg.norm(np.asarray(g_nu), axis=1)),
-                   theta_log_grad_norm=_median(np.linalg.norm(np.asarray(g_theta), axis=1)))
+        out.update(lambda_grad_norm=finite_median(per_seed),
+                   lambda_grad_norm_per_seed=per_seed.tolist(),
+                   nu_log_grad_norm=finite_median(np.linalg.norm(np.asarray(g_nu), axis=1)),
+                   theta_log_grad_norm=finite_median(np.linalg.norm(np.asarray(g_theta), axis=1)))
     return out
-
-
-def _median(values) -> float:
-    a = np.asarray(values, np.float64)
-    a = a[np.isfinite(a)]
-    return float(np.median(a)) if a.size else math.nan
 
 
 SPEC = CellSpec(

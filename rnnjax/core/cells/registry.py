@@ -155,10 +155,16 @@ def build(name: str, options: Mapping[str, Any], **context) -> Cell:
     """The Cell of `cell=name` with `options`; of `context` (activation, init, init_value) only
     what its build function declares is passed."""
     spec = get(name)
-    params = inspect.signature(spec.build).parameters
+    return spec.build(**{**defaults(name), **options}, **declared(spec.build, context))
+
+
+def declared(fn: Callable, context: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `context` that `fn` declares as parameters (all of them where it takes
+    **kwargs): how the harness passes activation, init, init_value or the probe's loss to a
+    cell's build and theory functions, which declare only what they use."""
+    params = inspect.signature(fn).parameters
     takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    extra = {k: v for k, v in context.items() if takes_all or k in params}
-    return spec.build(**{**defaults(name), **options}, **extra)
+    return {k: v for k, v in context.items() if takes_all or k in params}
 
 
 def label(name: str, options: Mapping[str, Any]) -> str:

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from rnnjax.core.cells import activations
@@ -137,8 +138,57 @@ def vanilla(activation: str = "tanh", init: str = "normal", init_value=None) -> 
                 readout=readout, hidden=lambda h: h, recurrent=("W_hh",), backward=backward)
 
 
+# ----------------------------------------------------------------------------- theory
+
+
+def input_drive_variance(W_xh: np.ndarray, x: np.ndarray) -> float:
+    """The mean square of X_t W_xh over the batch, steps and units: the input's share of q."""
+    drive = np.asarray(input_drive(jnp.asarray(W_xh), jnp.asarray(x)), np.float64)
+    return float(np.mean(drive**2))
+
+
+def theory(cell, params: RNNParams, x: Array, measured: float, *, activation: str = "tanh"
+           ) -> dict:
+    """The vanilla RNN's theory beside the measured slope (log10 per step back).
+
+    mean_field: for W_hh ~ N(0, g^2/H) with g the effective gain sqrt(H mean W_hh^2) and the
+    input variance of this job's W_xh and batch (medians over seeds), and the bias variance
+    (`rnnjax.core.meanfield`); pascanu: log10 of gamma sigma_max(W_hh) (median over seeds), and
+    whether it guarantees vanishing for every seed.
+
+    Args:
+      cell: the job's cell (unused). params: RNNParams of S networks (leading axis S).
+      x: (S, B, T...) their probe batches. measured: the measured median slope.
+      activation: the cell's phi.
+    """
+    from rnnjax.core.theory import (  # the theory module imports the cells
+        effective_gain,
+        finite_median,
+        mean_field,
+        pascanu_log10_bound,
+        relative_error,
+    )
+
+    del cell
+    W_hh = np.asarray(params.W_hh, np.float64)
+    W_xh = np.asarray(params.W_xh, np.float64)
+    gain = float(np.median(effective_gain(W_hh)))
+    input_var = float(np.median([input_drive_variance(W_xh[s], np.asarray(x[s]))
+                                 for s in range(x.shape[0])]))
+    bias_var = float(np.mean(np.asarray(params.b_h, np.float64) ** 2))
+    mf = mean_field(activation, gain, input_var, bias_var)
+    bounds = [pascanu_log10_bound(activation, w) for w in W_hh]
+    return {
+        "mean_field": {"gain": gain, "input_var": input_var, "bias_var": bias_var, **mf,
+                       "relative_error": relative_error(measured, mf["log10_factor_per_step"])},
+        "pascanu_log10_bound_per_step": finite_median(bounds),
+        "pascanu_guarantees_vanishing": bool(max(bounds) < 0),
+    }
+
+
 SPEC = CellSpec(
     build=vanilla,
+    theory=theory,
     # per step: H_{t-1}, H_t and phi'(A_t), what autodiff saves (tests/test_cells.py measures it)
     cost=lambda options, H: 3 * H,
     help="d2l's vanilla RNN, H_t = phi(X_t W_xh + H_{t-1} W_hh + b_h): activation and init apply",
