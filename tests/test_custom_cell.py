@@ -8,12 +8,9 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import exit_code_of
-from test_bad_input import Case, check_case, command  # noqa: F401 (a fixture)
 
 from rnnjax.core.cells import registry
 from rnnjax.core.cells.vanilla import vanilla
-from rnnjax.sweeps.app import main
 
 HERE = "test_custom_cell"
 TINY = ["seq_len=6", "hidden_size=4", "batch_size=2", "seeds=1"]
@@ -74,6 +71,15 @@ def test_a_bad_target_or_option_is_one_line_naming_the_key(options, message):
     assert error is not None and message in error and "\n" not in error
 
 
+def check_one_line(result, tmp_path, names):
+    """Exit code 2, one `rnnjax: error:` line naming one of `names`, nothing written."""
+    lines = [ln for ln in result.err.splitlines() if ln.strip()]
+    assert result.code == 2, result.err
+    assert len(lines) == 1 and lines[0].startswith("rnnjax: error: "), result.err
+    assert any(n in lines[0] for n in names), lines[0]
+    assert list(tmp_path.iterdir()) == [], "something was written"
+
+
 @pytest.mark.parametrize("args,names", [
     (("cell.target=no_such_module_xyz:f",), ("cell.target=no_such_module_xyz:f is invalid",)),
     ((f"cell.target={HERE}:not_a_cell",), ("not a rnnjax Cell",)),
@@ -81,27 +87,24 @@ def test_a_bad_target_or_option_is_one_line_naming_the_key(options, message):
      ("cell.gian is not a parameter",)),
     ((f"cell.target={HERE}:with_required",), ("cell.width is missing",)),
 ])
-def test_a_bad_target_stops_the_command_before_anything_is_written(args, names, tmp_path,
-                                                                    command):  # noqa: F811
-    check_case(Case(("cell=custom", *args), names, None), tmp_path, command)
+def test_a_bad_target_stops_the_command_before_anything_is_written(args, names, tmp_path, app):
+    for sweep in ([], ["-m", "seeds=1,2"]):  # a run, and a sweep validated before it starts
+        check_one_line(app(*sweep, "cell=custom", *args, *TINY[:-1]), tmp_path, names)
 
 
-def test_another_cell_refuses_a_free_option(tmp_path, command):  # noqa: F811
+def test_another_cell_refuses_a_free_option(tmp_path, app):
     # `cell.KEY` without `+` reaches validation (the schema's cell is not struct) for any cell
-    check_case(Case(("cell=gru", "cell.gain=2"), ("cell.gain is not an option of cell=gru "
-                                                  "(it takes no options)",), None),
-               tmp_path, command)
+    check_one_line(app("cell=gru", "cell.gain=2", *TINY), tmp_path,
+                   ("cell.gain is not an option of cell=gru (it takes no options)",))
 
 
-def test_a_custom_cell_runs_end_to_end_and_measures_its_slope(tmp_path, monkeypatch, capsys):
+def test_a_custom_cell_runs_end_to_end_and_measures_its_slope(tmp_path, app):
     """A job of cell=custom in-process: its options in summary.json's config, and the probe's
     slope equal to the analytic one, log10(gain) per step back, of the linear orthogonal RNN."""
-    monkeypatch.chdir(tmp_path)
     gain = 0.5
-    code = exit_code_of(main, ["cell=custom", f"cell.target={HERE}:linear_orthogonal",
-                               f"cell.gain={gain}", *TINY])
-    err = capsys.readouterr().err
-    assert code == 0, err
+    result = app("cell=custom", f"cell.target={HERE}:linear_orthogonal", f"cell.gain={gain}",
+                 *TINY)
+    assert result.code == 0, result.err
     (path,) = Path(tmp_path).rglob("summary.json")
     summary = json.loads(path.read_text())
     cell = {k: v for k, v in summary["config"]["cell"].items() if v is not None}

@@ -233,6 +233,7 @@ PEAK_SCRIPT = """
 import json, sys, logging
 sys.path.insert(0, {tests!r})
 from helpers import compose_cfg
+from rnnjax.app.config import register_configs
 from rnnjax.app.job import enable_compilation_cache, run_job
 from rnnjax.app.memory import peak_resident_bytes, resident_bytes
 lines = []
@@ -241,6 +242,7 @@ logging.getLogger("rnnjax").handlers[-1].emit = lambda r: lines.append(r.getMess
 logging.getLogger("rnnjax").setLevel(logging.INFO)
 import jax
 jax.devices()  # the backend started
+register_configs()  # the schema in Hydra's ConfigStore, as the app stores it
 base = resident_bytes()
 budget = base + {room}
 cfg = compose_cfg({job!r} + [f"max_memory_gb={{budget / 2**30}}"])
