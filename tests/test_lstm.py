@@ -17,7 +17,7 @@ from numpy_lstm import lstm_bptt
 from rnnjax.app.config import ConfigError, register_configs, validate
 from rnnjax.app.job import run_job
 from rnnjax.core.cells import CELLS, unroll
-from rnnjax.core.cells.lstm import LSTMParams, PeepholeLSTMParams, lstm, theory
+from rnnjax.core.cells.lstm import LSTMParams, lstm, theory
 from rnnjax.core.losses import make_loss
 from rnnjax.core.probes import make_probe
 from rnnjax.core.tasks import COPY_VOCAB, make_copy_batch
@@ -32,7 +32,7 @@ def random_net(key, peephole=False, dtype=jnp.float64):
     """An LSTM with W_h* ~ N(0, 1.2^2 / H), Glorot inputs, random biases (and a random w_co),
     so that gradients neither vanish nor explode over a few steps and every gate matters."""
     p = lstm(init="gaussian", init_value=1.2, peephole=peephole).init(key, D, H, V, jnp.float64)
-    biases = [k for k in p._fields if k.startswith("b_") or k == "w_co"]
+    biases = [k for k in p._fields if k.startswith("b_") or (k == "w_co" and peephole)]
     keys = jax.random.split(jax.random.fold_in(key, 1), len(biases))
     p = p._replace(**{b: 0.5 * jax.random.normal(k, getattr(p, b).shape, jnp.float64)
                       for b, k in zip(biases, keys, strict=True)})
@@ -53,7 +53,7 @@ def norms(a):
 
 
 def as_dict(p):
-    return {k: np.asarray(v, np.float64) for k, v in p._asdict().items()}
+    return {k: np.asarray(v, np.float64) for k, v in p._asdict().items() if v is not None}
 
 
 F64, F32 = (jnp.float64, 1e-8), (jnp.float32, 1e-4)
@@ -117,16 +117,17 @@ def test_forget_bias_and_peephole_params(key):
     """forget_bias sets every b_f entry and nothing else; the peephole adds w_co (only when on),
     and with w_co = 0 the peephole LSTM computes the plain one."""
     plain = lstm(forget_bias=1.0).init(key, D, H, V, jnp.float64)
-    assert type(plain) is LSTMParams and "w_co" not in plain._fields
+    assert type(plain) is LSTMParams and plain.w_co is None and jax.tree.leaves(plain)[-1].shape \
+        == (V,)  # w_co: None is no leaf
     np.testing.assert_array_equal(plain.b_f, np.ones(H))
     for b in ("b_i", "b_o", "b_c", "b_q"):
         assert not np.any(getattr(plain, b)), b
     peep = lstm(forget_bias=1.0, peephole=True).init(key, D, H, V, jnp.float64)
-    assert type(peep) is PeepholeLSTMParams and peep.w_co.shape == (H,) and np.any(peep.w_co)
+    assert type(peep) is LSTMParams and peep.w_co.shape == (H,) and np.any(peep.w_co)
     assert np.std(peep.w_co) < 0.05  # normal: N(0, 0.01^2) like every weight
     x, _ = tokens(key, 3, 6)
     peep_out = jax.jit(lambda q: unroll(lstm(peephole=True), q, x)[1])
-    zero = PeepholeLSTMParams(**plain._asdict(), w_co=jnp.zeros(H))
+    zero = plain._replace(w_co=jnp.zeros(H))
     np.testing.assert_array_equal(peep_out(zero), unroll(lstm(), plain, x)[1])
     p = random_net(key, peephole=True)
     assert not np.allclose(peep_out(p), peep_out(p._replace(w_co=0 * p.w_co)))

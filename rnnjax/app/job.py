@@ -306,7 +306,9 @@ def _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out
     group_columns = [{**columns, **({f"init_{param}": v} if is_list else {})} for v in values]
     frames = [results.probe_frame(seeds, prof.select(sl), c)
               for sl, c in zip(groups, group_columns, strict=True)]
-    results.write_npz(out / results.PARAMS, **jax.tree.map(np.asarray, params._asdict()))
+    # a None field (the LSTM's w_co without the peephole) is no array: not written
+    results.write_npz(out / results.PARAMS, **{k: np.asarray(v) for k, v in
+                                               params._asdict().items() if v is not None})
     results.write_npz(out / results.BATCH, x=np.asarray(x), y=np.asarray(y))
     written = [results.GRAD_NORMS, results.PARAMS, results.BATCH]
 

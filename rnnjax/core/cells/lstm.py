@@ -56,26 +56,9 @@ class LSTMParams(NamedTuple):
     b_c: Array  # (H,)
     W_hq: Array  # (H, Q) hidden to output
     b_q: Array  # (Q,)
-
-
-class PeepholeLSTMParams(NamedTuple):
-    """Parameters of one LSTM network with `peephole` on: LSTMParams and w_co."""
-
-    W_xi: Array  # (D, H) input to input gate, one row per token
-    W_hi: Array  # (H, H)
-    b_i: Array  # (H,)
-    W_xf: Array  # (D, H) input to forget gate
-    W_hf: Array  # (H, H)
-    b_f: Array  # (H,) starts at cell.forget_bias
-    W_xo: Array  # (D, H) input to output gate
-    W_ho: Array  # (H, H)
-    w_co: Array  # (H,) peephole: cell C_t to output gate, elementwise
-    b_o: Array  # (H,)
-    W_xc: Array  # (D, H) input to input node
-    W_hc: Array  # (H, H)
-    b_c: Array  # (H,)
-    W_hq: Array  # (H, Q) hidden to output
-    b_q: Array  # (Q,)
+    # (H,) the peephole, cell C_t to output gate, elementwise; None without `peephole` (JAX
+    # takes None for an empty subtree: vmap, grad and optax leave it alone)
+    w_co: Array | None = None
 
 
 RECURRENT = ("W_hi", "W_hf", "W_ho", "W_hc")
@@ -102,7 +85,7 @@ def tapped_step_with_gate(params, state: State, x_t: Array, taps: dict[str, Arra
     if taps:
         c = c + taps["cell"]
     a_o = step_drive(p.W_xo, x_t) + h @ p.W_ho + p.b_o
-    if isinstance(p, PeepholeLSTMParams):
+    if p.w_co is not None:
         a_o = a_o + c * p.w_co
     h = jax.nn.sigmoid(a_o) * jnp.tanh(c)
     return (h, c), f
@@ -125,7 +108,7 @@ def lstm(init: str = "normal", init_value=None, forget_bias: float = 0.0,
       init_value: the initializer's parameter (std, gain or radius; None: its default).
       forget_bias: the initial value of every entry of b_f (d2l: 0; Jozefowicz et al. 2015: 1);
         the other biases start at 0.
-      peephole: add the output gate's peephole w_co (then the params are PeepholeLSTMParams).
+      peephole: add the output gate's peephole w_co (else the params' w_co is None).
 
     Returns:
       A Cell whose state is (H_t, C_t), with the tap "cell": the total derivative dL/dC_t.
@@ -151,7 +134,7 @@ def lstm(init: str = "normal", init_value=None, forget_bias: float = 0.0,
             w_co = io_init(k["co"], (H,), dtype)
         else:  # Glorot's variance for fan-in = fan-out = H
             w_co = jax.random.normal(k["co"], (H,), dtype) / jnp.sqrt(jnp.asarray(H, dtype))
-        return PeepholeLSTMParams(**p, w_co=w_co)
+        return LSTMParams(**p, w_co=w_co)
 
     def step(params, state, x_t):
         return step_with_gate(params, state, x_t)[0]
