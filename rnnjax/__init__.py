@@ -17,6 +17,7 @@ _EXPORTS = {
                     "spectral", "xavier"),
     "rnnjax.core.probes": ("ProbeResult", "make_probe"),
     "rnnjax.app.config": ("Config", "ConfigError", "validate"),
+    "rnnjax.app.api": ("ProbeReport", "equinox_cell", "flax_cell", "probe"),
     "rnnjax.app.results": ("load_metrics", "load_summaries", "load_sweep"),
     "rnnjax.core.tasks": ("load_timemachine",),
 }
