@@ -255,3 +255,20 @@ def test_readme_commands_run(app, my_pkg, argv):
     df = rnnjax.load_sweep(my_pkg / "run")
     assert set(df.cell) == {library} and len(df) == 5
     assert np.all(np.isfinite(df.grad_norm)) and np.all(df.grad_norm > 0)
+
+
+@pytest.mark.slow
+def test_example_probe_trained_flax_runs():
+    pytest.importorskip("flax", reason="examples/probe_trained_flax.py needs flax")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "probe_trained_flax", ROOT / "examples" / "probe_trained_flax.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    reports = example.main(steps=3, vocab=D, hidden=H, seq_len=T, lag=1, batch_size=B)
+    assert sorted(reports) == [0, 3]
+    for out in reports.values():
+        assert out.grad_norm.shape == (T,) and np.all(np.isfinite(out.grad_norm))
+        assert len(out.frame) == T
+    assert not np.allclose(reports[0].grad_norm, reports[3].grad_norm)  # it trained
