@@ -18,7 +18,7 @@ from conftest import ROOT
 from helpers import compose_cfg
 
 from rnnjax.app import memory
-from rnnjax.app.config import ConfigError
+from rnnjax.app.config import ConfigError, register_configs
 from rnnjax.app.job import enable_compilation_cache, run_job
 from rnnjax.app.memory import (
     balanced_chunk,
@@ -34,6 +34,11 @@ from rnnjax.core.cells import vanilla
 from rnnjax.core.cells.vanilla import init_params
 from rnnjax.core.init import normal
 from rnnjax.core.probes import make_probe
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _schema():
+    register_configs()  # compose_cfg composes conf/config.yaml, which extends the stored schema
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -339,30 +339,37 @@ ROW_BYTES = 500  # per row of grad_norms.parquet in memory: the frames, their co
 # and the parquet writer (measured: 200 bytes per row for a frame, 263 at the writer's peak)
 
 
-def host_bytes(networks: int, T: int, batch_size: int, hidden_size: int, inputs: int,
-               outputs: int, dtype_bytes: int, profiles: int, training: bool,
-               input_channels: int = 1, text_windows: int = 0) -> int:
+class HostJob(NamedTuple):
+    """What the host memory of a job depends on (`host_bytes`)."""
+
+    networks: int  # seeds x init values
+    T: int  # timesteps
+    batch_size: int  # B
+    hidden_size: int  # H
+    inputs: int  # D
+    outputs: int  # Q
+    dtype_bytes: int  # 4 (float32) or 8 (float64)
+    profiles: int  # gradient profiles logged (1 + logged training steps)
+    training: bool  # whether the job trains
+    input_channels: int = 1  # values per input step (2 for task=adding, else 1 token id)
+    text_windows: int = 0  # windows of seq_len + 1 tokens a text task keeps (0: generated)
+
+
+def host_bytes(job: HostJob) -> int:
     """Host memory a job needs outside its compiled calls, in bytes (an estimate).
 
     Parameters (a device copy and a numpy copy; with training also the trained parameters and
-    two optimizer moments), the probed batches x and y (and their numpy copies), the windows
-    of a text task, and the per-timestep outputs as table rows (`ROW_BYTES` per row,
-    networks x T rows per logged profile).
-
-    Args:
-      networks: seeds x init values.
-      T: timesteps; batch_size, hidden_size: B, H; inputs, outputs: D, Q.
-      dtype_bytes: 4 (float32) or 8 (float64).
-      profiles: gradient profiles logged (1 + logged training steps).
-      training: whether the job trains.
-      input_channels: values per input step (2 for task=adding, else 1 token id).
-      text_windows: windows of seq_len + 1 tokens a text task keeps (0 for generated tasks).
+    two optimizer moments; counted as a vanilla RNN's), the probed batches x and y (and their
+    numpy copies), the windows of a text task, and the per-timestep outputs as table rows
+    (`ROW_BYTES` per row, networks x T rows per logged profile).
     """
-    H, D, Q = hidden_size, inputs, outputs
-    params = networks * (D * H + H * H + H + H * Q + Q) * dtype_bytes * (5 if training else 2)
-    batches = 2 * networks * batch_size * T * 4 * (input_channels + 1)
-    windows = text_windows * (T + 1) * 4
-    rows = networks * T * profiles * ROW_BYTES
+    networks, T, B = job.networks, job.T, job.batch_size
+    H, D, Q = job.hidden_size, job.inputs, job.outputs
+    params = (networks * (D * H + H * H + H + H * Q + Q) * job.dtype_bytes
+              * (5 if job.training else 2))
+    batches = 2 * networks * B * T * 4 * (job.input_channels + 1)
+    windows = job.text_windows * (T + 1) * 4
+    rows = networks * T * job.profiles * ROW_BYTES
     return params + batches + windows + rows
 
 
@@ -404,13 +411,13 @@ def host_memory_error(cfg, networks: int) -> str | None:
     tr = cfg.train
     steps = (tr.epochs * -(-NUM_TRAIN // cfg.batch_size) if tr.epochs is not None
              else tr.steps)
-    need = host_bytes(
+    need = host_bytes(HostJob(
         networks=networks, T=T, batch_size=cfg.batch_size,
         hidden_size=cfg.hidden_size, inputs=D, outputs=Q,
         dtype_bytes=np.dtype(cfg.dtype.value).itemsize,
         profiles=1 + (-(-steps // tr.log_every) if steps else 0), training=bool(steps),
         input_channels=2 if task == "adding" else 1,
-        text_windows=_text_bytes(cfg) if task == "timemachine" else 0)
+        text_windows=_text_bytes(cfg) if task == "timemachine" else 0))
     if need > available:
         default = Config()
         key = max(_SIZE_KEYS, key=lambda k: getattr(cfg, k) / getattr(default, k))
