@@ -46,7 +46,17 @@ def test_the_core_imports_no_app_stack():
 def test_every_cell_runs_its_contract(key, name):
     """init, initial_state, step, readout and hidden fit together, for tokens and real inputs:
     shapes, dtypes, a deterministic init, and `unroll` equal to stepping by hand."""
-    cell = registry.build(name, {}, activation="tanh", init="normal", init_value=None)
+    _check_contract(key, registry.build(name, {}, activation="tanh", init="normal",
+                                        init_value=None))
+
+
+def test_a_pytree_state_and_a_three_axis_hidden_meet_the_contract(key):
+    from test_probes import _pair_cell
+
+    _check_contract(key, _pair_cell())
+
+
+def _check_contract(key, cell):
     D, H, Q, B, T = 5, 6, 5, 3, 7
     params = cell.init(key, D, H, Q, jnp.float64)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params,
@@ -64,7 +74,7 @@ def test_every_cell_runs_its_contract(key, name):
             np.testing.assert_allclose(cell.readout(params, s), outputs[t], rtol=1e-12,
                                        atol=1e-13)
         h = cell.hidden(s)
-        assert h.shape[0] == B and h.ndim == 2
+        assert h.shape[0] == B  # (B, ...): any shape after the batch axis
         for leaf in jax.tree.leaves(params):
             assert leaf.dtype == jnp.float64
 

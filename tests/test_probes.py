@@ -1,4 +1,5 @@
 import itertools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -248,3 +249,77 @@ def test_step_one_share_of_w_hh_is_exactly_zero_for_many_vmapped_networks():
         pg = np.asarray(probe(params, x, y).log10_param_grad_norm)
         assert np.isneginf(pg[:, 0]).all(), pg[:, 0]
         assert np.isfinite(pg[:, 1:]).all()
+
+
+class _PairParams(NamedTuple):
+    W_xh: jax.Array  # (D, H, 2)
+    W_hh: jax.Array  # (H, 2, H, 2)
+    a: jax.Array  # (H,) the running state's decay
+    W_hq: jax.Array  # (H, 2, Q)
+    W_mq: jax.Array  # (H, Q)
+
+
+def _pair_cell():
+    """A tiny cell whose state is a pytree {"h": (B, H, 2), "m": (B, H)} and whose hidden output
+    is h, of shape (B, H, 2): h_t = tanh(h_{t-1} . W_hh + x_t W_xh), m_t = a m_{t-1} + h_t[..., 0]
+    + h_t[..., 1] ** 2, read out from both."""
+    from rnnjax.core.cells import Cell
+
+    def init(key, D, H, Q, dtype=jnp.float64):
+        k = jax.random.split(key, 5)
+        return _PairParams(jax.random.normal(k[0], (D, H, 2), dtype),
+                           1.1 * jax.random.normal(k[1], (H, 2, H, 2), dtype) / np.sqrt(2 * H),
+                           jax.random.uniform(k[2], (H,), dtype, 0.5, 0.9),
+                           jax.random.normal(k[3], (H, 2, Q), dtype) / np.sqrt(2 * H),
+                           jax.random.normal(k[4], (H, Q), dtype) / np.sqrt(H))
+
+    def initial_state(p, B):
+        H = p.a.shape[0]
+        return {"h": jnp.zeros((B, H, 2), p.a.dtype), "m": jnp.zeros((B, H), p.a.dtype)}
+
+    def step(p, s, x_t):
+        drive = (p.W_xh[x_t] if jnp.issubdtype(x_t.dtype, jnp.integer)
+                 else jnp.einsum("bd,dij->bij", x_t, p.W_xh))
+        h = jnp.tanh(jnp.einsum("bij,ijkl->bkl", s["h"], p.W_hh) + drive)
+        return {"h": h, "m": p.a * s["m"] + h[..., 0] + h[..., 1] ** 2}
+
+    def readout(p, s):
+        return jnp.einsum("bij,ijq->bq", s["h"], p.W_hq) + s["m"] @ p.W_mq
+
+    return Cell(name="pair", init=init, initial_state=initial_state, step=step, readout=readout,
+                hidden=lambda s: s["h"], recurrent=("W_hh", "a"))
+
+
+@pytest.mark.parametrize("loss_at", ["all", "last"])
+def test_a_pytree_state_with_a_three_axis_hidden_against_jax_grad(key, loss_at):
+    """||dL/dH_t|| over every axis of a (B, H, 2) hidden output, and step t's share of the
+    recurrent parameters' gradient, equal jax.grad of a reference that adds zero perturbations
+    to every H_t and gives every step its own copy of (W_hh, a) (float64)."""
+    from rnnjax.core.losses import make_loss
+
+    cell = _pair_cell()
+    B, T, V, H = 3, 9, 6, 4
+    k_net, k_tok = jax.random.split(key)
+    p = cell.init(k_net, V, H, V)
+    x, y = tokens(k_tok, B, T, V)
+    loss = make_loss("tokens", loss_at)
+
+    def reference(eps, W_hh, a):  # eps (T, B, H, 2); W_hh (T, ...), a (T, H): per-step copies
+        s, outs = cell.initial_state(p, B), []
+        for t in range(T):
+            s = cell.step(p._replace(W_hh=W_hh[t], a=a[t]), s, x[:, t])
+            s = {**s, "h": s["h"] + eps[t]}
+            outs.append(cell.readout(p, s))
+        return loss(jnp.stack(outs) if loss_at == "all" else outs[-1][None], y)
+
+    copies = (jnp.broadcast_to(p.W_hh, (T, *p.W_hh.shape)), jnp.broadcast_to(p.a, (T, H)))
+    dH, dW, da = jax.jit(jax.grad(reference, argnums=(0, 1, 2)))(jnp.zeros((T, B, H, 2)), *copies)
+    want_g = np.sqrt(np.sum(np.asarray(dH) ** 2, axis=(1, 2, 3)))
+    want_pg = np.sqrt(np.sum(np.asarray(dW) ** 2, axis=(1, 2, 3, 4))
+                      + np.sum(np.asarray(da) ** 2, axis=1))
+    res = jax.jit(make_probe(cell, loss_at))(p, x, y)
+    got_g, got_pg = norms(res)
+    assert res.log10_grad_norm.dtype == jnp.float64 and np.all(want_g[:-1] > 0)
+    np.testing.assert_allclose(got_g, want_g, rtol=1e-10)
+    np.testing.assert_allclose(got_pg[1:], want_pg[1:], rtol=1e-10)
+    assert got_pg[0] == 0 == want_pg[0] or got_pg[0] == pytest.approx(want_pg[0], rel=1e-10)

@@ -64,3 +64,20 @@ def test_log_line_reads_small_slopes_and_forward_overflow(caplog):
     line = caplog.records[-1].getMessage()
     assert "per step back -2.10e-05" in line and "unitary W +0.0000" in line
     assert "FORWARD OVERFLOW in 1 of 2 seeds (H_t not finite from t=12" in line
+
+
+def test_lyapunov_counts_every_leaf_of_a_pytree_state(key):
+    """The number of exponents is capped by the state's whole real dimension: with H = 1 the
+    pair cell's state is h (1, 2) and m (1,), 3 numbers, though its first leaf holds 2."""
+    import jax
+    from test_probes import _pair_cell
+
+    from rnnjax.app.summary import theory_summary
+    from rnnjax.core.tasks import make_random_batch
+
+    cell = _pair_cell()
+    keys = jax.random.split(key, 2)
+    params = jax.vmap(lambda k: cell.init(k, 4, 1, 4))(keys)
+    x = jax.vmap(lambda k: make_random_batch(4, 2, 8)(k)[0])(keys)
+    th = theory_summary(cell, params, x, -0.1)
+    assert np.asarray(th["lyapunov_exponents_per_seed"]).shape == (2, 3)

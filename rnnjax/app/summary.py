@@ -137,8 +137,10 @@ def theory_summary(cell: Cell, params, x, measured: float, cell_theory=None,
         loss), activation, init, init_value (the job's).
     """
     T = x.shape[2]
-    k = min(LYAPUNOV_K, jax.tree.leaves(cell.initial_state(
-        jax.tree.map(lambda a: a[0], params), 1))[0].size)
+    # the state's real dimension: every leaf of the pytree, a complex entry counting twice
+    s0 = cell.initial_state(jax.tree.map(lambda a: a[0], params), 1)
+    k = min(LYAPUNOV_K, sum(a.size * (2 if np.iscomplexobj(a) else 1)
+                            for a in jax.tree.leaves(s0)))
     lyap = jax.jit(jax.vmap(make_lyapunov(cell, k, burn_in=T // 4)))
     lam = np.asarray(lyap(params, x[:, :LYAPUNOV_SEQUENCES]), np.float64)  # (S, k)
     top = finite_median(lam[:, 0])

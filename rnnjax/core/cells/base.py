@@ -35,16 +35,17 @@ class Cell(NamedTuple):
     step: Callable[[Params, State, Array], State]
     # (params, state) -> o_t (B, Q)
     readout: Callable[[Params, State], Array]
-    # state -> H_t (B, H): a selection from the state (so it also selects from its cotangent)
+    # state -> H_t (B, ...), any shape after the batch axis: a selection from the state (so it
+    # also selects from its cotangent); grad_norm is the norm over all its entries
     hidden: Callable[[State], Array]
     # the parameter fields of the recurrence: param_grad_norm is the norm of step t's share of
     # their gradient
     recurrent: tuple[str, ...]
     # Extra total derivatives the probe reports, by name (the LSTM's "cell": dL/dC_t, column
-    # `cell_grad_norm`). A tap is a zero (B, H) perturbation added inside the step; the gradient
-    # with respect to it is the total derivative at that point.
+    # `cell_grad_norm`). A tap is a zero perturbation, shaped like `hidden`'s output, added inside
+    # the step; the gradient with respect to it is the total derivative at that point.
     taps: tuple[str, ...] = ()
-    # (params, state, x_t, taps: dict name -> (B, H)) -> state; needed when `taps` is not empty
+    # (params, state, x_t, taps: dict name -> (B, ...)) -> state; needed when `taps` is not empty
     tapped_step: Callable[..., State] | None = None
     # An optional faster backward step for the probe, checked against the generic one in the
     # tests: (params, state_prev, state, x_t, cotangent of state) ->
