@@ -306,8 +306,9 @@ START_S = 2.0  # `rnnjax report` starts (its command module loaded) within this
 def test_report_reads_files_only_and_starts_fast(tmp_path):
     """`rnnjax report` in a fresh process on a finished sweep, every figure drawn that its jobs
     allow (heatmap, decay curves, phase diagram, slope against Lyapunov): no JAX, Hydra or
-    OmegaConf is loaded, and the command's module loads within START_S (the best of three
-    fresh processes: other work on the machine only slows one down)."""
+    OmegaConf is loaded, and a fresh process loads the command's module within START_S of CPU
+    time (the best of three)."""
+    import resource
     import subprocess
     import sys
     import time
@@ -332,12 +333,16 @@ def test_report_reads_files_only_and_starts_fast(tmp_path):
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["decay_curves.png", "heatmap.png", "phase_diagram.png", "report.md",
                        "slope_vs_lyapunov.png"]
-    best = []  # wall time of a fresh interpreter that loads the command
+    # a fresh interpreter that loads the command: its CPU time (what the machine's other work
+    # does not stretch, as it stretches the wall time) and its wall time, the best of three
+    cpu, wall = [], []
     for _ in range(3):
-        start = time.perf_counter()
+        before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
         subprocess.run([sys.executable, "-c", "import rnnjax.cli, rnnjax.report.build"],
                        check=True, timeout=60)
-        best.append(time.perf_counter() - start)
-    print(f"rnnjax report: module loaded in {result['started']:.2f} s; fresh process "
-          f"{min(best):.2f} s (best of 3)")
-    assert min(best) < START_S
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall.append(time.perf_counter() - start)
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    print(f"rnnjax report: module loaded in {result['started']:.2f} s; a fresh process "
+          f"{min(wall):.2f} s wall, {min(cpu):.2f} s CPU (best of 3)")
+    assert min(cpu) < START_S
