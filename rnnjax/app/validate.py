@@ -13,8 +13,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from rnnjax.app.config import CELL_OPTIONS, CellConfig, Config
+from rnnjax.app.loaders import _is_number  # its one definition (the loaders check summaries)
 from rnnjax.app.memory import host_memory_error
-from rnnjax.app.results import _is_number  # the one definition (results reads summaries)
 from rnnjax.core.cells import registry
 from rnnjax.core.init import INIT_PARAM, PARAM_DEFAULTS
 from rnnjax.core.tasks import DataError, check_readable
