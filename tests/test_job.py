@@ -153,10 +153,25 @@ def test_tables_carry_the_whole_config(tmp_path):
 
 def test_training_log_numbers_stay_short_when_a_run_diverges():
     # A diverging adding run logged "train MSE 659378740803645603840.0000".
-    from rnnjax.app.job import _progress
+    from rnnjax.app.progress import progress_line as _progress
 
     line = _progress({"train_loss": 6.59e20, "val_loss": math.nan}, tokens=False)
     assert line == "train MSE 6.59e+20, val MSE nan (always predicting 1 scores 0.1667)"
     line = _progress({"train_loss": 3.25, "train_ppl": 25.79, "val_loss": 1e6,
                       "val_ppl": math.inf}, tokens=True)
     assert line == "train loss 3.2500 (ppl 25.790), val loss 1e+06 (ppl inf)"
+
+
+def test_job_and_train_functions_take_at_most_eight_parameters_and_job_py_stays_small():
+    import ast
+
+    from conftest import ROOT
+
+    for rel in ("rnnjax/app/job.py", "rnnjax/app/progress.py", "rnnjax/core/train.py"):
+        text = (ROOT / rel).read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef):
+                a = node.args
+                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
+                assert n <= 8, f"{rel}: {node.name} takes {n} parameters"
+    assert len((ROOT / "rnnjax/app/job.py").read_text().splitlines()) < 500

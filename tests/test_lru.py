@@ -36,7 +36,7 @@ from rnnjax.core.cells.lru import (
     theory,
 )
 from rnnjax.core.probes import make_probe
-from rnnjax.core.train import init_state, make_optimizer, make_train_chunk
+from rnnjax.core.train import Training, init_state, make_optimizer, make_train_chunk
 
 register_configs()
 # input width, complex units, outputs (all different, so a transposed matrix cannot pass),
@@ -452,7 +452,7 @@ def test_short_training_lowers_the_loss(key):
         x = jax.random.normal(jax.random.fold_in(k, i), (Bt, Tt, 2), jnp.float32)
         return x, x[:, Tt - 5, 0], jnp.ones((Bt,), jnp.float32)
 
-    chunk = make_train_chunk(cell, "last", "regression", tx, train_batch, n, n)
+    chunk = make_train_chunk(Training(cell, "last", "regression", tx, train_batch, n, n))
     state, m = jax.jit(jax.vmap(chunk, (0, None, None)))(state, jax.random.fold_in(key, 1),
                                                           jnp.asarray(0))
     loss = np.asarray(m.loss)  # (S, n)

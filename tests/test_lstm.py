@@ -21,7 +21,7 @@ from rnnjax.core.cells.lstm import LSTMParams, lstm, theory
 from rnnjax.core.losses import make_loss
 from rnnjax.core.probes import make_probe
 from rnnjax.core.tasks import COPY_VOCAB, make_copy_batch
-from rnnjax.core.train import init_state, make_optimizer, make_train_chunk
+from rnnjax.core.train import Training, init_state, make_optimizer, make_train_chunk
 
 register_configs()
 D = V = 7  # vocabulary
@@ -213,7 +213,8 @@ def test_training_lowers_the_loss(key):
     p = lstm(init="xavier", forget_bias=1.0).init(key, COPY_VOCAB, 16, COPY_VOCAB, jnp.float32)
     x, y = make_copy_batch(8, 2)(key)
     tx = make_optimizer("adam", 0.03, None)
-    chunk = jax.jit(make_train_chunk(lstm(forget_bias=1.0), "all", "tokens", tx,
-                                     lambda k, i: (x, y, jnp.ones((8,), jnp.float32)), 30, 30))
+    chunk = jax.jit(make_train_chunk(Training(
+        lstm(forget_bias=1.0), "all", "tokens", tx,
+        lambda k, i: (x, y, jnp.ones((8,), jnp.float32)), 30, 30)))
     _, m = chunk(init_state(p, tx), key, jnp.asarray(0))
     assert bool(m.active.all()) and float(m.loss[-1]) < 0.7 * float(m.loss[0])

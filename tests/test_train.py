@@ -12,7 +12,7 @@ from numpy_bptt import bptt
 from rnnjax.app.config import register_configs
 from rnnjax.app.job import run_job
 from rnnjax.app.results import load_sweep
-from rnnjax.core.cells import CELLS, unroll, vanilla
+from rnnjax.core.cells import registry, unroll, vanilla
 from rnnjax.core.cells.vanilla import init_params
 from rnnjax.core.init import gaussian, make_init, xavier
 from rnnjax.core.losses import make_loss
@@ -24,6 +24,7 @@ from rnnjax.core.tasks import (
     make_random_batch,
 )
 from rnnjax.core.train import (
+    Training,
     bptt_scale,
     init_state,
     make_eval,
@@ -52,8 +53,8 @@ def test_clipping_changes_the_update_exactly_as_optax_says(key, clip):
                 np.asarray(y), "tanh", "all")[4]
     lr = 0.5
     tx = make_optimizer("sgd", lr, clip)
-    chunk = make_train_chunk(vanilla("tanh"), "all", "tokens", tx, fixed_batch(x, y), 1, 1,
-                             clip=clip)
+    chunk = make_train_chunk(Training(vanilla("tanh"), "all", "tokens", tx, fixed_batch(x, y),
+                                      1, 1, clip=clip))
     state, m = chunk(init_state(p, tx), key, jnp.asarray(0))
     grads = jax.grad(lambda q: make_probe(vanilla("tanh"), "all")(q, x, y).loss)(p)
     norm = float(optax.tree.norm(grads))
@@ -73,7 +74,7 @@ def test_sequence_loss_is_the_loss_of_the_unrolled_outputs(key, cell_name, kind,
     gradient equal the loss of all outputs at once, with a mask and truncated BPTT; so does the
     validation loss."""
     D, H, B, T = (5, 6, 4, 7) if kind == "tokens" else (2, 6, 4, 7)
-    cell = CELLS[cell_name].build(activation="tanh", init="normal", init_value=0.5)
+    cell = registry.build(cell_name, {}, activation="tanh", init="normal", init_value=0.5)
     p = cell.init(key, D, H, D if kind == "tokens" else 1, jnp.float64)
     if kind == "tokens":
         x, y = make_random_batch(D, B, T)(jax.random.fold_in(key, 1))
@@ -105,8 +106,8 @@ def test_elementwise_clipping_clamps_each_entry_as_optax_clip(key, clip_value):
     x, y = make_random_batch(5, 4, 7)(jax.random.fold_in(key, 1))
     lr = 0.5
     tx = make_optimizer("sgd", lr, None, clip_value)
-    chunk = make_train_chunk(vanilla("tanh"), "all", "tokens", tx, fixed_batch(x, y), 1, 1,
-                             clip_value=clip_value)
+    chunk = make_train_chunk(Training(vanilla("tanh"), "all", "tokens", tx, fixed_batch(x, y),
+                                      1, 1, clip_value=clip_value))
     state, m = chunk(init_state(p, tx), key, jnp.asarray(0))
     grads = jax.grad(lambda q: make_probe(vanilla("tanh"), "all")(q, x, y).loss)(p)
     for new, old, g in zip(state.params, p, grads, strict=True):
@@ -161,8 +162,9 @@ def test_planted_divergence_stops_one_seed_only(key):
     params = params._replace(W_hh=params.W_hh.at[1].multiply(1e30))  # seed 1 overflows
     x, y = make_random_batch(5, 4, T)(key)
     tx = make_optimizer("sgd", 0.1, None)
-    chunk = jax.jit(jax.vmap(make_train_chunk(vanilla("relu"), "all", "tokens", tx,
-                                              fixed_batch(x, y), 5, 5), in_axes=(0, 0, None)))
+    chunk = jax.jit(jax.vmap(make_train_chunk(Training(vanilla("relu"), "all", "tokens", tx,
+                                                       fixed_batch(x, y), 5, 5)),
+                             in_axes=(0, 0, None)))
     state, m = chunk(jax.vmap(init_state, (0, None))(params, tx), keys, jnp.asarray(0))
     assert list(np.asarray(state.alive)) == [True, False, True]
     assert list(np.asarray(state.diverged_at)) == [-1, 0, -1]

@@ -3,7 +3,6 @@
 import fcntl
 import functools
 import logging
-import math
 import os
 import socket
 import time
@@ -12,7 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,17 +23,27 @@ from tqdm.auto import tqdm
 from rnnjax.app import provenance, results, tracking
 from rnnjax.app.config import Config, cell_options, init_values
 from rnnjax.app.memory import fit_seeds, memory_budget
+from rnnjax.app.progress import (
+    interval_rows,
+    log_progress,
+    number,
+    progress_line,
+    sample_text,
+)
 from rnnjax.app.summary import headline, log_headline, theory_summary, to_host
-from rnnjax.core.baselines import ADDING_BASELINE
 from rnnjax.core.cells import Cell, registry
 from rnnjax.core.probes import make_probe
 from rnnjax.core.tasks import DataError, Task, cache_dir, make_task
-from rnnjax.core.train import init_state, make_eval, make_generate, make_optimizer, make_train_chunk
+from rnnjax.core.train import (
+    Training,
+    init_state,
+    make_eval,
+    make_optimizer,
+    make_train_chunk,
+)
 
 log = logging.getLogger("rnnjax")
 
-SAMPLE_PREFIX = "time traveller "  # d2l's predict() prefix
-SAMPLE_LENGTH = 50
 
 
 def job_task(cfg: Config, path: str | None = None) -> Task:
@@ -270,11 +279,9 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
              len(net_seeds))
     params, x, y, data_keys = jax.jit(jax.vmap(make_setup(cfg, task)))(
         jnp.asarray(net_seeds), jnp.asarray(net_values, cfg.dtype.value))
-    budget = memory_budget(cfg.max_memory_gb)
-    cell = build_cell(cfg)
-    summary, grad_norms, metrics = _probe_and_train(cfg, cell, task, data, params, x, y,
-                                                    data_keys, budget, out, resolved,
-                                                    started_at, start)
+    summary, grad_norms, metrics = _probe_and_train(JobRun(
+        cfg, build_cell(cfg), task, data, params, x, y, data_keys, memory_budget(cfg.max_memory_gb),
+        out, resolved, started_at, start))
     # The job's files are written: only now does its tracker get them (its failure is
     # recorded, never raised), the same way as a finished job's (`tracking.log_results`).
     if cfg.logger.name.value != "none":
@@ -284,10 +291,28 @@ def run_job(cfg: Config, out_dir: str | Path, resolved: dict[str, Any] | None = 
     return summary
 
 
-def _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out, resolved,
-                     started_at, start) -> tuple[dict, pd.DataFrame, pd.DataFrame | None]:
+class JobRun(NamedTuple):
+    """One job as `run_job` has set it up: what probing, training and writing it need."""
+
+    cfg: Config
+    cell: Cell
+    task: Task
+    data: dict | None  # the data file's record (`provenance.data_file`), None for generated data
+    params: Any  # the networks' parameters, leading axis N = init values x seeds
+    x: jax.Array  # (N, B, T...) the probed batches
+    y: jax.Array  # their targets
+    data_keys: jax.Array  # (N, 2) keys of each network's training data and validation set
+    budget: Any  # `memory.memory_budget`'s
+    out: Path  # the job's directory
+    resolved: dict[str, Any] | None  # the resolved config written to summary.json
+    started_at: str  # `provenance.now()` at the start
+    start: float  # `time.perf_counter()` at the start
+
+
+def _probe_and_train(run: JobRun) -> tuple[dict, pd.DataFrame, pd.DataFrame | None]:
     """The rest of `run_job`: returns the summary and the tables it wrote (metrics: None
     without training)."""
+    (cfg, cell, task, data, params, x, y, _, budget, out, resolved, started_at, start) = run
     seeds = np.arange(cfg.seed, cfg.seed + cfg.seeds)
     param, values, is_list = init_values(cfg)
     probe = fit_seeds(make_probe(cell, cfg.probe.loss_at.value, task.kind,
@@ -315,8 +340,7 @@ def _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out
     steps = total_steps(cfg, task)
     training, metrics = {}, None
     if steps:  # validate() allows training with a single init value only
-        frames, training = train_job(cfg, cell, task, params, x, y, data_keys, probe, steps,
-                                     frames, columns, seeds, budget)
+        frames, training = train_job(run, probe, frames, columns)
         metrics = training.pop("metrics")
         results.write_parquet(metrics, out / results.METRICS)
         written.append(results.METRICS)
@@ -362,7 +386,7 @@ def _probe_and_train(cfg, cell, task, data, params, x, y, data_keys, budget, out
                  "train_ppl": training["final_train_ppl"],
                  "val_loss": training["final_val_loss"], "val_ppl": training["final_val_ppl"]}
         log.info("trained %d steps: %s, clipping active in %.1f%% of steps, diverged seeds %s",
-                 steps, _progress(final, task.kind == "tokens"),
+                 steps, progress_line(final, task.kind == "tokens"),
                  100 * training["clip_fraction"], training["diverged_seeds"] or "none")
     return summary, grad_norms, metrics
 
@@ -373,10 +397,18 @@ def profile_truncation(cfg: Config) -> int | None:
     return cfg.train.truncate if cfg.train.bptt.value == "truncated" else None
 
 
-def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, columns, seeds,
-              budget=None):
-    """Trains all seeds together; returns the profile frames and the training summary
-    (with the metrics DataFrame under "metrics")."""
+def train_job(run: JobRun, probe, frames: list, columns: dict):
+    """Trains all seeds together; returns the profile frames (`frames` with the training's
+    profiles added) and the training summary (with the metrics DataFrame under "metrics").
+
+    Args:
+      run: the job. probe: its fitted probe, for the profiles while training. columns: the
+        config columns of every frame.
+    """
+    cfg, cell, task, params, x, y, data_keys, budget = (
+        run.cfg, run.cell, run.task, run.params, run.x, run.y, run.data_keys, run.budget)
+    steps = total_steps(cfg, task)
+    seeds = np.arange(cfg.seed, cfg.seed + cfg.seeds)
     tr = cfg.train
     loss_at = cfg.probe.loss_at.value
     tx = make_optimizer(tr.optimizer.value, tr.lr, tr.clip, tr.clip_value, tr.initial_scale)
@@ -384,9 +416,9 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
     evaluate = jax.jit(jax.vmap(make_eval(cell, loss_at, task.kind)))
     val_x, val_y = jax.vmap(task.val_batch)(data_keys[:, 1])
     state = jax.vmap(init_state, (0, None))(params, tx)
-    chunk = fit_seeds(make_train_chunk(cell, loss_at, task.kind, tx, task.train_batch, steps, n,
-                                       tr.bptt.value, tr.truncate, tr.clip, tr.clip_value,
-                                       task.chunk_batches),
+    chunk = fit_seeds(make_train_chunk(Training(
+        cell, loss_at, task.kind, tx, task.train_batch, steps, n, tr.bptt.value, tr.truncate,
+        tr.clip, tr.clip_value, task.chunk_batches)),
                       (0, 0, None), (state, data_keys[:, 0], jnp.asarray(0)), budget, "training")
 
     rows = []
@@ -406,30 +438,14 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
         n_taken += int(m.active.sum())
         done = min(begin + n, steps)
         profiles.append((done, prof))
-        alive = np.asarray(state.alive)
-        for s, seed in enumerate(seeds):
-            active = m.active[s]
-            train_loss = _mean(m.loss[s][active])
-            val_loss = float(val[s]) if alive[s] else math.nan
-            rows.append({
-                "seed": int(seed), "train_step": done,
-                "train_loss": train_loss,
-                "train_ppl": _exp(train_loss) if tokens else math.nan,
-                "val_loss": val_loss,
-                "val_ppl": _exp(val_loss) if tokens else math.nan,
-                "grad_norm_global": _last(m.grad_norm[s][active]),
-                "grad_norm_global_mean": _mean(m.grad_norm[s][active]),
-                "clipped": bool(m.clipped[s][active][-1]) if active.any() else False,
-                "clip_fraction": float(m.clipped[s][active].mean()) if active.any() else 0.0,
-                "alive": bool(alive[s]),
-            })
+        rows.extend(interval_rows(seeds, done, m, val, np.asarray(state.alive), tokens))
         bar.update(done - begin)
         # the numbers a tracker gets for this step (`tracking.log_results`)
         recent = tracking.interval_metrics(pd.DataFrame(rows[-len(seeds):]))
-        bar.set_postfix(loss=_num(recent['train_loss'], 4))
+        bar.set_postfix(loss=number(recent['train_loss'], 4))
         # Without a terminal (SLURM logs, nohup) a plain line instead of the bar; with one, the
         # line still goes to run.log, which holds the same lines either way.
-        _log_progress(bar.disable, "step %d of %d: %s", done, steps, _progress(recent, tokens))
+        log_progress(bar.disable, "step %d of %d: %s", done, steps, progress_line(recent, tokens))
 
     # Each interval's validation and profile run in a second thread while the next interval
     # trains (XLA releases the GIL): the training step alone keeps less than two CPU cores
@@ -475,61 +491,3 @@ def train_job(cfg, cell, task, params, x, y, data_keys, probe, steps, frames, co
         training["sample"] = sample_text(cell, task, state.params)
         log.info("sample (seed %d): %r", seeds[0], training["sample"])
     return frames, training
-
-
-def sample_text(cell: Cell, task: Task, params) -> str:
-    """d2l's predict('time traveller ', 50) with the first seed's network."""
-    index = {tok: i for i, tok in enumerate(task.vocab)}
-    prefix = jnp.asarray([index[c] for c in SAMPLE_PREFIX], jnp.int32)
-    first = jax.tree.map(lambda a: a[0], params)
-    # to numpy first: iterating over a device array compiles a program that splits it
-    toks = np.asarray(jax.jit(make_generate(cell, SAMPLE_LENGTH))(first, prefix))
-    return SAMPLE_PREFIX + "".join(task.vocab[int(i)] for i in toks)
-
-
-def _log_progress(console: bool, msg: str, *args: Any) -> None:
-    """Logs a progress line: to every handler where `console` (no progress bar shows it), else
-    to the log files only (run.log), which so hold the same lines with a terminal or without."""
-    if console:
-        log.info(msg, *args)
-        return
-    record = log.makeRecord(log.name, logging.INFO, __file__, 0, msg, args, None)
-    if not log.isEnabledFor(logging.INFO) or not log.filter(record):  # e.g. "job 3 of 6: "
-        return
-    logger: logging.Logger | None = log
-    while logger is not None:
-        for handler in logger.handlers:
-            if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
-                handler.handle(record)
-        logger = logger.parent if logger.propagate else None
-
-
-def _exp(x: float) -> float:
-    """exp that saturates to inf (a diverging loss is data, not an OverflowError)."""
-    return math.exp(x) if x < 709 else math.inf
-
-
-def _mean(a: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else math.nan
-
-
-def _last(a: np.ndarray) -> float:
-    return float(a[-1]) if len(a) else math.nan
-
-
-def _num(x: float, digits: int) -> str:
-    """x with `digits` decimals, or that many significant digits where it is huge (a
-    diverging run's loss) or not finite."""
-    return f"{x:.{digits}f}" if abs(x) < 1e5 else f"{x:.{digits}g}"
-
-
-def _progress(m: dict, tokens: bool) -> str:
-    """Training numbers for the log: perplexities for a token task, the squared error (with
-    its trivial baseline) for a regression one."""
-    if tokens:
-        return (f"train loss {_num(m['train_loss'], 4)} (ppl {_num(m['train_ppl'], 3)}), val "
-                f"loss {_num(m['val_loss'], 4)} (ppl {_num(m['val_ppl'], 3)})")
-    return (f"train MSE {_num(m['train_loss'], 4)}, val MSE {_num(m['val_loss'], 4)} (always "
-            f"predicting 1 scores {ADDING_BASELINE:.4f})")

@@ -113,30 +113,38 @@ def bptt_scale(key: Array, T: int, mode: str, truncate: int | None, dtype) -> Ar
     return jnp.where(keep, 1.0 / pi, 0.0).astype(dtype)
 
 
-def make_train_chunk(
-    cell: Cell, loss_at: str, kind: str, tx: optax.GradientTransformation,
-    train_batch: Callable, total_steps: int, n: int, bptt: str = "full",
-    truncate: int | None = None, clip: float | None = None, clip_value: float | None = None,
-    chunk_batches: Callable | None = None,
-) -> Callable[[TrainState, Array, Array], tuple[TrainState, StepMetrics]]:
+class Training(NamedTuple):
+    """What a chunk of training steps does (`make_train_chunk`): the model and its loss, the
+    optimizer, the data and the schedule."""
+
+    cell: Cell
+    loss_at: str  # "all" or "last", as for `make_probe`
+    kind: str  # "tokens" or "regression"
+    tx: optax.GradientTransformation  # the optax transformation (clipping included)
+    train_batch: Callable  # (key, step) -> (x, y, mask), pure
+    total_steps: int  # the step budget
+    n: int  # steps per chunk
+    bptt: str = "full"  # see `bptt_scale`
+    truncate: int | None = None
+    # the global-norm and element-wise clipping thresholds, to report whether clipping was
+    # active (either one)
+    clip: float | None = None
+    clip_value: float | None = None
+    # optional (key, start, n) -> batch(step), the same batches as train_batch, built once per
+    # chunk (`rnnjax.core.tasks.Task.chunk_batches`)
+    chunk_batches: Callable | None = None
+
+
+def make_train_chunk(training: Training
+                     ) -> Callable[[TrainState, Array, Array], tuple[TrainState, StepMetrics]]:
     """Builds `train_chunk(state, key, start) -> (state, metrics)`: steps start..start+n-1.
 
     Steps at or beyond `total_steps` are computed but not applied, so every chunk has the
     same shape (one compilation). A non-finite loss or gradient freezes that network where it
     is and records the step; the other networks (other vmap lanes) are unaffected.
-
-    Args:
-      cell, loss_at, kind: the model and loss, as for `make_probe`.
-      tx: the optax transformation (clipping included).
-      train_batch: (key, step) -> (x, y, mask), pure.
-      total_steps: the step budget.
-      n: steps per chunk.
-      bptt, truncate: see `bptt_scale`.
-      clip, clip_value: the global-norm and element-wise clipping thresholds, to report
-        whether clipping was active (either one).
-      chunk_batches: optional (key, start, n) -> batch(step), the same batches as train_batch,
-        built once per chunk (`rnnjax.core.tasks.Task.chunk_batches`).
     """
+    (cell, loss_at, kind, tx, train_batch, total_steps, n, bptt, truncate, clip, clip_value,
+     chunk_batches) = training
     make_loss(kind, loss_at)  # checks kind and loss_at now, not at trace time
 
     def loss_fn(params, x, y, mask, scale):
@@ -226,6 +234,6 @@ def make_generate(cell: Cell, num_preds: int) -> Callable[..., Array]:
     return generate
 
 
-__all__ = ["BPTT_MODES", "OPTIMIZERS", "StepMetrics", "TrainState",
+__all__ = ["BPTT_MODES", "OPTIMIZERS", "StepMetrics", "TrainState", "Training",
            "bptt_scale", "init_state", "make_eval", "make_generate", "make_optimizer",
            "make_train_chunk", "sequence_loss"]
