@@ -149,6 +149,24 @@ def test_tables_carry_the_whole_config(tmp_path):
                                                                     "last": "truncated"}
     assert load_summaries(tmp_path).set_index("job").train_lr.to_dict() == {"all": 0.05,
                                                                            "clipped": 1.0}
+    # the network's names for the report: the vanilla RNN's free activation; no cell options
+    assert (summary["model_label"], summary["cell_label"]) == ("tanh", "")
+    sums = load_summaries(out)
+    assert list(sums.model_label) == ["tanh"] and list(sums.cell_label) == [""]
+
+
+@pytest.mark.parametrize(("cell", "options", "activation", "want"), [
+    ("vanilla", {}, "relu", ("", "relu")),
+    ("gru", {}, "tanh", ("", "gru")),
+    ("urnn", {}, "tanh", ("", "urnn")),
+    ("lstm", {"forget_bias": 1.0, "peephole": True}, "tanh", ("forget_bias=1, peephole", "lstm")),
+    ("lru", {"r_min": 0.95, "r_max": 0.95}, "tanh", ("r=0.95", "lru")),
+])
+def test_label_keys_name_the_network_from_the_registry(cell, options, activation, want):
+    from rnnjax.app.summary import label_keys
+
+    assert label_keys(cell, options, activation) == dict(zip(("cell_label", "model_label"), want,
+                                                             strict=True))
 
 
 def test_training_log_numbers_stay_short_when_a_run_diverges():

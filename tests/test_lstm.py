@@ -196,6 +196,7 @@ def test_job_files(tmp_path):
                        "cell.forget_bias=1"])
     summary = run_job(cfg, tmp_path)
     assert summary["status"] == "ok"
+    assert (summary["cell_label"], summary["model_label"]) == ("forget_bias=1", "lstm")
     npz = np.load(tmp_path / "params.npz")
     want = {f"W_x{g}": (S, Vr, Hs) for g in "ifoc"} | {f"W_h{g}": (S, Hs, Hs) for g in "ifoc"}
     want |= {f"b_{g}": (S, Hs) for g in "ifoc"} | {"W_hq": (S, Hs, Vr), "b_q": (S, Vr)}

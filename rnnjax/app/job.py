@@ -30,7 +30,7 @@ from rnnjax.app.progress import (
     progress_line,
     sample_text,
 )
-from rnnjax.app.summary import headline, log_headline, theory_summary, to_host
+from rnnjax.app.summary import headline, label_keys, log_headline, theory_summary, to_host
 from rnnjax.core.cells import Cell, registry
 from rnnjax.core.probes import make_probe
 from rnnjax.core.tasks import DataError, Task, cache_dir, make_task
@@ -367,6 +367,7 @@ def _probe_and_train(run: JobRun) -> tuple[dict, pd.DataFrame, pd.DataFrame | No
         # where the cell, activation and init stand in tables (what the report sorts by)
         **results.order_keys(cfg.cell.name.value, cfg.activation.name.value,
                              cfg.init.name.value),
+        **label_keys(cfg.cell.name.value, cell_options(cfg), cfg.activation.name.value),
         # a list of values: one headline per value under "headlines" (load_summaries gives
         # each its row)
         **({"headlines": headlines} if is_list else {"headline": headlines[0]}),

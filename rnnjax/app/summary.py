@@ -71,6 +71,16 @@ def headline(p: Profile) -> dict:
     }
 
 
+def label_keys(cell: str, options: dict, activation: str) -> dict[str, str]:
+    """The summary keys that name a job's network for the report, which reads files only:
+    cell_label, how the cell's options read in a figure (`registry.label`; "" for none), and
+    model_label, one word for the network: its activation where the cell's activation is free
+    (the cell takes every one), else the cell's name."""
+    free = registry.get(cell).activations is None
+    return {"cell_label": registry.label(cell, options),
+            "model_label": activation if free else cell}
+
+
 def theory_applies(loss_at: str | None) -> bool:
     """Whether the predictions describe the measured profile: they are of the gradient of one
     loss term, which `probe.loss_at=last` measures; with `all` each step's own loss term keeps
