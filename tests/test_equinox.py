@@ -94,6 +94,10 @@ def test_unknown_module_is_one_line_naming_the_allowed_ones():
     assert str(e.value) == message
     assert registry.get("equinox").check({"module": "RNNCell"}) == message
     assert registry.get("equinox").check({"module": "LSTMCell"}) is None
+    # a class of another kind: one line, at validation
+    check = registry.get("equinox").check({"module": "adapter_reference:perturbed"})
+    assert check.startswith("cell=equinox: cannot make perturbed as a cell (TypeError: ")
+    assert "\n" not in check
 
 
 def test_a_cell_of_another_state_is_refused_in_one_line():

@@ -123,6 +123,8 @@ def test_from_module_probes_a_cell_made_outside():
     ({"module": "MGUCell", "api": "nnx"}, "cell.module=MGUCell is not a built-in Flax nnx"),
     ({"api": "haiku"}, "cell.api=haiku is unknown; allowed: nnx, linen"),
     ({"module": "no_such_pkg.mod:Cell"}, "cell.module=no_such_pkg.mod:Cell: cannot import"),
+    ({"module": "adapter_reference:perturbed"}, "cell=flax: cannot make perturbed as a cell "
+                                                "(TypeError: "),
 ])
 def test_unknown_module_or_api_is_one_line_naming_the_key(options, message):
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")) as e:

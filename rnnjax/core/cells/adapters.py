@@ -188,7 +188,13 @@ class Adapted:
 def adapted(adapter: Adapter) -> Adapted:
     """The Adapted cell of `adapter`, its parameter names found by making a small module
     abstractly (`jax.eval_shape`: no arrays are allocated)."""
-    tree = jax.eval_shape(lambda k: adapter.make(k, 2, 2, jnp.float32)[0], jax.random.key(0))
+    try:
+        tree = jax.eval_shape(lambda k: adapter.make(k, 2, 2, jnp.float32)[0],
+                              jax.random.key(0))
+    except Exception as e:  # a user's class that is not a cell of this library's kind
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"cell={adapter.name}: cannot make {adapter.cls.__name__} as a cell "
+                         f"({type(e).__name__}: {first})") from None
     return Adapted(adapter, field_names(tree))
 
 

@@ -119,7 +119,7 @@ def from_module(module, readout=None, *, in_features: int | None = None, Q: int 
 
 def _check(options: dict) -> str | None:
     try:
-        equinox_class(options["module"])
+        equinox(options["module"])
     except ImportError:
         return "cell=equinox needs equinox: pip install 'rnnjax[equinox]'"
     except ValueError as e:

@@ -151,7 +151,7 @@ def from_module(module, params=None, readout=None, *, in_features: int | None = 
 
 def _check(options: dict) -> str | None:
     try:
-        flax_class(options["module"], options["api"])
+        flax(options["module"], options["api"])
     except ImportError:
         return "cell=flax needs flax: pip install 'rnnjax[flax]'"
     except ValueError as e:
