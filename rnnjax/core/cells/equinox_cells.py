@@ -110,7 +110,9 @@ def from_module(module, readout=None, *, in_features: int | None = None, Q: int 
 
     adapter = equinox_adapter(type(module))
     tree, static = eqx.partition(module, eqx.is_array)
-    D = module.input_size if in_features is None else in_features
+    D = getattr(module, "input_size", None) if in_features is None else in_features
+    if D is None:
+        raise ValueError(f"{type(module).__name__} has no input_size: pass in_features=D")
     dtype = jax.tree.leaves(tree)[0].dtype
     W, b = readout_arrays(readout, module.hidden_size, Q, key, dtype)
     a = Adapted(adapter, field_names(tree))

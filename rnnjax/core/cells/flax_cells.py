@@ -135,7 +135,9 @@ def from_module(module, params=None, readout=None, *, in_features: int | None = 
         graphdef, tree, rest = nnx.split(module, nnx.Param, ...)
         _only_params(rest, type(module).__name__)
         static = graphdef
-        D = in_features if in_features is not None else module.in_features
+        D = in_features if in_features is not None else getattr(module, "in_features", None)
+        if D is None:
+            raise ValueError(f"{type(module).__name__} has no in_features: pass in_features=D")
     else:
         if params is None or in_features is None:
             raise ValueError("a Linen cell needs its params and in_features")
