@@ -5,6 +5,9 @@
     rnnjax reproduce --out /tmp/results
     (python experiments/reproduce.py takes the same arguments)
 
+What each figure runs and draws, its caption and REPORT.md's head are data: conf/figures.yaml
+(read by `rnnjax.report.figures`).
+
 Each figure's jobs run into OUT/runs/reproduce/NAME/JOB (JOB named by the job's own overrides,
 as a sweep names its jobs) in a worker process (`--workers N`: N at once), whose output goes to
 OUT/runs/reproduce/workers.log while the terminal shows a line per job. A job whose directory
