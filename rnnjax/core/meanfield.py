@@ -29,14 +29,12 @@ NUMPY_PHI: dict[str, tuple[Callable, Callable]] = {
 
 
 def _np_phi(name: str) -> tuple[Callable, Callable]:
-    """phi and phi' in numpy float64: a built-in's from NUMPY_PHI (no JAX), another
-    activation's from its record (`rnnjax.core.cells.activations`, which loads JAX)."""
-    if name in NUMPY_PHI:
+    """phi and phi' of `activation=name` in numpy float64."""
+    try:
         return NUMPY_PHI[name]
-    from rnnjax.core.cells.activations import get
-
-    act = get(name)
-    return act.phi, act.dphi
+    except KeyError:
+        raise ValueError(f"activation={name!r} is unknown; allowed: {sorted(NUMPY_PHI)}"
+                         ) from None
 
 
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(128)  # even: no node at exactly 0

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnjax.core.meanfield import NUMPY_PHI
+
 
 class Activation(NamedTuple):
     """One nonlinearity phi."""
@@ -20,29 +22,25 @@ class Activation(NamedTuple):
     derivative_from_output: Callable[[Any], Any]
     gamma: float  # sup |phi'|: the gamma of Pascanu et al.'s bound
     phi: Callable[[np.ndarray], np.ndarray]  # phi in numpy float64
-    # phi' in numpy float64 (relu'(0) never arises in the mean field: its quadrature has no node
-    # at 0)
+    # phi' in numpy float64; the built-ins' numpy twins live in rnnjax.core.meanfield.NUMPY_PHI,
+    # which the report uses without JAX
     dphi: Callable[[np.ndarray], np.ndarray]
-
-
-def _np_sigmoid(a: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * a))  # overflow-free
 
 
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
     Activation("tanh", fn=jnp.tanh,
                derivative_from_output=lambda h: 1 - h * h, gamma=1.0,
-               phi=np.tanh, dphi=lambda a: 1.0 - np.tanh(a) ** 2),
+               phi=NUMPY_PHI["tanh"][0], dphi=NUMPY_PHI["tanh"][1]),
     Activation("sigmoid", fn=jax.nn.sigmoid,
                derivative_from_output=lambda h: h * (1 - h), gamma=0.25,
-               phi=_np_sigmoid, dphi=lambda a: _np_sigmoid(a) * (1.0 - _np_sigmoid(a))),
+               phi=NUMPY_PHI["sigmoid"][0], dphi=NUMPY_PHI["sigmoid"][1]),
     Activation("relu", fn=jax.nn.relu,
                derivative_from_output=lambda h: (h > 0).astype(h.dtype), gamma=1.0,
-               phi=lambda a: np.maximum(a, 0.0), dphi=lambda a: (a > 0).astype(np.float64)),
+               phi=NUMPY_PHI["relu"][0], dphi=NUMPY_PHI["relu"][1]),
     # identity: the analytic control
     Activation("linear", fn=lambda a: a,
                derivative_from_output=jnp.ones_like, gamma=1.0,
-               phi=lambda a: a, dphi=np.ones_like),
+               phi=NUMPY_PHI["linear"][0], dphi=NUMPY_PHI["linear"][1]),
 )}
 
 
