@@ -51,7 +51,7 @@ def test_every_cell_runs_its_contract(key, name):
 
 
 def test_a_pytree_state_and_a_three_axis_hidden_meet_the_contract(key):
-    from test_probes import _pair_cell
+    from helpers import pair_cell as _pair_cell
 
     _check_contract(key, _pair_cell())
 

@@ -247,8 +247,10 @@ def test_each_command_has_help(cli, name):
 def test_run_help_lists_groups(cli):
     code, out, _ = cli("run", "--help")
     assert code == 0 and "Usage: rnnjax run [KEY=VALUE ...]" in out
+    cells = sorted(f.stem for f in (ROOT / "conf" / "cell").glob("*.yaml"))
+    assert {"gru", "lru", "lstm", "urnn", "vanilla"} <= set(cells)
     for line in ("activation: linear, relu, sigmoid, tanh",
-                 "cell: gru, lru, lstm, urnn, vanilla",
+                 "cell: " + ", ".join(cells),
                  "init: gaussian, identity, normal, orthogonal, spectral, xavier",
                  "task: adding, copy, random, timemachine",
                  "logger: csv, mlflow, none, tensorboard, wandb"):

@@ -1,10 +1,10 @@
 import itertools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import pair_cell as _pair_cell
 from jax.extend.core import jaxprs_in_params
 from numpy_bptt import bptt
 from references import make_time_grads, tokens
@@ -249,45 +249,6 @@ def test_step_one_share_of_w_hh_is_exactly_zero_for_many_vmapped_networks():
         pg = np.asarray(probe(params, x, y).log10_param_grad_norm)
         assert np.isneginf(pg[:, 0]).all(), pg[:, 0]
         assert np.isfinite(pg[:, 1:]).all()
-
-
-class _PairParams(NamedTuple):
-    W_xh: jax.Array  # (D, H, 2)
-    W_hh: jax.Array  # (H, 2, H, 2)
-    a: jax.Array  # (H,) the running state's decay
-    W_hq: jax.Array  # (H, 2, Q)
-    W_mq: jax.Array  # (H, Q)
-
-
-def _pair_cell():
-    """A tiny cell whose state is a pytree {"h": (B, H, 2), "m": (B, H)} and whose hidden output
-    is h, of shape (B, H, 2): h_t = tanh(h_{t-1} . W_hh + x_t W_xh), m_t = a m_{t-1} + h_t[..., 0]
-    + h_t[..., 1] ** 2, read out from both."""
-    from rnnjax.core.cells import Cell
-
-    def init(key, D, H, Q, dtype=jnp.float64):
-        k = jax.random.split(key, 5)
-        return _PairParams(jax.random.normal(k[0], (D, H, 2), dtype),
-                           1.1 * jax.random.normal(k[1], (H, 2, H, 2), dtype) / np.sqrt(2 * H),
-                           jax.random.uniform(k[2], (H,), dtype, 0.5, 0.9),
-                           jax.random.normal(k[3], (H, 2, Q), dtype) / np.sqrt(2 * H),
-                           jax.random.normal(k[4], (H, Q), dtype) / np.sqrt(H))
-
-    def initial_state(p, B):
-        H = p.a.shape[0]
-        return {"h": jnp.zeros((B, H, 2), p.a.dtype), "m": jnp.zeros((B, H), p.a.dtype)}
-
-    def step(p, s, x_t):
-        drive = (p.W_xh[x_t] if jnp.issubdtype(x_t.dtype, jnp.integer)
-                 else jnp.einsum("bd,dij->bij", x_t, p.W_xh))
-        h = jnp.tanh(jnp.einsum("bij,ijkl->bkl", s["h"], p.W_hh) + drive)
-        return {"h": h, "m": p.a * s["m"] + h[..., 0] + h[..., 1] ** 2}
-
-    def readout(p, s):
-        return jnp.einsum("bij,ijq->bq", s["h"], p.W_hq) + s["m"] @ p.W_mq
-
-    return Cell(name="pair", init=init, initial_state=initial_state, step=step, readout=readout,
-                hidden=lambda s: s["h"], recurrent=("W_hh", "a"))
 
 
 @pytest.mark.parametrize("loss_at", ["all", "last"])

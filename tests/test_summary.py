@@ -70,7 +70,7 @@ def test_lyapunov_counts_every_leaf_of_a_pytree_state(key):
     """The number of exponents is capped by the state's whole real dimension: with H = 1 the
     pair cell's state is h (1, 2) and m (1,), 3 numbers, though its first leaf holds 2."""
     import jax
-    from test_probes import _pair_cell
+    from helpers import pair_cell as _pair_cell
 
     from rnnjax.app.summary import theory_summary
     from rnnjax.core.tasks import make_random_batch
