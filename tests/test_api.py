@@ -30,6 +30,7 @@ def gru_reference(cell, p, x, y, loss_at):
 
 
 @pytest.mark.parametrize("loss_at", ["last", "all"])
+@pytest.mark.slow
 def test_probe_of_one_and_of_several_networks_matches_autodiff(loss_at):
     cell = registry.build("gru", {})
     S = 3
@@ -53,6 +54,7 @@ def test_probe_of_one_and_of_several_networks_matches_autodiff(loss_at):
     assert not np.allclose(out.grad_norm[0], out.grad_norm[1])  # each network its own
 
 
+@pytest.mark.slow
 def test_frame_is_tidy_with_the_harness_columns():
     cell = registry.build("lstm", {})
     params = jax.vmap(lambda k: cell.init(k, D, H, Q))(jax.random.split(jax.random.key(0), 2))

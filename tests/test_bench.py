@@ -42,6 +42,7 @@ def bench(bench_run):
     return json.loads((where / written[-1]).read_text())
 
 
+@pytest.mark.slow
 def test_a_quick_run_writes_under_runs_never_the_reference(bench_run):
     # `rnnjax bench --quick` replaced the committed results/bench.json with smoke-test numbers.
     _, written = bench_run
@@ -100,6 +101,7 @@ def test_an_out_that_cannot_be_written_is_one_line_before_measuring(where, tmp_p
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_every_implementation_is_timed_and_agrees(bench):
     rows = bench["results"]
     cfg = bench["config"]

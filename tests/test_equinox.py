@@ -32,6 +32,7 @@ def library_call(module):
 
 @pytest.mark.parametrize("loss_at", ["last", "all"])
 @pytest.mark.parametrize("module", MODULES)
+@pytest.mark.slow
 def test_probe_matches_autodiff_through_the_sequence(module, loss_at):
     cell = registry.build("equinox", {"module": module})
     call, structure = library_call(module)
@@ -68,6 +69,7 @@ def test_real_inputs_of_several_networks_in_float32():
     assert not np.allclose(res.log10_grad_norm[0], res.log10_grad_norm[1])
 
 
+@pytest.mark.slow
 def test_from_module_with_its_trained_readout():
     k1, k2, k3, k4 = jax.random.split(jax.random.key(7), 4)
     gru = eqx.nn.GRUCell(D, H, key=k1, dtype=jnp.float64)

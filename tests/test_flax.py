@@ -44,6 +44,7 @@ def library_call(api, module):
 
 @pytest.mark.parametrize("loss_at", ["last", "all"])
 @pytest.mark.parametrize("api,module", CASES)
+@pytest.mark.slow
 def test_probe_matches_autodiff_through_the_sequence(api, module, loss_at):
     cell = registry.build("flax", {"module": module, "api": api})
     call, structure = library_call(api, module)
@@ -65,6 +66,7 @@ def test_probe_matches_autodiff_through_the_sequence(api, module, loss_at):
         assert np.all(want_pg > 0) and want_g[0] > 0  # a comparison of nonzero numbers
 
 
+@pytest.mark.slow
 def test_real_inputs_and_float32_stay_float32():
     cell = registry.build("flax", {"module": "GRUCell", "api": "linen"})
     params = cell.init(jax.random.key(0), D, H, Q, jnp.float32)
@@ -88,6 +90,7 @@ def test_recurrent_is_the_cells_parameters_and_the_readout_is_outside():
     assert cell.hidden((c, h)) is h
 
 
+@pytest.mark.slow
 def test_from_module_probes_a_cell_made_outside():
     # an NNX cell and a Linen cell with its params, each with a read-out of our own
     W = jax.random.normal(jax.random.key(3), (H, Q), jnp.float64)

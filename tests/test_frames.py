@@ -206,6 +206,7 @@ def test_slope_table_leaves_the_relative_error_empty_near_a_zero_prediction():
     assert row[4:7] == ["-6.397e-05", "0.003122", "—"]
 
 
+@pytest.mark.slow
 def test_memoryless_baselines_are_the_tasks_own():
     key = jax.random.key(0)
     # adding: always predicting 1 (5·10^4 sequences: the mean is within 6 sigma of 1/6)

@@ -11,6 +11,7 @@ from rnnjax import load_sweep
     ("local_parallel", "hydra_plugins.hydra_joblib_launcher"),
     ("submitit_local", "hydra_plugins.hydra_submitit_launcher"),
 ])
+@pytest.mark.slow
 def test_sweep_through_launcher(tmp_path, jax_cache, app, launcher, plugin):
     pytest.importorskip(plugin)
     sweep = tmp_path / "sweep"

@@ -62,6 +62,7 @@ F64, F32 = (jnp.float64, 1e-8), (jnp.float32, 1e-4)
 @pytest.mark.parametrize("loss_at,dtype,rtol,peephole", [
     ("all", *F64, False), ("last", *F64, False), ("all", *F32, False), ("last", *F32, False),
     ("all", *F64, True), ("last", *F32, True)])
+@pytest.mark.slow
 def test_probe_matches_numpy_bptt(key, loss_at, dtype, rtol, peephole):
     """grad_norm, cell_grad_norm and param_grad_norm (every W_h*, and w_co with the peephole)
     at every t, on 3 seeds."""
@@ -186,6 +187,7 @@ def test_defaults_and_options_are_taken():
     assert (cfg.cell.forget_bias, cfg.cell.peephole) == (-2.5, True)
 
 
+@pytest.mark.slow
 def test_job_files(tmp_path):
     """params.npz holds the LSTM's fields with a seed axis (w_co only with the peephole: see
     test_forget_bias_and_peephole_params); grad_norms.parquet has cell_grad_norm; summary.json

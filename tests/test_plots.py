@@ -79,6 +79,7 @@ def legend_texts(fig) -> list[str]:
     return [t.get_text() for leg in legends for t in leg.get_texts()]
 
 
+@pytest.mark.slow
 def test_report_writes_every_figure_and_the_markdown(written, capsys):
     out, code = written
     assert code == 0
@@ -91,6 +92,7 @@ def test_report_writes_every_figure_and_the_markdown(written, capsys):
         assert f"]({name})" in text
 
 
+@pytest.mark.slow
 def test_report_table_shows_every_jobs_headline(written, sweep):
     out, _ = written
     rows = table_rows((out / "report.md").read_text())

@@ -151,6 +151,7 @@ def finished_sweep(cluster, tmp_path_factory, jax_cache):
             "submitted": submitted(sweep), "tasks": settled(cwd, since, submitted(sweep))}
 
 
+@pytest.mark.slow
 def test_sweep_runs_every_job_as_a_task_of_a_slurm_array(finished_sweep):
     jobs = job_dirs(finished_sweep["sweep"])
     assert len(jobs) == 2
@@ -165,6 +166,7 @@ def test_sweep_runs_every_job_as_a_task_of_a_slurm_array(finished_sweep):
     assert "2 jobs: 2 ok" in finished_sweep["proc"].stderr
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_jobs_without_submitting_a_task(finished_sweep, app):
     cwd, sweep = finished_sweep["cwd"], finished_sweep["sweep"]
     r = app(*finished_sweep["args"], cwd=cwd)  # in-process: it submits nothing
@@ -224,6 +226,7 @@ def _finish(proc: subprocess.Popen, array: str | None, timeout: float) -> str:
         raise AssertionError(f"the sweep did not end within {timeout} s") from None
 
 
+@pytest.mark.slow
 def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, jax_cache,
                                                            app, monkeypatch):
     sweep = tmp_path / "sweep"
@@ -280,6 +283,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert "2 jobs: 2 ok (1 skipped" in closing_line(r.err)
 
 
+@pytest.mark.slow
 def test_task_cancelled_while_pending_does_not_hang_the_sweep(cluster, tmp_path, jax_cache):
     sweep = tmp_path / "sweep"
     # One task at a time: task 2 is cancelled while it pends behind tasks 0 and 1, which leaves
@@ -301,6 +305,7 @@ def test_task_cancelled_while_pending_does_not_hang_the_sweep(cluster, tmp_path,
     assert sorted(o.split()[0] for o in job_dirs(sweep)) == ["seed=0", "seed=1"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_array_and_says_so_in_one_line(cluster, tmp_path, jax_cache):
     sweep = tmp_path / "sweep"
     args = ["-m", *CPU_NODE, "hydra.launcher.array_parallelism=1", f"hydra.sweep.dir={sweep}",
@@ -377,6 +382,7 @@ def test_cpu_request_beyond_every_node_is_refused(cluster):
     assert unsatisfiable(launcher_config(CPU_NODE)) is None
 
 
+@pytest.mark.slow
 def test_wait_for_tasks_waits_for_every_task_and_says_how_it_ended(cluster, tmp_path):
     # One task at a time (%1): task 0 is cancelled while it runs, task 2 while it is still
     # pending in the array, which leaves no accounting record (submitit then waits forever).
@@ -511,6 +517,7 @@ class FakeJob:
         return [self.result]
 
 
+@pytest.mark.slow
 def test_task_return_reads_a_result_only_where_the_task_left_one(tmp_path):
     ok = JobReturn(overrides=["seed=0"], status=JobStatus.COMPLETED,
                    _return_value={"status": "ok", "error": None})
@@ -728,6 +735,7 @@ def _basic_launcher():
         "hydra._internal.core_plugins.basic_launcher.BasicLauncher"]
 
 
+@pytest.mark.slow
 def test_sweep_lists_jobs_whose_task_left_no_result_as_failed(app, monkeypatch):
     # A launcher that returns as rnnjax's SLURM launcher does: job 0's task was cancelled after
     # the job had finished (its directory counts), job 1's before it started.

@@ -89,6 +89,7 @@ def test_pascanu_bound_holds(key, act):
         assert math.log10(top) <= bound * (30 - t) + 1e-9
 
 
+@pytest.mark.slow
 def test_linear_profile_is_exact_and_orthogonal_gives_rho_powers(key):
     T = 25
     p = init_params(key, spectral(1.05), xavier(), 5, 10, 5, jnp.float64)
@@ -112,6 +113,7 @@ def test_lyapunov_of_linear_orthogonal_is_log_rho(key):
 
 
 @pytest.mark.parametrize("act", ["tanh", "relu", "sigmoid"])
+@pytest.mark.slow
 def test_lyapunov_matches_brute_force_singular_values(key, act):
     p = rand_net(key, act, H=10, gain=1.5)
     # with k = H, the QR logs add up to log |det dH_T/dH_0| exactly (short T: the brute-force
@@ -140,6 +142,7 @@ def test_input_drive_variance_of_one_hot_tokens(key):
 
 @pytest.mark.parametrize("act,g", [("tanh", 0.8), ("tanh", 2.0), ("relu", 1.0),
                                    ("sigmoid", 3.0), ("linear", 0.9)])
+@pytest.mark.slow
 def test_wide_network_factor_matches_mean_field(key, act, g):
     """H = 512: the measured per-step factor of ||dL/dH_t|| agrees with sqrt(chi_1) within a
     few percent away from criticality."""
@@ -155,6 +158,7 @@ def test_wide_network_factor_matches_mean_field(key, act, g):
     assert measured == pytest.approx(predicted, rel=0.04)
 
 
+@pytest.mark.slow
 def test_job_summary_sets_theory_beside_measurement(tmp_path):
     """Linear RNN, W_hh = 0.9 * orthogonal, loss at the last step: the measured slope, the mean
     field, Pascanu's bound and the top Lyapunov exponent all equal log10 0.9 per step."""

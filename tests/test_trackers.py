@@ -252,6 +252,7 @@ def test_tensorboard_read_back_with_event_accumulator(tmp_path):
 # ---- MLflow (MlflowClient on the sqlite store) -----------------------------------------------
 
 @pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+@pytest.mark.slow
 def test_mlflow_read_back_with_client(tmp_path, monkeypatch):
     pytest.importorskip("mlflow", reason="logger=mlflow needs mlflow (or mlflow-skinny)")
     pytest.importorskip("sqlalchemy", reason="MLflow's sqlite store needs sqlalchemy")
@@ -304,6 +305,7 @@ def test_mlflow_read_back_with_client(tmp_path, monkeypatch):
 
 # ---- wandb (an offline run, read by wandb's own `leet inspect`) ------------------------------
 
+@pytest.mark.slow
 def test_wandb_offline_run_read_back_with_wandb_inspect(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="logger=wandb needs wandb")
     for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):

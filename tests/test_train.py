@@ -45,6 +45,7 @@ def net(key, H=6, V=5, gain=1.2):
 
 
 @pytest.mark.parametrize("clip", [None, 1e-3, 1e3])
+@pytest.mark.slow
 def test_clipping_changes_the_update_exactly_as_optax_says(key, clip):
     p = net(key)
     x, y = make_random_batch(5, 4, 7)(jax.random.fold_in(key, 1))
@@ -69,6 +70,7 @@ def test_clipping_changes_the_update_exactly_as_optax_says(key, clip):
 @pytest.mark.parametrize("cell_name,kind,loss_at", [
     ("vanilla", "tokens", "all"), ("lstm", "tokens", "all"), ("vanilla", "tokens", "last"),
     ("vanilla", "regression", "last")])
+@pytest.mark.slow
 def test_sequence_loss_is_the_loss_of_the_unrolled_outputs(key, cell_name, kind, loss_at):
     """The trainer's loss (read out inside the scan, each step's term added there) and its
     gradient equal the loss of all outputs at once, with a mask and truncated BPTT; so does the
@@ -101,6 +103,7 @@ def test_sequence_loss_is_the_loss_of_the_unrolled_outputs(key, cell_name, kind,
 
 
 @pytest.mark.parametrize("clip_value", [1e-3, 0.05, 1e3])
+@pytest.mark.slow
 def test_elementwise_clipping_clamps_each_entry_as_optax_clip(key, clip_value):
     p = net(key)
     x, y = make_random_batch(5, 4, 7)(jax.random.fold_in(key, 1))
@@ -118,6 +121,7 @@ def test_elementwise_clipping_clamps_each_entry_as_optax_clip(key, clip_value):
     assert 1e-3 < biggest < 1e3  # both outcomes are tested
 
 
+@pytest.mark.slow
 def test_elementwise_then_global_norm_clipping_in_that_order(key):
     p = net(key)
     x, y = make_random_batch(5, 4, 7)(jax.random.fold_in(key, 1))
@@ -131,6 +135,7 @@ def test_elementwise_then_global_norm_clipping_in_that_order(key):
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.slow
 def test_truncated_bptt_gives_zero_gradient_across_the_cut(key, k):
     T = 13
     p = net(key)
@@ -154,6 +159,7 @@ def test_randomized_truncation_is_unbiased(key):
     assert (s == 0).mean() == pytest.approx(1 / k, abs=0.01)  # mean truncation length k
 
 
+@pytest.mark.slow
 def test_planted_divergence_stops_one_seed_only(key):
     S, T = 3, 8
     keys = jax.random.split(key, S)
@@ -203,6 +209,7 @@ def test_copy_problem_matches_its_definition(key):
     assert ce == pytest.approx(10 * math.log(8) / (delay + 20), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_short_d2l_run_lowers_perplexity(tmp_path, timemachine_file):
     cfg = compose_cfg(["+experiment=d2l_rnn_scratch", f"task.path={timemachine_file}",
                        "seeds=2", "batch_size=256", "seq_len=16", "train.epochs=3",
@@ -227,6 +234,7 @@ def test_short_d2l_run_lowers_perplexity(tmp_path, timemachine_file):
     assert summary["status"] == "ok" and tr["diverged_seeds"] == {}
 
 
+@pytest.mark.slow
 def test_copy_task_records_its_T_and_uses_it(tmp_path, monkeypatch):
     """task=copy backpropagates through T = seq_len + 20 steps: the T column, the summary, the
     Lyapunov burn-in and the plots' steps back all use that T, and the seq_len column keeps
