@@ -85,3 +85,26 @@ def test_data_file_is_hashed(tmp_path):
     assert provenance.data_file("timemachine", str(text))["sha1"] == hashlib.sha1(
         b"the time machine!").hexdigest()
     assert provenance.data_file("random", None) is None
+
+
+def test_file_sha1_is_hashlib_and_follows_each_version_of_the_file(tmp_path):
+    """rnnjax.core.files.file_sha1, the one cached hash (results' file records, data files):
+    hashlib's sha1 of the bytes, computed again when the file changes."""
+    import os
+
+    from rnnjax.core.files import file_sha1
+    from rnnjax.core.tasks import DataError, sha1_of
+
+    f = tmp_path / "a.txt"
+    f.write_bytes(b"x" * (3 << 20) + b"tail")  # more than one block of 1 MiB
+    assert file_sha1(f) == hashlib.sha1(f.read_bytes()).hexdigest() == sha1_of(f)
+    f.write_bytes(b"other")
+    os.utime(f, ns=(1, 1))  # another version, whatever the clock's resolution
+    assert file_sha1(f) == hashlib.sha1(b"other").hexdigest() == sha1_of(f)
+    with pytest.raises(FileNotFoundError):
+        file_sha1(tmp_path / "missing")
+    with pytest.raises(DataError, match="data file"):  # the checked read says what is wrong
+        sha1_of(tmp_path / "missing")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(DataError, match="allowed: a regular text file"):
+        sha1_of(tmp_path / "fifo")

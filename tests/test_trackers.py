@@ -346,3 +346,20 @@ def test_wandb_offline_run_read_back_with_wandb_inspect(tmp_path, monkeypatch):
         assert table["columns"] == ["steps_back", "grad_norm"]
         k, v = zip(*table["data"], strict=True)
         assert list(k) == STEPS_BACK.tolist() and close_or_nan(v, PROFILES[step], rtol=0)
+
+
+def test_folder_names_keep_safe_characters_and_are_bounded():
+    """A run's folder name under logger.dir (rnnjax.app.names.folder_name): unsafe characters
+    become `_`, dots at either end go, nothing left is `run`, and a name over 120 characters is
+    cut with 12 hex digits of the sha1 of the run name, as a sweep's directory names are."""
+    import hashlib
+
+    from rnnjax.app.names import NAME_MAX, folder_name, safe_name
+
+    assert folder_name("task.path=/a/b c") == "task.path=_a_b_c"
+    assert folder_name("..x..") == "x" and folder_name("") == "run" and folder_name("..") == "run"
+    long = "seq_len=1," * 20
+    digest = hashlib.sha1(long.encode()).hexdigest()[:12]
+    assert folder_name(long) == f"{long[:NAME_MAX - 13]}-{digest}"
+    assert len(folder_name(long)) == NAME_MAX == len(safe_name(long, long))
+    assert safe_name(long, long) == folder_name(long)  # the same bound and hash
