@@ -19,7 +19,8 @@ import numpy as np
 from jax import Array
 from jax.flatten_util import ravel_pytree
 
-from rnnjax.core.cells import Cell, activations
+from rnnjax.core.cells import activations
+from rnnjax.core.cells.base import Cell  # not the package: its vanilla imports this module
 
 # the numpy mean field: jax-free in rnnjax.core.meanfield (the report draws its curves)
 from rnnjax.core.meanfield import (  # noqa: F401 (re-exported)
