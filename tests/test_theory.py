@@ -8,7 +8,7 @@ from references import jacobian_product_singular_values, linear_profile, make_ti
 
 from rnnjax.app.results import log10_slope
 from rnnjax.core.cells import ACTIVATIONS, vanilla
-from rnnjax.core.cells.vanilla import init_params, input_drive_variance
+from rnnjax.core.cells.vanilla import init_params, input_drive_variance, pascanu_log10_bound
 from rnnjax.core.init import gaussian, orthogonal, spectral, xavier
 from rnnjax.core.probes import make_probe
 from rnnjax.core.tasks import make_random_batch
@@ -18,7 +18,6 @@ from rnnjax.core.theory import (
     make_lyapunov,
     mean_field,
     mean_field_q,
-    pascanu_log10_bound,
 )
 
 

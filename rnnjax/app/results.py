@@ -46,50 +46,10 @@ from rnnjax.app.loaders import (  # noqa: F401
     value_job,
     with_dtypes,
 )
+from rnnjax.core.stats import fit_window, log10_slope, usable_from  # noqa: F401 (here before)
 
 PARAMS = "params.npz"
 BATCH = "batch.npz"
-
-
-def fit_window(T: int, first: int = 1) -> tuple[int, int]:
-    """The timesteps (1-based, inclusive) a slope is fitted over: the middle half of
-    `first`..T, away from the ends (where the local loss term and H_0 = 0 distort the profile);
-    all of `first`..T when that middle half has fewer than 2 steps."""
-    n = T - first + 1
-    lo, hi = first + n // 4, T - n // 4
-    return (lo, hi) if hi - lo >= 1 else (first, T)
-
-
-def usable_from(grad_norm: np.ndarray) -> int:
-    """The first t (1-based) from which every grad_norm up to T is finite and > 0.
-
-    Going back in time a vanishing gradient underflows to 0 and stays there; an exploding one
-    overflows to inf. Only the steps after the last such step carry a measurable slope.
-    """
-    bad = ~(np.isfinite(grad_norm) & (np.asarray(grad_norm) > 0))
-    return int(np.nonzero(bad)[0].max()) + 2 if bad.any() else 1
-
-
-def log10_slope(grad_norm: np.ndarray) -> tuple[float, tuple[int, int]]:
-    """Least-squares slope of log10 grad_norm per step BACK in time, and the window fitted.
-
-    The window is the middle half of the usable steps (`usable_from`..T). Negative: the
-    gradient shrinks going back (vanishing); positive: it grows (exploding). NaN when fewer
-    than 2 steps are usable.
-
-    Args:
-      grad_norm: (T,) norms for t = 1..T.
-
-    Returns:
-      (slope, (lo, hi)) with the window 1-based and inclusive.
-    """
-    g = np.asarray(grad_norm, dtype=np.float64)
-    T, first = len(g), usable_from(g)
-    window = fit_window(T, first) if first <= T else (first, T)
-    t = np.arange(window[0], window[1] + 1)
-    if len(t) < 2:
-        return math.nan, window
-    return float(-np.polyfit(t, np.log10(g[t - 1]), 1)[0]), window
 
 
 class Column(NamedTuple):

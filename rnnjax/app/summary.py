@@ -13,7 +13,8 @@ import numpy as np
 
 from rnnjax.app import results
 from rnnjax.core.cells import Cell, registry
-from rnnjax.core.theory import finite_median, make_lyapunov
+from rnnjax.core.stats import finite_median
+from rnnjax.core.theory import make_lyapunov
 
 log = logging.getLogger("rnnjax")
 

@@ -10,17 +10,14 @@ Gaussian expectations use Gauss-Hermite quadrature (numpy, float64). The functio
 the network's trajectory (`make_lyapunov`) are pure JAX and vmappable, for any cell.
 """
 
-import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 from jax.flatten_util import ravel_pytree
 
-from rnnjax.core.cells import activations
-from rnnjax.core.cells.base import Cell  # not the package: its vanilla imports this module
+from rnnjax.core.cells.base import Cell
 
 # the numpy mean field: jax-free in rnnjax.core.meanfield (the report draws its curves)
 from rnnjax.core.meanfield import (  # noqa: F401 (re-exported)
@@ -29,37 +26,11 @@ from rnnjax.core.meanfield import (  # noqa: F401 (re-exported)
     mean_field_chi,
     mean_field_q,
 )
-
-
-def effective_gain(W: np.ndarray) -> np.ndarray:
-    """g with H E[W_ij^2] = g^2 of (..., H, H) matrices: shape (...), float64 (() for one).
-
-    The mean-field gain of any recurrent matrix: g itself for `gaussian` (W ~ N(0, g^2 / H)) and
-    for `orthogonal` (gain g)."""
-    W = np.asarray(W, np.float64)
-    return np.sqrt(W.shape[-1] * np.mean(W**2, axis=(-2, -1)))
-
-
-def finite_median(values) -> float:
-    """The median of the finite entries of `values` (NaN when none is finite)."""
-    a = np.asarray(values, np.float64)
-    a = a[np.isfinite(a)]
-    return float(np.median(a)) if a.size else math.nan
-
-
-def relative_error(measured: float, predicted: float) -> float:
-    """|measured - predicted| / |predicted| (NaN when undefined)."""
-    if not (math.isfinite(measured) and math.isfinite(predicted)) or predicted == 0:
-        return math.nan
-    return abs(measured - predicted) / abs(predicted)
-
-
-def pascanu_log10_bound(name: str, W_hh: np.ndarray) -> float:
-    """log10 of gamma * sigma_max(W_hh): the bound's log10 change per step back.
-
-    ||dH_T/dH_t|| <= (gamma sigma_max)^(T-t); vanishing is guaranteed when it is < 0."""
-    sigma = np.linalg.norm(np.asarray(W_hh, np.float64), ord=2)
-    return float(math.log10(activations.get(name).gamma * sigma)) if sigma > 0 else -math.inf
+from rnnjax.core.stats import (  # noqa: F401 (re-exported)
+    effective_gain,
+    finite_median,
+    relative_error,
+)
 
 
 def make_lyapunov(cell: Cell, k: int = 3, burn_in: int = 0) -> Callable[..., Array]:

@@ -11,7 +11,7 @@ import numpy as np
 from jax import Array
 
 from rnnjax.core.init import Initializer, make_init, xavier
-from rnnjax.core.theory import effective_gain
+from rnnjax.core.stats import effective_gain
 
 
 def initializers(init: str, init_value=None) -> tuple[Initializer, Initializer]:

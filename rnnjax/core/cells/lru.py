@@ -44,9 +44,10 @@ import numpy as np
 from jax import Array
 
 from rnnjax.core.cells.base import Cell
+from rnnjax.core.cells.lru_exact import exact_log10_profile, expected_sensitivity
 from rnnjax.core.cells.registry import CellSpec, Option
 from rnnjax.core.losses import make_loss
-from rnnjax.core.theory import finite_median
+from rnnjax.core.stats import finite_median, slope_of_log10
 
 # The paper's ring for most tasks (Section 3.3: r_min 0.9, r_max 0.999) and the full phase
 # range [0, 2 pi] (its appendix code writes 6.28). Its code's own signature defaults, r_min 0
@@ -107,15 +108,22 @@ def normalization_log(nu_log: Array) -> Array:
     return 0.5 * jnp.log(-jnp.expm1(-2 * jnp.exp(nu_log)))
 
 
-def init_params(key: Array, D: int, H: int, Q: int, r_min: float = R_MIN, r_max: float = R_MAX,
-                max_phase: float = MAX_PHASE, normalize: bool = True,
-                dtype=jnp.float32) -> LRUParams:
+class Ring(NamedTuple):
+    """The ring initialization's options (see `ring_init`)."""
+
+    r_min: float = R_MIN
+    r_max: float = R_MAX
+    max_phase: float = MAX_PHASE
+
+
+def init_params(key: Array, D: int, H: int, Q: int, ring: Ring | None = None,
+                normalize: bool = True, dtype=jnp.float32) -> LRUParams:
     """Initial parameters of one network, as the paper's appendix code draws them.
 
     Args:
       key: a PRNG key.
       D: input size (vocabulary or channels). H: complex hidden units. Q: output size.
-      r_min, r_max, max_phase: the ring (see `ring_init`).
+      ring: the ring's options (see `ring_init`; None: the paper's).
       normalize: gamma_log = log sqrt(1 - |lambda|^2); else 0 (gamma = 1).
       dtype: parameter dtype (float32 or float64).
 
@@ -124,7 +132,7 @@ def init_params(key: Array, D: int, H: int, Q: int, r_min: float = R_MIN, r_max:
       D (D, H), W_hq (H, Q), b_q (Q,).
     """
     k_ring, k_w = jax.random.split(key)
-    nu_log, theta_log = ring_init(k_ring, H, r_min, r_max, max_phase, dtype)
+    nu_log, theta_log = ring_init(k_ring, H, *(ring or Ring()), dtype)
     gamma_log = normalization_log(nu_log) if normalize else jnp.zeros((H,), dtype)
     # One draw for every Gaussian matrix (each random draw is compiled on its own), split up.
     sizes = [D * H, D * H, H * H, H * H, D * H, H * Q]
@@ -199,7 +207,7 @@ def lru(r_min: float = R_MIN, r_max: float = R_MAX, max_phase: float = MAX_PHASE
       eigenvalues' parameters (nu_log, theta_log).
     """
     def init_fn(key, D, H, Q, dtype=jnp.float32):
-        return init_params(key, D, H, Q, r_min, r_max, max_phase, normalize, dtype)
+        return init_params(key, D, H, Q, Ring(r_min, r_max, max_phase), normalize, dtype)
 
     def step(params, state, x_t):
         return lru_step(params, eigenvalues(params), normalize, state, x_t)
@@ -346,81 +354,14 @@ def _seed_terms(normalize: bool, kind: str | None = None, loss_at: str | None = 
     return jax.jit(jax.vmap(one))
 
 
-def exact_log10_profile(log_r: np.ndarray, weights: np.ndarray, T: int) -> np.ndarray:
-    """log10 ||dL/dh_t|| for t = 1..T with the loss at the last step, exactly:
-    ||dL/dh_t||^2 = sum_k w_k |lambda_k|^(2 (T - t)), since dL/dh_t = dL/dh_T lambda^(T - t)
-    elementwise (a diagonal linear recurrence).
-
-    Args:
-      log_r: (H,) natural log of |lambda_k| (float64). weights: (H,) w_k = sum_b |dL/dh_T,k|^2.
-      T: the number of steps.
-
-    Returns:
-      (T,) float64 (-inf where every weight is 0).
-    """
-    back = np.arange(T - 1, -1, -1, dtype=np.float64)  # T - t for t = 1..T
-    with np.errstate(divide="ignore"):
-        logs = np.log(np.asarray(weights, np.float64))[None, :] + 2 * back[:, None] * log_r
-    top = np.max(logs, axis=1, keepdims=True)
-    safe = np.where(np.isfinite(top), top, 0.0)
-    total = safe[:, 0] + np.log(np.sum(np.exp(logs - safe), axis=1))
-    return 0.5 * total / math.log(10)
-
-
-def expected_sensitivity(params: LRUParams, T: int, normalize: bool) -> float:
-    """The root mean square of |dh_T/dlambda| over units, expected for i.i.d. uniform tokens.
-
-    dh_T/dlambda = sum_{j=1}^{T-1} j lambda^(j-1) gamma u_{T-j} with u_t = x_t B, so for i.i.d.
-    drives of mean m_k and variance sigma_k^2 (over the D rows of B, equally likely),
-    E|dh_T,k/dlambda_k|^2 = gamma_k^2 (sigma_k^2 sum_j j^2 |lambda_k|^(2(j-1))
-    + |m_k sum_j j lambda_k^(j-1)|^2). For zero-mean drives and T -> infinity this is
-    gamma^2 sigma^2 (1 + r^2) / (1 - r^2)^3 (Zucchet & Orvieto 2024): it grows like
-    (1 - r)^-3 without normalization and like (1 - r)^-2 with gamma^2 = 1 - r^2.
-
-    Args:
-      params: one network. T: the number of steps. normalize: the cell's option.
-    """
-    q = {k: np.asarray(v, np.float64) for k, v in params._asdict().items()}
-    lam = np.exp(-np.exp(q["nu_log"]) + 1j * np.exp(q["theta_log"]))  # (H,)
-    gamma2 = np.exp(2 * q["gamma_log"]) if normalize else np.ones(lam.shape)
-    rows = q["B_re"] + 1j * q["B_im"]  # (D, H)
-    m = rows.mean(axis=0)
-    var = np.mean(np.abs(rows - m) ** 2, axis=0)
-    second = np.zeros(lam.shape)
-    total = np.zeros(lam.shape, complex)
-    for start in range(1, T, 4096):  # blocks of j keep memory O(4096 H) for any T
-        j = np.arange(start, min(start + 4096, T), dtype=np.float64)[:, None]
-        powers = lam[None, :] ** (j - 1)
-        second += np.sum(j**2 * np.abs(powers) ** 2, axis=0)
-        total += np.sum(j * powers, axis=0)
-    first = np.abs(m * total) ** 2
-    return float(np.sqrt(np.mean(gamma2 * (var * second + first))))
-
-
 def fitted_log10_slope(log10_profile: np.ndarray) -> float:
-    """The slope per step back of a log10 profile over the headline's window: the middle half
-    of the steps after the last one that is not finite (the rule of
-    `rnnjax.app.results.log10_slope`, restated here in numpy because the core does not import the
-    results module, which loads pandas; a test holds the two equal)."""
-    p = np.asarray(log10_profile, np.float64)
-    T = len(p)
-    bad = ~np.isfinite(p)
-    first = int(np.nonzero(bad)[0].max()) + 2 if bad.any() else 1
-    if first > T:
-        return math.nan
-    n = T - first + 1
-    lo, hi = first + n // 4, T - n // 4
-    if hi - lo < 1:
-        lo, hi = first, T
-    t = np.arange(lo, hi + 1)
-    if len(t) < 2:
-        return math.nan
-    return float(-np.polyfit(t, p[t - 1], 1)[0])
+    """The slope per step back of a log10 profile, by the headline's rule
+    (`rnnjax.core.stats.slope_of_log10`)."""
+    return slope_of_log10(log10_profile)[0]
 
 
 def theory(cell: Cell, params: LRUParams, x: Array, measured: float, y: Array | None = None,
-           kind: str | None = None, loss_at: str | None = None, *, r_min: float = R_MIN,
-           r_max: float = R_MAX, max_phase: float = MAX_PHASE, normalize: bool = True) -> dict:
+           kind: str | None = None, loss_at: str | None = None, **options) -> dict:
     """The LRU's exact gradient profile and its curse-of-memory numbers, at initialization.
 
     The prediction (the loss at the last step): dL/dh_t = dL/dh_T lambda^(T - t) elementwise,
@@ -434,7 +375,7 @@ def theory(cell: Cell, params: LRUParams, x: Array, measured: float, y: Array | 
       measured: the measured median slope.
       y: (S, B, T) or (S, B) the batches' targets; kind, loss_at: the probe's loss. Without
         them, the gradients with respect to lambda are not computed (None).
-      r_min, r_max, max_phase, normalize: the cell's options.
+      options: the cell's (r_min, r_max, normalize; the defaults where absent).
 
     Returns:
       A dict for summary.json: prediction, predicted_log10_slope_per_step_back (median over
@@ -445,7 +386,9 @@ def theory(cell: Cell, params: LRUParams, x: Array, measured: float, y: Array | 
       (median over seeds) and, for token inputs, state_lambda_sensitivity_iid, its expected
       value for i.i.d. uniform tokens (`expected_sensitivity`).
     """
-    del cell, max_phase
+    del cell
+    r_min, r_max = options.get("r_min", R_MIN), options.get("r_max", R_MAX)
+    normalize = options.get("normalize", True)
     has_targets = y is not None and kind is not None and loss_at is not None
     fn = _seed_terms(normalize, kind, loss_at) if has_targets else _seed_terms(normalize)
     args = (params, jnp.asarray(x)) + ((jnp.asarray(y),) if has_targets else ())

@@ -6,6 +6,7 @@ Token inputs are one-hot rows (X_t W_xh is the row of W_xh picked by the token);
 inputs (B, D), as in the adding problem, are used as they are.
 """
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -18,6 +19,8 @@ from rnnjax.core.cells import activations
 from rnnjax.core.cells.activations import ACTIVATIONS  # noqa: F401 (re-exported)
 from rnnjax.core.cells.registry import CellSpec
 from rnnjax.core.init import Initializer, make_init, xavier
+from rnnjax.core.meanfield import mean_field
+from rnnjax.core.stats import effective_gain, finite_median, relative_error
 
 
 class RNNParams(NamedTuple):
@@ -147,6 +150,14 @@ def input_drive_variance(W_xh: np.ndarray, x: np.ndarray) -> float:
     return float(np.mean(drive**2))
 
 
+def pascanu_log10_bound(name: str, W_hh: np.ndarray) -> float:
+    """log10 of gamma * sigma_max(W_hh): the bound's log10 change per step back.
+
+    ||dH_T/dH_t|| <= (gamma sigma_max)^(T-t); vanishing is guaranteed when it is < 0."""
+    sigma = np.linalg.norm(np.asarray(W_hh, np.float64), ord=2)
+    return float(math.log10(activations.get(name).gamma * sigma)) if sigma > 0 else -math.inf
+
+
 def theory(cell, params: RNNParams, x: Array, measured: float, *, activation: str = "tanh"
            ) -> dict:
     """The vanilla RNN's theory beside the measured slope (log10 per step back).
@@ -161,14 +172,6 @@ def theory(cell, params: RNNParams, x: Array, measured: float, *, activation: st
       x: (S, B, T...) their probe batches. measured: the measured median slope.
       activation: the cell's phi.
     """
-    from rnnjax.core.theory import (  # the theory module imports the cells
-        effective_gain,
-        finite_median,
-        mean_field,
-        pascanu_log10_bound,
-        relative_error,
-    )
-
     del cell
     W_hh = np.asarray(params.W_hh, np.float64)
     W_xh = np.asarray(params.W_xh, np.float64)
