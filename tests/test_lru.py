@@ -24,6 +24,7 @@ from rnnjax.app.results import log10_slope
 from rnnjax.core.cells import CELLS
 from rnnjax.core.cells.lru import (
     LRUParams,
+    Ring,
     _seed_terms,
     eigenvalues,
     exact_log10_profile,
@@ -194,8 +195,9 @@ def test_ring_initialization_has_the_papers_distribution(key):
     # 1/H) per part, D N(0, 1/Din), W_hq N(0, 1/H): fan-in scaling, as the paper's code scales
     # B and C (its diagonal D has fan-in 1)
     Din, Hn, Qn = 50, 300, 40
-    init = jax.jit(init_params, static_argnums=(1, 2, 3, 7, 8))
-    p = jax.tree.map(np.asarray, init(key, Din, Hn, Qn, 0.9999, 0.9999, 0.0, True, jnp.float64))
+    init = jax.jit(init_params, static_argnums=(1, 2, 3, 4, 5, 6))
+    p = jax.tree.map(np.asarray, init(key, Din, Hn, Qn, Ring(0.9999, 0.9999, 0.0), True,
+                                      jnp.float64))
     np.testing.assert_allclose(np.exp(-np.exp(p.nu_log)), 0.9999, rtol=1e-12)
     np.testing.assert_allclose(np.exp(p.gamma_log), math.sqrt(1 - 0.9999**2), rtol=1e-9)
     shapes = {"B_re": (Din, Hn), "B_im": (Din, Hn), "C_re": (Hn, Hn), "C_im": (Hn, Hn),
