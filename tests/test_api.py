@@ -39,7 +39,7 @@ def test_probe_of_one_and_of_several_networks_matches_autodiff(loss_at):
     params = params._replace(b_z=params.b_z + 0.3, b_h=params.b_h - 0.2)  # non-zero biases
     x = jax.random.randint(jax.random.key(1), (B, T), 0, D)
     y = jax.random.randint(jax.random.key(2), (B, T), 0, Q)
-    out = rnnjax.probe(cell, params, x, y, loss_at=loss_at, seeds=[10, 11, 12])
+    out = rnnjax.probe(cell, params, x, y, loss_at=loss_at).with_seeds([10, 11, 12])
     assert out.grad_norm.shape == out.param_grad_norm.shape == (S, T) and out.loss.shape == (S,)
     for s in range(S):
         one = jax.tree.map(lambda a, s=s: a[s], params)
@@ -59,7 +59,7 @@ def test_frame_is_tidy_with_the_harness_columns():
     cell = registry.build("lstm", {})
     params = jax.vmap(lambda k: cell.init(k, D, H, Q))(jax.random.split(jax.random.key(0), 2))
     x = jax.random.randint(jax.random.key(1), (B, T), 0, D)
-    out = rnnjax.probe(cell, params, x, x, seeds=[7, 9])
+    out = rnnjax.probe(cell, params, x, x).with_seeds([7, 9])
     df = out.frame
     assert list(df.columns[:8]) == ["network", "seed", "t", "T", "steps_back", "grad_norm",
                                     "param_grad_norm", "cell_grad_norm"]
@@ -88,7 +88,7 @@ def test_bad_calls_say_what_is_wrong():
     params = cell.init(jax.random.key(0), D, H, Q)
     x = jax.random.randint(jax.random.key(1), (B, T), 0, D)
     with pytest.raises(ValueError, match=r"^seeds: 1 labels expected"):
-        rnnjax.probe(cell, params, x, x, seeds=[1, 2])
+        rnnjax.probe(cell, params, x, x).with_seeds([1, 2])
     with pytest.raises(ValueError, match=r"probe.loss_at='first' is unknown"):
         rnnjax.probe(cell, params, x, x, loss_at="first")
     with pytest.raises(TypeError):  # inputs of the wrong size for either reading of params

@@ -12,6 +12,7 @@ or not). The probe is the harness's (`rnnjax.core.probes.make_probe`), vmapped o
 jit-compiled once per cell and setting.
 """
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -40,6 +41,14 @@ class ProbeReport:
     forward_overflow_t: np.ndarray  # the first t whose H_t is not finite (0: none)
     log10: ProbeResult  # the probe's result: log10 norms, a leading axis S
     seeds: np.ndarray = field(repr=False)  # (S,) the `seed` column of `frame`
+
+    def with_seeds(self, seeds) -> "ProbeReport":
+        """The same report with `seeds` (S,) as the frame's `seed` column."""
+        seeds = np.asarray(seeds)
+        if seeds.shape != self.seeds.shape:
+            raise ValueError(f"seeds: {len(self.seeds)} labels expected (one per network), got "
+                             f"{seeds.shape}")
+        return dataclasses.replace(self, seeds=seeds)
 
     @functools.cached_property
     def frame(self) -> pd.DataFrame:
@@ -85,8 +94,7 @@ def _one_network(cell: Cell, params, x, y, setting: tuple) -> bool:
 
 
 def probe(cell: Cell | str, params, x, y, loss_at: str = "last", *, kind: str | None = None,
-          networks: bool | None = None, truncate: int | None = None,
-          seeds=None) -> ProbeReport:
+          networks: bool | None = None, truncate: int | None = None) -> ProbeReport:
     """Measures ||dL/dH_t|| and step t's share of the recurrent parameters' gradient, for every
     t, of one network or of S networks at once.
 
@@ -101,7 +109,10 @@ def probe(cell: Cell | str, params, x, y, loss_at: str = "last", *, kind: str | 
       networks: True where params have the leading axis S, False for one network; None: found
         from the shapes.
       truncate: None for full BPTT; k for truncated BPTT every k steps.
-      seeds: (S,) labels of the networks for the frame's `seed` column (default 0..S-1).
+
+    Returns:
+      A ProbeReport; its frame's `seed` column counts the networks 0..S-1
+      (`ProbeReport.with_seeds` relabels them).
     """
     if isinstance(cell, str):
         from rnnjax.core.cells import registry
@@ -116,10 +127,6 @@ def probe(cell: Cell | str, params, x, y, loss_at: str = "last", *, kind: str | 
     batched = params if networks else jax.tree.map(lambda a: jnp.asarray(a)[None], params)
     S = jax.tree.leaves(batched)[0].shape[0]
     res = _compiled(cell, loss_at, kind, truncate, None)(batched, x, y)
-    seeds = np.arange(S) if seeds is None else np.asarray(seeds)
-    if seeds.shape != (S,):
-        raise ValueError(f"seeds: {S} labels expected (one per network), got {seeds.shape}")
-
     def host(a: Any, norm: bool = True) -> np.ndarray:
         a = _norm(a) if norm else np.asarray(a)
         return a if networks else a[0]
@@ -128,7 +135,7 @@ def probe(cell: Cell | str, params, x, y, loss_at: str = "last", *, kind: str | 
         loss=host(res.loss, norm=False).astype(np.float64), grad_norm=host(res.log10_grad_norm),
         param_grad_norm=host(res.log10_param_grad_norm),
         taps={k: host(v) for k, v in res.taps.items()}, overflow=host(res.overflow, norm=False),
-        forward_overflow_t=host(res.forward_overflow_t, norm=False), log10=res, seeds=seeds)
+        forward_overflow_t=host(res.forward_overflow_t, norm=False), log10=res, seeds=np.arange(S))
 
 
 def flax_cell(module, params=None, readout=None, *, in_features: int | None = None,
