@@ -61,10 +61,11 @@ def test_a_plugin_cell_is_listed_swept_and_reported(site, tmp_path):
 
     gain, scales = 0.8, (0.5, 1.0)
     sweep = tmp_path / "sweep"
-    p = rnnjax(site, tmp_path, "run", "-m", f"hydra.sweep.dir={sweep}", "cell=scaled_tanh",
-               f"cell.scale={','.join(map(str, scales))}", "activation=linear",
-               "init=orthogonal", f"init.gain={gain}", "seq_len=6", "hidden_size=4",
-               "batch_size=2", "seeds=1")
+    readme = (f"rnnjax run -m cell=scaled_tanh cell.scale={','.join(map(str, scales))} "
+              f"activation=linear init=orthogonal init.gain={gain}")
+    assert readme in (ROOT / "README.md").read_text()  # the README's command, at a tiny size
+    p = rnnjax(site, tmp_path, *readme.split()[1:], f"hydra.sweep.dir={sweep}", "seq_len=6",
+               "hidden_size=4", "batch_size=2", "seeds=1")
     assert p.returncode == 0, p.stderr[-3000:]
     summaries = [json.loads(s.read_text()) for s in sweep.rglob("summary.json")]
     assert sorted(s["config"]["cell"]["scale"] for s in summaries) == list(scales)
