@@ -93,6 +93,22 @@ def test_a_bad_target_stops_the_command_before_anything_is_written(args, names, 
         check_one_line(app(*sweep, "cell=custom", *args, *TINY[:-1]), tmp_path, names)
 
 
+def test_an_activation_or_init_the_factory_does_not_take_is_refused_not_ignored(tmp_path, app):
+    # with_required declares neither activation nor init: relu or orthogonal would be ignored
+    target = f"{HERE}:with_required"
+    assert registry.check("custom", {"target": target, "width": 3}) is None
+    assert registry.check("custom", {"target": target, "width": 3}, activation="relu") == (
+        f"activation=relu does not apply to cell=custom with cell.target={target} (the factory "
+        "takes no activation); allowed: tanh")
+    assert "init=orthogonal does not apply" in registry.check(
+        "custom", {"target": target, "width": 3}, init="orthogonal")
+    # linear_orthogonal declares activation: any activation is passed on to it
+    assert registry.check("custom", {"target": f"{HERE}:linear_orthogonal", "gain": 0.5},
+                          activation="relu") is None
+    check_one_line(app("cell=custom", f"cell.target={target}", "cell.width=3", "activation=relu",
+                       *TINY), tmp_path, ("activation=relu does not apply to cell=custom",))
+
+
 def test_another_cell_refuses_a_free_option(tmp_path, app):
     # `cell.KEY` without `+` reaches validation (the schema's cell is not struct) for any cell
     check_one_line(app("cell=gru", "cell.gain=2", *TINY), tmp_path,

@@ -243,7 +243,7 @@ def _validate_cell(cfg: Config) -> None:
         if std is not None and std != PARAM_DEFAULTS["std"]:
             raise ConfigError(f"init.std={std} does not apply to cell={name} (it follows its "
                               f"paper's initialization); leave init=normal at its default")
-    error = registry.check(name, cell_options(cfg))
+    error = registry.check(name, cell_options(cfg), activation=act, init=init)
     if error:
         raise ConfigError(error)
 

@@ -109,9 +109,11 @@ _MISSING = ("cell.target is missing: cell=custom needs cell.target=module.path:f
             "factory that returns a rnnjax Cell)")
 
 
-def check(options: dict) -> str | None:
+def check(options: dict, activation: str = "tanh", init: str = "normal") -> str | None:
     """The error line for a target that cannot be imported or called with these options, or
-    that does not return a Cell (the factory is called once, with the context's defaults)."""
+    that does not return a Cell (the factory is called once, with the context's defaults), or
+    for a job's activation or init other than the default that the factory does not take (it
+    would be ignored)."""
     rest = dict(options)  # a user's cell.activation is refused, not taken for the job's
     target = rest.pop("target", None)
     if target is None:
@@ -122,6 +124,11 @@ def check(options: dict) -> str | None:
         return str(e)
     except Exception as e:  # the factory's own refusal of a value, say
         return f"cell.target={target} is invalid: calling it raised {type(e).__name__}: {e}"
+    taken = _arguments(target, load(target), rest, CONTEXT)
+    for key, value in (("activation", activation), ("init", init)):
+        if value != CONTEXT[key] and key not in taken:
+            return (f"{key}={value} does not apply to cell=custom with cell.target={target} "
+                    f"(the factory takes no {key}); allowed: {CONTEXT[key]}")
     return None
 
 

@@ -177,9 +177,10 @@ def label(name: str, options: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in full.items() if v != base.get(k))
 
 
-def check(name: str, options: Mapping[str, Any]) -> str | None:
+def check(name: str, options: Mapping[str, Any], **context) -> str | None:
     """The error line for `options` of `cell=name` (defaults filled in), or None: each option's
-    own `Option.check` ("cell.r_min=0 is invalid: must be in (0, 1] ..."), then the spec's."""
+    own `Option.check` ("cell.r_min=0 is invalid: must be in (0, 1] ..."), then the spec's,
+    given the entries of the job's `context` (activation, init) it declares."""
     spec = get(name)
     full = {**defaults(name), **options}
     for key, value in spec.options.items():
@@ -187,7 +188,7 @@ def check(name: str, options: Mapping[str, Any]) -> str | None:
         error = rule(full[key]) if rule is not None else None
         if error:
             return f"cell.{key}={full[key]} is invalid: {error}"
-    return spec.check(full) if spec.check is not None else None
+    return spec.check(full, **declared(spec.check, context)) if spec.check is not None else None
 
 
 def cost(name: str, options: Mapping[str, Any], hidden_size: int) -> int:
