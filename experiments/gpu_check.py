@@ -30,9 +30,10 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from rnnjax.app.config import register_configs, validate  # noqa: E402
+from rnnjax.app.config import register_configs  # noqa: E402
 from rnnjax.app.job import run_job  # noqa: E402
 from rnnjax.app.memory import peak_resident_bytes  # noqa: E402
+from rnnjax.app.validate import validate  # noqa: E402
 from rnnjax.sweeps.app import CONF_DIR  # noqa: E402
 
 # The loss over all steps: the setting the published peaks were measured with.

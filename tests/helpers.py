@@ -43,7 +43,7 @@ def compose_cfg(overrides):
     """The validated config of conf/config.yaml with `overrides`."""
     from hydra import compose, initialize_config_dir
 
-    from rnnjax.app.config import validate
+    from rnnjax.app.validate import validate
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return validate(compose("config", overrides=overrides))

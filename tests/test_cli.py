@@ -263,6 +263,12 @@ def test_run_help_lists_groups(cli):
         assert line in out
     experiments = sorted(f.stem for f in (ROOT / "conf" / "experiment").glob("*.yaml"))
     assert "experiment: " + ", ".join(experiments) in out
+    # every registered cell's one line, from the registry (a plugin's too)
+    from rnnjax.core.cells import registry
+
+    listed = out[out.index("Cells (cell=NAME"):].splitlines()[1:len(registry.CELLS) + 1]
+    assert [ln.split()[0] for ln in listed] == list(registry.CELLS)
+    assert all(ln.endswith(registry.get(ln.split()[0]).help) for ln in listed)
     code, out, _ = cli("run", "--hydra-help")
     assert code == 0 and "Hydra (" in out and "--multirun" in out
 

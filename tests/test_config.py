@@ -14,14 +14,12 @@ from rnnjax.app.config import (
     CellConfig,
     CellName,
     Config,
-    ConfigError,
     InitName,
     TaskName,
     _option_types,
-    cell_options,
     register_configs,
-    validate,
 )
+from rnnjax.app.validate import ConfigError, cell_options, validate
 from rnnjax.core.cells import registry
 from rnnjax.sweeps.app import CONF_DIR
 

@@ -16,9 +16,10 @@ from omegaconf import OmegaConf
 
 from rnnjax import load_summaries, load_sweep
 from rnnjax.app import provenance, results
-from rnnjax.app.config import register_configs, validate
+from rnnjax.app.config import register_configs
 from rnnjax.app.job import finished_summary, run_or_resume
 from rnnjax.app.results import job_status
+from rnnjax.app.validate import validate
 from rnnjax.core.tasks import sha1_of
 
 SMALL = ["hidden_size=4", "batch_size=2", "seeds=2"]

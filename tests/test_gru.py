@@ -13,9 +13,10 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from numpy_gru import gru_bptt, sigmoid
 
-from rnnjax.app.config import ConfigError, register_configs, validate
+from rnnjax.app.config import register_configs
 from rnnjax.app.job import run_job
 from rnnjax.app.results import log10_slope
+from rnnjax.app.validate import ConfigError, validate
 from rnnjax.core.cells import CELLS
 from rnnjax.core.cells.gru import GRUParams, gru, theory
 from rnnjax.core.probes import make_probe

@@ -11,9 +11,10 @@ import pytest
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
-from rnnjax.app.config import register_configs, validate
+from rnnjax.app.config import register_configs
 from rnnjax.app.job import run_job
 from rnnjax.app.results import config_schema_columns, load_summaries, load_sweep
+from rnnjax.app.validate import validate
 
 register_configs()
 F32_MAX = float(np.finfo(np.float32).max)

@@ -18,9 +18,10 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from numpy_lru import lru_bptt
 
-from rnnjax.app.config import ConfigError, register_configs, validate
+from rnnjax.app.config import register_configs
 from rnnjax.app.job import run_job
 from rnnjax.app.results import log10_slope
+from rnnjax.app.validate import ConfigError, validate
 from rnnjax.core.cells import CELLS
 from rnnjax.core.cells.lru import (
     LRUParams,

@@ -14,8 +14,9 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from numpy_lstm import lstm_bptt
 
-from rnnjax.app.config import ConfigError, register_configs, validate
+from rnnjax.app.config import register_configs
 from rnnjax.app.job import run_job
+from rnnjax.app.validate import ConfigError, validate
 from rnnjax.core.cells import CELLS, unroll
 from rnnjax.core.cells.lstm import LSTMParams, lstm, theory
 from rnnjax.core.losses import make_loss

@@ -18,7 +18,7 @@ from conftest import ROOT
 from helpers import compose_cfg
 
 from rnnjax.app import memory
-from rnnjax.app.config import ConfigError, register_configs
+from rnnjax.app.config import register_configs
 from rnnjax.app.job import enable_compilation_cache, run_job
 from rnnjax.app.memory import (
     balanced_chunk,
@@ -30,6 +30,7 @@ from rnnjax.app.memory import (
     memory_budget,
     plan_chunk,
 )
+from rnnjax.app.validate import ConfigError
 from rnnjax.core.cells import vanilla
 from rnnjax.core.cells.vanilla import init_params
 from rnnjax.core.init import normal

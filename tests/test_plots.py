@@ -15,9 +15,10 @@ from hydra import compose, initialize_config_dir
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from rnnjax import load_metrics, load_summaries, load_sweep
-from rnnjax.app.config import register_configs, validate
+from rnnjax.app.config import register_configs
 from rnnjax.app.job import run_job
 from rnnjax.app.results import order_keys
+from rnnjax.app.validate import validate
 from rnnjax.report import build as report
 from rnnjax.report import frames, plots
 

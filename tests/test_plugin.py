@@ -58,6 +58,7 @@ def test_a_plugin_cell_is_listed_swept_and_reported(site, tmp_path):
     assert warning.startswith(f"rnnjax: warning: cell plugin {BROKEN} ") and \
         "ImportError: needs a package not installed" in warning
     assert BROKEN not in help_.stdout
+    assert "  scaled_tanh  example plugin: H_t = phi(scale" in help_.stdout  # its help line
 
     gain, scales = 0.8, (0.5, 1.0)
     sweep = tmp_path / "sweep"

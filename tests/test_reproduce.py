@@ -13,7 +13,7 @@ import pytest
 import rnnjax.app.results
 import rnnjax.cli
 from rnnjax import cli, load_summaries
-from rnnjax.app.config import ConfigError
+from rnnjax.app.validate import ConfigError
 from rnnjax.core.tasks import DataError
 from rnnjax.report import frames, plots, reproduce
 from rnnjax.report.figures import Figure

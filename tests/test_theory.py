@@ -164,8 +164,9 @@ def test_job_summary_sets_theory_beside_measurement(tmp_path):
     from conftest import ROOT
     from hydra import compose, initialize_config_dir
 
-    from rnnjax.app.config import register_configs, validate
+    from rnnjax.app.config import register_configs
     from rnnjax.app.job import run_job
+    from rnnjax.app.validate import validate
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

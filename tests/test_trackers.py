@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from rnnjax.app import trackers
-from rnnjax.app.config import LoggerName, register_configs, validate
+from rnnjax.app.config import LoggerName, register_configs
 from rnnjax.app.trackers import (
     OPTIONS,
     TRACKERS,
@@ -25,6 +25,7 @@ from rnnjax.app.trackers import (
     make_tracker,
     median_profile,
 )
+from rnnjax.app.validate import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "activation=tanh,seq_len=8"

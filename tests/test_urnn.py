@@ -13,8 +13,9 @@ import pytest
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
-from rnnjax.app.config import ConfigError, register_configs, validate
+from rnnjax.app.config import register_configs
 from rnnjax.app.job import run_job
+from rnnjax.app.validate import ConfigError, validate
 from rnnjax.core.cells import CELLS
 from rnnjax.core.cells import urnn as U
 from rnnjax.core.probes import make_probe

@@ -8,7 +8,6 @@ from here before (validate, ConfigError, cell_options, init_values, prepare_data
 importable from here (`__getattr__`).
 """
 
-import importlib
 from dataclasses import dataclass, field, fields, make_dataclass
 from enum import Enum
 from typing import Any
@@ -158,6 +157,8 @@ def register_configs(conf_dir=None) -> None:
     """
     if conf_dir is None:
         from rnnjax.app.paths import CONF_DIR as conf_dir  # noqa: N811 (where conf/ is)
+    # `rnnjax run --help` lists every registered cell with its line (conf/config.yaml's footer)
+    OmegaConf.register_new_resolver("rnnjax_cells", cells_help, replace=True)
     store = ConfigStore.instance()
     node = OmegaConf.structured(Config)
     OmegaConf.set_struct(node.cell, False)
@@ -167,14 +168,8 @@ def register_configs(conf_dir=None) -> None:
             store.store(group="cell", name=name, node={"name": name, **registry.defaults(name)})
 
 
-# Names that lived here before the split; other modules and tests import them from here.
-_MOVED = {"ConfigError": "rnnjax.app.validate", "validate": "rnnjax.app.validate",
-          "cell_options": "rnnjax.app.validate", "init_values": "rnnjax.app.validate",
-          "not_a_key": "rnnjax.app.validate", "_omegaconf_message": "rnnjax.app.validate",
-          "prepare_data": "rnnjax.app.data"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def cells_help() -> str:
+    """One line per registered cell, "  NAME  its help", in the registry's order."""
+    width = max(map(len, registry.CELLS))
+    return "\n".join(f"  {name:<{width}}  {spec.help}".rstrip()
+                     for name, spec in registry.CELLS.items())

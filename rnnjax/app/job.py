@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from rnnjax.app import provenance, results, tracking
-from rnnjax.app.config import Config, cell_options, init_values
+from rnnjax.app.config import Config
 from rnnjax.app.memory import fit_seeds, memory_budget
 from rnnjax.app.progress import (
     interval_rows,
@@ -31,6 +31,7 @@ from rnnjax.app.progress import (
     sample_text,
 )
 from rnnjax.app.summary import headline, label_keys, log_headline, theory_summary, to_host
+from rnnjax.app.validate import cell_options, init_values
 from rnnjax.core.cells import Cell, registry
 from rnnjax.core.probes import make_probe
 from rnnjax.core.tasks import DataError, Task, cache_dir, make_task

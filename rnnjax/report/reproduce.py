@@ -69,7 +69,7 @@ class Job(NamedTuple):
 def _cost(cfg) -> float:
     """Work of a job in arbitrary units: the trajectory it scans (the floats of state its cell
     keeps per step and sequence: the registry's `cost`) times the passes over it."""
-    from rnnjax.app.config import cell_options
+    from rnnjax.app.validate import cell_options
     from rnnjax.core.cells import registry  # JAX: loaded by planning anyway
 
     passes = 1 + 3 * (cfg.train.steps or 0) + (cfg.train.epochs or 0) * 30
@@ -94,7 +94,7 @@ def plan(names: list[str], out: Path,
     """
     from hydra import compose, initialize_config_dir
 
-    from rnnjax.app.config import prepare_data
+    from rnnjax.app.data import prepare_data
     from rnnjax.sweeps.app import CONF_DIR, job_config
 
     jobs, sizes = [], {}
@@ -425,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("reproducing %s: %d figure%s, %d jobs, into %s (figures/, REPORT.md; the jobs in "
              "runs/reproduce/)", which, len(names), "s" * (len(names) > 1),
              sum(len(FIGURES[n].jobs) for n in names), args.out)
-    from rnnjax.app.config import ConfigError, register_configs  # JAX and Hydra: seconds
+    from rnnjax.app.config import register_configs  # JAX and Hydra: seconds
+    from rnnjax.app.validate import ConfigError
     from rnnjax.core.tasks import DataError
 
     register_configs()

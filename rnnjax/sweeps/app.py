@@ -26,8 +26,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rnnjax.app.config import ConfigError, prepare_data, register_configs, validate
+from rnnjax.app.config import register_configs
+from rnnjax.app.data import prepare_data
 from rnnjax.app.interrupt import INTERRUPTED, catching_ctrl_c, stop_if_interrupted
+from rnnjax.app.validate import ConfigError, validate
 from rnnjax.core.tasks import DataError
 from rnnjax.sweeps.checks import (
     LAUNCHER_PACKAGES,

@@ -8,7 +8,7 @@ from typing import Any
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from rnnjax.app.config import ConfigError, _omegaconf_message, not_a_key
+from rnnjax.app.validate import ConfigError, _omegaconf_message, not_a_key
 from rnnjax.core.tasks import DataError
 
 

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
 
-from rnnjax.app.config import prepare_data
+from rnnjax.app.data import prepare_data
 from rnnjax.sweeps.checks import check_job_name, check_tracker
 from rnnjax.sweeps.errors import error_line, fail
 from rnnjax.sweeps.names import job_name

@@ -15,8 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from rnnjax.app.config import Config, validate
+from rnnjax.app.config import Config
 from rnnjax.app.interrupt import held, stop_if_interrupted
+from rnnjax.app.validate import validate
 
 log = logging.getLogger("rnnjax")
 
