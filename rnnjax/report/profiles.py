@@ -2,6 +2,7 @@
 and after training (`before_after`) and of every cell at initialization (`cells_at_init`)."""
 
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,8 @@ from rnnjax.report.style import (
     note,
     x_to_data,
 )
+
+LEGEND_WIDTH = 40  # characters per line of a prediction's name in the legend
 
 
 def _grid(n: int, nrows: int) -> tuple[int, int]:
@@ -162,7 +165,10 @@ def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None, hue: s
                     color=palette[g["hue"].iloc[0]])
                 drawn += 1
         if drawn:
-            names = sorted(set(pred.loc[pred["applies"], "name"]))
+            # a cell's own text may be long (a plugin's): wrapped, or the legend outgrows the
+            # figure and the layout collapses
+            names = sorted({textwrap.fill(n, LEGEND_WIDTH)
+                            for n in pred.loc[pred["applies"], "name"]})
             handles.append(Line2D([], [], color="gray", ls="--",
                                   label="prediction:\n" + ",\n".join(names)
                                   + "\n(anchored at T − t = T/4)"))
