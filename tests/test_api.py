@@ -117,9 +117,10 @@ def test_an_equinox_model_trained_elsewhere_is_probed_in_a_few_lines():
 
     opt = optax.adam(0.05)
     state = opt.init(eqx.filter(model, eqx.is_array))
+    grad = eqx.filter_jit(eqx.filter_grad(loss))  # compiled once (eagerly, every step traced)
     before = loss(model)
     for _ in range(5):
-        updates, state = opt.update(eqx.filter_grad(loss)(model), state)
+        updates, state = opt.update(grad(model), state)
         model = eqx.apply_updates(model, updates)
     assert loss(model) < before  # it trained
 
@@ -156,9 +157,10 @@ def test_a_flax_model_trained_elsewhere_is_probed_in_a_few_lines():
 
     opt = optax.sgd(0.5)
     state = opt.init(weights)
+    grad = jax.jit(jax.grad(loss))  # compiled once (eagerly, every step traced)
     before = loss(weights)
     for _ in range(5):
-        updates, state = opt.update(jax.grad(loss)(weights), state)
+        updates, state = opt.update(grad(weights), state)
         weights = optax.apply_updates(weights, updates)
     assert loss(weights) < before
     lstm, head = nnx.merge(graphdef, weights)
