@@ -124,6 +124,7 @@ def test_every_implementation_is_timed_and_agrees(bench):
                                                       for k in ("start", "end"))
 
 
+@pytest.mark.slow
 def test_every_unroll_is_timed_and_agrees(bench):
     cfg = bench["config"]
     assert {(u["T"], u["unroll"]) for u in bench["unrolls"]} == {  # --quick: the longest T

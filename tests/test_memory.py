@@ -191,6 +191,7 @@ def test_other_errors_are_not_retried(monkeypatch):
         fit_seeds(f, (0,), (jnp.ones((4, 2)),), None, "f")
 
 
+@pytest.mark.slow
 def test_probe_memory_is_within_2_5_trajectories():
     # The probe keeps one trajectory H_1..H_T: at most 2.5x S*T*B*H numbers by XLA's plan.
     S, B, T, H = 4, 16, 512, 64

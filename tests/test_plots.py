@@ -116,6 +116,7 @@ def test_report_table_shows_every_jobs_headline(written, sweep):
     assert "clip=1 / 20 steps" in rows["6"]["configuration"]
 
 
+@pytest.mark.slow
 def test_report_on_one_run_leaves_out_what_it_lacks(sweep, tmp_path):
     assert report.main([str(sweep / "5"), "--out", str(tmp_path)]) == 0  # loss at all steps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decay_curves.png", "heatmap.png",

@@ -186,6 +186,7 @@ def test_the_first_run_said_what_it_did_in_order(first):
     assert at == sorted(at)
 
 
+@pytest.mark.slow
 def test_the_report_tells_its_reader_the_installed_command(first):
     # REPORT.md told a pip-installed user to run `python experiments/reproduce.py`.
     out, _, _ = first

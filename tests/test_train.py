@@ -258,6 +258,7 @@ def test_copy_task_records_its_T_and_uses_it(tmp_path, monkeypatch):
     assert xs.min() == 0 and xs.max() == 24  # T - t for t = 25..1, never negative
 
 
+@pytest.mark.slow
 def test_rmsprop_initial_scale_is_arjovskys_running_mean_square(key):
     """Their update: rms = 0.9 rms + 0.1 g^2 from rms = 1e-3, then p -= lr g / sqrt(rms)."""
     p = net(key)
