@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rnnjax.core.probes import make_probe
+
 
 def reference(call, carry0, trees, readout, x, y, loss_at, hidden_index=None):
     """(grad_norm (T,), param_grad_norm (T,), loss) in float64 numbers.
@@ -110,3 +112,28 @@ try:
             return jnp.tanh(self.W @ x + self.U @ h)
 except ImportError:
     pass
+
+
+def assert_probe_matches_autodiff(cell, call, structure, loss_at, hidden_index=None,
+                                  sizes=(2, 5, 4, 3, 4)):
+    """The probe of a library cell's adapter (`cell`) against `reference` on 3 seeds, to rtol
+    1e-10 in float64: `call` and `structure` are the library cell made apart from the adapter
+    (its step and its parameter pytree's structure); hidden_index: where H_t is in an LSTM's
+    carry (None: the carry is H_t). sizes: B, T, D, H, Q."""
+    B, T, D, H, Q = sizes
+    probe = jax.jit(make_probe(cell, loss_at))
+    for seed in range(3):
+        k_init, k_move, k_x, k_y = jax.random.split(jax.random.key(seed), 4)
+        params = perturbed(cell.init(k_init, D, H, Q, jnp.float64), k_move)
+        x = jax.random.randint(k_x, (B, T), 0, D)
+        y = jax.random.randint(k_y, (B, T), 0, Q)
+        got_g, got_pg = probe_norms(probe(params, x, y))
+        tree = jax.tree.unflatten(structure, list(params[:-2]))  # the adapter's cell_* fields
+        zeros = jnp.zeros((B, H), jnp.float64)
+        want_g, want_pg, _ = reference(
+            call, zeros if hidden_index is None else (zeros, zeros), tree,
+            (params.W_hq, params.b_q), jax.nn.one_hot(x, D, dtype=jnp.float64), y, loss_at,
+            hidden_index)
+        np.testing.assert_allclose(got_g, want_g, rtol=1e-10, atol=0)
+        np.testing.assert_allclose(got_pg, want_pg, rtol=1e-10, atol=0)
+        assert np.all(want_pg > 0) and want_g[0] > 0  # a comparison of nonzero numbers

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from adapter_reference import perturbed, probe_norms, reference
+from adapter_reference import assert_probe_matches_autodiff, probe_norms, reference
 
 from rnnjax.core.cells import registry
 from rnnjax.core.probes import make_probe
@@ -37,23 +37,9 @@ def library_call(module):
 def test_probe_matches_autodiff_through_the_sequence(module, loss_at):
     cell = registry.build("equinox", {"module": module})
     call, structure = library_call(module)
-    probe = jax.jit(make_probe(cell, loss_at))
-    lstm = module == "LSTMCell"
-    for seed in range(3):
-        k_init, k_move, k_x, k_y = jax.random.split(jax.random.key(seed), 4)
-        params = perturbed(cell.init(k_init, D, H, Q, jnp.float64), k_move)
-        x = jax.random.randint(k_x, (B, T), 0, D)
-        y = jax.random.randint(k_y, (B, T), 0, Q)
-        got_g, got_pg = probe_norms(probe(params, x, y))
-        tree = jax.tree.unflatten(structure, list(params[:-2]))
-        zeros = jnp.zeros((B, H), jnp.float64)
-        # Equinox's LSTM state is (h, c): H_t is its first element
-        want_g, want_pg, _ = reference(
-            call, (zeros, zeros) if lstm else zeros, tree, (params.W_hq, params.b_q),
-            jax.nn.one_hot(x, D, dtype=jnp.float64), y, loss_at, 0 if lstm else None)
-        np.testing.assert_allclose(got_g, want_g, rtol=1e-10, atol=0)
-        np.testing.assert_allclose(got_pg, want_pg, rtol=1e-10, atol=0)
-        assert np.all(want_pg > 0) and want_g[0] > 0
+    # Equinox's LSTM state is (h, c): H_t is its first element
+    assert_probe_matches_autodiff(cell, call, structure, loss_at,
+                                  0 if module == "LSTMCell" else None, (B, T, D, H, Q))
 
 
 def test_real_inputs_of_several_networks_in_float32():
