@@ -3,7 +3,6 @@
 refuses a request the partition can never run (also without a cluster, on sinfo's text)."""
 
 import datetime
-import functools
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from rnnjax.sweeps.slurm import (
     request,
     submitted_tasks,
     task_return,
+    task_states,
     unsatisfiable,
     wait_for_tasks,
 )
@@ -228,7 +228,7 @@ def _finish(proc: subprocess.Popen, array: str | None, timeout: float) -> str:
 
 @pytest.mark.slow
 def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, jax_cache,
-                                                           app, monkeypatch):
+                                                           app):
     sweep = tmp_path / "sweep"
     # One quick job and one that trains for about 5 s on 2 cores, which is cancelled once its
     # log shows a training step: mid-run, with time left for SLURM's KillWait (1 s in
@@ -266,9 +266,6 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
                          f"CANCELLED without a result)")
 
     # The re-run (in-process) submits one task, for the cancelled job only, and it finishes.
-    # Its launcher looks at the queue every second at most (not every 10 s): a short task.
-    monkeypatch.setattr(rnnjax.sweeps.slurm, "wait_for_tasks",
-                        functools.partial(wait_for_tasks, max_poll_s=1.0))
     r = app(*args, cwd=tmp_path)
     assert r.code == 0, r.err
     new = submitted(sweep) - set(first)
@@ -324,9 +321,14 @@ def test_ctrl_c_cancels_the_array_and_says_so_in_one_line(cluster, tmp_path, jax
         f"rnnjax: sweep {sweep} interrupted: 0 of 2 jobs finished; interrupted: "
         f"train.steps=100000 train.log_every=10000 {' '.join(SMALL)}; 1 not started; cancelled its "
         f"SLURM array {array}; the same command resumes the sweep")
-    # Nothing of the array is left: the running task was cancelled, the pending one never ran.
-    states = wait_for_tasks([slow, f"{array}_1"], poll_s=0.2, accounting_s=5)
-    assert states[slow] == "CANCELLED" and states[f"{array}_1"] in ("CANCELLED", "UNKNOWN")
+    # Nothing of the array is left: accounting has the running task cancelled (at once; the
+    # queue lists it COMPLETING while its processes are killed, 5 s or more for a task that
+    # ignores SIGTERM) and the pending one cancelled or never recorded: it never ran.
+    end = time.time() + 30
+    while (states := task_states([slow, f"{array}_1"])).get(slow) not in FINAL \
+            and time.time() < end:
+        time.sleep(0.3)
+    assert states[slow] == "CANCELLED" and states.get(f"{array}_1", "CANCELLED") == "CANCELLED"
 
 
 def _offers():
@@ -624,10 +626,15 @@ def test_wait_for_tasks_gives_a_task_time_to_reach_the_queue(fake_slurm):
     fake = fake_slurm(["", "", "7_0|PENDING", "7_0|RUNNING", "7_0|COMPLETED"])
     assert wait_for_tasks(["7_0"], poll_s=0.5, accounting_s=10) == {"7_0": "COMPLETED"}
     assert fake.count("sacct") == 0
-    # The wait between two looks grows, up to max_poll_s.
-    fake = fake_slurm(["7_0|RUNNING"] * 40 + ["7_0|COMPLETED"])
+    # The wait between two looks is a tenth of the time waited so far, at least poll_s and at
+    # most max_poll_s: a task that ran for a while is seen ended within a tenth of its time.
+    fake = fake_slurm(["7_0|RUNNING"] * 60 + ["7_0|COMPLETED"])
     wait_for_tasks(["7_0"], poll_s=0.5, max_poll_s=10)
-    assert fake.now == pytest.approx(sum(min(0.5 * 1.25 ** i, 10) for i in range(40)))
+    waited = []
+    for _ in range(60):
+        waited.append(min(max(0.5, sum(waited) / 10), 10))
+    assert fake.now == pytest.approx(sum(waited))
+    assert waited[0] == 0.5 and waited[-1] == 10 and 0.5 < waited[30] < 10  # every regime
 
 
 def test_wait_for_tasks_bears_with_a_busy_controller(fake_slurm):

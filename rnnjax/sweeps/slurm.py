@@ -330,8 +330,10 @@ def wait_for_tasks(task_ids: Iterable[str], poll_s: float = 0.5, accounting_s: f
 
     Args:
         task_ids: `ARRAY_TASK` ids, e.g. from submitted_tasks or submitit's `job.job_id`.
-        poll_s: seconds between the first two looks at the queue; each next wait is a quarter
-            longer, up to max_poll_s, so that a long sweep asks the controller rarely.
+        poll_s: the shortest wait between two looks at the queue. Each wait is a tenth of
+            the time waited so far (at least poll_s, at most max_poll_s): a sweep is told its
+            tasks ended within a tenth of their time, and a long sweep asks the controller
+            rarely.
         accounting_s: how long to wait for accounting to record how a task ended that ran but
             that the controller no longer holds.
         max_poll_s: the longest wait between two looks at the queue.
@@ -344,7 +346,7 @@ def wait_for_tasks(task_ids: Iterable[str], poll_s: float = 0.5, accounting_s: f
     """
     ids = set(task_ids)
     seen: dict[str, str] = {}  # the last state the controller gave each task
-    start, wait, failing = time.time(), poll_s, None
+    start, failing = time.time(), None
     while ids:
         try:
             queue = queue_states(ids)
@@ -360,8 +362,7 @@ def wait_for_tasks(task_ids: Iterable[str], poll_s: float = 0.5, accounting_s: f
         # A task not listed yet may not have reached the controller's listing: give it time.
         if not active and (len(seen) == len(ids) or time.time() - start > accounting_s):
             break
-        time.sleep(wait)
-        wait = min(wait * 1.25, max_poll_s)
+        time.sleep(min(max(poll_s, (time.time() - start) / 10), max_poll_s))
     ended = {t: s for t, s in seen.items() if s in FINAL_STATES}
     end = time.time() + accounting_s
     while rest := ids - set(ended):
