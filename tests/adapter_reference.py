@@ -4,6 +4,8 @@ to every hidden output H_t (its gradient is the total dL/dH_t) and every step gi
 of the cell's parameters (the gradient of step t's copy is step t's share); and users' own cells
 imported by path (`adapter_reference:NNXTanhCell`)."""
 
+import weakref
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,16 +28,37 @@ def reference(call, carry0, trees, readout, x, y, loss_at, hidden_index=None):
       hidden_index: None where the carry is H_t, else the index of H_t in the tuple carry.
     """
     T = x.shape[1]
-    W, b = readout
+    h0 = carry0 if hidden_index is None else carry0[hidden_index]
+    zeros = jnp.zeros((T, *h0.shape), h0.dtype)
+    value, (dH, dP) = _value_and_grad(call, loss_at, hidden_index)(
+        zeros, [trees] * T, carry0, *readout, x, y)
+    g = np.sqrt((np.asarray(dH, np.float64) ** 2).sum(axis=(1, 2)))
+    pg = np.array([np.sqrt(sum((np.asarray(a, np.float64) ** 2).sum() for a in jax.tree.leaves(d)))
+                   for d in dP])  # on the host: no op dispatched per leaf and step
+    return g, pg, float(value)
+
+
+# call -> {(loss_at, hidden_index): the jitted value_and_grad}: one compilation for every
+# seed that a test's `call` is held to (jit traces the unrolled loop once for given shapes)
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _value_and_grad(call, loss_at, hidden_index):
+    """The jitted value_and_grad, in (dH, copies), of the loss through the unrolled sequence:
+    a Python loop over t, each step given its own copy of the parameters and its hidden output
+    a zero perturbation dH[t]."""
+    by_options = _COMPILED.setdefault(call, {})
+    if (loss_at, hidden_index) in by_options:
+        return by_options[loss_at, hidden_index]
 
     def with_hidden(carry, f):
         if hidden_index is None:
             return f(carry)
         return tuple(f(c) if i == hidden_index else c for i, c in enumerate(carry))
 
-    def loss(dH, copies):
+    def loss(dH, copies, carry0, W, b, x, y):
         carry, outs = carry0, []
-        for t in range(T):
+        for t in range(x.shape[1]):
             carry = call(copies[t], carry, x[:, t])
             carry = with_hidden(carry, lambda h, t=t: h + dH[t])
             h = carry if hidden_index is None else carry[hidden_index]
@@ -45,12 +68,8 @@ def reference(call, carry0, trees, readout, x, y, loss_at, hidden_index=None):
             return optax.softmax_cross_entropy_with_integer_labels(o, y.T).mean()
         return optax.softmax_cross_entropy_with_integer_labels(o[-1], y[:, -1]).mean()
 
-    h0 = carry0 if hidden_index is None else carry0[hidden_index]
-    zeros = jnp.zeros((T, *h0.shape), h0.dtype)
-    value, (dH, dP) = jax.value_and_grad(loss, argnums=(0, 1))(zeros, [trees] * T)
-    g = np.sqrt((np.asarray(dH, np.float64) ** 2).sum(axis=(1, 2)))
-    pg = np.array([np.sqrt(sum(float(jnp.sum(a**2)) for a in jax.tree.leaves(d))) for d in dP])
-    return g, pg, float(value)
+    by_options[loss_at, hidden_index] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    return by_options[loss_at, hidden_index]
 
 
 def perturbed(params, key, scale=0.3):
