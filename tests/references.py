@@ -2,6 +2,7 @@
 code with rnnjax's probe: plain autodiff through perturbations inside a scan (JAX), and brute
 force float64 numpy loops."""
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -100,8 +101,10 @@ def jacobian_product_singular_values(params, x, activation, t):
     return np.linalg.svd(P, compute_uv=False)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def tokens(key, B, T, V):
-    """Random (B, T) input tokens and targets in [0, V)."""
+    """Random (B, T) input tokens and targets in [0, V) (one program per size, not eager
+    operations)."""
     kx, ky = jax.random.split(key)
     return (jax.random.randint(kx, (B, T), 0, V, dtype=jnp.int32),
             jax.random.randint(ky, (B, T), 0, V, dtype=jnp.int32))

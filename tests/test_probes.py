@@ -1,3 +1,4 @@
+import functools
 import itertools
 
 import jax
@@ -33,8 +34,10 @@ def norms(res):
 GAIN = {"tanh": 1.3, "sigmoid": 1.3, "relu": 1.1, "linear": 0.8}
 
 
+@functools.partial(jax.jit, static_argnames=("D", "H", "Q", "dtype"))
 def random_net(key, D=7, H=5, Q=7, gain=1.3, dtype=jnp.float64):
-    """A random network with non-zero biases, scaled so gradients neither vanish nor explode."""
+    """A random network with non-zero biases, scaled so gradients neither vanish nor explode.
+    (Jitted, with the gain traced: one program per size, not an eager one per operation.)"""
     k_p, k_b1, k_b2 = jax.random.split(key, 3)
     p = init_params(k_p, gaussian(gain), xavier(), D, H, Q, dtype)
     return p._replace(b_h=0.3 * jax.random.normal(k_b1, (H,), dtype),
@@ -43,6 +46,15 @@ def random_net(key, D=7, H=5, Q=7, gain=1.3, dtype=jnp.float64):
 
 def as_numpy(p):
     return {k: np.asarray(v) for k, v in p._asdict().items()}
+
+
+def cast(p, dtype):
+    """p's arrays converted to dtype on the host (eager, each leaf's conversion compiled)."""
+    return jax.tree.map(lambda a: np.asarray(a).astype(dtype), p)
+
+
+# The linear cell's probe with the loss at the last step, jitted once for the tests that use it
+LINEAR_LAST = jax.jit(make_probe(vanilla("linear"), "last"))
 
 
 @pytest.mark.parametrize("act,loss_at", CASES)
@@ -76,18 +88,24 @@ def test_step_contributions_sum_to_w_hh_gradient(key, act, loss_at):
     k_net, k_tok = jax.random.split(key)
     p = random_net(k_net)
     x, y = tokens(k_tok, 4, 9, 7)
-    g = make_time_grads(act, loss_at)(p, x, y)
-    h_prev = jnp.concatenate([jnp.zeros_like(g.hs[:1]), g.hs[:-1]])
-    contributions = jnp.einsum("tbi,tbj->tij", h_prev, g.dL_dA)  # (T, H, H)
+    time_grads = make_time_grads(act, loss_at)
 
-    def loss(W_hh):
-        return make_time_grads(act, loss_at)(p._replace(W_hh=W_hh), x, y).loss
+    probes = [make_probe(cell(act, path), loss_at) for path in ("fast", "generic")]
 
-    np.testing.assert_allclose(contributions.sum(0), jax.grad(loss)(p.W_hh), rtol=1e-10,
-                               atol=1e-14)
-    for path in ("fast", "generic"):
-        got = norms(make_probe(cell(act, path), loss_at)(p, x, y))[1]
-        np.testing.assert_allclose(got, jnp.linalg.norm(contributions, axis=(1, 2)), rtol=1e-10)
+    @jax.jit  # one program (eager, every operation was compiled on its own)
+    def run(p, x, y):
+        g = time_grads(p, x, y)
+        h_prev = jnp.concatenate([jnp.zeros_like(g.hs[:1]), g.hs[:-1]])
+        contributions = jnp.einsum("tbi,tbj->tij", h_prev, g.dL_dA)  # (T, H, H)
+        grad = jax.grad(lambda W_hh: time_grads(p._replace(W_hh=W_hh), x, y).loss)(p.W_hh)
+        return contributions, grad, [probe(p, x, y) for probe in probes]
+
+    contributions, grad, results = run(p, x, y)
+    contributions = np.asarray(contributions)
+    np.testing.assert_allclose(contributions.sum(0), grad, rtol=1e-10, atol=1e-14)
+    for res in results:  # the fast and the generic backward step
+        np.testing.assert_allclose(norms(res)[1], np.linalg.norm(contributions, axis=(1, 2)),
+                                   rtol=1e-10)
 
 
 @pytest.mark.parametrize("rho", [0.5, 0.9, 1.0, 1.1])
@@ -96,9 +114,11 @@ def test_linear_orthogonal_slope_is_log_rho(key, rho):
     """Linear RNN, W_hh = rho * orthogonal, loss at the last step: dL/dH_t = dL/dH_T (W^T)^(T-t),
     so ||dL/dH_t|| = rho^(T-t) ||dL/dH_T|| exactly: log10 slope per step back = log10 rho."""
     T = 40
-    p = init_params(key, orthogonal(rho), xavier(), 6, 16, 6, jnp.float64)
+    # the gain traced: one program for every rho
+    p = jax.jit(lambda k, r: init_params(k, orthogonal(r), xavier(), 6, 16, 6, jnp.float64))(
+        key, rho)
     x, y = tokens(jax.random.fold_in(key, 1), 4, T, 6)
-    g = norms(make_probe(vanilla("linear"), "last")(p, x, y))[0]
+    g = norms(LINEAR_LAST(p, x, y))[0]
     np.testing.assert_allclose(g, g[-1] * rho ** (T - np.arange(1, T + 1)), rtol=1e-9)
     assert log10_slope(g)[0] == pytest.approx(np.log10(rho), abs=1e-10)
 
@@ -128,6 +148,7 @@ def test_vmapped_seeds_equal_per_seed_loop(key):
     probe = make_probe(vanilla("tanh"), "all")
     batched = jax.jit(jax.vmap(probe))(ps, x, y)
     per_seed = jax.jit(probe)  # one compilation for the loop (eager, each call compiled anew)
+    ps, x, y = jax.tree.map(np.asarray, (ps, x, y))  # sliced on the host, not op by op
     for s in range(5):
         one = per_seed(jax.tree.map(lambda a, s=s: a[s], ps), x[s], y[s])
         np.testing.assert_allclose(batched.log10_grad_norm[s], one.log10_grad_norm, atol=3e-6)
@@ -140,10 +161,10 @@ def test_vmapped_seeds_equal_per_seed_loop(key):
 
 def test_float32_computes_in_float32_and_agrees_with_float64(key):
     p64 = random_net(key)
-    p32 = jax.tree.map(lambda a: a.astype(jnp.float32), p64)
+    p32 = cast(p64, np.float32)
     x, y = tokens(jax.random.fold_in(key, 2), 3, 10, 7)
-    r32 = jax.jit(make_probe(vanilla("sigmoid"), "last"))(p32, x, y)
-    r64 = jax.jit(make_probe(vanilla("sigmoid"), "last"))(p64, x, y)
+    probe = jax.jit(make_probe(vanilla("sigmoid"), "last"))
+    r32, r64 = probe(p32, x, y), probe(p64, x, y)
     assert r32.log10_grad_norm.dtype == jnp.float32 and r64.log10_grad_norm.dtype == jnp.float64
     np.testing.assert_allclose(norms(r32)[0], norms(r64)[0], rtol=1e-4)
     assert not np.array_equal(norms(r32)[0], norms(r64)[0])
@@ -164,11 +185,12 @@ def test_log10_norm_survives_float32_underflow_and_overflow():
 
 def test_outer_norms_both_paths_agree(key):
     kh, kd = jax.random.split(key)
+    outer_norm = jax.jit(log10_outer_norm)
     for B, H in [(2, 5), (7, 3)]:
-        h = jax.random.normal(kh, (B, H))
-        d = 1e-30 * jax.random.normal(kd, (B, H))
-        want = np.linalg.norm(np.asarray(h).T @ (np.asarray(d) * 1e30)) * 1e-30
-        assert float(log10_outer_norm(h, d)) == pytest.approx(np.log10(want), abs=1e-10)
+        h = np.asarray(jax.random.normal(kh, (B, H)))
+        d = 1e-30 * np.asarray(jax.random.normal(kd, (B, H)))
+        want = np.linalg.norm(h.T @ (d * 1e30)) * 1e-30
+        assert float(outer_norm(h, d)) == pytest.approx(np.log10(want), abs=1e-10)
 
 
 def test_compiled_program_does_not_grow_with_seq_len(key):
@@ -220,16 +242,17 @@ def test_norms_beyond_float32_are_exact_and_only_a_lost_chain_is_flagged(key):
     must read their exact norm (a float64 number > 3.4e38), not inf, and not be flagged; from
     the first step whose entries overflow back to t = 1 the chain is lost: inf, flagged."""
     T, B, H = 110, 4, 8
-    p64 = init_params(key, lambda k, s, d: 2 * jnp.eye(*s, dtype=d), xavier(), 6, H, 6,
-                      jnp.float64)
+    p64 = jax.jit(lambda k: init_params(k, lambda k, s, d: 2 * jnp.eye(*s, dtype=d), xavier(),
+                                        6, H, 6, jnp.float64))(key)
     # a tiny input and a large read-out: the forward pass stays finite (H_T ~ 2^T 1e-20,
     # logits ~ 1e21) while the backward chain (~ 2^(T - t) 1e8) leaves float32's range
+    p64 = cast(p64, np.float64)
     p64 = p64._replace(W_xh=1e-20 * p64.W_xh, W_hq=1e8 * p64.W_hq)
-    p32 = jax.tree.map(lambda a: a.astype(jnp.float32), p64)
-    p64 = jax.tree.map(lambda a: a.astype(jnp.float64), p32)  # the very same weights
+    p32 = cast(p64, np.float32)
+    p64 = cast(p32, np.float64)  # the very same weights
     x, y = tokens(jax.random.fold_in(key, 5), B, T, 6)
-    r32 = make_probe(vanilla("linear"), "last")(p32, x, y)
-    g32, g64 = norms(r32)[0], norms(make_probe(vanilla("linear"), "last")(p64, x, y))[0]
+    r32 = LINEAR_LAST(p32, x, y)
+    g32, g64 = norms(r32)[0], norms(LINEAR_LAST(p64, x, y))[0]
     f32_max = float(np.finfo(np.float32).max)
     assert int(r32.forward_overflow_t) == 0 and np.isfinite(float(r32.loss))
     over = np.asarray(r32.overflow)
@@ -249,7 +272,10 @@ def test_step_one_share_of_w_hh_is_exactly_zero_for_many_vmapped_networks():
     from run to run)."""
     S, B, T, H, V = 28, 16, 12, 512, 28
     cell = vanilla("tanh", "gaussian", 1.0)
-    params = jax.vmap(lambda k: cell.init(k, V, H, V))(jax.random.split(jax.random.key(0), S))
+    # keys of the "rbg" generator: XLA's random bit generator draws the 7 million weights in
+    # half the CPU time of threefry's
+    params = jax.jit(jax.vmap(lambda k: cell.init(k, V, H, V)))(
+        jax.random.split(jax.random.key(0, impl="rbg"), S))
     probe = jax.jit(jax.vmap(make_probe(cell, "last")))
     for seed in range(3):  # the memory it read differed between calls
         x, y = (jax.random.randint(jax.random.key(seed * 2 + i), (S, B, T), 0, V)
@@ -270,7 +296,7 @@ def test_a_pytree_state_with_a_three_axis_hidden_against_jax_grad(key, loss_at):
     cell = _pair_cell()
     B, T, V, H = 3, 9, 6, 4
     k_net, k_tok = jax.random.split(key)
-    p = cell.init(k_net, V, H, V)
+    p = jax.jit(cell.init, static_argnums=(1, 2, 3))(k_net, V, H, V)
     x, y = tokens(k_tok, B, T, V)
     loss = make_loss("tokens", loss_at)
 
