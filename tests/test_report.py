@@ -308,11 +308,11 @@ def test_report_reads_files_only_and_starts_fast(tmp_path):
     """`rnnjax report` in a fresh process on a finished sweep, every figure drawn that its jobs
     allow (heatmap, decay curves, phase diagram, slope against Lyapunov): no JAX, Hydra or
     OmegaConf is loaded, and a fresh process loads the command's module within START_S of CPU
-    time (the best of three)."""
+    time (the best of up to three: the report's own process, measured right after the import,
+    then fresh ones that only import it while none was within START_S)."""
     import resource
     import subprocess
     import sys
-    import time
 
     sweep = tmp_path / "sweep"
     sweep.mkdir()
@@ -320,13 +320,15 @@ def test_report_reads_files_only_and_starts_fast(tmp_path):
     theory_job(sweep / "a", gain=0.5, slope=-0.3)
     theory_job(sweep / "b", gain=2.0, slope=0.1)
     script = (
-        "import json, sys, time\n"
+        "import json, resource, sys, time\n"
         "t0 = time.perf_counter()\n"
         "import rnnjax.cli, rnnjax.report.build\n"
         "started = time.perf_counter() - t0\n"
+        "ru = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "cpu = ru.ru_utime + ru.ru_stime\n"
         f"code = rnnjax.cli.main(['report', {str(sweep)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
         "loaded = [m for m in ('jax', 'hydra', 'omegaconf') if m in sys.modules]\n"
-        "print(json.dumps({'code': code, 'loaded': loaded, 'started': started}))\n")
+        "print(json.dumps({'code': code, 'loaded': loaded, 'started': started, 'cpu': cpu}))\n")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=False, timeout=120)
     result = json.loads(run.stdout.splitlines()[-1])
@@ -335,15 +337,17 @@ def test_report_reads_files_only_and_starts_fast(tmp_path):
     assert written == ["decay_curves.png", "heatmap.png", "phase_diagram.png", "report.md",
                        "slope_vs_lyapunov.png"]
     # a fresh interpreter that loads the command: its CPU time (what the machine's other work
-    # does not stretch, as it stretches the wall time) and its wall time, the best of three
-    cpu, wall = [], []
-    for _ in range(3):
-        before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    # does not stretch, as it stretches the wall time), the best of up to three. The report's
+    # process above is the first (its CPU time up to the end of the import: the interpreter's
+    # start and the module's load); more fresh processes that only import it run while none
+    # was within START_S, so a slow start fails only when it is slow three times.
+    cpu = [result["cpu"]]
+    while min(cpu) >= START_S and len(cpu) < 3:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([sys.executable, "-c", "import rnnjax.cli, rnnjax.report.build"],
                        check=True, timeout=60)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        wall.append(time.perf_counter() - start)
         cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-    print(f"rnnjax report: module loaded in {result['started']:.2f} s; a fresh process "
-          f"{min(wall):.2f} s wall, {min(cpu):.2f} s CPU (best of 3)")
+    print(f"rnnjax report: module loaded in {result['started']:.2f} s wall; a fresh process "
+          f"{min(cpu):.2f} s CPU (best of {len(cpu)})")
     assert min(cpu) < START_S
