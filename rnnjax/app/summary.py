@@ -149,8 +149,9 @@ def theory_summary(cell: Cell, params, x, measured: float, cell_theory=None,
     """
     T = x.shape[2]
     # the state's real dimension: every leaf of the pytree, a complex entry counting twice
-    s0 = cell.initial_state(jax.tree.map(lambda a: a[0], params), 1)
-    k = min(LYAPUNOV_K, sum(a.size * (2 if np.iscomplexobj(a) else 1)
+    # (from shapes only: nothing is computed or compiled)
+    s0 = jax.eval_shape(lambda p: cell.initial_state(jax.tree.map(lambda a: a[0], p), 1), params)
+    k = min(LYAPUNOV_K, sum(a.size * (2 if np.issubdtype(a.dtype, np.complexfloating) else 1)
                             for a in jax.tree.leaves(s0)))
     lyap = jax.jit(jax.vmap(make_lyapunov(cell, k, burn_in=T // 4)))
     lam = np.asarray(lyap(params, x[:, :LYAPUNOV_SEQUENCES]), np.float64)  # (S, k)
