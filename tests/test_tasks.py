@@ -1,3 +1,4 @@
+import functools
 import os
 import threading
 import urllib.request
@@ -168,10 +169,18 @@ def test_data_files_over_the_size_limit_are_refused(tmp_path, monkeypatch):
         timemachine_path(str(big))
 
 
+@functools.cache
+def timemachine_task(path):
+    """The timemachine task of 3000 windows of 8 tokens, and its train_batch jitted (one
+    program for every step and every test, where eager each operation compiled its own)."""
+    task = tasks.make_task("timemachine", 3000, 8, path=path)
+    return task, jax.jit(task.train_batch)
+
+
 def test_an_epoch_visits_every_training_window_once(timemachine_file):
     """d2l's epochs: the steps of one epoch draw the 10000 training windows in one random
     order, each exactly once (the last batch's padding masked out), a new order each epoch."""
-    task = tasks.make_task("timemachine", 3000, 8, path=str(timemachine_file))
+    task, train_batch = timemachine_task(str(timemachine_file))
     wins = windows(load_timemachine(str(timemachine_file))[0], 8)[:tasks.NUM_TRAIN]
     want = Counter(w.tobytes() for w in wins)  # a window may occur more than once in the text
     key = jax.random.key(3)
@@ -179,7 +188,7 @@ def test_an_epoch_visits_every_training_window_once(timemachine_file):
     for e in range(2):
         seen = []
         for b in range(task.steps_per_epoch):  # 4 steps: 3000 + 3000 + 3000 + 1000 (padded)
-            x, y, mask = task.train_batch(key, e * task.steps_per_epoch + b)
+            x, y, mask = train_batch(key, e * task.steps_per_epoch + b)
             w = np.concatenate([np.asarray(x), np.asarray(y)[:, -1:]], axis=1)
             seen += [r.tobytes() for r in w[np.asarray(mask) == 1]]
         assert Counter(seen) == want
@@ -192,11 +201,12 @@ def test_an_epoch_visits_every_training_window_once(timemachine_file):
 def test_chunk_batches_are_train_batches(timemachine_file, n):
     """A chunk's batches, drawn with each epoch's order once, are the per-step batches, for
     chunks inside one epoch and across two or more (4 steps per epoch here)."""
-    task = tasks.make_task("timemachine", 3000, 8, path=str(timemachine_file))
+    task, train_batch = timemachine_task(str(timemachine_file))
     key = jax.random.key(4)
     chunk = jax.jit(lambda s: jax.vmap(task.chunk_batches(key, s, n))(s + jax.numpy.arange(n)))
     for start in (0, 1, 3, n, 5 * n + 2):
-        got = chunk(start)
-        want = jax.vmap(lambda i: task.train_batch(key, i))(start + jax.numpy.arange(n))
-        for a, b in zip(got, want, strict=True):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        got = [np.asarray(a) for a in chunk(start)]  # (n, ...) each
+        for j in range(n):  # step start + j's batch
+            want = train_batch(key, start + j)
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(a[j], np.asarray(b))
