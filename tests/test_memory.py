@@ -3,6 +3,7 @@ lax.map path, the retry on RESOURCE_EXHAUSTED, a job's peak under max_memory_gb 
 fresh process), the host-memory check at validation, and the probe's memory as a multiple of
 the hidden-state trajectory."""
 
+import functools
 import json
 import logging
 import os
@@ -51,7 +52,10 @@ def _compilation_cache(tmp_path_factory):
     yield
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def nets(S, B, T, H, V=11, dtype=jnp.float32):
+    """S networks and their batches, in one compiled program (eager, every operation of the
+    initialization compiled its own)."""
     keys = jax.random.split(jax.random.key(3), S)
     p = jax.vmap(lambda k: init_params(k, normal(0.3), normal(0.3), V, H, V, dtype))(keys)
     x = jax.random.randint(jax.random.key(4), (S, B, T), 0, V)
