@@ -1,3 +1,4 @@
+import functools
 import math
 
 import jax
@@ -73,15 +74,31 @@ def test_depth_scale_and_factor():
         mean_field("relu", math.sqrt(2), 0.1)["depth_scale"]) > 1e8
 
 
+@functools.partial(jax.jit, static_argnames=("act", "H", "dtype"))
 def rand_net(key, act, H=12, gain=1.3, dtype=jnp.float64):
     init = gaussian(gain)
     return init_params(key, init, xavier(), 5, H, 5, dtype)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def random_batch(key, V, B, T):
+    """make_random_batch(V, B, T)(key), jitted (one program, not eager operations)."""
+    return make_random_batch(V, B, T)(key)
+
+
+@functools.partial(jax.jit, static_argnames=("w_hh_init", "H", "V", "S", "dtype"))
+def nets(key, gain, w_hh_init=gaussian, H=16, V=28, S=None, dtype=jnp.float64):
+    """init_params(key, w_hh_init(gain), xavier(), V, H, V) (S of them for S keys), jitted
+    with the gain traced: one program for every gain."""
+    def one(k):
+        return init_params(k, w_hh_init(gain), xavier(), V, H, V, dtype)
+    return one(key) if S is None else jax.vmap(one)(jax.random.split(key, S))
+
+
 @pytest.mark.parametrize("act", sorted(ACTIVATIONS))
 def test_pascanu_bound_holds(key, act):
     p = rand_net(key, act, gain=0.9)
-    x = np.asarray(make_random_batch(5, 1, 30)(key)[0])[0]
+    x = np.asarray(random_batch(key, 5, 1, 30)[0])[0]
     bound = pascanu_log10_bound(act, p.W_hh)
     for t in (1, 10, 25):
         top = jacobian_product_singular_values(p, x, act, t)[0]
@@ -91,13 +108,14 @@ def test_pascanu_bound_holds(key, act):
 @pytest.mark.slow
 def test_linear_profile_is_exact_and_orthogonal_gives_rho_powers(key):
     T = 25
-    p = init_params(key, spectral(1.05), xavier(), 5, 10, 5, jnp.float64)
-    x, y = make_random_batch(5, 4, T)(jax.random.fold_in(key, 1))
+    p = nets(key, 1.05, spectral, H=10, V=5)
+    x, y = random_batch(jax.random.fold_in(key, 1), 5, 4, T)
     g = make_time_grads("linear", "last")(p, x, y)
-    probe = 10 ** np.asarray(make_probe(vanilla("linear"), "last")(p, x, y).log10_grad_norm)
+    probe = 10 ** np.asarray(jax.jit(make_probe(vanilla("linear"), "last"))(p, x, y)
+                             .log10_grad_norm)
     np.testing.assert_allclose(linear_profile(p.W_hh, g.dL_dH[-1], T), probe, rtol=1e-10)
     rho = 0.8
-    W = np.asarray(orthogonal(rho)(key, (10, 10), jnp.float64))
+    W = np.asarray(jax.jit(orthogonal(rho), static_argnums=(1, 2))(key, (10, 10), jnp.float64))
     prof = linear_profile(W, np.ones((3, 10)), T)
     np.testing.assert_allclose(prof, prof[-1] * rho ** (T - np.arange(1, T + 1)), rtol=1e-12)
     assert effective_gain(W) == pytest.approx(rho, rel=1e-12)
@@ -105,9 +123,9 @@ def test_linear_profile_is_exact_and_orthogonal_gives_rho_powers(key):
 
 def test_lyapunov_of_linear_orthogonal_is_log_rho(key):
     rho = 0.7
-    p = init_params(key, orthogonal(rho), xavier(), 5, 16, 5, jnp.float64)
-    x = make_random_batch(5, 3, 50)(key)[0]
-    lam = np.asarray(make_lyapunov(vanilla("linear"), k=4)(p, x))
+    p = nets(key, rho, orthogonal, V=5)
+    x = random_batch(key, 5, 3, 50)[0]
+    lam = np.asarray(jax.jit(make_lyapunov(vanilla("linear"), k=4))(p, x))
     np.testing.assert_allclose(lam, math.log(rho), rtol=1e-10)
 
 
@@ -118,23 +136,23 @@ def test_lyapunov_matches_brute_force_singular_values(key, act):
     # with k = H, the QR logs add up to log |det dH_T/dH_0| exactly (short T: the brute-force
     # product still resolves its smallest singular value in float64)
     T = 8
-    x = make_random_batch(5, 1, T)(jax.random.fold_in(key, 3))[0]
+    x = random_batch(jax.random.fold_in(key, 3), 5, 1, T)[0]
     sv = jacobian_product_singular_values(p, np.asarray(x)[0], act, 0)
-    lam_all = np.asarray(make_lyapunov(vanilla(act), k=10)(p, x))
+    lam_all = np.asarray(jax.jit(make_lyapunov(vanilla(act), k=10))(p, x))
     with np.errstate(divide="ignore"):  # a dead ReLU unit makes the determinant 0
         assert lam_all.sum() * T == pytest.approx(np.log(sv).sum(), rel=1e-8)
     assert lam_all[0] * T <= math.log(sv[0]) + 1e-9  # one direction grows at most by sigma_1
     # long T: the top exponent is the growth rate of the top singular value
     T = 300
-    x = make_random_batch(5, 1, T)(jax.random.fold_in(key, 4))[0]
-    lam = float(make_lyapunov(vanilla(act), k=1)(p, x)[0])
+    x = random_batch(jax.random.fold_in(key, 4), 5, 1, T)[0]
+    lam = float(jax.jit(make_lyapunov(vanilla(act), k=1))(p, x)[0])
     top = math.log(jacobian_product_singular_values(p, np.asarray(x)[0], act, 0)[0]) / T
     assert lam == pytest.approx(top, abs=0.02)
 
 
 def test_input_drive_variance_of_one_hot_tokens(key):
-    p = init_params(key, gaussian(1.0), xavier(), 28, 64, 28, jnp.float64)
-    x = make_random_batch(28, 64, 40)(key)[0]
+    p = nets(key, 1.0, H=64)
+    x = random_batch(key, 28, 64, 40)[0]
     want = np.mean(np.asarray(p.W_xh) ** 2)  # uniform tokens: the mean square of W_xh's rows
     assert input_drive_variance(p.W_xh, x) == pytest.approx(want, rel=0.05)
 
@@ -147,11 +165,12 @@ def test_wide_network_factor_matches_mean_field(key, act, g):
     few percent away from criticality."""
     H, T, S = 512, 48, 4
     keys = jax.random.split(key, S)
-    ps = jax.vmap(lambda k: init_params(k, gaussian(g), xavier(), 28, H, 28, jnp.float32))(keys)
-    xs, ys = jax.vmap(lambda k: make_random_batch(28, 16, T)(k))(keys)
+    ps = nets(key, g, H=H, S=S, dtype=jnp.float32)  # one program for every case
+    xs, ys = jax.vmap(lambda k: random_batch(k, 28, 16, T))(keys)
     prof = 10 ** np.asarray(jax.jit(jax.vmap(make_probe(vanilla(act), "last")))(ps, xs, ys)
                             .log10_grad_norm, np.float64)
     measured = 10 ** np.median([log10_slope(p)[0] for p in prof])
+    ps, xs = jax.tree.map(np.asarray, (ps, xs))
     v = np.mean([input_drive_variance(ps.W_xh[s], xs[s]) for s in range(S)])
     predicted = 10 ** mean_field(act, g, input_var=v)["log10_factor_per_step"]
     assert measured == pytest.approx(predicted, rel=0.04)
@@ -204,8 +223,8 @@ def test_the_vanilla_theory_comes_through_its_spec_with_the_jobs_activation(key)
 
     S, H = 2, 16
     keys = jax.random.split(key, S)
-    ps = jax.vmap(lambda k: init_params(k, gaussian(1.2), xavier(), 28, H, 28, jnp.float64))(keys)
-    xs, ys = jax.vmap(lambda k: make_random_batch(28, 4, 12)(k))(keys)
+    ps = nets(key, 1.2, H=H, S=S)
+    xs, ys = jax.vmap(lambda k: random_batch(k, 28, 4, 12))(keys)
     th = theory_summary(vanilla("relu"), ps, xs, -0.1, CELLS["vanilla"].theory, {}, y=ys,
                         kind="tokens", loss_at="last", activation="relu", init="gaussian",
                         init_value=1.2)
