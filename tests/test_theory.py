@@ -157,6 +157,16 @@ def test_input_drive_variance_of_one_hot_tokens(key):
     assert input_drive_variance(p.W_xh, x) == pytest.approx(want, rel=0.05)
 
 
+def test_input_drive_variance_is_the_mean_square_of_the_drive():
+    # Against X_t W_xh formed outright, for tokens (a row gather) and real inputs (B, T, D).
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(5, 7))
+    tokens = rng.integers(0, 5, size=(3, 4))
+    real = rng.normal(size=(3, 4, 5))
+    assert input_drive_variance(W, tokens) == pytest.approx(np.mean(W[tokens] ** 2), rel=1e-12)
+    assert input_drive_variance(W, real) == pytest.approx(np.mean((real @ W) ** 2), rel=1e-12)
+
+
 @pytest.mark.parametrize("act,g", [("tanh", 0.8), ("tanh", 2.0), ("relu", 1.0),
                                    ("sigmoid", 3.0), ("linear", 0.9)])
 @pytest.mark.slow

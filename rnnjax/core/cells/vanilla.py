@@ -46,11 +46,6 @@ def step_drive(W_xh: Array, x_t: Array) -> Array:
     return x_t.astype(W_xh.dtype) @ W_xh
 
 
-def input_drive(W_xh: Array, x: Array) -> Array:
-    """X_t W_xh for every step: (T, B, H). x is (B, T) tokens or (B, T, D) real inputs."""
-    return jax.vmap(step_drive, in_axes=(None, 1))(W_xh, x)
-
-
 def init_params(key: Array, w_hh_init: Initializer, io_init: Initializer, D: int, H: int, Q: int,
                 dtype=jnp.float32) -> RNNParams:
     """Initial parameters of one network.
@@ -145,9 +140,17 @@ def vanilla(activation: str = "tanh", init: str = "normal", init_value=None) -> 
 
 
 def input_drive_variance(W_xh: np.ndarray, x: np.ndarray) -> float:
-    """The mean square of X_t W_xh over the batch, steps and units: the input's share of q."""
-    drive = np.asarray(input_drive(jnp.asarray(W_xh), jnp.asarray(x)), np.float64)
-    return float(np.mean(drive**2))
+    """The mean square of X_t W_xh over the batch, steps and units: the input's share of q.
+
+    In float64 numpy, without forming X_t W_xh: a token's drive is its row of W_xh (the mean
+    of the rows' squared norms, over the batch's tokens, / H); a real input's squared drive is
+    x_t (W_xh W_xh^T) x_t."""
+    W = np.asarray(W_xh, np.float64)
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.integer):
+        return float(np.mean((W**2).sum(axis=1)[x]) / W.shape[1])
+    x = x.astype(np.float64)
+    return float(np.mean(np.einsum("...d,de,...e->...", x, W @ W.T, x)) / W.shape[1])
 
 
 def pascanu_log10_bound(name: str, W_hh: np.ndarray) -> float:
