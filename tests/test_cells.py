@@ -62,20 +62,22 @@ def test_a_pytree_state_and_a_three_axis_hidden_meet_the_contract(key):
 def _check_contract(key, cell):
     D, H, Q, B, T = 5, 6, 5, 3, 7
     params = cell.init(key, D, H, Q, jnp.float64)
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params,
-                                     cell.init(key, D, H, Q, jnp.float64)))
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                                     params, cell.init(key, D, H, Q, jnp.float64)))
+    # the step and the read-out by hand, each compiled once (eagerly, every op of every step
+    # is dispatched on its own)
+    step, readout = jax.jit(cell.step), jax.jit(cell.readout)
     for x in (make_random_batch(D, B, T)(key)[0],
               jax.random.uniform(key, (B, T, D), jnp.float64)):
         states, outputs = unroll(cell, params, x)
         assert outputs.shape == (T, B, Q)
         s = cell.initial_state(params, B)
         for t in range(T):
-            s = cell.step(params, s, x[:, t])
+            s = step(params, s, x[:, t])
             # atol: XLA rounds a step inside the scan and a step on its own differently (by
             # a few ulps, e.g. the uRNN's FFTs and complex products), which an output near 0
             # turns into a large relative difference
-            np.testing.assert_allclose(cell.readout(params, s), outputs[t], rtol=1e-12,
-                                       atol=1e-13)
+            np.testing.assert_allclose(readout(params, s), outputs[t], rtol=1e-12, atol=1e-13)
         h = cell.hidden(s)
         assert h.shape[0] == B  # (B, ...): any shape after the batch axis
         for leaf in jax.tree.leaves(params):
@@ -147,7 +149,7 @@ def _saved_floats(cell, params, x_t, B):
     """Floats JAX's autodiff saves to differentiate one step of B sequences (complex: 2)."""
     from jax._src.ad_checkpoint import saved_residuals
 
-    s = jax.tree.map(lambda a: a + 0.1, cell.initial_state(params, B))
+    s = jax.eval_shape(lambda p: cell.initial_state(p, B), params)  # traced: shapes suffice
     saved = saved_residuals(lambda p, s: cell.step(p, s, x_t), params, s)
     return sum((2 if jnp.issubdtype(a.dtype, jnp.complexfloating) else 1) * a.size
                for a, _ in saved if jnp.issubdtype(a.dtype, jnp.inexact))
@@ -161,7 +163,8 @@ def test_cost_is_what_autodiff_saves_per_sequence(name, options, H):
     """registry.cost: the floats per step and per sequence a step's backward keeps (the saved
     activations of 2 sequences less those of 1: the parameters drop out)."""
     cell = registry.build(name, options, activation="tanh", init="normal", init_value=None)
-    params = cell.init(jax.random.key(0), 5, H, 3)
+    # the shapes of the params (no init is run: saved_residuals traces the step)
+    params = jax.eval_shape(lambda k: cell.init(k, 5, H, 3), jax.random.key(0))
     per_sequence = (_saved_floats(cell, params, jnp.zeros((2,), jnp.int32), 2)
                     - _saved_floats(cell, params, jnp.zeros((1,), jnp.int32), 1))
     assert registry.cost(name, options, H) == per_sequence
