@@ -248,7 +248,7 @@ def test_theory_is_the_exact_profile(log_space):
     x, y = batches(4)
     res = probe(log_space, "last")(ps, x, y)
     measured = np.asarray(res.log10_grad_norm, np.float64)
-    profile, log_keep = seed_terms(log_space, "tokens", "last")(ps, x, y)
+    profile, _, log_keep = seed_terms(log_space, "tokens", "last")(ps, x, y)
     np.testing.assert_allclose(10.0 ** measured, 10.0 ** np.asarray(profile), rtol=1e-10)
     slopes = [log10_slope(10.0 ** m)[0] for m in measured]
     th = theory(None, ps, x, float(np.median(slopes)), y=y, kind="tokens", loss_at="last",
@@ -267,6 +267,31 @@ def test_theory_is_the_exact_profile(log_space):
         bare = theory(None, ps, x, 0.0, log_space=log_space)
         assert bare["prediction"] is None and bare["predicted_log10_slope_per_step_back"] is None
         assert bare["gate_mean"] == th["gate_mean"]
+
+
+def test_theory_fits_the_steps_the_measurement_can_see():
+    """An update gate of 1 - e^-70 (b_z = 70, W_xz = 0): ||dL/dh_t|| falls 30 decades a step and
+    underflows to 0 at the first steps (float64). The exact profile stays finite (it is
+    computed in logs), but the theory leaves out the steps where every entry of dL/dh_t is
+    below the smallest normal number, so its fit and the headline's use the same steps and
+    the slopes agree (-70 / ln 10 per step)."""
+    ps = nets(6)._replace(W_xz=np.zeros((SEEDS, D, H)), b_z=np.full((SEEDS, H), 70.0))
+    x, y = batches(6)
+    res = probe(False, "last")(ps, x, y)
+    measured = 10.0 ** np.asarray(res.log10_grad_norm, np.float64)
+    profile, largest, _ = seed_terms(False, "tokens", "last")(ps, x, y)
+    for s in range(SEEDS):
+        gone = measured[s] == 0
+        assert 0 < gone.sum() < T - 4 and np.all(np.isfinite(profile[s]))
+        np.testing.assert_array_equal(gone, np.asarray(largest[s]) < math.log10(
+            np.finfo(np.float64).tiny))
+        np.testing.assert_allclose(measured[s][~gone][1:], 10.0 ** np.asarray(profile[s])[
+            ~gone][1:], rtol=1e-10)  # (the first step seen may have lost some entries)
+    slopes = [log10_slope(m)[0] for m in measured]
+    th = theory(None, ps, x, float(np.median(slopes)), y=y, kind="tokens", loss_at="last")
+    np.testing.assert_allclose(th["predicted_log10_slope_per_seed"], slopes, rtol=1e-10)
+    assert th["predicted_log10_slope_per_step_back"] == pytest.approx(-70 / math.log(10),
+                                                                      rel=1e-10)
 
 
 def test_initialization_is_nn_linears_default(key):

@@ -247,7 +247,7 @@ def test_theory_is_the_exact_profile(log_space):
     x, y = batches(4)
     res = probe(log_space, "last")(ps, x, y)
     measured = np.asarray(res.log10_grad_norm, np.float64)
-    profile, log_keep = seed_terms(log_space, "tokens", "last")(ps, x, y)
+    profile, _, log_keep = seed_terms(log_space, "tokens", "last")(ps, x, y)
     np.testing.assert_allclose(10.0 ** measured, 10.0 ** np.asarray(profile), rtol=1e-10)
     slopes = [log10_slope(10.0 ** m)[0] for m in measured]
     th = theory(None, ps, x, float(np.median(slopes)), y=y, kind="tokens", loss_at="last",

@@ -96,28 +96,32 @@ def log_space_step(log_keep: Array, log_write: Array, a_h: Array, h: Array) -> A
     return jnp.exp(jnp.logaddexp(log_keep + jnp.log(h), log_write + log_g(a_h)))
 
 
-def exact_log10_profile(log_keep: Array, last: Array) -> Array:
+def exact_log10_profile(log_keep: Array, last: Array) -> tuple[Array, Array]:
     """log10 ||dL/dh_t|| for t = 1..T with the loss at the last step, exactly, for a diagonal
     recurrence h_t = keep_t * h_{t-1} + ...: dL/dh_t = dL/dh_T * prod_{s=t+1..T} keep_s
     elementwise, so ||dL/dh_t||^2 = sum_{b,k} (dL/dh_T)_{bk}^2 exp(2 sum_{s>t} log keep_{s,bk}).
+    Computed in logs: finite however far below the dtype's range the norm falls.
 
     Args:
       log_keep: (T, B, H) natural log of the coefficient of h_{t-1} at each step.
       last: (B, H) dL/dh_T.
 
     Returns:
-      (T,) in the arrays' dtype (-inf where dL/dh_T is 0).
+      (log10 norm (T,), log10 of the largest entry's modulus (T,)), in the arrays' dtype
+      (-inf where dL/dh_T is 0).
     """
     after = jnp.cumsum(log_keep[::-1], axis=0)[::-1]  # sum_{s>=t}
     after = jnp.concatenate([after[1:], jnp.zeros_like(after[:1])])  # sum_{s>t}
-    logs = 2 * jnp.log(jnp.abs(last))[None] + 2 * after
-    return 0.5 * jax.nn.logsumexp(logs.reshape(logs.shape[0], -1), axis=1) / math.log(10)
+    logs = (jnp.log(jnp.abs(last))[None] + after).reshape(after.shape[0], -1)
+    return (0.5 * jax.nn.logsumexp(2 * logs, axis=1) / math.log(10),
+            jnp.max(logs, axis=1) / math.log(10))
 
 
 def make_profile_terms(cell: Cell, log_keep_fn: Callable[..., Array], kind: str | None,
                        loss_at: str | None) -> Callable[..., tuple[Array, Array]]:
-    """Builds `terms(params, x, y=None) -> (exact log10 profile (T,), log keep (T, B, H))` for
-    one network and one batch (the profile is NaN without targets).
+    """Builds `terms(params, x, y=None) -> (exact log10 profile (T,), log10 of its largest
+    entry (T,), log keep (T, B, H))` for one network and one batch (the profiles are NaN
+    without targets).
 
     Args:
       cell: the cell (its step, read-out and initial state give h_T and dL/dh_T).
@@ -133,7 +137,8 @@ def make_profile_terms(cell: Cell, log_keep_fn: Callable[..., Array], kind: str 
         xs = jnp.swapaxes(x, 0, 1)  # (T, B) or (T, B, D)
         log_keep = jax.vmap(log_keep_fn, (None, 0))(params, xs)
         if loss is None:
-            return jnp.full(xs.shape[:1], jnp.nan, log_keep.dtype), log_keep
+            nan = jnp.full(xs.shape[:1], jnp.nan, log_keep.dtype)
+            return nan, nan, log_keep
 
         def step(h, x_t):
             return cell.step(params, h, x_t), None
@@ -141,7 +146,7 @@ def make_profile_terms(cell: Cell, log_keep_fn: Callable[..., Array], kind: str 
         h_T, _ = jax.lax.scan(step, cell.initial_state(params, x.shape[0]), xs)
         targets = y if kind == "regression" or loss_at == "last" else y[:, -1:]
         last = jax.grad(lambda h: loss(cell.readout(params, h)[None], targets))(h_T)
-        return exact_log10_profile(log_keep, last), log_keep
+        return *exact_log10_profile(log_keep, last), log_keep
 
     return terms
 
@@ -156,6 +161,11 @@ def exact_theory(terms: Callable[..., tuple[Array, Array]], name: str, gate: str
       params: S networks (leading axis). x: (S, B, T...), y: their targets (None: no profile).
       measured: the measured median slope. log_space: the cell's option (reported).
 
+    The measured profile underflows to 0 going back from the step where every entry of dL/dh_t
+    falls below the dtype's smallest normal number (a diagonal recurrence: each entry decays on
+    its own, and the CPU flushes subnormal numbers to 0); those steps of the exact profile are
+    left out of its fit too, so that both are fitted over the same steps.
+
     Returns:
       For summary.json: prediction ("exact (NAME)", None without targets),
       predicted_log10_slope_per_step_back (median over seeds, the headline's fit of the exact
@@ -164,12 +174,15 @@ def exact_theory(terms: Callable[..., tuple[Array, Array]], name: str, gate: str
       gate_log10_geometric_mean (mean of its log10: the profile's slope when every unit and
       sequence weighs the same; median over seeds) and log_space.
     """
-    profile, log_keep = terms(params, x) if y is None else terms(params, x, y)
+    profile, largest, log_keep = terms(params, x) if y is None else terms(params, x, y)
+    floor = math.log10(np.finfo(log_keep.dtype).tiny)
     log_keep = np.asarray(log_keep, np.float64)  # (S, T, B, H)
     axes = tuple(range(1, log_keep.ndim))
     slopes = None
     if y is not None:
-        slopes = [slope_of_log10(p)[0] for p in np.asarray(profile, np.float64)]
+        usable = np.where(np.asarray(largest) < floor, -np.inf,
+                          np.asarray(profile, np.float64))
+        slopes = [slope_of_log10(p)[0] for p in usable]
     predicted = finite_median(slopes) if slopes is not None else None
     return {
         "prediction": f"exact ({name})" if slopes is not None else None,
