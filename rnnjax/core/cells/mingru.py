@@ -260,28 +260,34 @@ def seed_terms(log_space: bool, kind: str | None = None, loss_at: str | None = N
     return jax.jit(jax.vmap(make_profile_terms(mingru(log_space), log_keep, kind, loss_at)))
 
 
-def theory(cell: Cell, params: MinGRUParams, x: Array, measured: float, y: Array | None = None,
-           kind: str | None = None, loss_at: str | None = None, **options) -> dict:
-    """The exact gradient profile (the loss at the last step): dL/dh_t = dL/dh_T *
-    prod_{s=t+1..T} (1 - z_s), from the gates of the probe's batch and dL/dh_T of its targets;
-    its slope by the headline's fit, beside the measured one (see `exact_theory`). Without the
-    targets only the gate's statistics. With loss_at=all the profile is the last step's loss
-    term's (the measured sum of every step's term is flatter; summary.json's `applies` is
+def make_theory(seed_terms: Callable[..., Callable], name: str, gate: str) -> Callable:
+    """A cell's `theory` (its CellSpec's) from its `seed_terms(log_space[, kind, loss_at])`:
+    the exact gradient profile (the loss at the last step), dL/dh_t = dL/dh_T * prod_{s>t}
+    (the coefficient `gate` of h_{s-1}), from the gates of the probe's batch and dL/dh_T of its
+    targets; its slope by the headline's fit, beside the measured one (`exact_theory`). Without
+    the targets only the gate's statistics. With loss_at=all the profile is the last step's
+    loss term's (the measured sum of every step's term is flatter; summary.json's `applies` is
     false then).
 
-    Args:
-      cell: the job's cell (unused: the setting is rebuilt from `options`).
-      params: (S, ...) leaves. x: (S, B, T...) probe batches. measured: the measured slope.
-      y, kind, loss_at: the targets and the probe's loss (all three, or none).
-      options: the cell's (log_space).
+    The theory's arguments: cell (unused: the setting is rebuilt from `options`); params
+    ((S, ...) leaves); x ((S, B, T...) probe batches); measured (the measured slope); y, kind,
+    loss_at (the targets and the probe's loss: all three, or none); options (the cell's:
+    log_space).
     """
-    del cell
-    log_space = options.get("log_space", False)
-    has_targets = y is not None and kind is not None and loss_at is not None
-    terms = seed_terms(log_space, kind, loss_at) if has_targets else seed_terms(log_space)
-    return exact_theory(terms, "minGRU", "1 - z (keep of the update gate)", params,
-                        jnp.asarray(x), measured, jnp.asarray(y) if has_targets else None,
-                        log_space)
+
+    def theory(cell: Cell, params, x: Array, measured: float, y: Array | None = None,
+               kind: str | None = None, loss_at: str | None = None, **options) -> dict:
+        del cell
+        log_space = options.get("log_space", False)
+        has_targets = y is not None and kind is not None and loss_at is not None
+        terms = seed_terms(log_space, kind, loss_at) if has_targets else seed_terms(log_space)
+        return exact_theory(terms, name, gate, params, jnp.asarray(x), measured,
+                            jnp.asarray(y) if has_targets else None, log_space)
+
+    return theory
+
+
+theory = make_theory(seed_terms, "minGRU", "1 - z (keep of the update gate)")
 
 
 def label(options: dict) -> str:

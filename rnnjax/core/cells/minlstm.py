@@ -33,11 +33,12 @@ from jax import Array
 from rnnjax.core.cells.base import Cell
 from rnnjax.core.cells.mingru import (
     affine,
-    exact_theory,
+    label,
     linear_init,
     log_space_option,
     log_space_step,
     make_profile_terms,
+    make_theory,
     readout,
     zero_or_half,
 )
@@ -112,32 +113,8 @@ def seed_terms(log_space: bool, kind: str | None = None, loss_at: str | None = N
     return jax.jit(jax.vmap(make_profile_terms(minlstm(log_space), log_keep, kind, loss_at)))
 
 
-def theory(cell: Cell, params: MinLSTMParams, x: Array, measured: float,
-           y: Array | None = None, kind: str | None = None, loss_at: str | None = None,
-           **options) -> dict:
-    """The exact gradient profile (the loss at the last step): dL/dh_t = dL/dh_T *
-    prod_{s=t+1..T} f'_s, from the normalized forget gates of the probe's batch and dL/dh_T of
-    its targets; its slope by the headline's fit beside the measured one (see
-    `rnnjax.core.cells.mingru.exact_theory`; with loss_at=all the profile is the last step's
-    loss term's). Without the targets only the gate's statistics.
-
-    Args:
-      cell: the job's cell (unused: the setting is rebuilt from `options`).
-      params: (S, ...) leaves. x: (S, B, T...) probe batches. measured: the measured slope.
-      y, kind, loss_at: the targets and the probe's loss (all three, or none).
-      options: the cell's (log_space).
-    """
-    del cell
-    log_space = options.get("log_space", False)
-    has_targets = y is not None and kind is not None and loss_at is not None
-    terms = seed_terms(log_space, kind, loss_at) if has_targets else seed_terms(log_space)
-    return exact_theory(terms, "minLSTM", "f' = f / (f + i) (normalized forget gate)", params,
-                        jnp.asarray(x), measured, jnp.asarray(y) if has_targets else None,
-                        log_space)
-
-
-def label(options: dict) -> str:
-    return "log space" if options["log_space"] else ""
+# dL/dh_t = dL/dh_T * prod_{s>t} f'_s, from the normalized forget gates of the probe's batch
+theory = make_theory(seed_terms, "minLSTM", "f' = f / (f + i) (normalized forget gate)")
 
 
 def cost(options: dict, H: int) -> int:
