@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
+from numpy_minrnn import inputs_of, loss_and_dO, np_g, np_sigmoid
 
 from rnnjax.app.config import register_configs
 from rnnjax.app.results import log10_slope
@@ -41,48 +42,6 @@ SEEDS = 2
 
 
 # ----------------------------------------------------------------------------- numpy reference
-
-
-def np_sigmoid(a):
-    return np.exp(-np.logaddexp(0.0, -a))
-
-
-def np_g(a):
-    return np.where(a >= 0, a + 0.5, np_sigmoid(a))
-
-
-def np_dg(a):
-    s = np_sigmoid(a)
-    return np.where(a >= 0, 1.0, s * (1 - s))
-
-
-def inputs_of(x, D_):
-    """(T, B, D) float64: one-hot rows for (B, T) tokens, else the (B, T, D) inputs."""
-    x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.integer):
-        return np.eye(D_)[x].transpose(1, 0, 2)
-    return np.asarray(x, np.float64).transpose(1, 0, 2)
-
-
-def loss_and_dO(hs, W_hq, b_q, y, loss_at, kind):
-    """The loss and dL/do_t (T, B, Q): mean softmax cross-entropy over the steps that carry
-    loss (tokens), or the mean squared error of the last output's first column (regression)."""
-    T_, B_ = hs.shape[:2]
-    o = hs @ W_hq + b_q  # (T, B, Q)
-    dO = np.zeros_like(o)
-    if kind == "regression":
-        err = o[-1, :, 0] - y
-        dO[-1, :, 0] = 2 * err / B_
-        return np.mean(err**2), dO
-    steps = range(T_) if loss_at == "all" else [T_ - 1]
-    n = B_ * len(steps)
-    loss = 0.0
-    for t in steps:
-        a = o[t] - o[t].max(axis=1, keepdims=True)
-        logp = a - np.log(np.exp(a).sum(axis=1, keepdims=True))
-        loss -= logp[np.arange(B_), y[:, t]].sum() / n
-        dO[t] = (np.exp(logp) - np.eye(o.shape[2])[y[:, t]]) / n
-    return loss, dO
 
 
 def forward(p, x, log_space):
