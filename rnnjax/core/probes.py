@@ -48,6 +48,13 @@ def default_unroll(backend: str | None = None) -> int:
     return DEFAULT_UNROLL["gpu" if backend in ("gpu", "cuda", "rocm") else "cpu"]
 
 
+def hidden_log10_norm(cell: Cell, g) -> Array:
+    """log10 ||dL/dH_t|| of the total derivative g (a cotangent of the state): the norm over
+    every entry of `cell.hidden(g)`, (). Both scans (sequential here, parallel in
+    `rnnjax.core.scan`) report grad_norm through this one function."""
+    return log10_norm(cell.hidden(g))
+
+
 def generic_backward(cell: Cell) -> Callable:
     """The probe's backward step for any cell, by `jax.vjp` of its step (recomputed from the
     stored previous state and x_t).
@@ -151,7 +158,7 @@ def make_probe(cell: Cell, loss_at: str, kind: str = "tokens", truncate: int | N
             to_earlier, log_pg, log_taps = backward(params, s_prev, s, x_t, g)
             if scale_t is not None:
                 to_earlier = jax.tree.map(lambda a: scale_t.astype(a.dtype) * a, to_earlier)
-            return to_earlier, (log10_norm(cell.hidden(g)), log_pg, log_taps)
+            return to_earlier, (hidden_log10_norm(cell, g), log_pg, log_taps)
 
         zero = jax.tree.map(jnp.zeros_like, s0)
         shift = {"x": jnp.roll(xs, -1, axis=0)}  # x_{i+1} at i (x_T at T - 1 is never used)

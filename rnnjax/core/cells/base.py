@@ -51,6 +51,16 @@ class Cell(NamedTuple):
     # tests: (params, state_prev, state, x_t, cotangent of state) ->
     # (cotangent of state_prev, log10 norm of the recurrent parameters' share, {tap: log10 norm})
     backward: Callable[..., tuple[State, Array, dict[str, Array]]] | None = None
+    # The cell's step as a recurrence linear in the state, for the parallel scan in time
+    # (`probe.scan=parallel`, `rnnjax.core.scan`): (params, x_t) -> (a_t, b_t), two pytrees
+    # shaped like the state (each leaf of a_t broadcastable to the state's leaf), such that
+    # step(params, s, x_t) = a_t * s + b_t leaf by leaf. None: the cell is not linear in its
+    # state (only the sequential scan applies). The tests hold it to `step`.
+    linear: Callable[[Params, Array], tuple[State, State]] | None = None
+    # `linear` returns (log a_t, log b_t) instead (a positive state, the log-space variants):
+    # the parallel forward pass then composes in log space (logaddexp), and
+    # step(params, s, x_t) = exp(logaddexp(log a_t + log s, log b_t)).
+    linear_log: bool = False
 
 
 def finite(tree) -> Array:
