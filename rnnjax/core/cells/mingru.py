@@ -103,8 +103,8 @@ def exact_log10_profile(log_keep: Array, last: Array) -> tuple[Array, Array]:
     Computed in logs: finite however far below the dtype's range the norm falls.
 
     Args:
-      log_keep: (T, B, H) natural log of the coefficient of h_{t-1} at each step.
-      last: (B, H) dL/dh_T.
+      log_keep: (T, B, ...) natural log of the coefficient of h_{t-1} at each step.
+      last: (B, ...) dL/dh_T.
 
     Returns:
       (log10 norm (T,), log10 of the largest entry's modulus (T,)), in the arrays' dtype
@@ -124,9 +124,10 @@ def make_profile_terms(cell: Cell, log_keep_fn: Callable[..., Array], kind: str 
     without targets).
 
     Args:
-      cell: the cell (its step, read-out and initial state give h_T and dL/dh_T).
-      log_keep_fn: (params, x_t) -> (B, H) the log of the coefficient of h_{t-1} at a step:
-        it depends on x_t alone.
+      cell: the cell (its step, read-out and initial state give h_T and dL/dh_T; dL/dh_T is
+        `cell.hidden` of the cotangent of the state, which may hold more than h_t).
+      log_keep_fn: (params, x_t) -> (B, ...) the log of the coefficient of h_{t-1} at a step,
+        shaped like `cell.hidden`'s output: it depends on x_t alone.
       kind, loss_at: the probe's loss; None: no targets. dL/dh_T is the gradient of the last
         step's loss term (with loss_at=all: that term alone, unscaled; the profile is then
         that term's, not the measured sum's).
@@ -145,7 +146,7 @@ def make_profile_terms(cell: Cell, log_keep_fn: Callable[..., Array], kind: str 
 
         h_T, _ = jax.lax.scan(step, cell.initial_state(params, x.shape[0]), xs)
         targets = y if kind == "regression" or loss_at == "last" else y[:, -1:]
-        last = jax.grad(lambda h: loss(cell.readout(params, h)[None], targets))(h_T)
+        last = cell.hidden(jax.grad(lambda s: loss(cell.readout(params, s)[None], targets))(h_T))
         return *exact_log10_profile(log_keep, last), log_keep
 
     return terms
