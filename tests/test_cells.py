@@ -18,7 +18,7 @@ from rnnjax.core.tasks import make_random_batch
 
 # the cells of this package whose specs these tests hold to their own numbers (plugins and
 # adapters test theirs)
-BUILT_IN = ("vanilla", "gru", "lstm", "urnn", "lru", "mingru", "minlstm")
+BUILT_IN = ("vanilla", "gru", "lstm", "urnn", "lru", "mingru", "minlstm", "s6")
 
 
 def test_config_options_and_yaml_files_are_the_cells_own():
