@@ -86,7 +86,8 @@ GOOD = {"seq_len": "3", "hidden_size": "2", "batch_size": "1", "seeds": "1", "se
         "train.steps": "0", "train.log_every": "10", "task.vocab_size": "28", "train.lr": "1.0",
         "train.clip": "1.0", "init.std": "0.01", "dtype": "float32", "probe.loss_at": "all",
         "train.optimizer": "sgd", "train.bptt": "full"}
-GROUP_FIELDS = {"name", "unroll", "std", "gain", "radius", "path", "vocab_size", "loss_at", "steps",
+GROUP_FIELDS = {"name", "unroll", "std", "gain", "radius", "path", "vocab_size", "tokens",
+                "symbols", "loss_at", "steps",
                 "epochs", "optimizer", "lr", "clip", "clip_value",
                 "initial_scale", "bptt", "truncate", "log_every"}
 INIT_PARAM = {"normal": "std", "orthogonal": "gain", "identity": "gain", "gaussian": "gain",

@@ -91,7 +91,11 @@ class InitConfig:
 class TaskConfig:
     name: TaskName = TaskName.random  # where the probed batches come from
     vocab_size: int | None = 28  # random: number of distinct tokens (timemachine: from the text)
-    path: str | None = None  # timemachine: the text file (else $RNNJAX_DATA, else download)
+    # timemachine: the text file; smnist, psmnist: the folder of the four MNIST files (else
+    # $RNNJAX_DATA, else download)
+    path: str | None = None
+    tokens: int | None = None  # selective_copy: symbols to memorize (conf/task: 8; null: 8)
+    symbols: int | None = None  # selective_copy: data symbols 1..symbols (conf/task: 8; null: 8)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from rnnjax.core.tasks import DataError, Task, cache_dir, make_task
 from rnnjax.core.train import (
     Training,
     init_state,
+    make_accuracy,
     make_eval,
     make_optimizer,
     make_train_chunk,
@@ -51,7 +52,7 @@ def job_task(cfg: Config, path: str | None = None) -> Task:
     """The job's task with its batch functions (its text read from `path`, if given, else as
     `cfg.task.path` says)."""
     return make_task(cfg.task.name.value, cfg.batch_size, cfg.seq_len, cfg.task.vocab_size,
-                     path or cfg.task.path)
+                     path or cfg.task.path, cfg.task.tokens, cfg.task.symbols)
 
 
 def build_cell(cfg: Config, init_value=None) -> Cell:
@@ -326,7 +327,7 @@ def _probe_and_train(run: JobRun) -> tuple[dict, pd.DataFrame, pd.DataFrame | No
 
     T = int(x.shape[2])  # x: (N, B, T) or (N, B, T, C); seq_len + 20 for task=copy
     columns = results.config_columns(cfg)
-    columns["vocab_size"] = task.D if task.kind == "tokens" else None
+    columns["vocab_size"] = task.D if jnp.issubdtype(x.dtype, jnp.integer) else None  # tokens
     columns["T"] = T
     groups = [slice(g * cfg.seeds, (g + 1) * cfg.seeds) for g in range(len(values))]
     group_columns = [{**columns, **({f"init_{param}": v} if is_list else {})} for v in values]
@@ -384,9 +385,8 @@ def _probe_and_train(run: JobRun) -> tuple[dict, pd.DataFrame, pd.DataFrame | No
     for h in headlines:
         log_headline(name, sizes, cfg.probe.loss_at.value, h, summary["status"], wall)
     if training:
-        final = {"train_loss": training["final_train_loss"],
-                 "train_ppl": training["final_train_ppl"],
-                 "val_loss": training["final_val_loss"], "val_ppl": training["final_val_ppl"]}
+        final = {k: training.get(f"final_{k}") for k in ("train_loss", "train_ppl", "val_loss",
+                                                          "val_ppl", "val_accuracy")}
         log.info("trained %d steps: %s, clipping active in %.1f%% of steps, diverged seeds %s",
                  steps, progress_line(final, task.kind == "tokens"),
                  100 * training["clip_fraction"], training["diverged_seeds"] or "none")
@@ -428,19 +428,21 @@ def train_job(run: JobRun, probe, frames: list, columns: dict):
     n_clipped = n_taken = 0
     tokens = task.kind == "tokens"
 
+    accuracy = task.accuracy and jax.jit(jax.vmap(make_accuracy(cell, task.accuracy)))
     def measure(params):
-        """The validation loss and the gradient profile of the networks `params`."""
-        return np.asarray(evaluate(params, val_x, val_y)), to_host(probe(params, x, y))
+        """The validation loss (and accuracy) and the gradient profile of the networks."""
+        acc = None if accuracy is None else np.asarray(accuracy(params, val_x, val_y))
+        return np.asarray(evaluate(params, val_x, val_y)), acc, to_host(probe(params, x, y))
 
     def log_interval(begin, state, m, measured):
         nonlocal n_clipped, n_taken
-        val, prof = measured.result()
+        val, acc, prof = measured.result()
         m = jax.tree.map(np.asarray, m)
         n_clipped += int(m.clipped.sum())
         n_taken += int(m.active.sum())
         done = min(begin + n, steps)
         profiles.append((done, prof))
-        rows.extend(interval_rows(seeds, done, m, val, np.asarray(state.alive), tokens))
+        rows.extend(interval_rows(seeds, done, m, val, np.asarray(state.alive), tokens, acc))
         bar.update(done - begin)
         # the numbers a tracker gets for this step (`tracking.log_results`)
         recent = tracking.interval_metrics(pd.DataFrame(rows[-len(seeds):]))
@@ -484,6 +486,8 @@ def train_job(run: JobRun, probe, frames: list, columns: dict):
         "final_train_ppl": tracking.mean_over_networks(last.train_ppl) if tokens else None,
         "final_val_loss": tracking.mean_over_networks(last.val_loss),
         "final_val_ppl": tracking.mean_over_networks(last.val_ppl) if tokens else None,
+        **({"final_val_accuracy": tracking.mean_over_networks(last.val_accuracy)}
+           if accuracy is not None else {}),
         "final_val_ppl_per_seed": last.val_ppl.tolist() if tokens else None,
         "final_train_ppl_per_seed": last.train_ppl.tolist() if tokens else None,
         "clip_fraction": n_clipped / max(n_taken, 1),  # over every step every seed took

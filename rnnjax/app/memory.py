@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from rnnjax.core.tasks import COPY_LENGTH, COPY_VOCAB, NUM_TRAIN, TIMEMACHINE_FILE, cache_dir
+from rnnjax.core.mnist import MNIST_IMAGES, MNIST_TASKS
+from rnnjax.core.tasks import NUM_TRAIN, TIMEMACHINE_FILE, cache_dir, task_shape
 
 log = logging.getLogger("rnnjax")
 
@@ -405,9 +406,8 @@ def host_memory_error(cfg, networks: int) -> str | None:
     if available is None:
         return None
     task = cfg.task.name.value
-    T = cfg.seq_len + 2 * COPY_LENGTH if task == "copy" else cfg.seq_len
-    D, Q = {"random": (cfg.task.vocab_size, cfg.task.vocab_size), "timemachine": (28, 28),
-            "copy": (COPY_VOCAB, COPY_VOCAB), "adding": (2, 1)}[task]
+    T, D, Q = task_shape(task, cfg.seq_len, cfg.task.vocab_size, cfg.task.tokens,
+                         cfg.task.symbols)
     tr = cfg.train
     steps = (tr.epochs * -(-NUM_TRAIN // cfg.batch_size) if tr.epochs is not None
              else tr.steps)
@@ -417,7 +417,9 @@ def host_memory_error(cfg, networks: int) -> str | None:
         dtype_bytes=np.dtype(cfg.dtype.value).itemsize,
         profiles=1 + (-(-steps // tr.log_every) if steps else 0), training=bool(steps),
         input_channels=2 if task == "adding" else 1,
-        text_windows=_text_bytes(cfg) if task == "timemachine" else 0))
+        # MNIST's images as windows of T + 1 int32 tokens: an upper bound of their bytes
+        text_windows=(_text_bytes(cfg) if task == "timemachine"
+                      else MNIST_IMAGES if task in MNIST_TASKS else 0)))
     if need > available:
         default = Config()
         key = max(_SIZE_KEYS, key=lambda k: getattr(cfg, k) / getattr(default, k))

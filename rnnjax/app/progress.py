@@ -20,13 +20,15 @@ SAMPLE_PREFIX = "time traveller "  # d2l's predict() prefix
 SAMPLE_LENGTH = 50
 
 
-def interval_rows(seeds, done: int, m, val: np.ndarray, alive: np.ndarray, tokens: bool
-                  ) -> list[dict]:
+def interval_rows(seeds, done: int, m, val: np.ndarray, alive: np.ndarray, tokens: bool,
+                  accuracy: np.ndarray | None = None) -> list[dict]:
     """One metrics row per seed for the interval of training that ends at step `done`.
 
     Args:
       seeds: the seeds. m: the interval's `StepMetrics` on the host ((S, n) each).
       val: (S,) the validation losses. alive: (S,) bool. tokens: a token task (perplexities).
+      accuracy: (S,) the validation accuracies, for a task that has one (a `val_accuracy`
+        column); None: no such column.
     """
     rows = []
     for s, seed in enumerate(seeds):
@@ -44,6 +46,8 @@ def interval_rows(seeds, done: int, m, val: np.ndarray, alive: np.ndarray, token
             "clipped": bool(m.clipped[s][active][-1]) if active.any() else False,
             "clip_fraction": float(m.clipped[s][active].mean()) if active.any() else 0.0,
             "alive": bool(alive[s]),
+            **({} if accuracy is None else
+               {"val_accuracy": float(accuracy[s]) if alive[s] else math.nan}),
         })
     return rows
 
@@ -87,11 +91,14 @@ def number(x: float, digits: int) -> str:
 
 
 def progress_line(m: dict, tokens: bool) -> str:
-    """Training numbers for the log: perplexities for a token task, the squared error (with
-    its trivial baseline) for a regression one."""
+    """Training numbers for the log: perplexities (and the validation accuracy, for a task
+    that has one) for a token task, the squared error (with its trivial baseline) for a
+    regression one."""
     if tokens:
+        accuracy = m.get("val_accuracy")
         return (f"train loss {number(m['train_loss'], 4)} (ppl {number(m['train_ppl'], 3)}), val "
-                f"loss {number(m['val_loss'], 4)} (ppl {number(m['val_ppl'], 3)})")
+                f"loss {number(m['val_loss'], 4)} (ppl {number(m['val_ppl'], 3)})"
+                + ("" if accuracy is None else f", val accuracy {number(accuracy, 4)}"))
     return (f"train MSE {number(m['train_loss'], 4)}, val MSE {number(m['val_loss'], 4)} (always "
             f"predicting 1 scores {ADDING_BASELINE:.4f})")
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 
+from rnnjax.core.mnist import MNIST_TASKS, mnist_folder, mnist_sha1
 from rnnjax.core.tasks import DataError, sha1_of, timemachine_path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # rnnjax/
@@ -75,7 +76,8 @@ def git_state() -> tuple[str | None, bool | None]:
 
 def data_file(task: str, path: str | None) -> dict[str, str] | None:
     """The data file a job of `task` reads, as {"path": absolute path, "sha1": hex sha1};
-    None for generated tasks.
+    None for generated tasks. For MNIST the path is the folder of its four files and the sha1
+    one of theirs (`rnnjax.core.mnist.mnist_sha1`).
 
     `path` is the config's task.path; without it, the file found as the job finds it
     ($RNNJAX_DATA, else the download cache). The hash is cached while the file's inode, size
@@ -84,6 +86,9 @@ def data_file(task: str, path: str | None) -> dict[str, str] | None:
     Raises:
       DataError: the file cannot be found or read.
     """
+    if task in MNIST_TASKS:
+        folder = mnist_folder(path, task).resolve()
+        return {"path": str(folder), "sha1": mnist_sha1(folder)}
     if task != "timemachine":
         return None
     p = timemachine_path(path).resolve()

@@ -17,7 +17,8 @@ from rnnjax.app.loaders import _is_number  # its one definition (the loaders che
 from rnnjax.app.memory import host_memory_error
 from rnnjax.core.cells import registry
 from rnnjax.core.init import INIT_PARAM, PARAM_DEFAULTS
-from rnnjax.core.tasks import DataError, check_readable
+from rnnjax.core.mnist import MNIST_TASKS, check_mnist_folder
+from rnnjax.core.tasks import DataError, check_readable, task_option_error
 
 
 class ConfigError(ValueError):
@@ -149,29 +150,7 @@ def validate(cfg: DictConfig | Config) -> Config:
                                   f"initialization only; to train, sweep init.{p} as separate "
                                   f"jobs (-m init.{p}=a,b)")
 
-    task = cfg.task.name.value
-    if task in ("adding", "copy", "timemachine") and cfg.task.vocab_size is not None and not (
-            task == "timemachine" and cfg.task.vocab_size == 28):
-        raise ConfigError(f"task.vocab_size is not a parameter of task={task} (its inputs are "
-                          "fixed by the task); leave it unset")
-    if task in ("adding", "copy") and cfg.task.path is not None:
-        raise ConfigError(f"task.path is not a parameter of task={task}")
-    if task == "adding" and cfg.probe.loss_at.value != "last":
-        raise ConfigError("probe.loss_at=all is invalid for task=adding: it is scored at the "
-                          "last step; allowed: last")
-    if task == "random":
-        if cfg.task.vocab_size is None or cfg.task.vocab_size < 2:
-            raise ConfigError(
-                f"task.vocab_size={cfg.task.vocab_size} is invalid: must be an integer >= 2"
-            )
-        if cfg.task.path is not None:
-            raise ConfigError("task.path is not a parameter of task=random (use task=timemachine)")
-    elif task == "timemachine":
-        if cfg.task.path is not None:
-            try:
-                check_readable(Path(cfg.task.path).expanduser(), "task.path")
-            except DataError as e:
-                raise ConfigError(str(e)) from None
+    _validate_task(cfg)
     _validate_train(cfg)
     error = host_memory_error(cfg, networks=cfg.seeds * len(init_values(cfg)[1]))
     if error:
@@ -246,6 +225,41 @@ def _validate_cell(cfg: Config) -> None:
     error = registry.check(name, cell_options(cfg), activation=act, init=init)
     if error:
         raise ConfigError(error)
+
+
+def _validate_task(cfg: Config) -> None:
+    """The task's options: each task takes its own (`task.vocab_size`, `task.path`,
+    `task.tokens`, `task.symbols`), its sizes (`task_option_error`) and its loss_at."""
+    task = cfg.task.name.value
+    if task != "random" and cfg.task.vocab_size is not None and not (
+            task == "timemachine" and cfg.task.vocab_size == 28):
+        raise ConfigError(f"task.vocab_size is not a parameter of task={task} (its inputs are "
+                          "fixed by the task); leave it unset")
+    if task in ("adding", "copy", "selective_copy") and cfg.task.path is not None:
+        raise ConfigError(f"task.path is not a parameter of task={task}")
+    for key in ("tokens", "symbols"):
+        if task != "selective_copy" and getattr(cfg.task, key) is not None:
+            raise ConfigError(f"task.{key} is not a parameter of task={task} (it is "
+                              "task=selective_copy's); leave it unset")
+    if task in ("adding", *MNIST_TASKS) and cfg.probe.loss_at.value != "last":
+        raise ConfigError(f"probe.loss_at=all is invalid for task={task}: it is scored at the "
+                          "last step; allowed: last")
+    error = task_option_error(task, cfg.seq_len, cfg.task.tokens, cfg.task.symbols)
+    if error:
+        raise ConfigError(error)
+    if task == "random":
+        if cfg.task.vocab_size is None or cfg.task.vocab_size < 2:
+            raise ConfigError(
+                f"task.vocab_size={cfg.task.vocab_size} is invalid: must be an integer >= 2"
+            )
+        if cfg.task.path is not None:
+            raise ConfigError("task.path is not a parameter of task=random (use task=timemachine)")
+    elif cfg.task.path is not None:  # the Time Machine's text, or the MNIST files' folder
+        check = check_mnist_folder if task in MNIST_TASKS else check_readable
+        try:
+            check(Path(cfg.task.path).expanduser(), "task.path")
+        except DataError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _validate_train(cfg: Config) -> None:

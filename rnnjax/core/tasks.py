@@ -4,13 +4,14 @@
 - `timemachine`: d2l's character language model on H. G. Wells' The Time Machine.
 - `adding`: the adding problem (Le et al. 2015; Arjovsky et al. 2016).
 - `copy`: the copy-memory problem (Arjovsky et al. 2016).
+- `selective_copy`: the selective copying task (Gu & Dao 2023, Mamba, Section 3.1).
+- `smnist`, `psmnist`: pixel-by-pixel MNIST (Le et al. 2015), and with its pixels in one
+  fixed random order (Arjovsky et al. 2016).
 """
 
 import hashlib
 import os
 import re
-import stat
-import tempfile
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -22,17 +23,22 @@ import numpy as np
 from jax import Array
 
 from rnnjax.core.baselines import COPY_LENGTH, COPY_SYMBOLS  # data symbols 1..8; to memorize
+from rnnjax.core.datafiles import DataError, cache_dir, read_regular_file, write_atomic
 from rnnjax.core.files import file_sha1
+from rnnjax.core.mnist import (
+    MNIST_CLASSES,
+    MNIST_PIXELS,
+    MNIST_TASKS,
+    load_mnist,
+    make_mnist_batch,
+    psmnist_permutation,
+)
 
-TASKS = ("random", "timemachine", "adding", "copy")
+TASKS = ("random", "timemachine", "adding", "copy", "selective_copy", "smnist", "psmnist")
 
 TIMEMACHINE_URL = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt"
 TIMEMACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 TIMEMACHINE_FILE = "timemachine.txt"
-
-
-class DataError(Exception):
-    """A data file is missing, unreadable or not what it should be (message is one line)."""
 
 
 # ----------------------------------------------------------------------------- random tokens
@@ -112,6 +118,58 @@ def make_copy_batch(batch_size: int, delay: int) -> Callable[[Array], tuple[Arra
     return batch
 
 
+def make_selective_copy_batch(batch_size: int, seq_len: int, tokens: int, symbols: int
+                              ) -> Callable[[Array], tuple[Array, Array]]:
+    """Builds `batch(key) -> (x, y)` for the selective copying task of Gu & Dao (2023, Mamba,
+    Section 3.1).
+
+    Input: `seq_len` steps, blank (0) but for `tokens` data symbols, each uniform over
+    1..`symbols`, at distinct positions drawn uniformly (so the gaps between them vary, unlike
+    the copy task's fixed delay, and the model must select what to keep), then `tokens` marker
+    steps (`symbols + 1`): `seq_len + tokens` steps. Target: blanks at the input steps, then the
+    data symbols in the order they came. Scored like `task=copy`, by the cross-entropy over all
+    steps; loss_at=last scores the last symbol alone. A memoryless predictor (blank, then
+    uniform over the symbols) has cross-entropy tokens log(symbols) / (seq_len + tokens) per
+    step (`rnnjax.core.baselines.memoryless_baseline`).
+
+    Returns:
+      x, y: (B, seq_len + tokens) int32 over a vocabulary of `symbols + 2`.
+    """
+
+    def batch(key):
+        k_pos, k_data = jax.random.split(key)
+        # the first `tokens` entries of a uniform permutation: a uniform set of distinct
+        # positions, sorted so that the symbols keep the order the targets ask for
+        perms = jax.vmap(jax.random.permutation, (0, None))(
+            jax.random.split(k_pos, batch_size), seq_len)
+        pos = jnp.sort(perms[:, :tokens], axis=1)  # (B, K)
+        data = jax.random.randint(k_data, (batch_size, tokens), 1, symbols + 1, dtype=jnp.int32)
+        inputs = jnp.zeros((batch_size, seq_len), jnp.int32)
+        inputs = inputs.at[jnp.arange(batch_size)[:, None], pos].set(data)
+        marks = jnp.full((batch_size, tokens), symbols + 1, jnp.int32)
+        blanks = jnp.zeros((batch_size, seq_len), jnp.int32)
+        return (jnp.concatenate([inputs, marks], axis=1),
+                jnp.concatenate([blanks, data], axis=1))
+
+    return batch
+
+
+def last_steps_accuracy(k: int) -> Callable[[Array, Array], Array]:
+    """Builds `accuracy(logits, y)`: the fraction of the targets of the last `k` steps that the
+    outputs' argmax gets exactly (selective copying: the `tokens` symbols recalled; MNIST: the
+    class read at the last step). A tie goes to the first class, as argmax breaks it.
+
+    Returns:
+      accuracy(logits (T, B, Q), y (B, T) int) -> () in [0, 1].
+    """
+
+    def accuracy(logits, y):
+        pred = jnp.argmax(logits[-k:], axis=-1)  # (k, B)
+        return jnp.mean((pred == y[:, -k:].T).astype(jnp.float32))
+
+    return accuracy
+
+
 # ----------------------------------------------------------------------------- time machine
 
 
@@ -119,12 +177,6 @@ def sha1_of(path: Path, key: str = "data file") -> str:
     """Hex sha1 of a data file's bytes (read as `read_data_file` does: a regular file of at
     most 1 GiB, else DataError naming `key`)."""
     return file_sha1(path, lambda p: read_data_file(p, key))  # hashed once per version
-
-
-def cache_dir() -> Path:
-    """Where downloaded data is cached: $XDG_CACHE_HOME/rnnjax, else ~/.cache/rnnjax."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rnnjax"
 
 
 def download(url: str, dest: Path, sha1: str) -> Path:
@@ -141,11 +193,7 @@ def download(url: str, dest: Path, sha1: str) -> Path:
     got = hashlib.sha1(data).hexdigest()
     if got != sha1:
         raise DataError(f"task=timemachine: {url} has sha1 {got}, expected {sha1}")
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dest)
-    return dest
+    return write_atomic(dest, data)
 
 
 def timemachine_path(path: str | None = None) -> Path:
@@ -172,47 +220,14 @@ def timemachine_path(path: str | None = None) -> Path:
 MAX_TEXT_BYTES = 2**30  # a data file larger than 1 GiB is refused, not read
 
 
-def _size(n: int) -> str:
-    return f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n} bytes"
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
 def read_data_file(p: Path, key: str) -> bytes:
-    """The bytes of a regular file of at most MAX_TEXT_BYTES (1 GiB).
-
-    The file is opened without blocking and checked on the open descriptor, so a FIFO, a device
-    such as /dev/zero or /dev/urandom, or a directory is refused at once, never read (a FIFO
-    would block forever, a device never ends), and at most MAX_TEXT_BYTES + 1 bytes are read
-    even from a file that grows meanwhile.
+    """The bytes of a regular file of at most MAX_TEXT_BYTES (1 GiB) (`read_regular_file`:
+    a FIFO, a device or a directory is refused without being read).
 
     Raises:
       DataError: one line naming `key` and what is allowed.
     """
-    allowed = f"allowed: a regular text file of at most {_size(MAX_TEXT_BYTES)}"
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        raise DataError(f"{key}: cannot read {str(p)!r} as a text file ({e.strerror})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise DataError(f"{key}: {str(p)!r} is {_file_kind(mode)}; {allowed}")
-    with os.fdopen(fd, "rb") as f:
-        try:
-            data = f.read(MAX_TEXT_BYTES + 1)
-        except OSError as e:
-            raise DataError(f"{key}: cannot read {str(p)!r} ({e.strerror})") from None
-    if len(data) > MAX_TEXT_BYTES:
-        raise DataError(f"{key}: {str(p)!r} is larger than {_size(MAX_TEXT_BYTES)}; {allowed}")
-    return data
+    return read_regular_file(p, key, MAX_TEXT_BYTES, "text file")
 
 
 def read_text(p: Path, key: str) -> str:
@@ -328,6 +343,54 @@ class Task(NamedTuple):
     # per step); None: train_batch per step
     chunk_batches: Callable[[Array, Array, int], Callable[[Array], tuple[Array, Array, Array]]
                             ] | None = None
+    # (outputs (T, B, Q), y) -> () the fraction of answers exactly right, for a task that has
+    # answers (selective_copy, smnist, psmnist; `last_steps_accuracy`); None: no accuracy
+    accuracy: Callable[[Array, Array], Array] | None = None
+
+
+SELECTIVE_COPY_TOKENS = 8  # task.tokens, the symbols to memorize (Mamba: 16)
+SELECTIVE_COPY_SYMBOLS = 8  # task.symbols, the data symbols 1..symbols (Mamba: 16)
+
+
+class TaskShape(NamedTuple):
+    """A task's sizes, known from its options without building it (memory planning)."""
+
+    T: int  # timesteps backpropagated through
+    D: int  # input size (vocabulary or channels)
+    Q: int  # output size
+
+
+def task_shape(name: str, seq_len: int, vocab_size: int | None = None,
+               tokens: int | None = None, symbols: int | None = None) -> TaskShape:
+    """The sizes `make_task` gives the task `name` (timemachine: d2l's 28 tokens)."""
+    tokens = SELECTIVE_COPY_TOKENS if tokens is None else tokens
+    symbols = SELECTIVE_COPY_SYMBOLS if symbols is None else symbols
+    return {"random": TaskShape(seq_len, vocab_size, vocab_size),
+            "timemachine": TaskShape(seq_len, 28, 28),
+            "adding": TaskShape(seq_len, 2, 1),
+            "copy": TaskShape(seq_len + 2 * COPY_LENGTH, COPY_VOCAB, COPY_VOCAB),
+            "selective_copy": TaskShape(seq_len + tokens, symbols + 2, symbols + 2),
+            "smnist": TaskShape(MNIST_PIXELS, 1, MNIST_CLASSES),
+            "psmnist": TaskShape(MNIST_PIXELS, 1, MNIST_CLASSES)}[name]
+
+
+def task_option_error(name: str, seq_len: int, tokens: int | None = None,
+                      symbols: int | None = None) -> str | None:
+    """The one-line error for a task's sizes that it cannot take, else None: selective_copy's
+    `tokens` (1..seq_len: distinct input steps) and `symbols` (>= 1); MNIST's seq_len (784)."""
+    if name == "selective_copy":
+        if tokens is not None and tokens < 1:
+            return f"task.tokens={tokens} is invalid: must be an integer >= 1"
+        if symbols is not None and symbols < 1:
+            return f"task.symbols={symbols} is invalid: must be an integer >= 1"
+        tokens = SELECTIVE_COPY_TOKENS if tokens is None else tokens
+        if tokens > seq_len:
+            return (f"task.tokens={tokens} is invalid with seq_len={seq_len}: the symbols take "
+                    f"distinct steps among the seq_len input steps; allowed: 1 to {seq_len}")
+    if name in MNIST_TASKS and seq_len != MNIST_PIXELS:
+        return (f"seq_len={seq_len} is invalid for task={name}: it has {MNIST_PIXELS} steps "
+                f"(28x28 pixels, one per step); set seq_len={MNIST_PIXELS}")
+    return None
 
 
 def _fresh(batch: Callable[[Array], tuple[Array, Array]]):
@@ -340,9 +403,34 @@ def _fresh(batch: Callable[[Array], tuple[Array, Array]]):
     return train_batch
 
 
+def make_mnist_task(name: str, batch_size: int, path: str | None = None) -> Task:
+    """smnist or psmnist (`name`): training and probed batches from the training images, the
+    validation batch from the test images; the class is scored at the last step."""
+    data = load_mnist(path, name)
+    train_images, test_images = data.train_images, data.test_images
+    if name == "psmnist":  # permuted once here, not in every batch
+        perm = psmnist_permutation()
+        train_images, test_images = train_images[:, perm], test_images[:, perm]
+    batch = make_mnist_batch(train_images, data.train_labels, batch_size)
+    return Task("tokens", 1, MNIST_CLASSES, batch, _fresh(batch),
+                make_mnist_batch(test_images, data.test_labels, batch_size), None, None,
+                accuracy=last_steps_accuracy(1))
+
+
 def make_task(name: str, batch_size: int, seq_len: int, vocab_size: int | None = None,
-              path: str | None = None) -> Task:
-    """The task called `name` with its batch functions (see the module docstring)."""
+              path: str | None = None, tokens: int | None = None, symbols: int | None = None
+              ) -> Task:
+    """The task called `name` with its batch functions (see the module docstring).
+
+    Args:
+      tokens, symbols: selective_copy's symbols to memorize and data symbols (None: 8 each).
+
+    Raises:
+      ValueError: an unknown task, or sizes it cannot take (`task_option_error`).
+    """
+    error = task_option_error(name, seq_len, tokens, symbols)
+    if error:
+        raise ValueError(error)
     if name == "random":
         batch = make_random_batch(vocab_size, batch_size, seq_len)
         return Task("tokens", vocab_size, vocab_size, batch, _fresh(batch), batch, None, None)
@@ -352,6 +440,14 @@ def make_task(name: str, batch_size: int, seq_len: int, vocab_size: int | None =
     if name == "copy":
         batch = make_copy_batch(batch_size, seq_len)
         return Task("tokens", COPY_VOCAB, COPY_VOCAB, batch, _fresh(batch), batch, None, None)
+    if name == "selective_copy":
+        tokens = SELECTIVE_COPY_TOKENS if tokens is None else tokens
+        symbols = SELECTIVE_COPY_SYMBOLS if symbols is None else symbols
+        batch = make_selective_copy_batch(batch_size, seq_len, tokens, symbols)
+        return Task("tokens", symbols + 2, symbols + 2, batch, _fresh(batch), batch, None, None,
+                    accuracy=last_steps_accuracy(tokens))
+    if name in MNIST_TASKS:
+        return make_mnist_task(name, batch_size, path)
     if name == "timemachine":
         corpus, vocab = load_timemachine(path)
         train, val = split_windows(windows(corpus, seq_len))

@@ -213,6 +213,14 @@ def make_eval(cell: Cell, loss_at: str, kind: str) -> Callable[..., Array]:
     return evaluate
 
 
+def make_accuracy(cell: Cell, accuracy: Callable[[Array, Array], Array]
+                  ) -> Callable[..., Array]:
+    """`evaluate(params, x, y) -> accuracy` on a whole (validation) set: the task's
+    `accuracy(outputs (T, B, Q), y)` (`rnnjax.core.tasks.Task.accuracy`) of the outputs at
+    every step."""
+    return lambda params, x, y: accuracy(unroll(cell, params, x)[1], y)
+
+
 def make_generate(cell: Cell, num_preds: int) -> Callable[..., Array]:
     """d2l's `predict`: warm up on a prefix, then append the argmax token `num_preds` times.
 
@@ -235,5 +243,6 @@ def make_generate(cell: Cell, num_preds: int) -> Callable[..., Array]:
 
 
 __all__ = ["BPTT_MODES", "OPTIMIZERS", "StepMetrics", "TrainState", "Training",
-           "bptt_scale", "init_state", "make_eval", "make_generate", "make_optimizer",
+           "bptt_scale", "init_state", "make_accuracy", "make_eval", "make_generate",
+           "make_optimizer",
            "make_train_chunk", "sequence_loss"]
