@@ -13,6 +13,13 @@ from jax import Array
 
 from rnnjax.core.cells import Cell, finite, log10_norm
 from rnnjax.core.losses import make_loss, truncation_scale
+from rnnjax.core.scan import (
+    adjoint,
+    coefficients,
+    linear_recurrence,
+    linear_terms,
+    resolve_scan,
+)
 
 
 class ProbeResult(NamedTuple):
@@ -23,6 +30,7 @@ class ProbeResult(NamedTuple):
     """
 
     loss: Array  # () batch-mean loss L
+    # A stack of L layers (`Cell.layers` > 1) has a norm per layer: (T, L) where (T,) is said.
     log10_grad_norm: Array  # (T,) log10 ||dL/dH_t||_F over the batch, total derivative
     log10_param_grad_norm: Array  # (T,) log10 of the norm of step t's share of dL/d(recurrent)
     # (T,) bool: an entry of dL/dH_s left the dtype's range for some s >= t, so the backward
@@ -33,6 +41,11 @@ class ProbeResult(NamedTuple):
     forward_overflow_t: Array
     taps: dict[str, Array]  # tap name -> (T,) log10 norms of the cell's extra total derivatives
 
+
+# Steps whose parameter-gradient shares the parallel probe forms at once (beyond this many, a
+# lax.map over chunks): the share of one step is the size of the recurrent parameters, so T of
+# them at once would hold T copies of those parameters.
+SHARE_CHUNK = 256
 
 # probe.unroll's default (steps per iteration of both scans) by JAX backend, as measured by
 # `rnnjax.bench.probe` (its unroll table): on a GPU each iteration of a scan costs kernel launches
@@ -50,8 +63,11 @@ def default_unroll(backend: str | None = None) -> int:
 
 def hidden_log10_norm(cell: Cell, g) -> Array:
     """log10 ||dL/dH_t|| of the total derivative g (a cotangent of the state): the norm over
-    every entry of `cell.hidden(g)`, (). Both scans (sequential here, parallel in
-    `rnnjax.core.scan`) report grad_norm through this one function."""
+    every entry of `cell.hidden(g)`, (); for a stack of L layers (`cell.layers` > 1, g each
+    layer's total derivative) one norm per layer, (L,). Both scans (sequential here, parallel
+    in `rnnjax.core.scan`) report grad_norm through this one function."""
+    if cell.layers > 1:
+        return jnp.stack([log10_norm(h) for h in cell.hidden(g)])
     return log10_norm(cell.hidden(g))
 
 
@@ -81,8 +97,27 @@ def generic_backward(cell: Cell) -> Callable:
     return backward
 
 
+def finish(result: type, value: Array, lg: Array, lpg: Array, ltaps: dict, overflowed: Array,
+           forward_overflow_t: Array):
+    """The ProbeResult (`result`) of both scans from their norms: with a finite forward pass, a
+    non-finite gradient can only come from an overflow (inf from there back to t = 1, flagged);
+    without one, no gradient is defined (the loss is not finite): NaN throughout, even where a
+    relu's zero derivative would have turned NaN into 0."""
+    defined = (forward_overflow_t == 0) & jnp.isfinite(value)
+    overflow = overflowed & defined
+
+    def flag(a):
+        over = overflow.reshape(overflow.shape + (1,) * (a.ndim - overflow.ndim))
+        return jnp.where(defined, jnp.where(over, jnp.inf, a), jnp.nan)
+
+    return result(loss=value, log10_grad_norm=flag(lg), log10_param_grad_norm=flag(lpg),
+                  overflow=overflow, forward_overflow_t=forward_overflow_t,
+                  taps={k: flag(v) for k, v in ltaps.items()})
+
+
 def make_probe(cell: Cell, loss_at: str, kind: str = "tokens", truncate: int | None = None,
-               unroll: int | None = None) -> Callable[..., ProbeResult]:
+               unroll: int | None = None, scan: str | None = None
+               ) -> Callable[..., ProbeResult]:
     """Builds `probe(params, x, y) -> ProbeResult` for one network and one batch.
 
     One forward scan keeps the states (the only trajectory-sized arrays); the read-out's
@@ -105,13 +140,18 @@ def make_probe(cell: Cell, loss_at: str, kind: str = "tokens", truncate: int | N
       kind: "tokens" (softmax cross-entropy) or "regression" (squared error at the last step).
       truncate: None for full BPTT; k to stop the gradient every k steps (truncated BPTT).
       unroll: steps per iteration of both scans (`lax.scan`'s unroll); None: the backend's
-        default (`default_unroll`).
+        default (`default_unroll`). The sequential scan's only.
+      scan: "sequential" (this function's `lax.scan`s), "parallel" (associative scans in time,
+        `rnnjax.core.scan.make_parallel_probe`, for a cell with a linear form `Cell.linear`),
+        or None: parallel where the cell has a linear form, else sequential.
 
     Returns:
       A pure function of (params, x (B, T) int or (B, T, D) float, y); vmap it over networks and
       jit it at the call site.
     """
     loss = make_loss(kind, loss_at)  # checks kind and loss_at now, not at trace time
+    if resolve_scan(cell, scan) == "parallel":
+        return make_parallel_probe(cell, loss_at, kind, truncate)
     backward = cell.backward or generic_backward(cell)
     unroll = default_unroll() if unroll is None else unroll
 
@@ -155,10 +195,12 @@ def make_probe(cell: Cell, loss_at: str, kind: str = "tokens", truncate: int | N
         # holds s_i (0-based) and carries s_{i+1} with its complete total derivative g_{i+1},
         # so it runs step i + 1's backward; step 0's runs after the scan, from s0.
         def step_back(g, s_prev, s, x_t, scale_t):
-            to_earlier, log_pg, log_taps = backward(params, s_prev, s, x_t, g)
+            # a stack's backward also returns each layer's total derivative (`Cell.layers`)
+            to_earlier, log_pg, log_taps, *total = backward(params, s_prev, s, x_t, g)
             if scale_t is not None:
                 to_earlier = jax.tree.map(lambda a: scale_t.astype(a.dtype) * a, to_earlier)
-            return to_earlier, (hidden_log10_norm(cell, g), log_pg, log_taps)
+            return to_earlier, (hidden_log10_norm(cell, total[0] if total else g), log_pg,
+                                log_taps)
 
         zero = jax.tree.map(jnp.zeros_like, s0)
         shift = {"x": jnp.roll(xs, -1, axis=0)}  # x_{i+1} at i (x_T at T - 1 is never used)
@@ -189,17 +231,60 @@ def make_probe(cell: Cell, loss_at: str, kind: str = "tokens", truncate: int | N
         lg, lpg, ltaps = jax.tree.map(lambda a0, a: jnp.concatenate([a0[None], a[:-1]]),
                                       norms0, norms)
         overflowed = jnp.concatenate([over0[None], over[:-1]])
-        # With a finite forward pass, a non-finite gradient can only come from an overflow.
-        # Without one, no gradient is defined (the loss is not finite): NaN throughout, even
-        # where a relu's zero derivative would have turned NaN into 0.
-        defined = (forward_overflow_t == 0) & jnp.isfinite(value)
-        overflow = overflowed & defined
+        return finish(ProbeResult, value, lg, lpg, ltaps, overflowed, forward_overflow_t)
 
-        def flag(a):
-            return jnp.where(defined, jnp.where(overflow, jnp.inf, a), jnp.nan)
+    return probe
 
-        return ProbeResult(loss=value, log10_grad_norm=flag(lg), log10_param_grad_norm=flag(lpg),
-                           overflow=overflow, forward_overflow_t=forward_overflow_t,
-                           taps={k: flag(v) for k, v in ltaps.items()})
+
+def make_parallel_probe(cell: Cell, loss_at: str, kind: str = "tokens",
+                        truncate: int | None = None) -> Callable:
+    """`make_probe`'s probe by parallel scans in time (`rnnjax.core.scan`): the same
+    ProbeResult, O(log T) deep.
+
+    The forward pass is one associative scan; the loss's gradient at every state is taken at
+    once; the adjoint is one reverse associative scan; each step's norms are then elementwise in
+    time (its parameter share is `backward` of that step alone, in chunks of SHARE_CHUNK steps).
+    """
+    resolve_scan(cell, "parallel")
+    loss = make_loss(kind, loss_at)
+    backward = cell.backward or generic_backward(cell)
+
+    def probe(params, x: Array, y: Array):
+        B, T = x.shape[:2]
+        xs = jnp.swapaxes(x, 0, 1)
+        s0 = cell.initial_state(params, B)
+        a, b = linear_terms(cell, params, xs, s0)
+        states = linear_recurrence(a, b, s0, cell.linear_log)
+        bad = jax.vmap(lambda s: ~finite(s))(states)
+        forward_overflow_t = jnp.where(jnp.any(bad), jnp.argmax(bad) + 1, 0).astype(jnp.int32)
+
+        def local(s, dO_t):
+            return jax.vjp(lambda z: cell.readout(params, z), s)[1](dO_t)[0]
+
+        if loss_at == "all":
+            outputs = jax.vmap(cell.readout, (None, 0))(params, states)
+            value, dO = jax.value_and_grad(lambda o: loss(o, y))(outputs)
+            ls = jax.vmap(local)(states, dO)
+        else:
+            last = jax.tree.map(lambda v: v[-1], states)
+            value, start = jax.value_and_grad(
+                lambda s: loss(cell.readout(params, s)[None], y))(last)
+            ls = jax.tree.map(lambda s, l: jnp.zeros_like(s).at[-1].set(l), states, start)
+        dtype = jax.tree.leaves(s0)[0].real.dtype
+        g = adjoint(coefficients(cell, a), ls, truncation_scale(T, truncate, dtype))
+
+        prev = jax.tree.map(lambda z, s: jnp.concatenate([z[None], s[:-1]]), s0, states)
+
+        def norms(args):
+            s_prev, s, x_t, g_t = args
+            _, log_pg, log_taps = backward(params, s_prev, s, x_t, g_t)
+            return hidden_log10_norm(cell, g_t), log_pg, log_taps, ~finite(g_t)
+
+        every = (prev, states, xs, g)
+        lg, lpg, ltaps, nonfinite = (jax.vmap(norms)(every) if T <= SHARE_CHUNK else
+                                     jax.lax.map(norms, every, batch_size=SHARE_CHUNK))
+        # an entry of dL/dh_s left the dtype's range for some s >= t
+        overflowed = jnp.flip(jnp.cumsum(jnp.flip(nonfinite)) > 0)
+        return finish(ProbeResult, value, lg, lpg, ltaps, overflowed, forward_overflow_t)
 
     return probe

@@ -14,6 +14,7 @@ from jax import Array
 
 from rnnjax.core.cells import Cell, scale_grad, unroll
 from rnnjax.core.losses import make_loss, truncation_scale
+from rnnjax.core.scan import parallel_unroll
 
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam, "rmsprop": optax.rmsprop}
 BPTT_MODES = ("full", "truncated", "randomized")  # see `bptt_scale`
@@ -82,6 +83,21 @@ def sequence_loss(cell: Cell, kind: str, loss_at: str, params, x: Array, y: Arra
     return loss(cell.readout(params, last)[None], y, mask)
 
 
+def parallel_sequence_loss(cell: Cell, kind: str, loss_at: str, params, x: Array, y: Array,
+                           mask: Array | None = None, grad_scale: Array | None = None) -> Array:
+    """`sequence_loss` by the parallel scan in time (`probe.scan=parallel`, a cell with a linear
+    form): the states by an associative scan (`rnnjax.core.scan.parallel_unroll`), whose
+    gradient is the adjoint associative scan; the (T, B, Q) outputs are then formed at once."""
+    loss = make_loss(kind, loss_at)
+    states = parallel_unroll(cell, params, x, grad_scale)
+    if kind == "tokens" and loss_at == "all":
+        return loss(jax.vmap(cell.readout, (None, 0))(params, states), y, mask)
+    return loss(cell.readout(params, jax.tree.map(lambda a: a[-1], states))[None], y, mask)
+
+
+LOSSES = {"sequential": sequence_loss, "parallel": parallel_sequence_loss}  # by probe.scan
+
+
 def make_optimizer(name: str, lr: float, clip: float | None,
                    clip_value: float | None = None, initial_scale: float = 0.0
                    ) -> optax.GradientTransformation:
@@ -133,6 +149,7 @@ class Training(NamedTuple):
     # optional (key, start, n) -> batch(step), the same batches as train_batch, built once per
     # chunk (`rnnjax.core.tasks.Task.chunk_batches`)
     chunk_batches: Callable | None = None
+    scan: str = "sequential"  # "sequential" or "parallel" (`sequence_loss`), as the probe's
 
 
 def make_train_chunk(training: Training
@@ -144,11 +161,11 @@ def make_train_chunk(training: Training
     is and records the step; the other networks (other vmap lanes) are unaffected.
     """
     (cell, loss_at, kind, tx, train_batch, total_steps, n, bptt, truncate, clip, clip_value,
-     chunk_batches) = training
+     chunk_batches, scan) = training
     make_loss(kind, loss_at)  # checks kind and loss_at now, not at trace time
 
     def loss_fn(params, x, y, mask, scale):
-        return sequence_loss(cell, kind, loss_at, params, x, y, mask, scale)
+        return LOSSES[scan](cell, kind, loss_at, params, x, y, mask, scale)
 
     def step(carry, i, batch):
         state, key = carry
@@ -203,12 +220,13 @@ def init_state(params, tx: optax.GradientTransformation) -> TrainState:
     return TrainState(params, tx.init(params), jnp.ones((), bool), jnp.full((), -1, jnp.int32))
 
 
-def make_eval(cell: Cell, loss_at: str, kind: str) -> Callable[..., Array]:
+def make_eval(cell: Cell, loss_at: str, kind: str, scan: str = "sequential"
+              ) -> Callable[..., Array]:
     """`evaluate(params, x, y) -> loss` on a whole (validation) set (`sequence_loss`)."""
     make_loss(kind, loss_at)  # checks kind and loss_at now, not at trace time
 
     def evaluate(params, x: Array, y: Array) -> Array:
-        return sequence_loss(cell, kind, loss_at, params, x, y)
+        return LOSSES[scan](cell, kind, loss_at, params, x, y)
 
     return evaluate
 
@@ -242,7 +260,6 @@ def make_generate(cell: Cell, num_preds: int) -> Callable[..., Array]:
     return generate
 
 
-__all__ = ["BPTT_MODES", "OPTIMIZERS", "StepMetrics", "TrainState", "Training",
+__all__ = ["BPTT_MODES", "LOSSES", "OPTIMIZERS", "StepMetrics", "TrainState", "Training",
            "bptt_scale", "init_state", "make_accuracy", "make_eval", "make_generate",
-           "make_optimizer",
-           "make_train_chunk", "sequence_loss"]
+           "make_optimizer", "make_train_chunk", "parallel_sequence_loss", "sequence_loss"]

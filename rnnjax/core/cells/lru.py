@@ -212,8 +212,16 @@ def lru(r_min: float = R_MIN, r_max: float = R_MAX, max_phase: float = MAX_PHASE
     def step(params, state, x_t):
         return lru_step(params, eigenvalues(params), normalize, state, x_t)
 
+    def linear(params, x_t):
+        # h_t = lambda h_{t-1} + gamma x_t B; the skip term does not depend on the state
+        zero = LRUState(h=jnp.zeros((), jnp.result_type(params.nu_log.dtype, jnp.complex64)),
+                        skip=jnp.zeros((), params.nu_log.dtype))
+        return (LRUState(h=eigenvalues(params), skip=zero.skip),
+                lru_step(params, eigenvalues(params), normalize, zero, x_t))
+
     return Cell(name="lru", init=init_fn, initial_state=zero_state, step=step,
-                readout=lru_readout, hidden=lambda s: s.h, recurrent=("nu_log", "theta_log"))
+                readout=lru_readout, hidden=lambda s: s.h, recurrent=("nu_log", "theta_log"),
+                linear=linear)
 
 
 def _modulus(r: float) -> str | None:

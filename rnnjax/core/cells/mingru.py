@@ -250,9 +250,17 @@ def mingru(log_space: bool = False) -> Cell:
             return log_space_step(-jax.nn.softplus(k), -jax.nn.softplus(-k), a_h, h)
         return jax.nn.sigmoid(-k) * h + jax.nn.sigmoid(k) * a_h  # 1 - z_t = sigmoid(-k_t)
 
+    def linear(params, x_t):  # (1 - z_t, z_t h~_t), or their logs (the log-space form)
+        k = affine(params.W_xz, params.b_z, x_t)
+        a_h = affine(params.W_xh, params.b_h, x_t)
+        if log_space:
+            return -jax.nn.softplus(k), -jax.nn.softplus(-k) + log_g(a_h)
+        return jax.nn.sigmoid(-k), jax.nn.sigmoid(k) * a_h
+
     return Cell(name="mingru", init=init_params,
                 initial_state=functools.partial(zero_or_half, log_space=log_space),
-                step=step, readout=readout, hidden=lambda h: h, recurrent=RECURRENT)
+                step=step, readout=readout, hidden=lambda h: h, recurrent=RECURRENT,
+                linear=linear, linear_log=log_space)
 
 
 @functools.cache

@@ -35,6 +35,7 @@ from rnnjax.core.cells.mingru import (
     affine,
     label,
     linear_init,
+    log_g,
     log_space_option,
     log_space_step,
     make_profile_terms,
@@ -101,9 +102,19 @@ def minlstm(log_space: bool = False) -> Cell:
         i = jax.nn.sigmoid(affine(params.W_xi, params.b_i, x_t))
         return (f * h + i * a_h) / (f + i)
 
+    def linear(params, x_t):  # (f'_t, i'_t h~_t), or their logs (the log-space form)
+        a_h = affine(params.W_xh, params.b_h, x_t)
+        d = log_ratio(params, x_t)
+        if log_space:
+            return -jax.nn.softplus(d), -jax.nn.softplus(-d) + log_g(a_h)
+        f = jax.nn.sigmoid(affine(params.W_xf, params.b_f, x_t))
+        i = jax.nn.sigmoid(affine(params.W_xi, params.b_i, x_t))
+        return f / (f + i), i * a_h / (f + i)
+
     return Cell(name="minlstm", init=init_params,
                 initial_state=functools.partial(zero_or_half, log_space=log_space),
-                step=step, readout=readout, hidden=lambda h: h, recurrent=RECURRENT)
+                step=step, readout=readout, hidden=lambda h: h, recurrent=RECURRENT,
+                linear=linear, linear_log=log_space)
 
 
 @functools.cache
