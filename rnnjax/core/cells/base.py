@@ -61,6 +61,12 @@ class Cell(NamedTuple):
     # the parallel forward pass then composes in log space (logaddexp), and
     # step(params, s, x_t) = exp(logaddexp(log a_t + log s, log b_t)).
     linear_log: bool = False
+    # How many layers the cell stacks (`rnnjax.core.cells.stack`); 1 for one cell. With L > 1,
+    # `hidden` gives a tuple of the L layers' hidden outputs, the probe's norms get a trailing
+    # layer axis (T, L), and `backward` returns a fourth value: each layer's total derivative
+    # inside the step (a lower layer also reaches the loss through the layer above within the
+    # same step, which the state's cotangent does not hold).
+    layers: int = 1
 
 
 def finite(tree) -> Array:
