@@ -19,8 +19,9 @@ h_0 too; a positive h_0 also keeps log h_0 finite), and each step is
 mathematically the direct form with g applied. (The direct form computes 1 - z_t as
 sigmoid(-k_t): the same number, without the cancellation of 1 - sigmoid(k_t) near z_t = 1.)
 The state is h_t itself (what `grad_norm`
-measures): each step takes its log, combines in log space and exponentiates, sequentially
-through the harness's scan; a parallel (associative) scan over time is not implemented here.
+measures): each step takes its log, combines in log space and exponentiates. Over time the
+harness runs it by its parallel scan (`linear` gives log(1 - z_t) and log(z_t g(h~_t)), composed
+with logaddexp: `rnnjax.core.scan`) or, with probe.scan=sequential, step by step.
 
 Initialization: every linear layer (the two of the cell and the read-out W_hq, b_q) is PyTorch's
 nn.Linear default, the paper's implementation's: weights and biases U[-1/sqrt(fan_in),
