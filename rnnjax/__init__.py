@@ -13,6 +13,7 @@ _EXPORTS = {
     "rnnjax.core.cells": ("ACTIVATIONS", "CELLS", "Cell", "RNNParams", "activation", "unroll",
                      "vanilla"),
     "rnnjax.core.cells.vanilla": ("init_params",),
+    "rnnjax.core.cells.stack": ("stack",),
     "rnnjax.core.init": ("INITS", "gaussian", "identity", "make_init", "normal", "orthogonal",
                     "spectral", "xavier"),
     "rnnjax.core.probes": ("ProbeResult", "make_probe"),
