@@ -31,7 +31,8 @@ from rnnjax.core.probes import ProbeResult, make_probe
 class ProbeReport:
     """What `probe` measured. Norms are float64 numbers, as grad_norms.parquet holds them (0
     where a norm underflowed, inf where the backward chain overflowed); `log10` keeps the
-    probe's own log10 norms. Arrays are (T,) for one network, (S, T) for S networks."""
+    probe's own log10 norms. Arrays are (T,) for one network, (S, T) for S networks; a stack of
+    L layers (`rnnjax.core.cells.stack.stack`) has a trailing layer axis, (T, L) or (S, T, L)."""
 
     loss: np.ndarray  # () or (S,) the batch-mean loss
     grad_norm: np.ndarray  # ||dL/dH_t||, t = 1..T
@@ -52,9 +53,10 @@ class ProbeReport:
 
     @functools.cached_property
     def frame(self) -> pd.DataFrame:
-        """One row per (network, t): network (0..S-1), seed, t, T, steps_back (T - t),
-        grad_norm, param_grad_norm, <tap>_grad_norm, train_step, and the flags underflow,
-        overflow, forward_overflow, forward_overflow_t (`rnnjax.app.results.probe_frame`)."""
+        """One row per (network, layer, t): network (0..S-1), seed, t, T, steps_back (T - t),
+        grad_norm, param_grad_norm, <tap>_grad_norm, train_step, the flags underflow,
+        overflow, forward_overflow, forward_overflow_t, and layer (1 for one cell)
+        (`rnnjax.app.results.probe_frame`)."""
         from rnnjax.app.results import probe_frame
 
         r = self.log10  # (S, T) arrays, as the job's Profile holds them (norms in float64)
@@ -63,7 +65,8 @@ class ProbeReport:
             taps={k: _norm(v) for k, v in r.taps.items()}, overflow=np.asarray(r.overflow),
             forward_overflow_t=np.asarray(r.forward_overflow_t))
         df = probe_frame(self.seeds, profile, {})
-        df.insert(0, "network", np.repeat(np.arange(len(self.seeds)), df["T"].iloc[0]))
+        rows = len(df) // len(self.seeds)  # T, or T L for a stack
+        df.insert(0, "network", np.repeat(np.arange(len(self.seeds)), rows))
         return df
 
 

@@ -132,6 +132,14 @@ class LoggerConfig:
 
 
 @dataclass
+class ModelConfig:
+    # A stack of the cell: layer 1 reads the input, layer l > 1 reads layer l - 1's output at
+    # the same step (through that layer's own output layer), the read-out is the top layer's
+    # (rnnjax.core.cells.stack); every layer's gradient norms are reported (column `layer`).
+    layers: int = 1  # L, layers of the cell (>= 1; 1: the cell alone)
+
+
+@dataclass
 class Config:
     cell: CellConfig = field(default_factory=CellConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
@@ -140,6 +148,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     seq_len: int = 64  # T, timesteps backpropagated through (>= 1)
     hidden_size: int = 64  # H (>= 1)
     batch_size: int = 32  # B, sequences per network (>= 1)

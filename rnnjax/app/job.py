@@ -33,6 +33,7 @@ from rnnjax.app.progress import (
 from rnnjax.app.summary import headline, label_keys, log_headline, theory_summary, to_host
 from rnnjax.app.validate import cell_options, init_values
 from rnnjax.core.cells import Cell, registry
+from rnnjax.core.cells.stack import stack
 from rnnjax.core.probes import make_probe
 from rnnjax.core.tasks import DataError, Task, cache_dir, make_task
 from rnnjax.core.train import (
@@ -60,9 +61,10 @@ def build_cell(cfg: Config, init_value=None) -> Cell:
     may be a traced value when a list of them is vmapped; None: the config's own)."""
     if init_value is None:
         init_value = init_values(cfg)[1][0]
-    return registry.build(cfg.cell.name.value, cell_options(cfg),
+    cell = registry.build(cfg.cell.name.value, cell_options(cfg),
                           activation=cfg.activation.name.value, init=cfg.init.name.value,
                           init_value=init_value)
+    return stack([cell] * cfg.model.layers)  # model.layers=1: the cell itself, not a stack
 
 
 def job_name(cfg: Config) -> str:
@@ -333,9 +335,7 @@ def _probe_and_train(run: JobRun) -> tuple[dict, pd.DataFrame, pd.DataFrame | No
     group_columns = [{**columns, **({f"init_{param}": v} if is_list else {})} for v in values]
     frames = [results.probe_frame(seeds, prof.select(sl), c)
               for sl, c in zip(groups, group_columns, strict=True)]
-    # a None field (the LSTM's w_co without the peephole) is no array: not written
-    results.write_npz(out / results.PARAMS, **{k: np.asarray(v) for k, v in
-                                               params._asdict().items() if v is not None})
+    results.write_npz(out / results.PARAMS, **results.param_arrays(params))
     results.write_npz(out / results.BATCH, x=np.asarray(x), y=np.asarray(y))
     written = [results.GRAD_NORMS, results.PARAMS, results.BATCH]
 
@@ -471,9 +471,9 @@ def train_job(run: JobRun, probe, frames: list, columns: dict):
         # would give): a pandas frame costs milliseconds to build, whatever its length.
         done = np.array([d for d, _ in profiles])
         stacked = jax.tree.map(lambda *a: np.concatenate(a), *[p for _, p in profiles])
-        T = stacked.grad_norm.shape[1]
+        rows_each = len(seeds) * stacked.grad_norm[0].size  # S T (L): rows of one profile
         frames.append(results.probe_frame(np.tile(seeds, len(profiles)), stacked, columns,
-                                          train_step=np.repeat(done, len(seeds) * T)))
+                                          train_step=np.repeat(done, rows_each)))
     metrics = results.with_config_columns(pd.DataFrame(rows), columns)
     diverged = np.asarray(state.diverged_at)
     last = metrics[metrics.train_step == metrics.train_step.max()]

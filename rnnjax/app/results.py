@@ -158,8 +158,11 @@ def with_config_dtypes(df: pd.DataFrame) -> pd.DataFrame:
 
 def probe_frame(seeds: np.ndarray, profile, columns: Mapping[str, Any],
                 train_step: int = 0) -> pd.DataFrame:
-    """One row per (seed, t) of a probe's result, with the job's number of timesteps `T`
+    """One row per (seed, layer, t) of a probe's result, with the job's number of timesteps `T`
     (t = 1..T; seq_len, or seq_len + 20 for task=copy), `steps_back` (T - t) and its flags.
+
+    `layer` is 1 for one cell; a stack of L layers (`model.layers`) has each layer's rows, 1
+    (reads the input) to L (the read-out), each layer's t = 1..T together.
 
     Flags: `underflow` (grad_norm is 0: below the dtype's range, or exactly zero), `overflow`
     (the backward chain left the dtype's range at or after t: grad_norm is inf from there back
@@ -168,30 +171,49 @@ def probe_frame(seeds: np.ndarray, profile, columns: Mapping[str, Any],
 
     Args:
       seeds: (S,) seed of each network.
-      profile: a `rnnjax.app.summary.Profile` of S networks and T steps.
+      profile: a `rnnjax.app.summary.Profile` of S networks and T steps (norms (S, T), or
+        (S, T, L) for a stack).
       columns: constant columns (the config).
-      train_step: the training step the profile was taken at (0: initialization).
+      train_step: the training step the profile was taken at (0: initialization), or one per
+        row.
     """
-    S, T = profile.grad_norm.shape
-    g = np.asarray(profile.grad_norm, dtype=np.float64).ravel()
-    fwd = np.repeat(np.asarray(profile.forward_overflow_t, dtype=np.int64), T)
+    S, T = profile.grad_norm.shape[:2]
+    L = profile.grad_norm.shape[2] if profile.grad_norm.ndim == 3 else 1
+
+    def rows(a, dtype) -> np.ndarray:
+        """(S, T) or (S, T, L) values as the rows' column: seed-major, then layer, then t."""
+        a = np.asarray(a, dtype=dtype).reshape(S, T, -1)
+        return np.broadcast_to(a, (S, T, L)).transpose(0, 2, 1).ravel()
+
+    g = rows(profile.grad_norm, np.float64)
+    fwd = np.repeat(np.asarray(profile.forward_overflow_t, dtype=np.int64), L * T)
     df = pd.DataFrame({
-        "seed": np.repeat(np.asarray(seeds, dtype=np.int64), T),
-        "t": np.tile(np.arange(1, T + 1, dtype=np.int64), S),
+        "seed": np.repeat(np.asarray(seeds, dtype=np.int64), L * T),
+        "t": np.tile(np.arange(1, T + 1, dtype=np.int64), S * L),
         "T": np.int64(T),
         # T - t, the axis the figures and trackers draw against (0: the last step)
-        "steps_back": np.tile(np.arange(T - 1, -1, -1, dtype=np.int64), S),
+        "steps_back": np.tile(np.arange(T - 1, -1, -1, dtype=np.int64), S * L),
         "grad_norm": g,
-        "param_grad_norm": np.asarray(profile.param_grad_norm, dtype=np.float64).ravel(),
-        **{f"{k}_grad_norm": np.asarray(v, dtype=np.float64).ravel()
-           for k, v in profile.taps.items()},
+        "param_grad_norm": rows(profile.param_grad_norm, np.float64),
+        **{f"{k}_grad_norm": rows(v, np.float64) for k, v in profile.taps.items()},
         "train_step": np.int64(train_step),
         "underflow": g == 0,
-        "overflow": np.asarray(profile.overflow, dtype=bool).ravel(),
+        "overflow": rows(profile.overflow, bool),
         "forward_overflow": fwd > 0,
         "forward_overflow_t": fwd,
+        "layer": np.tile(np.repeat(np.arange(1, L + 1, dtype=np.int64), T), S),
     })
     return with_config_columns(df, columns)
+
+
+def param_arrays(params) -> dict[str, np.ndarray]:
+    """The parameters as params.npz holds them: each field by its name (`W_hh`), a stack's
+    (a tuple of layers' params) as `layer<l>.<name>` (`layer1.W_hh`, l = 1 at the input); a
+    None field (the LSTM's w_co without the peephole) is no array: not written."""
+    if hasattr(params, "_asdict"):
+        return {k: np.asarray(v) for k, v in params._asdict().items() if v is not None}
+    return {f"layer{l}.{k}": v for l, p in enumerate(params, 1)
+            for k, v in param_arrays(p).items()}
 
 
 _UMASK = os.umask(0)

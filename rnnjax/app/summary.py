@@ -20,7 +20,8 @@ log = logging.getLogger("rnnjax")
 
 
 class Profile(NamedTuple):
-    """A probe's result on the host, for S networks: norms as float64 numbers."""
+    """A probe's result on the host, for S networks: norms as float64 numbers (a stack of L
+    layers, `model.layers`, has every norm per layer: (S, T, L) where (S, T) is said)."""
 
     loss: np.ndarray  # (S,)
     grad_norm: np.ndarray  # (S, T) ||dL/dH_t||: 0 where it underflowed, inf where overflowed
@@ -51,24 +52,46 @@ def to_host(res) -> Profile:
 
 
 def headline(p: Profile) -> dict:
-    """The headline numbers of one group of networks (one init value, every seed)."""
-    fits = [results.log10_slope(g) for g in p.grad_norm]
-    slopes = np.array([f[0] for f in fits])
+    """The headline numbers of one group of networks (one init value, every seed).
+
+    Of a stack of L layers (`model.layers`) they are the top layer's (next to the loss: the
+    layer a one-layer model has), with `layer` = L and every layer's under `layers` ("1" at
+    the input .. "L": `layer_headline`); n_nonfinite and n_underflow count every layer.
+    """
     nonfinite = ((~np.isfinite(p.grad_norm)).sum() + (~np.isfinite(p.loss)).sum()
                  + (~np.isfinite(p.param_grad_norm)).sum())
+    layers = {}
+    if p.grad_norm.ndim == 3:  # (S, T, L)
+        layers = {"layer": p.grad_norm.shape[2], "n_underflow": int((p.grad_norm == 0).sum()),
+                  "layers": {str(l + 1): layer_headline(g)
+                             for l, g in enumerate(np.moveaxis(p.grad_norm, 2, 0))}}
+        p = p._replace(grad_norm=p.grad_norm[..., -1], taps={k: v[..., -1] for k, v in
+                                                             p.taps.items()})
+    return {
+        **layer_headline(p.grad_norm),
+        "loss_mean": float(np.mean(p.loss)),
+        "n_nonfinite": int(nonfinite),
+        "n_overflow": int(p.overflow.sum()),
+        "n_forward_overflow": int((p.forward_overflow_t > 0).sum()),
+        "forward_overflow_t_per_seed": p.forward_overflow_t.tolist(),
+        **{f"{k}_grad_norm_tT_median": float(np.median(v[:, -1])) for k, v in p.taps.items()},
+        **layers,
+    }
+
+
+def layer_headline(grad_norm: np.ndarray) -> dict:
+    """The profile of one layer (S, T) in numbers: its slope (median over seeds, and per seed
+    with the t range each seed's fit used), its median norm at t = 1 and t = T and how many of
+    its norms underflowed."""
+    fits = [results.log10_slope(g) for g in grad_norm]
+    slopes = np.array([f[0] for f in fits])
     return {
         "log10_slope_per_step_back": finite_median(slopes),
         "log10_slope_per_seed": slopes.tolist(),
         "fit_window_t_per_seed": [list(f[1]) for f in fits],
-        "loss_mean": float(np.mean(p.loss)),
-        "grad_norm_t1_median": float(np.median(p.grad_norm[:, 0])),
-        "grad_norm_tT_median": float(np.median(p.grad_norm[:, -1])),
-        "n_nonfinite": int(nonfinite),
-        "n_overflow": int(p.overflow.sum()),
-        "n_underflow": int((p.grad_norm == 0).sum()),
-        "n_forward_overflow": int((p.forward_overflow_t > 0).sum()),
-        "forward_overflow_t_per_seed": p.forward_overflow_t.tolist(),
-        **{f"{k}_grad_norm_tT_median": float(np.median(v[:, -1])) for k, v in p.taps.items()},
+        "grad_norm_t1_median": float(np.median(grad_norm[:, 0])),
+        "grad_norm_tT_median": float(np.median(grad_norm[:, -1])),
+        "n_underflow": int((grad_norm == 0).sum()),
     }
 
 
@@ -111,6 +134,10 @@ def log_headline(name: str, sizes: str, loss_at: str, h: dict, status: str, wall
     else:
         theory = ("; with the loss over all steps each step's own loss term keeps the profile "
                   "flat, and no prediction applies: probe.loss_at=last measures one term's decay")
+    if "layers" in h:  # a stack: every layer's slope, the input's first
+        theory = "; by layer " + " ".join(
+            f"{l}: {_num(v['log10_slope_per_step_back'])}" for l, v in h["layers"].items()) + (
+            f" (the headline: layer {h['layer']}); no prediction for a stack")
     n_fwd = h["n_forward_overflow"]
     fwd = ""
     if n_fwd:
@@ -134,7 +161,10 @@ def theory_summary(cell: Cell, params, x, measured: float, cell_theory=None,
 
     lyapunov (every cell): the top exponents of the driven state dynamics (natural log per
     step; /ln 10 for log10), on the first sequences of each seed's probe batch, after a burn-in
-    of a quarter of the batch's actual length T. Then the cell's own theory, merged in.
+    of a quarter of the batch's actual length T. Then the cell's own theory, merged in; not for
+    a stack of layers (`cell.layers` > 1): a cell's theory describes one layer fed by the
+    input, so a stack's `applies` is false, with `not_applied` saying why (its Lyapunov
+    exponents are the whole stack's).
 
     Args:
       cell: the job's cell.
@@ -164,7 +194,11 @@ def theory_summary(cell: Cell, params, x, measured: float, cell_theory=None,
         "lyapunov_top_log10_per_step": top / math.log(10),
         "lyapunov_exponents_per_seed": lam.tolist(),
     }
-    if cell_theory is not None:
+    if cell.layers > 1:
+        out["applies"] = False
+        out["not_applied"] = (f"a stack of {cell.layers} layers: the cell's theory describes one "
+                              "layer, so no prediction is made")
+    elif cell_theory is not None:
         out.update(cell_theory(cell, params, x, measured, **(options or {}),
                                **registry.declared(cell_theory, context)))
     return out

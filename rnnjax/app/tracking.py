@@ -62,7 +62,10 @@ def interval_metrics(rows: pd.DataFrame) -> dict[str, float]:
 
 
 def _profile(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """steps back and the median over seeds of grad_norm, from a step's rows of a table."""
+    """steps back and the median over seeds of grad_norm, from a step's rows of a table (of a
+    stack of layers, the top layer's: the headline's)."""
+    if "layer" in rows:
+        rows = rows[rows["layer"] == rows["layer"].max()]
     rows = rows.sort_values(["seed", "t"])
     T = int(rows["t"].max())
     return median_profile(rows["grad_norm"].to_numpy(np.float64).reshape(-1, T))

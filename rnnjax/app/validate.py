@@ -122,6 +122,7 @@ def validate(cfg: DictConfig | Config) -> Config:
         _check_size(key, getattr(cfg, key))
     if cfg.probe.unroll is not None:
         _check_size("probe.unroll", cfg.probe.unroll)
+    _check_size("model.layers", cfg.model.layers)
     if not 0 <= cfg.seed <= 2**32 - cfg.seeds:
         raise ConfigError(f"seed={cfg.seed} is invalid: must be an integer >= 0 with seed + seeds "
                           f"<= 2**32 (JAX's PRNG seeds are 32-bit)")
