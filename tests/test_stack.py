@@ -278,3 +278,38 @@ def test_job_through_the_app(tmp_path, app):
     assert h["log10_slope_per_step_back"] == h["layers"]["2"]["log10_slope_per_step_back"]
     assert h["theory"]["applies"] is False and "stack of 2 layers" in h["theory"]["not_applied"]
     assert "by layer 1: " in r.err + r.out
+
+
+def test_the_report_draws_each_layer_of_a_stack_as_a_profile():
+    """layer_jobs: a stack's rows (load_sweep) and its summary row (load_summaries) become one
+    job per layer, with that layer's slope in the slope table; a one-layer job is untouched;
+    quantiles over seeds and the fall are per layer; top_layer keeps the headline's layer."""
+    from rnnjax.report import frames
+
+    rows = []
+    for job, L in (("one", 1), ("deep", 2)):
+        for seed in (0, 1):
+            for layer in range(1, L + 1):
+                for t in (1, 2, 3):
+                    rows.append({"job": job, "seed": seed, "layer": layer, "t": t, "T": 3,
+                                 "train_step": 0, "model_layers": L,
+                                 "grad_norm": 10.0 ** (t - 10 * layer - seed)})
+    df = pd.DataFrame(rows)
+    split = frames.layer_jobs(df)
+    assert sorted(split.job.unique()) == ["deep[layer=1]", "deep[layer=2]", "one"]
+    stats = frames.profile_stats(df)  # (job, layer, t): never two layers in one profile
+    assert len(stats) == 3 * 3
+    deep = stats[stats.job == "deep"].set_index(["layer", "t"])["median"]
+    assert deep[(2, 3)] == pytest.approx(3 - 20 - 0.5)
+    fall = frames.fall_per_seed(df)
+    assert fall.set_index(["job", "layer", "seed"]).fall.tolist() == [2.0] * 6
+    assert set(zip(*frames.top_layer(df)[["job", "layer"]].to_numpy().T)) == {
+        ("one", 1), ("deep", 2)}
+    summaries = pd.DataFrame({
+        "job": ["one", "deep"], "model_layers": [1, 2], "status": "ok", "loss_at": "last",
+        frames.SLOPE: [-0.5, -0.3], "headline.layers.1.log10_slope_per_step_back": [np.nan, -0.1],
+        "headline.layers.2.log10_slope_per_step_back": [np.nan, -0.3]})
+    table = frames.slope_table(summaries).set_index("job")
+    assert table["measured slope (log10/step back)"].to_dict() == {
+        "deep[layer=1]": -0.1, "deep[layer=2]": -0.3, "one": -0.5}
+    assert table.loc["deep[layer=2]", "configuration"].endswith("layer 2")

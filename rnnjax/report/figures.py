@@ -76,8 +76,9 @@ def _falls(data: Data) -> list[pd.DataFrame]:
 
     from rnnjax.report import frames
 
-    fall = frames.fall_per_seed(data.df)
-    label = dict(zip(data.summaries["job"], frames.config_label(data.summaries), strict=True))
+    fall = frames.fall_per_seed(frames.layer_jobs(data.df))  # a stack: a row per layer
+    summaries = frames.layer_jobs(data.summaries)
+    label = dict(zip(summaries["job"], frames.config_label(summaries), strict=True))
     rows = []
     qs = {"10%": 0.1, "25%": 0.25, "median": 0.5, "75%": 0.75, "90%": 0.9}
     for (job, step), g in fall.groupby(["job", "train_step"], sort=False):

@@ -26,9 +26,11 @@ from rnnjax.report.stats import (
     dropped_note,
     fall_per_seed,
     job_T,
+    layer_jobs,
     power_law_slopes,
     profile_stats,
     quantile,
+    top_layer,
 )
 
 # Columns of load_summaries frames.
@@ -69,6 +71,8 @@ KEYS: dict[str, Key] = {
     "init_gain": Key("init.gain", _fmt("g={:g}")),
     "init_radius": Key("init.radius", _fmt("ρ={:g}")),
     "cell_label": Key("cell_label", _fmt("{}")),
+    "layers": Key("model.layers", _fmt("{:g} layers")),
+    "layer": Key("layer", _fmt("layer {:g}")),  # of a stack, split by `layer_jobs`
     "task": Key("task.name", _fmt("{}")),
     "vocab_size": Key("task.vocab_size", _fmt("V={:g}")),
     "T": Key("T", _fmt("T={:g}")),
@@ -104,6 +108,8 @@ NAMES = {
     "init_radius": "spectral radius ρ",
     "init": "initialization",
     "cell": "cell",
+    "layers": "layers L",
+    "layer": "layer (1: reads the input)",
     "hidden_size": "hidden units H",
     "batch_size": "batch size B",
     "task": "task",
@@ -374,7 +380,7 @@ def slope_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """The headline numbers per job, in natural job order.
 
     Args:
-      summaries: a `load_summaries` frame.
+      summaries: a `load_summaries` frame; a stack's job has a row per layer (`layer_jobs`).
 
     Returns:
       Columns: job, configuration, measured slope, the prediction that applies (what, its
@@ -383,6 +389,7 @@ def slope_table(summaries: pd.DataFrame) -> pd.DataFrame:
       only the absolute difference means something), Pascanu bound, top Lyapunov exponent (all
       log10 per step back; NaN where there is none), underflowed points (n_underflow), status.
     """
+    summaries = layer_jobs(summaries)
     s = summaries.assign(configuration=config_label(summaries))
     s = s.set_index("job").loc[job_order(s["job"])]
     pred = predictions(summaries).reindex(s.index)
@@ -426,7 +433,7 @@ def markdown_table(table: pd.DataFrame) -> str:
 __all__ = ["ADDING_BASELINE", "APPLIES", "CURSE", "CURSE_FROM", "KEYS", "LYAPUNOV", "MF", "NAMES",
            "NEAR_ZERO", "PASCANU", "PREDICTED", "PREDICTION", "SLOPE", "THEORY", "config_frame",
            "config_label", "curse_of_memory", "dropped_note", "fall_per_seed", "format_values",
-           "job_T", "job_order", "jobs_table", "labels", "markdown_table",
+           "job_T", "job_order", "jobs_table", "labels", "layer_jobs", "markdown_table",
            "memoryless_baseline", "model", "model_order", "options_text", "order",
            "power_law_slopes", "predictions", "profile_stats", "quantile", "ranked",
-           "slope_table"]
+           "slope_table", "top_layer"]

@@ -15,6 +15,7 @@ from rnnjax.report.frames import (
     dropped_note,
     job_T,
     jobs_table,
+    layer_jobs,
     profile_stats,
 )
 from rnnjax.report.style import (
@@ -64,10 +65,10 @@ def heatmap(df: pd.DataFrame) -> Figure:
       df: a `load_sweep` frame; only its train_step == 0 rows are used.
 
     Returns:
-      The figure: one row per job, cells whose median underflowed to 0 in black, those that
+      The figure: one row per job (each layer of a stack a row: `layer_jobs`), cells whose median underflowed to 0 in black, those that
       overflowed (or are NaN) in gold, steps a shorter sequence does not have hatched.
     """
-    d = df[df["train_step"] == 0]
+    d = layer_jobs(df[df["train_step"] == 0])
     jobs = jobs_table(d)
     stats = profile_stats(d)
     m = stats["median"]

@@ -18,6 +18,7 @@ from rnnjax.report.frames import (
     job_T,
     jobs_table,
     labels,
+    layer_jobs,
     predictions,
     profile_stats,
 )
@@ -62,21 +63,24 @@ def decay_curves(df: pd.DataFrame, summaries: pd.DataFrame | None = None, hue: s
     One panel per model (columns: the activation of a vanilla RNN, else the cell) and per row
     (`row`'s values, or what varies besides the model and `hue`), one line per job coloured by
     `hue`: the median over seeds, with the interquartile range over seeds as a band. The x-range
-    ends where the last finite median does; rows share their y-range.
+    ends where the last finite median does; rows share their y-range. Each layer of a stack is
+    a line of its own (`layer_jobs`): `hue="layer"` colours them by layer.
 
     Args:
       df: a `load_sweep` frame; only its train_step == 0 rows are used.
       summaries: the `load_summaries` frame of the same sweep: where a prediction applies
         (`rnnjax.report.frames.predictions`) it is drawn dashed with its slope per step back,
         anchored at the measured median where the fit starts (T − t = T // 4).
-      hue: the config column that colours the lines ("T", "init_gain", "init", "cell").
+      hue: the config column that colours the lines ("T", "init_gain", "init", "cell",
+        "layer").
       row: the config column whose values make the rows ("init": the init with its
         parameter); None: every other config key that varies.
 
     Returns:
       The figure.
     """
-    d = df[df["train_step"] == 0]
+    d = layer_jobs(df[df["train_step"] == 0])
+    summaries = layer_jobs(summaries) if summaries is not None else None
     jobs = jobs_table(d)
     if hue not in jobs:
         hue = "seq_len" if "seq_len" in jobs else "init"
@@ -200,9 +204,10 @@ def before_after(df: pd.DataFrame, summaries: pd.DataFrame | None = None,
       names: job -> a legend label of its own (default: its config label).
 
     Returns:
-      The figure.
+      The figure (each layer of a stack a job of its own: `layer_jobs`).
     """
-    jobs = jobs_table(df if summaries is None else summaries)
+    df = layer_jobs(df)
+    jobs = jobs_table(df if summaries is None else layer_jobs(summaries))
     label_of = dict(zip(jobs["job"], jobs["label"], strict=True)) | (names or {})
     palette = categorical(label_of[j] for j in jobs["job"])
     last = int(df["train_step"].max())
@@ -266,9 +271,10 @@ def cells_at_init(df: pd.DataFrame, summaries: pd.DataFrame | None = None) -> Fi
       summaries: the `load_summaries` frame of the same jobs (for the predictions).
 
     Returns:
-      The figure.
+      The figure (each layer of a stack a line of its own: `layer_jobs`).
     """
-    d = df[df["train_step"] == 0]
+    d = layer_jobs(df[df["train_step"] == 0])
+    summaries = layer_jobs(summaries) if summaries is not None else None
     jobs = jobs_table(d)
     jobs["model"] = labels(jobs.drop(columns=["label", "job"]), exclude=TASK_KEYS)
     palette = categorical(jobs["model"])

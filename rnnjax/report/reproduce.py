@@ -68,14 +68,15 @@ class Job(NamedTuple):
 
 def _cost(cfg) -> float:
     """Work of a job in arbitrary units: the trajectory it scans (the floats of state its cell
-    keeps per step and sequence: the registry's `cost`) times the passes over it."""
+    keeps per step and sequence: the registry's `cost`, times `model.layers`) times the passes
+    over it."""
     from rnnjax.app.validate import cell_options
     from rnnjax.core.cells import registry  # JAX: loaded by planning anyway
 
     passes = 1 + 3 * (cfg.train.steps or 0) + (cfg.train.epochs or 0) * 30
 
     width = registry.cost(cfg.cell.name.value, cell_options(cfg), cfg.hidden_size)
-    return passes * cfg.seq_len * cfg.batch_size * cfg.seeds * width
+    return passes * cfg.seq_len * cfg.batch_size * cfg.seeds * width * cfg.model.layers
 
 
 def plan(names: list[str], out: Path,

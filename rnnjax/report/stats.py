@@ -35,16 +35,17 @@ def profile_stats(df: pd.DataFrame, by: Sequence[str] = ("job",), column: str = 
     """Quantiles over seeds of log10 of `column` (grad_norm), per (*by, t).
 
     Args:
-      df: a `load_sweep` frame with one row per (*by, t, seed).
+      df: a `load_sweep` frame with one row per (*by, t, seed), or per (*by, layer, t, seed):
+        the `layer` column, where `df` has it, names a profile too (one per layer of a stack).
       by: the columns that name one profile.
       column: the norm ("grad_norm", "cell_grad_norm", ...).
       quantiles: which; 0.25, 0.5 and 0.75 are named q25, median and q75, others q<100 q>.
 
     Returns:
-      One row per (*by, t): those columns, t, and the quantiles (log10; -inf where the quantile
-      underflowed to 0, inf where it overflowed, NaN where undefined).
+      One row per (*by, [layer,] t): those columns, t, and the quantiles (log10; -inf where the
+      quantile underflowed to 0, inf where it overflowed, NaN where undefined).
     """
-    keys = [*by, "t"]
+    keys = [*by, *(["layer"] if "layer" in df and "layer" not in by else []), "t"]
     with np.errstate(divide="ignore"):
         lg = np.log10(df[column].to_numpy(np.float64))
     wide = df[[*keys, "seed"]].assign(lg=lg).set_index([*keys, "seed"])["lg"].unstack("seed")
@@ -84,15 +85,14 @@ def fall_per_seed(df: pd.DataFrame) -> pd.DataFrame:
       df: a `load_sweep` frame.
 
     Returns:
-      Columns job, train_step, seed, fall.
+      Columns job, train_step, (layer, where `df` has it,) seed, fall.
     """
     ends = df[(df["t"] == 1) | (df["t"] == df.groupby("job")["t"].transform("max"))]
     with np.errstate(divide="ignore"):
         lg = np.log10(ends["grad_norm"].to_numpy(np.float64))
-    wide = (ends[["job", "train_step", "seed"]].assign(end=np.where(ends["t"] == 1, "first",
-                                                                     "last"), lg=lg)
-            .pivot_table(index=["job", "train_step", "seed"], columns="end", values="lg",
-                         aggfunc="first"))
+    index = ["job", "train_step", *(["layer"] if "layer" in df else []), "seed"]
+    wide = (ends[index].assign(end=np.where(ends["t"] == 1, "first", "last"), lg=lg)
+            .pivot_table(index=index, columns="end", values="lg", aggfunc="first"))
     with np.errstate(invalid="ignore"):
         fall = wide["last"] - wide["first"]
     return fall.rename("fall").reset_index()
@@ -144,6 +144,63 @@ def power_law_slopes(curse: pd.DataFrame, start: float = CURSE_FROM) -> pd.DataF
 
 
 
+# What a stack's summary says of each layer (`headline.layers.<l>.<key>`, as summary.json's
+# headline of the top layer says it), that `layer_jobs` moves into each layer's own row
+LAYER_KEYS = ("log10_slope_per_step_back", "grad_norm_t1_median", "grad_norm_tT_median",
+              "n_underflow")
+
+
+def layer_jobs(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with each layer of a stack (`model.layers` > 1) as a job of its own, "JOB[layer=l]"
+    (l = 1 at the input), so that every table and figure that draws one profile per job draws
+    one per layer, and `layer` (a label key) tells them apart.
+
+    Args:
+      df: a `load_sweep` frame (its `layer` column), or a `load_summaries` frame: a stack's row
+        becomes one row per layer, with `layer` and that layer's numbers in place of the
+        headline's (LAYER_KEYS: slope, norms at t = 1 and T, underflows).
+
+    Returns:
+      `df` itself where no job has more than one layer, else a new frame.
+    """
+    if "job" not in df:
+        return df
+    if "layer" in df:
+        many = df.groupby("job")["layer"].transform("nunique") > 1
+        if not many.any():
+            return df
+        job = df["job"].astype(str) + "[layer=" + df["layer"].astype(str) + "]"
+        return df.assign(job=df["job"].where(~many, job))
+    column = next((c for c in ("model_layers", "config.model.layers") if c in df), None)
+    layers = (pd.to_numeric(df[column], errors="coerce").fillna(1).astype(int)
+              if column is not None else pd.Series(1, index=df.index))
+    if (layers <= 1).all():
+        return df
+    out = df.loc[df.index.repeat(layers)].reset_index(drop=True)
+    L = np.repeat(layers.to_numpy(), layers.to_numpy())
+    layer = out.groupby(np.repeat(np.arange(len(df)), layers.to_numpy())).cumcount() + 1
+    stacked = L > 1
+    out["layer"] = layer.to_numpy()
+    out["job"] = out["job"].where(~stacked, out["job"].astype(str) + "[layer="
+                                  + layer.astype(str) + "]")
+    for l in range(1, int(L.max()) + 1):
+        mask = stacked & (out["layer"] == l)
+        for key in LAYER_KEYS:
+            own = f"headline.layers.{l}.{key}"
+            if own in out and f"headline.{key}" in out:
+                out.loc[mask, f"headline.{key}"] = out.loc[mask, own]
+    return out
+
+
+def top_layer(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a `load_sweep` frame of each job's top layer (a stack's next to the loss,
+    whose profile its headline gives; a cell's only layer)."""
+    if "layer" not in df:
+        return df
+    top = df.groupby("job")["layer"].transform("max") if "job" in df else df["layer"].max()
+    return df[df["layer"] == top]
+
+
 def cell_option(df: pd.DataFrame, option: str) -> pd.Series:
     """The column of `df` holding the cell option `option` (`cell_X` of load_summaries and
     load_sweep frames, `config.cell.X` or `cell.X`); NaN where none does."""
@@ -153,5 +210,6 @@ def cell_option(df: pd.DataFrame, option: str) -> pd.Series:
     return pd.Series(np.nan, index=df.index)
 
 
-__all__ = ["CURSE", "CURSE_FROM", "cell_option", "curse_of_memory", "dropped_note",
-           "fall_per_seed", "job_T", "power_law_slopes", "profile_stats", "quantile"]
+__all__ = ["CURSE", "CURSE_FROM", "LAYER_KEYS", "cell_option", "curse_of_memory",
+           "dropped_note", "fall_per_seed", "job_T", "layer_jobs", "power_law_slopes",
+           "profile_stats", "quantile", "top_layer"]

@@ -17,6 +17,7 @@ from rnnjax.report.frames import (
     jobs_table,
     labels,
     profile_stats,
+    top_layer,
 )
 from rnnjax.report.style import (
     LOG10_NORM,
@@ -41,7 +42,7 @@ def training_curves(metrics: pd.DataFrame, df: pd.DataFrame, job: str | None = N
     perplexity (log scale where it spans more than a decade), against the training step,
     median over seeds, one colour per job; the memoryless baseline of the adding (MSE 1/6) and
     copy (10·log 8 / T) tasks dotted. Right: log10 grad_norm (median over seeds) against t,
-    one line per logged training step.
+    one line per logged training step (of a stack, its top layer's, as its headline).
 
     Args:
       metrics: a `load_metrics` frame.
@@ -94,7 +95,7 @@ def training_curves(metrics: pd.DataFrame, df: pd.DataFrame, job: str | None = N
                 + [b.get_label() for b in baselines],
                 loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False, fontsize=9)
 
-    d = df[df["job"] == job]
+    d = top_layer(df[df["job"] == job])
     stats = profile_stats(d, by=("train_step",))
     steps = sorted(stats["train_step"].unique())
     sns.lineplot(data=stats[np.isfinite(stats["median"])], x="t", y="median", hue="train_step",
