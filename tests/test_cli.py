@@ -255,10 +255,12 @@ def test_run_help_lists_groups(cli):
     assert code == 0 and "Usage: rnnjax run [KEY=VALUE ...]" in out
     cells = sorted(f.stem for f in (ROOT / "conf" / "cell").glob("*.yaml"))
     assert {"gru", "lru", "lstm", "urnn", "vanilla"} <= set(cells)
+    tasks = sorted(f.stem for f in (ROOT / "conf" / "task").glob("*.yaml"))
+    assert {"adding", "copy", "random", "timemachine", "selective_copy"} <= set(tasks)
     for line in ("activation: linear, relu, sigmoid, tanh",
                  "cell: " + ", ".join(cells),
                  "init: gaussian, identity, normal, orthogonal, spectral, xavier",
-                 "task: adding, copy, random, timemachine",
+                 "task: " + ", ".join(tasks),
                  "logger: csv, mlflow, none, tensorboard, wandb"):
         assert line in out
     experiments = sorted(f.stem for f in (ROOT / "conf" / "experiment").glob("*.yaml"))

@@ -157,3 +157,6 @@ def test_scan_option_errors():
         with pytest.raises(ConfigError, match=r"^probe.scan=parallel needs .* cell=gru is not"):
             validate(cfg)
         assert validate(compose("config", overrides=["probe.scan=parallel", "cell=lru"]))
+        cfg = compose("config", overrides=["probe.scan=parallel", "cell=lru", "model.layers=2"])
+        with pytest.raises(ConfigError, match=r"^probe.scan=parallel runs one layer: a stack"):
+            validate(cfg)

@@ -19,6 +19,7 @@ from rnnjax.app.tracker_names import TRACKERS
 from rnnjax.core.cells import ACTIVATIONS, registry
 from rnnjax.core.init import INITS
 from rnnjax.core.losses import LOSS_AT
+from rnnjax.core.scan import SCANS
 from rnnjax.core.tasks import TASKS
 from rnnjax.core.train import BPTT_MODES, OPTIMIZERS
 
@@ -34,6 +35,7 @@ Activation = _options("Activation", ACTIVATIONS)
 InitName = _options("InitName", INITS)
 TaskName = _options("TaskName", TASKS)
 LossAt = _options("LossAt", LOSS_AT)
+Scan = _options("Scan", SCANS)
 Optimizer = _options("Optimizer", OPTIMIZERS)
 BPTT = _options("BPTT", BPTT_MODES)
 DType = _options("DType", ("float32", "float64"))
@@ -104,6 +106,10 @@ class ProbeConfig:
     # steps per iteration of the probe's two scans (lax.scan's unroll, >= 1); null: by backend,
     # 16 on a GPU, 1 on a CPU (rnnjax.core.probes.DEFAULT_UNROLL, measured by experiments/bench.py)
     unroll: int | None = None
+    # the probe's and training's scans in time: sequential (lax.scan) or parallel
+    # (jax.lax.associative_scan, O(log T) deep, for cells whose step is linear in the state,
+    # Cell.linear); null: parallel where the cell allows it (rnnjax.core.scan)
+    scan: Scan | None = None
 
 
 @dataclass

@@ -1,15 +1,9 @@
 """One job: initialize S networks, probe them (and train them) with vmap, write the results."""
 
-import fcntl
-import functools
 import logging
-import os
-import socket
 import time
 import traceback
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,6 +16,7 @@ from tqdm.auto import tqdm
 
 from rnnjax.app import provenance, results, tracking
 from rnnjax.app.config import Config
+from rnnjax.app.locks import JobBusy, holding_job_lock, job_lock  # noqa: F401 (re-exported)
 from rnnjax.app.memory import fit_seeds, memory_budget
 from rnnjax.app.progress import (
     interval_rows,
@@ -35,6 +30,7 @@ from rnnjax.app.validate import cell_options, init_values
 from rnnjax.core.cells import Cell, registry
 from rnnjax.core.cells.stack import stack
 from rnnjax.core.probes import make_probe
+from rnnjax.core.scan import resolve_scan
 from rnnjax.core.tasks import DataError, Task, cache_dir, make_task
 from rnnjax.core.train import (
     Training,
@@ -54,6 +50,12 @@ def job_task(cfg: Config, path: str | None = None) -> Task:
     `cfg.task.path` says)."""
     return make_task(cfg.task.name.value, cfg.batch_size, cfg.seq_len, cfg.task.vocab_size,
                      path or cfg.task.path, cfg.task.tokens, cfg.task.symbols)
+
+
+def scan_of(cfg: Config, cell: Cell) -> str:
+    """probe.scan for the job's cell: null resolves to parallel where the cell is linear in its
+    state (`rnnjax.core.scan.resolve_scan`); the probe, training and evaluation all use it."""
+    return resolve_scan(cell, None if cfg.probe.scan is None else cfg.probe.scan.value)
 
 
 def build_cell(cfg: Config, init_value=None) -> Cell:
@@ -168,49 +170,8 @@ def finished_summary(out_dir: str | Path, resolved: dict[str, Any]) -> dict | No
     return summary
 
 
-LOCK = ".lock"  # in a job's directory; whoever holds its flock runs the job
 # Config keys that change nothing a job computes: a finished job is finished whatever they say
 NOT_IDENTITY = ("resume", "logger")
-
-
-class JobBusy(RuntimeError):
-    """Another live process holds the job directory's lock: it runs the same job now."""
-
-
-@contextmanager
-def job_lock(out_dir: str | Path) -> Iterator[None]:
-    """Holds an exclusive lock on a job directory (fcntl.flock on `out_dir/.lock`) for the
-    block, so that two processes never write one job's files.
-
-    Raises:
-      JobBusy: at once, naming the directory and the process that holds it.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # "a+": opening must not erase the holder's name before the lock says who holds it.
-    with open(out / LOCK, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise JobBusy(f"{out} is in use by {holder}, which runs the same job: wait for it "
-                          "(the same command then resumes) or stop it") from None
-        f.truncate(0)
-        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        yield  # closing the file releases the lock, also when the process dies
-
-
-def holding_job_lock(run):
-    """Decorates `run(cfg, out_dir, ...)` to run under `job_lock(out_dir)`."""
-
-    @functools.wraps(run)
-    def locked(cfg, out_dir, *args, **kwargs):
-        with job_lock(out_dir):
-            return run(cfg, out_dir, *args, **kwargs)
-
-    return locked
 
 
 @holding_job_lock
@@ -320,8 +281,8 @@ def _probe_and_train(run: JobRun) -> tuple[dict, pd.DataFrame, pd.DataFrame | No
     seeds = np.arange(cfg.seed, cfg.seed + cfg.seeds)
     param, values, is_list = init_values(cfg)
     probe = fit_seeds(make_probe(cell, cfg.probe.loss_at.value, task.kind,
-                                 profile_truncation(cfg), cfg.probe.unroll), (0, 0, 0),
-                      (params, x, y), budget, "probe")
+                                 profile_truncation(cfg), cfg.probe.unroll, scan_of(cfg, cell)),
+                      (0, 0, 0), (params, x, y), budget, "probe")
     started_probe = time.perf_counter()
     prof = to_host(probe(params, x, y))
     log.info("probe: measured in %.1f s; computing the theory beside it ...",
@@ -331,6 +292,7 @@ def _probe_and_train(run: JobRun) -> tuple[dict, pd.DataFrame, pd.DataFrame | No
     columns = results.config_columns(cfg)
     columns["vocab_size"] = task.D if jnp.issubdtype(x.dtype, jnp.integer) else None  # tokens
     columns["T"] = T
+    columns["probe_scan"] = scan_of(cfg, cell)  # the scan that ran (null resolved)
     groups = [slice(g * cfg.seeds, (g + 1) * cfg.seeds) for g in range(len(values))]
     group_columns = [{**columns, **({f"init_{param}": v} if is_list else {})} for v in values]
     frames = [results.probe_frame(seeds, prof.select(sl), c)
@@ -415,12 +377,13 @@ def train_job(run: JobRun, probe, frames: list, columns: dict):
     loss_at = cfg.probe.loss_at.value
     tx = make_optimizer(tr.optimizer.value, tr.lr, tr.clip, tr.clip_value, tr.initial_scale)
     n = min(tr.log_every, steps)
-    evaluate = jax.jit(jax.vmap(make_eval(cell, loss_at, task.kind)))
+    scan = scan_of(cfg, cell)
+    evaluate = jax.jit(jax.vmap(make_eval(cell, loss_at, task.kind, scan)))
     val_x, val_y = jax.vmap(task.val_batch)(data_keys[:, 1])
     state = jax.vmap(init_state, (0, None))(params, tx)
     chunk = fit_seeds(make_train_chunk(Training(
         cell, loss_at, task.kind, tx, task.train_batch, steps, n, tr.bptt.value, tr.truncate,
-        tr.clip, tr.clip_value, task.chunk_batches)),
+        tr.clip, tr.clip_value, task.chunk_batches, scan)),
                       (0, 0, None), (state, data_keys[:, 0], jnp.asarray(0)), budget, "training")
 
     rows = []

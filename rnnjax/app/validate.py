@@ -18,6 +18,7 @@ from rnnjax.app.memory import host_memory_error
 from rnnjax.core.cells import registry
 from rnnjax.core.init import INIT_PARAM, PARAM_DEFAULTS
 from rnnjax.core.mnist import MNIST_TASKS, check_mnist_folder
+from rnnjax.core.scan import resolve_scan
 from rnnjax.core.tasks import DataError, check_readable, task_option_error
 
 
@@ -226,6 +227,16 @@ def _validate_cell(cfg: Config) -> None:
     error = registry.check(name, cell_options(cfg), activation=act, init=init)
     if error:
         raise ConfigError(error)
+    if cfg.probe.scan is not None and cfg.probe.scan.value == "parallel":
+        if cfg.model.layers > 1:
+            raise ConfigError(f"probe.scan=parallel runs one layer: a stack (model.layers="
+                              f"{cfg.model.layers}) is not linear in its state; use "
+                              "probe.scan=sequential or model.layers=1")
+        try:
+            resolve_scan(registry.build(name, cell_options(cfg), activation=act, init=init),
+                         "parallel")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _validate_task(cfg: Config) -> None:
