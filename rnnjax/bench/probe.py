@@ -33,13 +33,17 @@ Also:
               reset, minus the RSS before), and XLA's `memory_analysis()` estimate, both as
               multiples of the hidden-state trajectory S*T*B*H*4 bytes.
   sweep       `--sweep-seeds` networks vmapped at T = `--sweep-t`: network-timesteps per second.
+  scan        probe.scan: the parallel scan in time against the sequential one, probe and
+              training step, for every cell with a linear form at `--scan-T` (B = 32, H = 64;
+              `rnnjax.bench.scan`, which also runs alone: python -m rnnjax.bench.scan).
 
 On a GPU the same command runs JAX and PyTorch on the card (sweep default 256 networks); the
 tables name the card.
 
 Usage: rnnjax bench [--T 16 256 1024 4096] [--repeats 5] [--unrolls 1 2 4 8 16]
            [--loop-max-t 1024] [--mem-seeds 8] [--sweep-seeds N] [--sweep-t 1024]
-           [--skip-torch] [--skip-loop] [--quick] [--out FILE]
+           [--skip-torch] [--skip-loop] [--scan-T 1024 4096 16384] [--scan-loss-at last]
+           [--scan-max-mib MIB] [--skip-scan] [--quick] [--out FILE]
        (or python experiments/bench.py ...)
 
 The JSON goes to a new file under results/runs/bench/ (git-ignored) unless --out names one:
@@ -95,6 +99,8 @@ from rnnjax.bench.contenders import (  # noqa: E402
     timed,
 )
 from rnnjax.bench.probe_report import print_report  # noqa: E402
+from rnnjax.bench.scan import add_arguments as add_scan_arguments  # noqa: E402
+from rnnjax.bench.scan import bench_scans, scan_ts  # noqa: E402
 from rnnjax.core.probes import default_unroll  # noqa: E402
 
 FULL = {"B": 32, "H": 256, "T": [16, 256, 1024, 4096], "matmul_n": 2048, "repeats": 5,
@@ -305,6 +311,7 @@ def make_parser() -> argparse.ArgumentParser:
                         help=f"T of the sweep throughput {_defaults('sweep_t')}")
     parser.add_argument("--skip-torch", action="store_true", help="no PyTorch column")
     parser.add_argument("--skip-loop", action="store_true", help="no JAX loop column")
+    add_scan_arguments(parser)  # --scan-T, --scan-loss-at, --scan-max-mib, --skip-scan
     parser.add_argument("--quick", action="store_true",
                         help=f"tiny sizes for a smoke test: B={QUICK['B']}, H={QUICK['H']} "
                         f"(without it: B={FULL['B']}, H={FULL['H']})")
@@ -333,7 +340,9 @@ def parse_args(argv=None):
             setattr(args, name, sizes[name])
     args.T = sorted(set(args.T or sizes["T"]))
     args.unrolls = sorted(set(args.unrolls))
-    for name in ("T", "repeats", "mem_seeds", "sweep_seeds", "sweep_t", "unrolls"):
+    args.scan_T = scan_ts(args)
+    for name in ("T", "repeats", "mem_seeds", "sweep_seeds", "sweep_t", "unrolls", "scan_T",
+                 "scan_max_mib"):
         v = getattr(args, name)
         if v is not None and min(v if isinstance(v, list) else [v]) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -402,6 +411,10 @@ def main(argv=None):
     print(f"sweep: {args.sweep_seeds} networks vmapped at T={args.sweep_t}...", flush=True)
     sweep = sweep_throughput(args.sweep_seeds, args.sweep_t, sizes, min(args.repeats, 3), unroll)
     loads.append(load_average()[0])
+    scan = ({"skipped": "--skip-scan"} if args.skip_scan else  # rnnjax.bench.scan
+            bench_scans(args.scan_T, args.scan_loss_at, args.repeats, args.quick,
+                        args.scan_max_mib))
+    loads.append(load_average()[0])
 
     # The matmul rate again: a machine that slowed down or sped up meanwhile (other work on
     # it) makes every timing suspect. The faster of the two is the reference.
@@ -424,10 +437,11 @@ def main(argv=None):
                          "loss_at": "all", "init": f"normal({STD})", "T": args.T,
                          "repeats": args.repeats, "loop_max_t": args.loop_max_t,
                          "unroll": unroll, "unrolls": args.unrolls,
-                         "mem_seeds": args.mem_seeds, "quick": args.quick},
+                         "mem_seeds": args.mem_seeds, "scan_T": args.scan_T,
+                         "quick": args.quick},
               "flops_formula": "6*T*B*H*(H+Q)", "matmul": matmul, "results": rows,
               "unrolls": unrolls, "compile_growth_by_unroll": growth, "memory": memory,
-              "sweep": sweep}
+              "sweep": sweep, "scan": scan}
     print_report(record)
     warning = busy_warning(loads) if not gpu else None
     if warning:

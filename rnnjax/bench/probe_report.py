@@ -3,6 +3,7 @@ record it writes as JSON."""
 
 from rnnjax.bench.common import markdown_table, size
 from rnnjax.bench.contenders import FEWER_REPEATS_FROM_T, LOSS_AT
+from rnnjax.bench.scan import scan_report
 
 # ---------------------------------------------------------------- report
 
@@ -110,3 +111,5 @@ def print_report(record):
             torch_s = single["pytorch_eager"]["run_s_median"]
             line += f", PyTorch eager {sweep['T'] / torch_s:,.0f}/s"
     print(line)
+    if "scan" in record:  # the parallel-against-sequential scan section (rnnjax.bench.scan)
+        print(scan_report(record["scan"]))
