@@ -149,7 +149,10 @@ def test_linear_recurrence_analytic():
 def test_scan_option_errors():
     vanilla = registry.build("vanilla", {})
     assert resolve_scan(vanilla, None) == "sequential"
-    assert resolve_scan(setup(SETTINGS[0][0], False, jnp.float64)[0], None) == "parallel"
+    linear = setup(SETTINGS[0][0], False, jnp.float64)[0]
+    assert resolve_scan(linear, None, "cpu") == "sequential"  # measured faster there
+    assert resolve_scan(linear, None, "cuda") == "parallel"
+    assert resolve_scan(vanilla, None, "cuda") == "sequential"
     with pytest.raises(ValueError, match="probe.scan=parallel needs a cell"):
         resolve_scan(vanilla, "parallel")
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):

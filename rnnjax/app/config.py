@@ -108,7 +108,8 @@ class ProbeConfig:
     unroll: int | None = None
     # the probe's and training's scans in time: sequential (lax.scan) or parallel
     # (jax.lax.associative_scan, O(log T) deep, for cells whose step is linear in the state,
-    # Cell.linear); null: parallel where the cell allows it (rnnjax.core.scan)
+    # Cell.linear); null: for those cells parallel on a GPU, sequential on a CPU (measured
+    # faster there: rnnjax.core.scan.DEFAULT_SCAN), else sequential
     scan: Scan | None = None
 
 

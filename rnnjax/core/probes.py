@@ -142,8 +142,9 @@ def make_probe(cell: Cell, loss_at: str, kind: str = "tokens", truncate: int | N
       unroll: steps per iteration of both scans (`lax.scan`'s unroll); None: the backend's
         default (`default_unroll`). The sequential scan's only.
       scan: "sequential" (this function's `lax.scan`s), "parallel" (associative scans in time,
-        `rnnjax.core.scan.make_parallel_probe`, for a cell with a linear form `Cell.linear`),
-        or None: parallel where the cell has a linear form, else sequential.
+        `make_parallel_probe`, for a cell with a linear form `Cell.linear`), or None: the
+        backend's default for a cell with a linear form (`rnnjax.core.scan.DEFAULT_SCAN`:
+        parallel on a GPU, sequential on a CPU), else sequential.
 
     Returns:
       A pure function of (params, x (B, T) int or (B, T, D) float, y); vmap it over networks and
