@@ -470,3 +470,28 @@ def test_report_data_line_says_every_value_shows_when_none_is_left_out():
                     "log-scale figures show them all.")
     line = report.data_line(df.assign(grad_norm=[0.0, np.inf, 1.0]), pd.DataFrame({"job": ["a"]}))
     assert "1 underflowed to 0 and 1 are inf/NaN; log scales cannot show them" in line
+
+
+def test_modern_cells_draws_init_trained_and_baselines(sweep, probed):
+    """fig10's figure: the probed jobs at initialization (relative to t = T, predictions dashed
+    where they apply), the trained job before and after, its validation loss beside the
+    memoryless baseline (selective_copy's from its task.tokens and task.symbols)."""
+    df, summaries = load_sweep(sweep), load_summaries(sweep)
+    metrics = load_metrics(sweep)
+    fig = plots.modern_cells(df, summaries, metrics)
+    init_ax, after_ax, loss_ax, acc_ax = fig.axes
+    solid = [line for line in init_ax.get_lines() if line.get_linestyle() == "-"]
+    assert len(solid) == len(PROBED)
+    for line in solid:
+        x, y = line.get_xdata(), line.get_ydata()
+        assert y[np.argmin(x)] == pytest.approx(0, abs=1e-12)
+    applies = frames.predictions(summaries[summaries["job"].isin(PROBED)])["applies"]
+    assert len([ln for ln in init_ax.get_lines() if ln.get_linestyle() == "--"]) == applies.sum()
+    assert after_ax.get_title().endswith("after 20 steps")
+    assert [line.get_ydata()[0] for line in loss_ax.get_lines()
+            if line.get_linestyle() == ":"] == [pytest.approx(1 / 6)]
+    selective = metrics.assign(task="selective_copy", T=18, loss_at="all", task_tokens=2,
+                               task_symbols=4)
+    fig = plots.modern_cells(df, summaries, selective)
+    assert [line.get_ydata()[0] for line in fig.axes[2].get_lines()
+            if line.get_linestyle() == ":"] == [pytest.approx(2 * math.log(4) / 18)]

@@ -110,15 +110,21 @@ def _training(data: Data) -> list[pd.DataFrame]:
             continue
         last = g[g["train_step"] == g["train_step"].max()]
         first = g.iloc[0]
-        rows.append({
+        sizes = {k: int(first[f"task_{k}"]) for k in ("tokens", "symbols")
+                 if pd.notna(first.get(f"task_{k}"))}  # selective_copy's
+        row = {
             "job": label.get(job, job), "steps": int(last["train_step"].iloc[0]),
             "final training loss (last interval, median over seeds)":
                 float(last["train_loss"].median()),
             "final validation loss": float(last["val_loss"].median()),
             "memoryless baseline": frames.memoryless_baseline(first["task"], int(first["T"]),
-                                                              first["loss_at"]),
+                                                              first["loss_at"], **sizes),
             "diverged seeds": int((~last["alive"].astype(bool)).sum()),
-        })
+        }
+        if "val_accuracy" in last and last["val_accuracy"].notna().any():
+            row["final validation accuracy (median over seeds)"] = float(
+                last["val_accuracy"].median())
+        rows.append(row)
     return [pd.DataFrame(rows), *_slopes(data)]
 
 

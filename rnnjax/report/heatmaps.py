@@ -65,8 +65,9 @@ def heatmap(df: pd.DataFrame) -> Figure:
       df: a `load_sweep` frame; only its train_step == 0 rows are used.
 
     Returns:
-      The figure: one row per job (each layer of a stack a row: `layer_jobs`), cells whose median underflowed to 0 in black, those that
-      overflowed (or are NaN) in gold, steps a shorter sequence does not have hatched.
+      The figure: one row per job (each layer of a stack a row: `layer_jobs`), cells whose
+      median underflowed to 0 in black, those that overflowed (or are NaN) in gold, steps a
+      shorter sequence does not have hatched.
     """
     d = layer_jobs(df[df["train_step"] == 0])
     jobs = jobs_table(d)

@@ -231,15 +231,23 @@ def baseline_lines(metrics: pd.DataFrame) -> list[tuple[float, str]]:
         return []
     T = cfg["T"] if "T" in cfg else pd.Series(np.nan, index=cfg.index)
     loss_at = cfg["loss_at"] if "loss_at" in cfg else pd.Series("all", index=cfg.index)
+    nan = pd.Series(np.nan, index=cfg.index)
+    # selective_copy's baseline depends on its task.tokens and task.symbols
+    sizes = zip(metrics.get("task_tokens", nan), metrics.get("task_symbols", nan), strict=True)
     out = []
-    for task, t, at in dict.fromkeys(zip(cfg["task"], T, loss_at, strict=True)):
-        if task == "copy" and not np.isfinite(t):
+    for task, t, at, (k, n) in dict.fromkeys(zip(cfg["task"], T, loss_at, sizes, strict=True)):
+        if task in ("copy", "selective_copy") and not np.isfinite(t):
             continue
-        b = frames.memoryless_baseline(task, int(t) if np.isfinite(t) else 0, at)
+        given = {"tokens": int(k), "symbols": int(n)} if pd.notna(k) and pd.notna(n) else {}
+        b = frames.memoryless_baseline(task, int(t) if np.isfinite(t) else 0, at, **given)
         if b is None:
             continue
         if task == "adding":
             out.append((b, "memoryless baseline: MSE 1/6\n(always predicting 1)"))
+        elif task == "selective_copy":
+            out.append((b, f"memoryless baseline: {given['tokens']}·log {given['symbols']} / "
+                           f"{int(t)}\n= {b:.4g} (T = {int(t)} steps)" if at == "all" else
+                        f"memoryless baseline: log {given['symbols']} = {b:.4g}"))
         else:
             out.append((b, f"memoryless baseline: 10·log 8 / {int(t)}\n= {b:.4g} (copy, "
                            f"T = {int(t)} steps)" if at == "all" else
