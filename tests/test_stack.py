@@ -7,7 +7,8 @@ The reference (below, numpy only) runs the stack forward layer by layer within e
 backward from t = T to 1 and, within a step, from the top layer down:
 
     dH^l_t = [l = L] dO_t W_hq^L^T + (dH^l_{t+1} through layer l's own step t + 1)
-             + (dH^{l+1}_t through layer l + 1's step t, whose input is O^l_t = H^l_t W_hq^l + b_q^l)
+             + (dH^{l+1}_t through layer l + 1's step t, whose input is
+                O^l_t = H^l_t W_hq^l + b_q^l)
 
 so a lower layer's norm counts the path into the layer above at the same step.
 """
@@ -303,7 +304,7 @@ def test_the_report_draws_each_layer_of_a_stack_as_a_profile():
     assert deep[(2, 3)] == pytest.approx(3 - 20 - 0.5)
     fall = frames.fall_per_seed(df)
     assert fall.set_index(["job", "layer", "seed"]).fall.tolist() == [2.0] * 6
-    assert set(zip(*frames.top_layer(df)[["job", "layer"]].to_numpy().T)) == {
+    assert set(map(tuple, frames.top_layer(df)[["job", "layer"]].to_numpy())) == {
         ("one", 1), ("deep", 2)}
     summaries = pd.DataFrame({
         "job": ["one", "deep"], "model_layers": [1, 2], "status": "ok", "loss_at": "last",
