@@ -135,6 +135,11 @@ def test_every_unroll_is_timed_and_agrees(bench):
     assert set(bench["compile_growth_by_unroll"]) == {str(u) for u in cfg["unrolls"]}
 
 
+def test_the_scan_section_times_both_scans_and_they_agree(bench):
+    (row,) = bench["scan"]["results"]  # --quick: the first linear cell's probe at T = 16
+    assert row["probe"]["max_rel_diff"] < 1e-4
+
+
 def test_memory_is_measured_for_both_losses(bench):
     cfg = bench["config"]
     assert {(m["T"], m["loss_at"]) for m in bench["memory"]} == {
