@@ -292,7 +292,7 @@ def _probe_and_train(run: JobRun) -> tuple[dict, pd.DataFrame, pd.DataFrame | No
     columns = results.config_columns(cfg)
     columns["vocab_size"] = task.D if jnp.issubdtype(x.dtype, jnp.integer) else None  # tokens
     columns["T"] = T
-    columns["probe_scan"] = scan_of(cfg, cell)  # the scan that ran (null resolved)
+    columns["scan"] = scan_of(cfg, cell)  # the scan that ran (probe.scan=null resolved)
     groups = [slice(g * cfg.seeds, (g + 1) * cfg.seeds) for g in range(len(values))]
     group_columns = [{**columns, **({f"init_{param}": v} if is_list else {})} for v in values]
     frames = [results.probe_frame(seeds, prof.select(sl), c)
