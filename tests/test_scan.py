@@ -1,7 +1,8 @@
 """The parallel scan in time (`probe.scan=parallel`, rnnjax.core.scan) against the sequential
 one, for every registered cell with a linear form: the probe's norms and loss agree to 1e-12
-relative in float64 (the loss over all steps, truncated BPTT) and 1e-5 in float32 (the loss at
-the last step); training's loss and gradient agree to 1e-12 (randomized BPTT);
+relative in float64 and the float32 parallel scan with the float64 sequential one to 1e-5 (the
+loss over all steps, truncated BPTT); training's loss and gradient agree to 1e-11 (randomized
+BPTT);
 each cell's linear form reproduces its step. The sequential probe itself is held to float64
 numpy references in each cell's own tests, so this chains the parallel scan to them."""
 
@@ -54,23 +55,23 @@ X = jax.random.randint(jax.random.PRNGKey(1), (B, T), 0, D)
 Y = jax.random.randint(jax.random.PRNGKey(2), (B, T), 0, Q)
 
 
-# The loss each dtype is checked with (compilations are most of this file's time): float64
-# with the loss over all steps and truncated BPTT (every step's loss gradient, the truncation
-# factors), float32 with the loss at the last step (the longest chain of products).
-LOSS_AT = {"float64": "all", "float32": "last"}
-
-
 @functools.cache
-def probes(dtype):
-    """Every setting's probe by both scans in one compiled call per dtype."""
-    cases = {(n, bool(o)): setup(n, bool(o), getattr(jnp, dtype)) for n, o in SETTINGS}
-    at = LOSS_AT[dtype]
+def probes():
+    """Every setting's probe in one compiled call (compilations are most of this file's time):
+    by both scans in float64, and by the parallel scan in float32 on the same parameters
+    rounded to float32; the loss over all steps with truncated BPTT (every step's loss
+    gradient and the truncation factors)."""
+    cases = {(n, bool(o)): setup(n, bool(o), jnp.float64) for n, o in SETTINGS}
 
     def run(params):
-        return {(key, scan): make_probe(cases[key][0], at, scan=scan,
-                                        truncate=TRUNCATE if at == "all" else None)(
-                    params[key], X, Y)
-                for key in cases for scan in ("sequential", "parallel")}
+        out = {}
+        for key, (cell, _) in cases.items():
+            for scan, dtype in (("sequential", jnp.float64), ("parallel", jnp.float64),
+                                ("parallel", jnp.float32)):
+                p = jax.tree.map(lambda v, dtype=dtype: v.astype(dtype), params[key])
+                out[(key, scan, dtype.dtype.name)] = make_probe(
+                    cell, "all", scan=scan, truncate=TRUNCATE)(p, X, Y)
+        return out
 
     return jax.tree.map(np.asarray, jax.jit(run)({k: v[1] for k, v in cases.items()}))
 
@@ -85,8 +86,12 @@ def relative(a, b):
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-5)])
 @pytest.mark.parametrize("name, options", SETTINGS, ids=IDS)
 def test_parallel_probe_equals_sequential(name, options, dtype, tol):
-    out = probes(dtype)
-    seq, par = (out[((name, bool(options)), scan)] for scan in ("sequential", "parallel"))
+    """float64: the two scans agree to 1e-12. float32: the parallel scan agrees with the
+    float64 sequential one to 1e-5 (the sequential scan's own float32 rounding is held to
+    float64 references in the cells' tests), so the two float32 scans agree to about that."""
+    out = probes()
+    key = (name, bool(options))
+    seq, par = out[(key, "sequential", "float64")], out[(key, "parallel", dtype)]
     assert np.isfinite(seq.log10_grad_norm).all()
     assert relative(seq.log10_grad_norm, par.log10_grad_norm) < tol
     assert relative(seq.log10_param_grad_norm, par.log10_param_grad_norm) < tol
