@@ -104,9 +104,10 @@ def test_quoted_init_value_through_hydra():
         validate(c)
 
 
-# The experiments whose training loss is the language model's, over every step.
+# The experiments whose training loss is over every step: the language models', and selective
+# copying's (its task sets probe.loss_at=all, as task=copy does).
 ALL_STEPS = {"d2l_rnn_scratch", "d2l_no_clip", "d2l_irnn_clipping", "d2l_gru_scratch",
-             "d2l_lstm_scratch"}
+             "d2l_lstm_scratch", "selective_copy_train"}
 
 
 @pytest.mark.slow
