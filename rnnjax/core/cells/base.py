@@ -69,6 +69,22 @@ class Cell(NamedTuple):
     layers: int = 1
 
 
+def linear_step(linear: Callable[[Params, Array], tuple[State, State]], log: bool = False
+                ) -> Callable[[Params, State, Array], State]:
+    """A cell's `step` from its linear form (`Cell.linear`): a_t * s + b_t leaf by leaf, or with
+    `log` (`Cell.linear_log`: log a_t, log b_t, a positive state)
+    exp(logaddexp(log a_t + log s, log b_t)), so that the step and the parallel scan's terms are
+    one piece of code."""
+    def step(params, state, x_t):
+        a, b = linear(params, x_t)
+        if log:
+            return jax.tree.map(lambda a, b, s: jnp.exp(jnp.logaddexp(a + jnp.log(s), b)),
+                                a, b, state)
+        return jax.tree.map(lambda a, b, s: a * s + b, a, b, state)
+
+    return step
+
+
 def finite(tree) -> Array:
     """() bool: every entry of every leaf of `tree` is finite."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from rnnjax.core.cells.base import Cell
+from rnnjax.core.cells.base import Cell, linear_step
 from rnnjax.core.cells.registry import CellSpec, Option
 from rnnjax.core.cells.vanilla import step_drive
 from rnnjax.core.losses import make_loss
@@ -89,12 +89,6 @@ def zero_or_half(params, B: int, log_space: bool) -> Array:
     """h_0: 0 (the direct form), g(0) = 1/2 (the log-space form): (B, H)."""
     H, dtype = params.b_h.shape[0], params.b_h.dtype
     return jnp.full((B, H), H0_LOG_SPACE if log_space else 0.0, dtype)
-
-
-def log_space_step(log_keep: Array, log_write: Array, a_h: Array, h: Array) -> Array:
-    """h_t = exp(logaddexp(log_keep + log h_{t-1}, log_write + log g(a_h))): the recurrence
-    h_t = keep * h_{t-1} + write * g(a_h) in log space (h_{t-1} > 0)."""
-    return jnp.exp(jnp.logaddexp(log_keep + jnp.log(h), log_write + log_g(a_h)))
 
 
 def exact_log10_profile(log_keep: Array, last: Array) -> tuple[Array, Array]:
@@ -244,24 +238,17 @@ def mingru(log_space: bool = False) -> Cell:
     Returns:
       A Cell whose state is h_t (B, H); `recurrent` is the update gate's (W_xz, b_z).
     """
-    def step(params, h, x_t):
-        k = affine(params.W_xz, params.b_z, x_t)
-        a_h = affine(params.W_xh, params.b_h, x_t)
-        if log_space:
-            return log_space_step(-jax.nn.softplus(k), -jax.nn.softplus(-k), a_h, h)
-        return jax.nn.sigmoid(-k) * h + jax.nn.sigmoid(k) * a_h  # 1 - z_t = sigmoid(-k_t)
-
     def linear(params, x_t):  # (1 - z_t, z_t h~_t), or their logs (the log-space form)
         k = affine(params.W_xz, params.b_z, x_t)
         a_h = affine(params.W_xh, params.b_h, x_t)
         if log_space:
             return -jax.nn.softplus(k), -jax.nn.softplus(-k) + log_g(a_h)
-        return jax.nn.sigmoid(-k), jax.nn.sigmoid(k) * a_h
+        return jax.nn.sigmoid(-k), jax.nn.sigmoid(k) * a_h  # 1 - z_t = sigmoid(-k_t)
 
     return Cell(name="mingru", init=init_params,
                 initial_state=functools.partial(zero_or_half, log_space=log_space),
-                step=step, readout=readout, hidden=lambda h: h, recurrent=RECURRENT,
-                linear=linear, linear_log=log_space)
+                step=linear_step(linear, log_space), readout=readout, hidden=lambda h: h,
+                recurrent=RECURRENT, linear=linear, linear_log=log_space)
 
 
 @functools.cache
