@@ -1,6 +1,6 @@
 """Checks of a command and a job's config made before Hydra writes anything: config group
-options, launcher presets, deletions, the job's log file name, the tracker's server and the
-job's directory. Each ends the command with one line (`rnnjax.sweeps.errors.fail`)."""
+options, launcher and sweeper presets, deletions, the job's log file name, the tracker's server
+and the job's directory. Each ends the command with one line (`rnnjax.sweeps.errors.fail`)."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +20,9 @@ LAUNCHER_PACKAGES = {
     **dict.fromkeys(("slurm", "submitit_slurm", "submitit_local"),
                     ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm")),
 }
+# What a sweeper preset needs beyond rnnjax's own dependencies: (module, package, extra).
+SWEEPER_PACKAGES = {"rnnjax_optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper",
+                                      "optuna")}
 
 
 def check_group_options(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
@@ -51,11 +54,11 @@ def check_group_options(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
                       f"deleted; set {o.key_or_group}=VALUE instead")
             continue
         value = o.value()
-        if o.key_or_group == "hydra/launcher" and isinstance(value, str) \
-                and value in LAUNCHER_PACKAGES:
-            module, package, extra = LAUNCHER_PACKAGES[value]
+        presets = {"hydra/launcher": LAUNCHER_PACKAGES, "hydra/sweeper": SWEEPER_PACKAGES}
+        if isinstance(value, str) and value in presets.get(o.key_or_group, {}):
+            module, package, extra = presets[o.key_or_group][value]
             if find_spec(module) is None:
-                fail(needs_package(f"hydra/launcher={value}", package, extra))
+                fail(needs_package(f"{o.key_or_group}={value}", package, extra))
         if o.key_or_group not in groups:
             continue
         allowed = groups[o.key_or_group]

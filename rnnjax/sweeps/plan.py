@@ -55,10 +55,12 @@ def job_list(sweeper: Any, arguments: Sequence[str]) -> list[list[str]]:
     return [job for batch in sweeper.split_arguments(parsed, None) for job in batch]
 
 
-def plan_jobs(sweeper: Any, jobs: list[list[str]]) -> list[Job]:
+def plan_jobs(sweeper: Any, jobs: list[list[str]], first: int = 1,
+              total: int | None = None) -> list[Job]:
     """Composes and validates every job (exiting with one line at the first bad one, before
     anything is written) and decides which are finished already (`rnnjax.app.job.finished_summary`,
-    with `resume`)."""
+    with `resume`). The jobs are numbered from `first` of `total` (default: all of them), as a
+    search that plans a batch at a time numbers them (`rnnjax.sweeps.search`)."""
     from rnnjax.app.job import finished_summary
 
     loader = sweeper.hydra_context.config_loader
@@ -68,10 +70,11 @@ def plan_jobs(sweeper: Any, jobs: list[list[str]]) -> list[Job]:
     plan = []
     saved = HydraConfig.instance().cfg
     try:
-        for number, overrides in enumerate(jobs, 1):
+        for number, overrides in enumerate(jobs, first):
             job = Job(number, list(overrides), sweep_dir / job_name(overrides), None)
             try:
-                full = loader.load_sweep_config(sweeper.config, launch_overrides(job, len(jobs)))
+                full = loader.load_sweep_config(sweeper.config,
+                                                launch_overrides(job, total or len(jobs)))
                 HydraConfig.instance().set_config(full)  # as the launcher does for the job
                 config, resolved = job_config(task_config(full))
                 prepare_data(config, sizes)

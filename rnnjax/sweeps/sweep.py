@@ -129,11 +129,13 @@ def _run_sweep(sweeper: Any, arguments: Sequence[str]) -> list:
 # import rnnjax, so rnnjax names them rather than importing them.
 SWEEPER = "hydra_plugins.rnnjax_sweeper.rnnjax_sweeper.RnnjaxSweeper"
 SLURM_LAUNCHER = "hydra_plugins.rnnjax_sweeper.slurm_launcher.SlurmLauncher"
+OPTUNA_SWEEPER = "hydra_plugins.rnnjax_sweeper.rnnjax_optuna.RnnjaxOptunaSweeper"
 
 
 def register_sweeper() -> type:
-    """Registers rnnjax's sweeper with Hydra, and its SLURM launcher where
-    hydra-submitit-launcher is installed, and returns the sweeper's class.
+    """Registers rnnjax's sweeper with Hydra, its SLURM launcher where
+    hydra-submitit-launcher is installed and its Optuna sweeper where hydra-optuna-sweeper is,
+    and returns the sweeper's class.
 
     Hydra finds plugins by walking the `hydra_plugins` package's directories, which misses a
     package installed in editable mode (`pip install -e .`: setuptools serves it through an
@@ -144,9 +146,10 @@ def register_sweeper() -> type:
     plugins = Plugins.instance()  # first: its scan re-imports the modules it walks
     sweeper = _plugin_class(SWEEPER)
     plugins.register(sweeper)
-    launcher = _plugin_class(SLURM_LAUNCHER)  # None without the `slurm` extra
-    if launcher is not None:
-        plugins.register(launcher)
+    for name in (SLURM_LAUNCHER, OPTUNA_SWEEPER):  # None without the `slurm`, `optuna` extra
+        plugin = _plugin_class(name)
+        if plugin is not None:
+            plugins.register(plugin)
     return sweeper
 
 
