@@ -20,7 +20,7 @@ _EXPORTS = {
     "rnnjax.app.config": ("Config",),
     "rnnjax.app.validate": ("ConfigError", "validate"),
     "rnnjax.app.api": ("ProbeReport", "equinox_cell", "flax_cell", "probe"),
-    "rnnjax.app.results": ("load_metrics", "load_summaries", "load_sweep"),
+    "rnnjax.app.results": ("load_lyapunov", "load_metrics", "load_summaries", "load_sweep"),
     "rnnjax.core.tasks": ("load_timemachine",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

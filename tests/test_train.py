@@ -270,8 +270,8 @@ def test_copy_task_records_its_T_and_uses_it(tmp_path, monkeypatch):
     burn_ins = []
     real = summary_module.make_lyapunov
     monkeypatch.setattr(summary_module, "make_lyapunov",
-                        lambda cell, k, burn_in: burn_ins.append(burn_in) or real(cell, k,
-                                                                                  burn_in))
+                        lambda cell, k, burn_in, **kw: burn_ins.append(burn_in) or real(cell, k,
+                                                                                  burn_in, **kw))
     cfg = compose_cfg(["task=copy", "seq_len=5", "hidden_size=6", "batch_size=2", "seeds=2"])
     summary = run_job(cfg, tmp_path)
     assert summary["T"] == 25 and burn_ins == [25 // 4]

@@ -19,6 +19,7 @@ from rnnjax.core.files import file_sha1
 GRAD_NORMS = "grad_norms.parquet"
 SUMMARY = "summary.json"
 METRICS = "metrics.parquet"
+LYAPUNOV = "lyapunov.parquet"
 
 # Column names kept from before every key was a column; `seed` is taken by the network's seed.
 _COLUMN_NAMES = {"task.vocab_size": "vocab_size", "probe.loss_at": "loss_at", "seed": "base_seed"}
@@ -335,17 +336,30 @@ def load_metrics(path: str | os.PathLike) -> pd.DataFrame | None:
     """The training metrics (metrics.parquet) of every finished job under `path` that trained,
     with a `job` column; None when no job trained. A file that cannot be read skips its job
     with a warning."""
+    return _load_table(path, METRICS, "load_metrics")
+
+
+def load_lyapunov(path: str | os.PathLike) -> pd.DataFrame | None:
+    """The Lyapunov spectra (lyapunov.parquet: per seed, training step and exponent i) of every
+    finished job under `path` that has them, with a `job` column; None when none has. A file
+    that cannot be read skips its job with a warning."""
+    return _load_table(path, LYAPUNOV, "load_lyapunov")
+
+
+def _load_table(path: str | os.PathLike, name: str, what: str) -> pd.DataFrame | None:
+    """The table `name` of every finished job under `path` that lists it, with a `job`
+    column and the summary's job keys; None when none does (`what`: the caller, for warnings)."""
     root = _check_root(path)
     done, _ = _finished_jobs(root)
     frames = []
     for job, summary in done.items():
-        if METRICS not in summary["files"]:  # a metrics.parquet it does not list is stale
+        if name not in summary["files"]:  # a file its summary does not list is stale
             continue
         try:
-            frames.append(_with_job_keys(pd.read_parquet(job / METRICS), summary)
+            frames.append(_with_job_keys(pd.read_parquet(job / name), summary)
                           .assign(job=str(job.relative_to(root))))
         except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds; one job never fails all
-            _warn_unreadable("load_metrics", root, job, METRICS, e)
+            _warn_unreadable(what, root, job, name, e)
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
@@ -382,7 +396,7 @@ def load_sweep(path: str | os.PathLike) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-__all__ = ["FINISHED", "GRAD_NORMS", "JOB_KEYS", "METRICS", "STATUSES", "SUMMARY", "TEXT_DTYPES",
-           "JobState", "file_dtypes", "file_record", "flat_config", "job_status", "load_metrics",
-           "load_summaries", "load_sweep", "read_job", "remove_temporaries", "summary_problem",
-           "value_job", "with_dtypes"]
+__all__ = ["FINISHED", "GRAD_NORMS", "JOB_KEYS", "LYAPUNOV", "METRICS", "STATUSES", "SUMMARY",
+           "TEXT_DTYPES", "JobState", "file_dtypes", "file_record", "flat_config", "job_status",
+           "load_lyapunov", "load_metrics", "load_summaries", "load_sweep", "read_job",
+           "remove_temporaries", "summary_problem", "value_job", "with_dtypes"]

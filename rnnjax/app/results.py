@@ -37,6 +37,7 @@ from rnnjax.app.loaders import (  # noqa: F401
     file_record,
     flat_config,
     job_status,
+    load_lyapunov,
     load_metrics,
     load_summaries,
     load_sweep,
@@ -50,6 +51,8 @@ from rnnjax.core.stats import fit_window, log10_slope, usable_from  # noqa: F401
 
 PARAMS = "params.npz"
 BATCH = "batch.npz"
+# probe.time_map=true: log10 ||d(L_s / T)/dH_t|| for s >= t (rnnjax.app.timemap)
+TIME_MAP = "time_map.parquet"
 
 
 class Column(NamedTuple):

@@ -6,7 +6,7 @@ summary.json holds and the job's log line shows).
 
 import logging
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -151,20 +151,74 @@ def log_headline(name: str, sizes: str, loss_at: str, h: dict, status: str, wall
 
 
 LYAPUNOV_SEQUENCES = 4  # of the probe batch: the exponents are averaged over these
-LYAPUNOV_K = 3  # exponents per network
+LYAPUNOV_K = 3  # exponents per network beyond a state of LYAPUNOV_ALL_UP_TO numbers
+LYAPUNOV_ALL_UP_TO = 64  # lyapunov.k=null: every exponent of a state up to this real dimension
+
+
+def state_dimension(cell: Cell, params) -> int:
+    """The real dimension of the cell's state: every leaf of the pytree, a complex entry
+    counting twice (from shapes only: nothing is computed or compiled). params: leading axis S."""
+    s0 = jax.eval_shape(lambda p: cell.initial_state(jax.tree.map(lambda a: a[0], p), 1), params)
+    return sum(a.size * (2 if np.issubdtype(a.dtype, np.complexfloating) else 1)
+               for a in jax.tree.leaves(s0))
+
+
+def lyapunov_k(k: int | None, dimension: int) -> int:
+    """How many exponents lyapunov.k asks of a state of `dimension` real numbers: k (at most
+    all); null: all up to LYAPUNOV_ALL_UP_TO, else LYAPUNOV_K."""
+    if k is None:
+        return dimension if dimension <= LYAPUNOV_ALL_UP_TO else min(LYAPUNOV_K, dimension)
+    return min(k, dimension)
+
+
+class Lyapunov(NamedTuple):
+    """The job's Lyapunov spectrum, compiled once and measured at initialization and at every
+    logged training step: `measure(params, x) -> (S, k)` natural log per step."""
+
+    k: int
+    every: int
+    measure: Any
+
+    @classmethod
+    def build(cls, cell: Cell, params, T: int, k: int | None = None, every: int = 1
+              ) -> "Lyapunov":
+        """For a job's cell and networks (params: leading axis S) whose batches have T steps:
+        the exponents after a burn-in of T // 4 steps, on the first LYAPUNOV_SEQUENCES
+        sequences of each network's batch (`rnnjax.core.theory.make_lyapunov`)."""
+        k = lyapunov_k(k, state_dimension(cell, params))
+        f = jax.jit(jax.vmap(make_lyapunov(cell, k, burn_in=T // 4, every=every)))
+        return cls(k, every, lambda p, x: np.asarray(f(p, x[:, :LYAPUNOV_SEQUENCES]),
+                                                     np.float64))
+
+
+def lyapunov_numbers(lam: np.ndarray, lyap: Lyapunov) -> dict:
+    """summary.json's Lyapunov entries of the exponents lam (S, k) (natural log per step): the
+    top one (median over seeds), and the spectrum per seed and its median, also in log10."""
+    top = finite_median(lam[:, 0])
+    log10 = lam / math.log(10)
+    return {
+        "lyapunov_top_per_step": top,
+        "lyapunov_top_log10_per_step": top / math.log(10),
+        "lyapunov_exponents_per_seed": lam.tolist(),
+        "lyapunov_k": lyap.k,
+        "lyapunov_every": lyap.every,
+        "lyapunov_log10_per_step_per_seed": log10.tolist(),
+        "lyapunov_log10_per_step": [finite_median(log10[:, i]) for i in range(lam.shape[1])],
+    }
 
 
 def theory_summary(cell: Cell, params, x, measured: float, cell_theory=None,
-                   options: dict | None = None, **context) -> dict:
+                   options: dict | None = None, lyapunov: Lyapunov | None = None,
+                   lam: np.ndarray | None = None, **context) -> dict:
     """Predictions at initialization, beside the measured slope (log10 per step back), and
     whether they apply to it (`applies`: false with `loss_at="all"`, see `theory_applies`).
 
-    lyapunov (every cell): the top exponents of the driven state dynamics (natural log per
-    step; /ln 10 for log10), on the first sequences of each seed's probe batch, after a burn-in
-    of a quarter of the batch's actual length T. Then the cell's own theory, merged in; not for
-    a stack of layers (`cell.layers` > 1): a cell's theory describes one layer fed by the
-    input, so a stack's `applies` is false, with `not_applied` saying why (its Lyapunov
-    exponents are the whole stack's).
+    lyapunov (every cell): the leading exponents of the driven state dynamics (natural log per
+    step, and log10), on the first sequences of each seed's probe batch, after a burn-in of a
+    quarter of the batch's actual length T (`Lyapunov`; None: lyapunov.k=null, every=1). Then
+    the cell's own theory, merged in; not for a stack of layers (`cell.layers` > 1): a cell's
+    theory describes one layer fed by the input, so a stack's `applies` is false, with
+    `not_applied` saying why (its Lyapunov exponents are the whole stack's).
 
     Args:
       cell: the job's cell.
@@ -174,25 +228,17 @@ def theory_summary(cell: Cell, params, x, measured: float, cell_theory=None,
         cell_theory(cell, params, x, measured, **options, **context) with those entries of
         `context` it declares (`registry.declared`); its dict is merged in.
       options: the cell's options.
+      lyapunov: the job's compiled spectrum. lam: its exponents (S, k) where already measured.
       context: y ((S, B, T) or (S, B) the probe batches' targets), kind, loss_at (the probe's
         loss), activation, init, init_value (the job's).
     """
-    T = x.shape[2]
-    # the state's real dimension: every leaf of the pytree, a complex entry counting twice
-    # (from shapes only: nothing is computed or compiled)
-    s0 = jax.eval_shape(lambda p: cell.initial_state(jax.tree.map(lambda a: a[0], p), 1), params)
-    k = min(LYAPUNOV_K, sum(a.size * (2 if np.issubdtype(a.dtype, np.complexfloating) else 1)
-                            for a in jax.tree.leaves(s0)))
-    lyap = jax.jit(jax.vmap(make_lyapunov(cell, k, burn_in=T // 4)))
-    lam = np.asarray(lyap(params, x[:, :LYAPUNOV_SEQUENCES]), np.float64)  # (S, k)
-    top = finite_median(lam[:, 0])
+    lyapunov = lyapunov or Lyapunov.build(cell, params, x.shape[2])
+    lam = lyapunov.measure(params, x) if lam is None else lam  # (S, k)
     out = {
         # false with loss_at=all: the numbers below are kept, but no plot or line compares them
         "applies": theory_applies(context.get("loss_at")),
         "measured_log10_slope_per_step_back": measured,
-        "lyapunov_top_per_step": top,
-        "lyapunov_top_log10_per_step": top / math.log(10),
-        "lyapunov_exponents_per_seed": lam.tolist(),
+        **lyapunov_numbers(lam, lyapunov),
     }
     if cell.layers > 1:
         out["applies"] = False
