@@ -111,6 +111,10 @@ class ProbeConfig:
     # Cell.linear); null: for those cells parallel on a GPU, sequential on a CPU (measured
     # faster there: rnnjax.core.scan.DEFAULT_SCAN), else sequential
     scan: Scan | None = None
+    # with loss_at=all, also the time-to-time map log10 ||d(L_s/T)/dH_t|| of every loss step s
+    # and timestep t <= s at initialization (time_map.parquet; O(T^2), T <= 1024:
+    # rnnjax.core.timemap.MAX_T)
+    time_map: bool = False
 
 
 @dataclass

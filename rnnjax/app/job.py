@@ -14,7 +14,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from rnnjax.app import provenance, results, tracking
+from rnnjax.app import provenance, results, timemap, tracking
 from rnnjax.app.config import Config
 from rnnjax.app.locks import JobBusy, holding_job_lock, job_lock  # noqa: F401 (re-exported)
 from rnnjax.app.memory import fit_seeds, memory_budget
@@ -314,6 +314,8 @@ def _probe_and_train(run: JobRun) -> tuple[dict, pd.DataFrame, pd.DataFrame | No
     results.write_npz(out / results.PARAMS, **results.param_arrays(params))
     results.write_npz(out / results.BATCH, x=np.asarray(x), y=np.asarray(y))
     written = [results.GRAD_NORMS, results.PARAMS, results.BATCH]
+    if cfg.probe.time_map:  # the time-to-time map at initialization (rnnjax.app.timemap)
+        written.append(timemap.write_time_map(run, profile_truncation(cfg)))
 
     steps = total_steps(cfg, task)
     training, metrics = {}, None

@@ -19,7 +19,8 @@ from rnnjax.core.cells import registry
 from rnnjax.core.init import INIT_PARAM, PARAM_DEFAULTS
 from rnnjax.core.mnist import MNIST_TASKS, check_mnist_folder
 from rnnjax.core.scan import resolve_scan
-from rnnjax.core.tasks import DataError, check_readable, task_option_error
+from rnnjax.core.tasks import DataError, check_readable, task_option_error, task_shape
+from rnnjax.core.timemap import time_map_error
 
 
 class ConfigError(ValueError):
@@ -153,6 +154,7 @@ def validate(cfg: DictConfig | Config) -> Config:
                                   f"jobs (-m init.{p}=a,b)")
 
     _validate_task(cfg)
+    _validate_time_map(cfg)
     _validate_train(cfg)
     error = host_memory_error(cfg, networks=cfg.seeds * len(init_values(cfg)[1]))
     if error:
@@ -272,6 +274,25 @@ def _validate_task(cfg: Config) -> None:
             check(Path(cfg.task.path).expanduser(), "task.path")
         except DataError as e:
             raise ConfigError(str(e)) from None
+
+
+def _validate_time_map(cfg: Config) -> None:
+    """probe.time_map=true: the loss averaged over all steps, one layer, T <= MAX_T."""
+    if not cfg.probe.time_map:
+        return
+    if cfg.probe.loss_at.value != "all":
+        raise ConfigError("probe.time_map=true needs probe.loss_at=all (it splits the loss "
+                          "averaged over all steps by loss step; with the loss at the last step "
+                          "its one row is the probe's profile); allowed: probe.loss_at=all, or "
+                          "probe.time_map=false")
+    if cfg.model.layers > 1:
+        raise ConfigError(f"probe.time_map=true maps one layer, not a stack (model.layers="
+                          f"{cfg.model.layers}); use model.layers=1 or probe.time_map=false")
+    T = task_shape(cfg.task.name.value, cfg.seq_len, cfg.task.vocab_size, cfg.task.tokens,
+                   cfg.task.symbols)[0]
+    error = time_map_error(T)
+    if error:
+        raise ConfigError(error)
 
 
 def _validate_train(cfg: Config) -> None:

@@ -2,7 +2,8 @@
 
 Writes heatmap.png, decay_curves.png, phase_diagram.png (when the jobs whose prediction applies
 have at least 2 distinct gains), slope_vs_lyapunov.png (when a job has its loss at the last
-step), training.png (when a job trained) and report.md into DIR (default: PATH). report.md and
+step), training.png (when a job trained), time_map.png (when a job measured its time-to-time
+map, probe.time_map=true) and report.md into DIR (default: PATH). report.md and
 the console say how many jobs finished, failed, were interrupted (or are still running) and,
 where the sweep's sweep.json lists its jobs, never started.
 
@@ -35,7 +36,7 @@ from rnnjax.app.results import (
     load_summaries,
     load_sweep,
 )
-from rnnjax.report import frames, load_plots
+from rnnjax.report import frames, load_plots, timemaps
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -325,10 +326,12 @@ def write_all(out: Path, files: dict[str, bytes]) -> None:
 
 
 def render(path: Path, df: pd.DataFrame, summaries: pd.DataFrame, metrics: pd.DataFrame | None,
-           counts: dict[str, int | None]) -> dict[str, bytes]:
-    """Every file of the report, drawn in memory: {file name: content}, report.md last."""
+           counts: dict[str, int | None], maps: pd.DataFrame | None = None) -> dict[str, bytes]:
+    """Every file of the report, drawn in memory: {file name: content}, report.md last (`maps`:
+    the jobs' time-to-time maps, `rnnjax.report.timemaps.load_time_maps`)."""
     files, sections = {}, []
-    for file, heading, caption, make in figures(df, summaries, metrics):
+    for file, heading, caption, make in (figures(df, summaries, metrics)
+                                         + timemaps.figures(maps, summaries)):
         buf = io.BytesIO()
         # a pyplot-free Figure: nothing to close
         make().savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
@@ -376,11 +379,12 @@ def report_one(path: Path, out: Path, prog: str) -> int:
             df = load_sweep(path)
             summaries = load_summaries(path)
             metrics = load_metrics(path)
+            maps = timemaps.load_time_maps(path)
         except FileNotFoundError as e:
             return _error(prog, str(e))
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"{prog}: warning: {message}", file=sys.stderr)
-    files = render(path, df, summaries, metrics, counts)
+    files = render(path, df, summaries, metrics, counts, maps)
     try:
         write_all(out, files)
     except WriteError as e:
