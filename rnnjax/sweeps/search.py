@@ -54,6 +54,9 @@ _FORM = re.compile(r"^(\|?)([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)(\|?)(\^2)?$")
 ALLOWED = ("KEY, |KEY| (its absolute value) or KEY^2 (its square), KEY a dotted key of a "
            "number in a job's summary.json, e.g. |headline.log10_slope_per_step_back|")
 
+SPACES = ("KEY=VALUE, choice(A,B,...), range(START,STOP[,STEP]), interval(LOW,HIGH) with LOW <= "
+          "HIGH, tag(log,interval(LOW,HIGH)) with 0 < LOW")
+
 
 class Objective(NamedTuple):
     """One objective: a number in a job's summary.json, as is, its absolute value or square."""
@@ -192,20 +195,30 @@ class _Search:
 
 
 def check_search_space(impl: Any, arguments: Sequence[str]) -> None:
-    """Composes and validates a job at each end of every range of the search space (and at
-    each choice), the other keys at their first ends: exits with one line naming the key and
-    its range where rnnjax rejects a value, before anything is written."""
+    """Validates a job at each end of every range of the search space (and at each choice),
+    the other keys at their first ends: exits with one line naming the key and its range where
+    rnnjax rejects a value, before anything is written.
+
+    The first point is composed by Hydra; a numeric key's other end is set on a copy of its
+    config (what Hydra's override of a plain key does, without composing again), a choice's
+    other values are composed.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
     from optuna.distributions import CategoricalDistribution
 
     given = [*impl._parse_sweeper_params_config(), *arguments]
     try:
-        space, fixed = create_params_from_overrides(given)
         lines = {o.get_key_element(): o.input_line
                  for o in OverridesParser.create().parse_overrides(given)}
     except Exception as e:
         fail(error_line(e))
+    for text in given:  # one at a time, to name the one Optuna rejects
+        try:
+            create_params_from_overrides([text])
+        except Exception as e:
+            fail(f"{text} is invalid: {str(e).splitlines()[0].rstrip('.')}; allowed: {SPACES}")
+    space, fixed = create_params_from_overrides(given)
     space = {k: d for k, d in space.items() if k not in fixed}
     ends = {k: list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
             for k, d in space.items()}
@@ -214,14 +227,22 @@ def check_search_space(impl: Any, arguments: Sequence[str]) -> None:
     points += [(k, {**base, k: v}) for k, vs in ends.items() for v in vs[1:]]
     loader = impl.hydra_context.config_loader
     saved = HydraConfig.instance().cfg
+    first = None  # the first point's task config
     try:
         for key, point in points:
             params = {**point, **fixed}
             try:
-                full = loader.load_sweep_config(impl.config,
-                                                [f"{k}={v}" for k, v in params.items()])
-                HydraConfig.instance().set_config(full)
-                job_config(task_config(full))
+                if first is not None and re.fullmatch(r"[A-Za-z_][\w.]*", key) \
+                        and not isinstance(space[key], CategoricalDistribution):
+                    cfg = first.copy()
+                    OmegaConf.update(cfg, key, point[key], merge=False)
+                else:
+                    full = loader.load_sweep_config(impl.config,
+                                                    [f"{k}={v}" for k, v in params.items()])
+                    HydraConfig.instance().set_config(full)
+                    cfg = task_config(full)
+                    first = cfg if first is None else first
+                job_config(cfg)
             except Exception as e:
                 what = (f"at {key}={point[key]}, an end of the search space's "
                         f"{lines.get(key) or key}" if key else
