@@ -32,6 +32,14 @@ if optuna_sweeper is not None:
             super().__init__(**kwargs)
             self.objective = objective
 
+        @staticmethod
+        def search_space(overrides: list[str]) -> tuple[dict, dict]:
+            """Optuna's distributions of the searched keys and the fixed keys' values, as the
+            parent reads them from `overrides` (raises on one it rejects)."""
+            from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+            return create_params_from_overrides(overrides)
+
         def sweep(self, arguments: list[str]) -> Any:
             from rnnjax.sweeps.search import run_search
 

@@ -16,6 +16,7 @@ Optuna sweeper asks Optuna for trials and tells it their objectives; rnnjax laun
   with Optuna's best trial, and the commands that open the results; Ctrl-C with one line.
 """
 
+import copy
 import logging
 import math
 import re
@@ -194,20 +195,19 @@ class _Search:
         return score(self.objectives, summary, job.dir)
 
 
-def check_search_space(impl: Any, arguments: Sequence[str]) -> None:
+def check_search_space(sweeper: Any, impl: Any, arguments: Sequence[str]) -> None:
     """Validates a job at each end of every range of the search space (and at each choice),
     the other keys at their first ends: exits with one line naming the key and its range where
     rnnjax rejects a value, before anything is written.
 
-    The first point is composed by Hydra; a numeric key's other end is set on a copy of its
-    config (what Hydra's override of a plain key does, without composing again), a choice's
-    other values are composed.
+    A numeric key's ends are set on a copy of a composed config (what Hydra's override of a
+    plain key does): of the sweep's own config, which Hydra composed with the command's fixed
+    overrides, where nothing else is searched; choices are composed by Hydra.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-    from optuna.distributions import CategoricalDistribution
 
-    given = [*impl._parse_sweeper_params_config(), *arguments]
+    params_conf = impl._parse_sweeper_params_config()
+    given = [*params_conf, *arguments]
     try:
         lines = {o.get_key_element(): o.input_line
                  for o in OverridesParser.create().parse_overrides(given)}
@@ -215,33 +215,37 @@ def check_search_space(impl: Any, arguments: Sequence[str]) -> None:
         fail(error_line(e))
     for text in given:  # one at a time, to name the one Optuna rejects
         try:
-            create_params_from_overrides([text])
+            sweeper.search_space([text])
         except Exception as e:
             fail(f"{text} is invalid: {str(e).splitlines()[0].rstrip('.')}; allowed: {SPACES}")
-    space, fixed = create_params_from_overrides(given)
+    space, fixed = sweeper.search_space(given)
     space = {k: d for k, d in space.items() if k not in fixed}
-    ends = {k: list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
+    # Optuna's distributions: a categorical one has `choices`, the others `low` and `high`
+    ends = {k: list(d.choices) if hasattr(d, "choices") else [d.low, d.high]
             for k, d in space.items()}
+    numeric = {k for k, d in space.items() if not hasattr(d, "choices")
+               and re.fullmatch(r"[A-Za-z_][\w.]*", k)}
     base = {k: v[0] for k, v in ends.items()}
     points = [(next(iter(base)) if len(base) == 1 else None, base)]
     points += [(k, {**base, k: v}) for k, vs in ends.items() for v in vs[1:]]
     loader = impl.hydra_context.config_loader
     saved = HydraConfig.instance().cfg
-    first = None  # the first point's task config
+    first = None  # the first point's config, without the numeric keys' values
+    if not params_conf and numeric == set(space):  # the sweep's config is the first point's
+        first = task_config(impl.config)
     try:
         for key, point in points:
-            params = {**point, **fixed}
             try:
-                if first is not None and re.fullmatch(r"[A-Za-z_][\w.]*", key) \
-                        and not isinstance(space[key], CategoricalDistribution):
-                    cfg = first.copy()
-                    OmegaConf.update(cfg, key, point[key], merge=False)
-                else:
-                    full = loader.load_sweep_config(impl.config,
-                                                    [f"{k}={v}" for k, v in params.items()])
+                if first is None or (key is not None and key not in numeric):
+                    full = loader.load_sweep_config(
+                        impl.config, [f"{k}={v}" for k, v in {**point, **fixed}.items()])
                     HydraConfig.instance().set_config(full)
                     cfg = task_config(full)
                     first = cfg if first is None else first
+                else:
+                    cfg = copy.deepcopy(first)
+                for k in numeric:
+                    OmegaConf.update(cfg, k, point[k], merge=False)
                 job_config(cfg)
             except Exception as e:
                 what = (f"at {key}={point[key]}, an end of the search space's "
@@ -270,7 +274,7 @@ def _run_search(sweeper: Any, impl: Any, arguments: Sequence[str]) -> None:
     error = unsatisfiable(impl.config.hydra.launcher)
     if error:
         fail(error)
-    check_search_space(impl, arguments)
+    check_search_space(sweeper, impl, arguments)
     sweep_dir = Path(str(impl.config.hydra.sweep.dir))
     search = _Search(impl, objectives, sweep_dir)
     impl.launcher = search
