@@ -151,6 +151,16 @@ class ModelConfig:
 
 
 @dataclass
+class LyapunovConfig:
+    # The leading Lyapunov exponents of the driven state dynamics (QR method, on the probe
+    # batch's first sequences), reported at initialization, at every logged training step
+    # and after training (summary.json, lyapunov.parquet).
+    k: int | None = None  # how many (>= 1; more than the state's dimension: all); null: all
+    # up to a state of 64 numbers (rnnjax.app.summary.LYAPUNOV_ALL_UP_TO), else 3
+    every: int = 1  # steps between QR re-orthonormalizations (>= 1)
+
+
+@dataclass
 class Config:
     cell: CellConfig = field(default_factory=CellConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
@@ -160,6 +170,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    lyapunov: LyapunovConfig = field(default_factory=LyapunovConfig)
     seq_len: int = 64  # T, timesteps backpropagated through (>= 1)
     hidden_size: int = 64  # H (>= 1)
     batch_size: int = 32  # B, sequences per network (>= 1)

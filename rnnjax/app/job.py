@@ -14,7 +14,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from rnnjax.app import provenance, results, timemap, tracking
+from rnnjax.app import dynamics, provenance, results, timemap, tracking
 from rnnjax.app.config import Config
 from rnnjax.app.locks import JobBusy, holding_job_lock, job_lock  # noqa: F401 (re-exported)
 from rnnjax.app.memory import fit_seeds, memory_budget
@@ -44,10 +44,9 @@ from rnnjax.core.train import (
 log = logging.getLogger("rnnjax")
 
 # XLA's CPU options for a program that runs once and does little (the initialization): LLVM
-# without its optimizations, the elemental emitters, code generated in one piece. Measured on a
-# 2-core CPU: an LSTM's initialization (H = 128, 2 networks, copy batches of T = 1000)
-# compiles in 0.5 s instead of 2.5 s and runs in 15 ms instead of 4 ms. Not for the probe or
-# training: their programs compile in half the time but run 3 times as long.
+# without its optimizations, elemental emitters, code in one piece. On a 2-core CPU an LSTM's
+# initialization (H = 128, 2 networks, copy batches of T = 1000) compiles in 0.5 s, not 2.5 s,
+# and runs in 15 ms, not 4. Not for the probe or training: they would run 3 times as long.
 RUN_ONCE_CPU = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
                 "xla_cpu_use_fusion_emitters": False, "xla_cpu_parallel_codegen_split_count": 1}
 
@@ -317,26 +316,35 @@ def _probe_and_train(run: JobRun) -> tuple[dict, pd.DataFrame, pd.DataFrame | No
     if cfg.probe.time_map:  # the time-to-time map at initialization (rnnjax.app.timemap)
         written.append(timemap.write_time_map(run, profile_truncation(cfg)))
 
+    lyap = dynamics.Lyapunov.build(cell, params, T, cfg.lyapunov.k, cfg.lyapunov.every)
+    context = {"kind": task.kind, "loss_at": cfg.probe.loss_at.value,
+               "activation": cfg.activation.name.value, "init": cfg.init.name.value}
+    theory = registry.get(cfg.cell.name.value).theory
+    headlines, spectra = [], []
+    for sl, v, c in zip(groups, values, group_columns, strict=True):
+        h = headline(prof.select(sl))
+        h["theory"] = theory_summary(
+            cell, jax.tree.map(lambda a, sl=sl: a[sl], params), x[sl],
+            h["log10_slope_per_step_back"], theory, cell_options(cfg), lyap, y=y[sl],
+            init_value=v, **context)
+        headlines.append({**({"init_param": param, "init_value": v} if is_list else {}), **h})
+        spectra.append(dynamics.lyapunov_frame(seeds, h["theory"], c))
+
     steps = total_steps(cfg, task)
     training, metrics = {}, None
     if steps:  # validate() allows training with a single init value only
-        frames, training = train_job(run, probe, frames, columns)
+        frames, training = train_job(run, probe, frames, columns, dynamics.StepTheory(
+            cell, x, lyap, theory, cell_options(cfg), y=y, init_value=values[0], **context))
         metrics = training.pop("metrics")
+        logged = training.pop("logged")  # the headline, theory and spectrum at the end too:
+        spectra.append(dynamics.logged_spectra(seeds, logged, columns))
+        training["headline"] = logged[-1][1].headline  # the last logged step is the last step
         results.write_parquet(metrics, out / results.METRICS)
         written.append(results.METRICS)
     grad_norms = pd.concat(frames, ignore_index=True)
     results.write_parquet(grad_norms, out / results.GRAD_NORMS)
-
-    headlines = []
-    for sl, v in zip(groups, values, strict=True):
-        h = headline(prof.select(sl))
-        h["theory"] = theory_summary(
-            cell, jax.tree.map(lambda a, sl=sl: a[sl], params), x[sl],
-            h["log10_slope_per_step_back"], registry.get(cfg.cell.name.value).theory,
-            cell_options(cfg), y=y[sl], kind=task.kind, loss_at=cfg.probe.loss_at.value,
-            activation=cfg.activation.name.value, init=cfg.init.name.value,
-            init_value=v)
-        headlines.append({**({"init_param": param, "init_value": v} if is_list else {}), **h})
+    results.write_parquet(pd.concat(spectra, ignore_index=True), out / dynamics.LYAPUNOV_FILE)
+    written.append(dynamics.LYAPUNOV_FILE)
     wall = time.perf_counter() - start
     finite = (all(h["n_nonfinite"] == 0 for h in headlines)
               and not training.get("diverged_seeds"))
@@ -363,6 +371,7 @@ def _probe_and_train(run: JobRun) -> tuple[dict, pd.DataFrame, pd.DataFrame | No
     for h in headlines:
         log_headline(name, sizes, cfg.probe.loss_at.value, h, summary["status"], wall)
     if training:
+        log.info("%s", dynamics.trained_line(headlines[0], training["headline"]))
         final = {k: training.get(f"final_{k}") for k in ("train_loss", "train_ppl", "val_loss",
                                                           "val_ppl", "val_accuracy")}
         log.info("trained %d steps: %s, clipping active in %.1f%% of steps, diverged seeds %s",
@@ -377,13 +386,15 @@ def profile_truncation(cfg: Config) -> int | None:
     return cfg.train.truncate if cfg.train.bptt.value == "truncated" else None
 
 
-def train_job(run: JobRun, probe, frames: list, columns: dict):
+def train_job(run: JobRun, probe, frames: list, columns: dict, step_theory):
     """Trains all seeds together; returns the profile frames (`frames` with the training's
     profiles added) and the training summary (with the metrics DataFrame under "metrics").
 
     Args:
       run: the job. probe: its fitted probe, for the profiles while training. columns: the
-        config columns of every frame.
+        config columns of every frame. step_theory: a `dynamics.StepTheory`, the headline,
+        theory and spectrum of each logged step (the training summary's "logged": (step,
+        `dynamics.StepNumbers`) of each).
     """
     cfg, cell, task, params, x, y, data_keys, budget = (
         run.cfg, run.cell, run.task, run.params, run.x, run.y, run.data_keys, run.budget)
@@ -404,6 +415,7 @@ def train_job(run: JobRun, probe, frames: list, columns: dict):
 
     rows = []
     profiles = []  # (train_step, Profile) of each interval: one frame for all after the loop
+    logged = []  # (train_step, dynamics.StepNumbers) of each interval
     n_clipped = n_taken = 0
     tokens = task.kind == "tokens"
 
@@ -411,16 +423,18 @@ def train_job(run: JobRun, probe, frames: list, columns: dict):
     def measure(params):
         """The validation loss (and accuracy) and the gradient profile of the networks."""
         acc = None if accuracy is None else np.asarray(accuracy(params, val_x, val_y))
-        return np.asarray(evaluate(params, val_x, val_y)), acc, to_host(probe(params, x, y))
+        prof = to_host(probe(params, x, y))
+        return np.asarray(evaluate(params, val_x, val_y)), acc, prof, step_theory(params, prof)
 
     def log_interval(begin, state, m, measured):
         nonlocal n_clipped, n_taken
-        val, acc, prof = measured.result()
+        val, acc, prof, nums = measured.result()
         m = jax.tree.map(np.asarray, m)
         n_clipped += int(m.clipped.sum())
         n_taken += int(m.active.sum())
         done = min(begin + n, steps)
         profiles.append((done, prof))
+        logged.append((done, nums))
         rows.extend(interval_rows(seeds, done, m, val, np.asarray(state.alive), tokens, acc))
         bar.update(done - begin)
         # the numbers a tracker gets for this step (`tracking.log_results`)
@@ -453,11 +467,13 @@ def train_job(run: JobRun, probe, frames: list, columns: dict):
         rows_each = len(seeds) * stacked.grad_norm[0].size  # S T (L): rows of one profile
         frames.append(results.probe_frame(np.tile(seeds, len(profiles)), stacked, columns,
                                           train_step=np.repeat(done, rows_each)))
-    metrics = results.with_config_columns(pd.DataFrame(rows), columns)
+    metrics = results.with_config_columns(
+        dynamics.metrics_columns(pd.DataFrame(rows), seeds, logged), columns)
     diverged = np.asarray(state.diverged_at)
     last = metrics[metrics.train_step == metrics.train_step.max()]
     training = {
         "metrics": metrics,
+        "logged": logged,
         "steps": steps,
         # means over the networks as the log and a tracker give them (an overflowed
         # perplexity is inf there too, not left out)

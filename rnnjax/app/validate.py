@@ -125,6 +125,9 @@ def validate(cfg: DictConfig | Config) -> Config:
     if cfg.probe.unroll is not None:
         _check_size("probe.unroll", cfg.probe.unroll)
     _check_size("model.layers", cfg.model.layers)
+    if cfg.lyapunov.k is not None:
+        _check_size("lyapunov.k", cfg.lyapunov.k)
+    _check_size("lyapunov.every", cfg.lyapunov.every)
     if not 0 <= cfg.seed <= 2**32 - cfg.seeds:
         raise ConfigError(f"seed={cfg.seed} is invalid: must be an integer >= 0 with seed + seeds "
                           f"<= 2**32 (JAX's PRNG seeds are 32-bit)")

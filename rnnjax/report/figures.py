@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
 
 FIGURES_FILE = CONF_DIR / "figures.yaml"
-INPUTS = ("df", "summaries", "metrics", "names")  # what `draw.inputs` may name
+INPUTS = ("df", "summaries", "metrics", "names", "lyapunov")  # what `draw.inputs` may name
 
 
 class Data(NamedTuple):
@@ -33,6 +33,7 @@ class Data(NamedTuple):
     summaries: pd.DataFrame  # load_summaries
     metrics: pd.DataFrame | None  # load_metrics (None: no job trained)
     names: dict[str, str]  # job -> its legend name, where the figure gives one
+    lyapunov: pd.DataFrame | None = None  # load_lyapunov (None: no job has spectra)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from rnnjax.report.heatmaps import heatmap
 from rnnjax.report.modern import modern_cells
 from rnnjax.report.points import curse_of_memory, phase_diagram, slope_vs_lyapunov
 from rnnjax.report.profiles import before_after, cells_at_init, decay_curves
+from rnnjax.report.spectra import lyapunov_spectra
 from rnnjax.report.style import (
     COINCIDE,
     HEATMAP_LABEL,
@@ -39,4 +40,5 @@ from rnnjax.report.training import cells_training, training_curves
 __all__ = ["COINCIDE", "HEATMAP_LABEL", "LOG10_NORM", "MIN_DECADES", "OKABE_ITO", "STEPS_BACK",
            "TIMESTEP", "before_after", "categorical", "cells_at_init", "cells_training",
            "curse_of_memory", "decay_curves", "heatmap", "hue_title", "job_T", "min_span",
-           "modern_cells", "phase_diagram", "slope_vs_lyapunov", "training_curves"]
+           "lyapunov_spectra", "modern_cells", "phase_diagram", "slope_vs_lyapunov",
+           "training_curves"]

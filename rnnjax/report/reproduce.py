@@ -163,7 +163,7 @@ def load(out: Path, figures: list[str], names: dict[str, str]) -> Data | None:
     None when none did."""
     import pandas as pd
 
-    from rnnjax.app.results import load_metrics, load_summaries, load_sweep
+    from rnnjax.app.results import load_lyapunov, load_metrics, load_summaries, load_sweep
 
     parts = []
     with warnings.catch_warnings(record=True) as caught:
@@ -173,7 +173,8 @@ def load(out: Path, figures: list[str], names: dict[str, str]) -> Data | None:
                 job = f"{figure}/{job_name(own)}"
                 where = out / "runs" / "reproduce" / job
                 try:
-                    frames_of = (load_sweep(where), load_summaries(where), load_metrics(where))
+                    frames_of = (load_sweep(where), load_summaries(where), load_metrics(where),
+                                 load_lyapunov(where))
                 except FileNotFoundError:
                     warnings.warn(f"{job} did not finish: left out of the figure", stacklevel=1)
                     continue
@@ -184,10 +185,11 @@ def load(out: Path, figures: list[str], names: dict[str, str]) -> Data | None:
         log.warning("%s", message)
     if not parts:
         return None
-    metrics = [m for _, _, m in parts if m is not None]
-    return Data(pd.concat([df for df, _, _ in parts], ignore_index=True),
-                pd.concat([s for _, s, _ in parts], ignore_index=True),
-                pd.concat(metrics, ignore_index=True) if metrics else None, names)
+    def joined(i: int) -> pd.DataFrame | None:
+        frames_i = [p[i] for p in parts if p[i] is not None]
+        return pd.concat(frames_i, ignore_index=True) if frames_i else None
+
+    return Data(joined(0), joined(1), joined(2), names, joined(3))
 
 
 def write_section(name: str, out: Path) -> Path | None:
@@ -211,7 +213,8 @@ def write_section(name: str, out: Path) -> Path | None:
     figures.mkdir(parents=True, exist_ok=True)
     png = figures / f"{name}.png"
     # a pyplot-free Figure: nothing to close
-    fig.draw(Data(drawn(data.df), drawn(data.summaries), drawn(data.metrics), names)).savefig(
+    fig.draw(Data(drawn(data.df), drawn(data.summaries), drawn(data.metrics), names,
+                  drawn(data.lyapunov))).savefig(
         png, dpi=DPI, bbox_inches="tight")
     tables = (fig.tables or slopes)(data)
     parts = [f"## {name}\n", f"![{name}](figures/{name}.png)\n", fig.caption + "\n"]
