@@ -13,7 +13,7 @@ from helpers import compose_cfg
 
 from rnnjax.app.config import register_configs
 from rnnjax.app.job import run_job
-from rnnjax.app.results import load_lyapunov, load_metrics
+from rnnjax.app.results import load_lyapunov, load_metrics, load_summaries
 from rnnjax.app.summary import lyapunov_k
 from rnnjax.app.validate import ConfigError
 from rnnjax.core.cells import registry, vanilla
@@ -23,6 +23,7 @@ from rnnjax.core.cells.vanilla import init_params
 from rnnjax.core.init import gaussian, orthogonal, xavier
 from rnnjax.core.tasks import make_random_batch
 from rnnjax.core.theory import initial_frame, make_lyapunov
+from rnnjax.report import plots
 
 register_configs()
 
@@ -128,6 +129,14 @@ def test_job_reports_the_spectrum_at_init_and_while_training(tmp_path):
                                .lyapunov_log10_per_step)
     # the vanilla RNN's mean field applies (loss at the last step): its prediction is beside it
     assert np.isfinite(last.predicted_log10_slope_per_step_back).all()
+    # the report's figure: measured, predicted, top exponent, each from step 0 (the summary's)
+    fig = plots.slope_during_training(m, load_summaries(tmp_path))
+    lines = fig.axes[0].get_lines()[:3]
+    assert [list(line.get_xdata()) for line in lines] == [[0, 2, 4]] * 3
+    h0 = summary["headline"]["log10_slope_per_step_back"]
+    assert lines[0].get_ydata()[0] == pytest.approx(h0)
+    assert lines[2].get_ydata()[-1] == pytest.approx(
+        trained["theory"]["lyapunov_top_log10_per_step"])
 
 
 @pytest.mark.parametrize("key,value", [("lyapunov.k", 0), ("lyapunov.every", 0)])

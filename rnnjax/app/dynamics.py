@@ -27,12 +27,13 @@ class StepNumbers(NamedTuple):
     lam: np.ndarray
 
 
-def prediction(theory: dict) -> float | None:
+def prediction(theory: dict, init: str | None = None) -> float | None:
     """The theory's predicted slope (log10 per step back) where it applies: mean field's factor
-    for a random W_hh, else the cell's own prediction; None where there is none."""
+    for a random W_hh (not init=identity, as the report has it), else the cell's own
+    prediction; None where there is none."""
     if not theory.get("applies", True):
         return None
-    if "mean_field" in theory:
+    if "mean_field" in theory and init != "identity":
         return theory["mean_field"]["log10_factor_per_step"]
     return theory.get("predicted_log10_slope_per_step_back")
 
@@ -80,14 +81,15 @@ def logged_spectra(seeds: np.ndarray, logged: list[tuple[int, StepNumbers]], col
 
 
 def metrics_columns(metrics: pd.DataFrame, seeds: np.ndarray,
-                    logged: list[tuple[int, StepNumbers]]) -> pd.DataFrame:
+                    logged: list[tuple[int, StepNumbers]], init: str | None = None
+                    ) -> pd.DataFrame:
     """metrics.parquet with the dynamics of each logged step per seed: its measured slope
     (`log10_slope_per_step_back`), the theory's prediction beside it
     (`predicted_log10_slope_per_step_back`, the group's; NaN where none applies) and the top
-    exponent (`lyapunov_top_log10_per_step`)."""
+    exponent (`lyapunov_top_log10_per_step`). init: the job's init (`prediction`)."""
     rows = []
     for step, nums in logged:
-        pred = prediction(nums.headline["theory"])
+        pred = prediction(nums.headline["theory"], init)
         for s, seed in enumerate(seeds):
             rows.append({"train_step": step, "seed": int(seed),
                          "log10_slope_per_step_back": nums.headline["log10_slope_per_seed"][s],
@@ -100,13 +102,13 @@ def metrics_columns(metrics: pd.DataFrame, seeds: np.ndarray,
     return metrics.merge(extra, on=["train_step", "seed"], how="left")
 
 
-def trained_line(init: dict, trained: dict) -> str:
+def trained_line(init: dict, trained: dict, init_name: str | None = None) -> str:
     """The log's line of the dynamics before and after training: the slope, its prediction and
     the top exponent, at initialization -> at the end."""
     def num(v):
         return "n/a" if v is None or not math.isfinite(v) else f"{v:+.4f}"
 
-    p0, p1 = prediction(init["theory"]), prediction(trained["theory"])
+    p0, p1 = prediction(init["theory"], init_name), prediction(trained["theory"], init_name)
     pred = f", predicted {num(p0)} -> {num(p1)}" if p0 is not None or p1 is not None else ""
     return (f"log10 grad_norm per step back {num(init['log10_slope_per_step_back'])} at "
             f"initialization -> {num(trained['log10_slope_per_step_back'])} after training"

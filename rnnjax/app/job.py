@@ -371,7 +371,8 @@ def _probe_and_train(run: JobRun) -> tuple[dict, pd.DataFrame, pd.DataFrame | No
     for h in headlines:
         log_headline(name, sizes, cfg.probe.loss_at.value, h, summary["status"], wall)
     if training:
-        log.info("%s", dynamics.trained_line(headlines[0], training["headline"]))
+        log.info("%s", dynamics.trained_line(headlines[0], training["headline"],
+                                             cfg.init.name.value))
         final = {k: training.get(f"final_{k}") for k in ("train_loss", "train_ppl", "val_loss",
                                                           "val_ppl", "val_accuracy")}
         log.info("trained %d steps: %s, clipping active in %.1f%% of steps, diverged seeds %s",
@@ -468,7 +469,7 @@ def train_job(run: JobRun, probe, frames: list, columns: dict, step_theory):
         frames.append(results.probe_frame(np.tile(seeds, len(profiles)), stacked, columns,
                                           train_step=np.repeat(done, rows_each)))
     metrics = results.with_config_columns(
-        dynamics.metrics_columns(pd.DataFrame(rows), seeds, logged), columns)
+        dynamics.metrics_columns(pd.DataFrame(rows), seeds, logged, cfg.init.name.value), columns)
     diverged = np.asarray(state.diverged_at)
     last = metrics[metrics.train_step == metrics.train_step.max()]
     training = {

@@ -147,6 +147,13 @@ def figures(df: pd.DataFrame, summaries: pd.DataFrame, metrics: pd.DataFrame | N
             "baseline of the adding and copy tasks); right: the gradient profile of job "
             f"{first} at every logged training step.",
             lambda: plots.training_curves(metrics, df, summaries=summaries)))
+        if "log10_slope_per_step_back" in metrics:  # metrics with the dynamics of each step
+            out.append((
+                "slope_during_training.png", "The slope during training",
+                "The headline slope of log10 ‖dL/dH_t‖ per step back at initialization and at "
+                "every logged training step, median over seeds: measured (solid), the theory's "
+                "prediction where one applies (dashed), the top Lyapunov exponent (dotted).",
+                lambda: plots.slope_during_training(metrics, summaries)))
     return out
 
 

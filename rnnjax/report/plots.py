@@ -35,10 +35,15 @@ from rnnjax.report.style import (
     hue_title,
     min_span,
 )
-from rnnjax.report.training import cells_training, training_curves
+from rnnjax.report.training import (
+    cells_training,
+    slope_during_training,
+    training_curves,
+)
 
 __all__ = ["COINCIDE", "HEATMAP_LABEL", "LOG10_NORM", "MIN_DECADES", "OKABE_ITO", "STEPS_BACK",
            "TIMESTEP", "before_after", "categorical", "cells_at_init", "cells_training",
            "curse_of_memory", "decay_curves", "heatmap", "hue_title", "job_T", "min_span",
-           "lyapunov_spectra", "modern_cells", "phase_diagram", "slope_vs_lyapunov",
+           "lyapunov_spectra", "modern_cells", "phase_diagram", "slope_during_training",
+           "slope_vs_lyapunov",
            "training_curves"]

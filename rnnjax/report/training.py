@@ -164,3 +164,56 @@ def cells_training(metrics: pd.DataFrame, summaries: pd.DataFrame | None = None)
     fig.suptitle("Training every cell: loss against steps, median over seeds, with the "
                  "memoryless baseline")
     return fig
+
+
+DYNAMICS = ("log10_slope_per_step_back", "predicted_log10_slope_per_step_back",
+            "lyapunov_top_log10_per_step")  # metrics.parquet's columns of each logged step
+
+
+@figure_style
+def slope_during_training(metrics: pd.DataFrame, summaries: pd.DataFrame | None = None
+                          ) -> Figure:
+    """The headline slope against the training step, per job (median over seeds): measured
+    (solid, points), the theory's prediction where one applies (dashed) and the top Lyapunov
+    exponent (dotted), from step 0 (the summary's headline at initialization) to the end.
+
+    Args:
+      metrics: a `load_metrics` frame with the dynamics columns (`DYNAMICS`).
+      summaries: the `load_summaries` frame, for step 0 and the jobs' labels.
+    """
+    data = metrics[["job", "seed", "train_step", *DYNAMICS]]
+    if summaries is not None:  # step 0: the headline at initialization
+        s = summaries[summaries["job"].isin(data["job"])]
+        pred = frames.predictions(s).reindex(s["job"])
+        init = pd.DataFrame({
+            "job": s["job"].to_numpy(), "seed": -1, "train_step": 0,
+            DYNAMICS[0]: pd.to_numeric(s.get(frames.SLOPE), errors="coerce").to_numpy(),
+            DYNAMICS[1]: pred["slope"].to_numpy(dtype=float),
+            DYNAMICS[2]: pd.to_numeric(s.get(frames.LYAPUNOV), errors="coerce").to_numpy()})
+        data = pd.concat([init, data], ignore_index=True)
+    med = data.groupby(["job", "train_step"], sort=False)[list(DYNAMICS)].median().reset_index()
+    jobs = job_order(med["job"])
+    source = (summaries[summaries["job"].isin(jobs)] if summaries is not None
+              else med.drop_duplicates("job"))
+    label_of = (dict(zip(source["job"], config_label(source), strict=True))
+                if summaries is not None else {j: j for j in jobs})
+    palette = categorical([label_of[j] for j in jobs])
+    fig = Figure(figsize=(10, 6), layout="constrained")
+    ax = fig.subplots()
+    for job in jobs:
+        d = med[med["job"] == job].sort_values("train_step")
+        color = palette[label_of[job]]
+        ax.plot(d["train_step"], d[DYNAMICS[0]], marker="o", color=color, label=label_of[job])
+        ax.plot(d["train_step"], d[DYNAMICS[1]], ls="--", color=color)
+        ax.plot(d["train_step"], d[DYNAMICS[2]], ls=":", color=color)
+    ax.axhline(0, color="black", lw=0.8, ls="-.")
+    extra = [Line2D([], [], color="gray", marker="o", label="measured slope (median over seeds)"),
+             Line2D([], [], color="gray", ls="--", label="prediction (where one applies)"),
+             Line2D([], [], color="gray", ls=":", label="top Lyapunov exponent λ₁ / ln 10")]
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + extra, labels=names + [h.get_label() for h in extra],
+              loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("log10 ‖dL/dH_t‖ per step back (decades/step)")
+    ax.set_title("The gradient's slope through time, during training")
+    return fig
