@@ -59,6 +59,11 @@ def check_group_options(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
             module, package, extra = presets[o.key_or_group][value]
             if find_spec(module) is None:
                 fail(needs_package(f"{o.key_or_group}={value}", package, extra))
+        if o.key_or_group == "hydra/sweeper/sampler" and value == "grid":
+            # conf/hydra/sweeper/rnnjax_optuna.yaml seeds its sampler; Optuna's grid has none
+            fail("hydra/sweeper/sampler=grid is not supported: grids are rnnjax's own "
+                 "sweeper's (the default, without hydra/sweeper=...); allowed: tpe, random, "
+                 "cmaes, nsgaii, motpe")
         if o.key_or_group not in groups:
             continue
         allowed = groups[o.key_or_group]

@@ -184,7 +184,9 @@ class _Search:
                 self.sweep_dir.mkdir(parents=True, exist_ok=True)
                 OmegaConf.save(self.impl.config, self.sweep_dir / "multirun.yaml")
             self.jobs.extend(batch)
-            write_manifest(self.sweep_dir, self.jobs)
+            # a directory once, though Optuna may ask for the same values again
+            unique = {job.dir: job for job in reversed(self.jobs)}
+            write_manifest(self.sweep_dir, sorted(unique.values(), key=lambda j: j.number))
         except OSError as e:
             fail(os_error_line(e, self.sweep_dir))
 
