@@ -24,6 +24,9 @@ from rnnjax.app.results import json_safe, write_json
 from rnnjax.sweeps.app import SWEEP_ROOT, job_name, sweep_name
 from rnnjax.sweeps.search import parse_objectives, score
 
+# Optuna 2.10 imports its database storage with SQLAlchemy 2's deprecated declarative_base
+pytestmark = pytest.mark.filterwarnings("ignore:.*declarative_base:DeprecationWarning")
+
 SEARCH = ["hydra/sweeper=rnnjax_optuna", "hydra.sweeper.n_trials=3", "init=gaussian",
           "init.gain=interval(0.5,2.0)", *TINY]
 

@@ -259,6 +259,21 @@ def check_search_space(sweeper: Any, impl: Any, arguments: Sequence[str]) -> Non
         HydraConfig.instance().cfg = saved
 
 
+def check_storage(storage: Any) -> None:
+    """Exits with one line where Optuna cannot open `hydra.sweeper.storage` (Optuna 2.10's
+    database storage fails with SQLAlchemy 2, which rnnjax's trackers need)."""
+    if storage is None:
+        return
+    import optuna
+
+    try:
+        optuna.storages.get_storage(storage)
+    except Exception as e:
+        fail(f"hydra.sweeper.storage={storage} is invalid: Optuna cannot open it "
+             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'}); "
+             "allowed: null (the study in memory; the same command still resumes)")
+
+
 def run_search(sweeper: Any, arguments: Sequence[str]) -> None:
     """What the rnnjax Optuna sweeper does (see the module's docstring).
 
@@ -277,6 +292,7 @@ def _run_search(sweeper: Any, impl: Any, arguments: Sequence[str]) -> None:
     if error:
         fail(error)
     check_search_space(sweeper, impl, arguments)
+    check_storage(impl.storage)
     sweep_dir = Path(str(impl.config.hydra.sweep.dir))
     search = _Search(impl, objectives, sweep_dir)
     impl.launcher = search
