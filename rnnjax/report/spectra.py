@@ -45,22 +45,22 @@ def lyapunov_spectra(summaries: pd.DataFrame, lyapunov: pd.DataFrame) -> Figure:
       lyapunov: its jobs' `load_lyapunov` frame.
     """
     rows = spectra_at_init(lyapunov)
-    vanilla = rows[np.isfinite(rows["init_gain"])]  # a random W_hh: mean field's networks
+    gained = rows[np.isfinite(rows["init_gain"])]  # a random W_hh: mean field's networks
     others = rows[~np.isfinite(rows["init_gain"])]
-    acts = frames.ranked(vanilla["activation"]) if len(vanilla) else []
+    acts = frames.ranked(gained["activation"]) if len(gained) else []
     fig = Figure(figsize=(6 * max(len(acts), 2), 11), layout="constrained")
     grid = fig.add_gridspec(2, max(len(acts), 2))
-    gains = sorted(vanilla["init_gain"].unique())
+    gains = sorted(gained["init_gain"].unique())
     palette = dict(zip(gains, sns.color_palette("viridis", len(gains)), strict=True))
     for j, act in enumerate(acts):
         ax = fig.add_subplot(grid[0, j])
-        sns.lineplot(data=vanilla[vanilla["activation"] == act], x="fraction", y="exponent",
+        sns.lineplot(data=gained[gained["activation"] == act], x="fraction", y="exponent",
                      hue="init_gain", palette=palette, legend="full", marker=".", ax=ax)
         ax.axhline(0, color="black", lw=0.8, ls="-.")
-        ax.set_title(f"vanilla RNN, {act}")
+        ax.set_title(f"{act}, W_hh ~ N(0, g²/H)")
         ax.set_xlabel("place i / k of the exponent (k = H: every one)")
         ax.set_ylabel(YLABEL if j == 0 else "")
-        low = vanilla.loc[vanilla["activation"] == act, "exponent"]
+        low = gained.loc[gained["activation"] == act, "exponent"]
         low = low[np.isfinite(low)]
         if len(low) and low.min() < CLIP:  # a dead ReLU's directions: far below, or -inf
             ax.set_ylim(CLIP, None)
