@@ -118,6 +118,18 @@ class ProbeConfig:
 
 
 @dataclass
+class FlossConfig:
+    # Gradient flossing (Engelken 2023; rnnjax.core.floss): gradient descent on sum_{i<=k}
+    # lambda_i^2 of the top k Lyapunov exponents, before and/or during training
+    k: int | None = None  # exponents flossed and measured before/after training; null, 0: off
+    weight: float = 1.0  # the regularizer's factor (0: measure only, never floss)
+    before: int = 0  # optimizer steps of flossing alone before training (0: none)
+    every: int | None = None  # during training, add its gradient every n steps; null: never
+    length: int = 4  # steps the exponents are averaged and differentiated over, per sequence
+    burn_in: int = 30  # steps before them, without gradient (state and frame settle)
+
+
+@dataclass
 class TrainConfig:
     steps: int = 0  # optimizer steps; 0 (the default) probes at initialization only
     epochs: int | None = None  # timemachine: passes over the 10000 training windows (not steps)
@@ -129,6 +141,7 @@ class TrainConfig:
     bptt: BPTT = BPTT.full  # full, truncated (every train.truncate steps) or randomized
     truncate: int | None = None  # truncated: k; randomized: the mean truncation length
     log_every: int = 10  # steps between logged profiles and metrics
+    floss: FlossConfig = field(default_factory=FlossConfig)  # gradient flossing
 
 
 @dataclass

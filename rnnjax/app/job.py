@@ -14,7 +14,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from rnnjax.app import dynamics, provenance, results, timemap, tracking
+from rnnjax.app import dynamics, flossing, provenance, results, timemap, tracking
 from rnnjax.app.config import Config
 from rnnjax.app.locks import JobBusy, holding_job_lock, job_lock  # noqa: F401 (re-exported)
 from rnnjax.app.memory import fit_seeds, memory_budget
@@ -408,10 +408,11 @@ def train_job(run: JobRun, probe, frames: list, columns: dict, step_theory):
     scan = scan_of(cfg, cell)
     evaluate = jax.jit(jax.vmap(make_eval(cell, loss_at, task.kind, scan)))
     val_x, val_y = jax.vmap(task.val_batch)(data_keys[:, 1])
+    params, floss = flossing.before_training(cfg, cell, task, tx, params, data_keys, val_x)
     state = jax.vmap(init_state, (0, None))(params, tx)
     chunk = fit_seeds(make_train_chunk(Training(
         cell, loss_at, task.kind, tx, task.train_batch, steps, n, tr.bptt.value, tr.truncate,
-        tr.clip, tr.clip_value, task.chunk_batches, scan)),
+        tr.clip, tr.clip_value, task.chunk_batches, scan, flossing.during(cfg))),
                       (0, 0, None), (state, data_keys[:, 0], jnp.asarray(0)), budget, "training")
 
     rows = []
@@ -489,6 +490,8 @@ def train_job(run: JobRun, probe, frames: list, columns: dict, step_theory):
         "clip_fraction": n_clipped / max(n_taken, 1),  # over every step every seed took
         "diverged_seeds": {int(s): int(d) for s, d in zip(seeds, diverged, strict=True) if d >= 0},
     }
+    if floss is not None:  # train.floss.k: the exponents before and after (rnnjax.app.flossing)
+        training["floss"] = flossing.summary(cfg, cell, floss, state.params, val_x)
     if task.vocab is not None:
         training["sample"] = sample_text(cell, task, state.params)
         log.info("sample (seed %d): %r", seeds[0], training["sample"])

@@ -334,5 +334,29 @@ def _validate_train(cfg: Config) -> None:
     if least is not None and (tr.truncate is None or tr.truncate < least):
         raise ConfigError(f"train.truncate={tr.truncate} is invalid for train.bptt={bptt}: must "
                           f"be an integer >= {least}")
+    _validate_floss(cfg)
+
+
+def _validate_floss(cfg: Config) -> None:
+    fl = cfg.train.floss
+    if fl.k is not None and fl.k < 0:
+        raise ConfigError(f"train.floss.k={fl.k} is invalid: must be an integer >= 0, or null "
+                          "(off)")
+    if not fl.k:
+        return
+    if not (cfg.train.steps or cfg.train.epochs):
+        raise ConfigError("train.floss.k is set but nothing trains: train.floss needs "
+                          "train.steps >= 1 (or null train.floss.k)")
+    if fl.k > cfg.hidden_size:
+        raise ConfigError(f"train.floss.k={fl.k} is invalid with hidden_size={cfg.hidden_size}: "
+                          f"allowed: 1 to {cfg.hidden_size}")
+    if not 0 <= fl.weight < math.inf:
+        raise ConfigError(f"train.floss.weight={fl.weight} is invalid: must be a finite number "
+                          ">= 0")
+    for key, value, least in (("before", fl.before, 0), ("every", fl.every, 1),
+                              ("length", fl.length, 1), ("burn_in", fl.burn_in, 0)):
+        if value is not None and value < least:
+            raise ConfigError(f"train.floss.{key}={value} is invalid: must be an integer >= "
+                              f"{least}{', or null (never)' if key == 'every' else ''}")
 
 

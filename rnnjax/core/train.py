@@ -13,6 +13,7 @@ import optax
 from jax import Array
 
 from rnnjax.core.cells import Cell, scale_grad, unroll
+from rnnjax.core.floss import Floss, add_floss_grads
 from rnnjax.core.losses import make_loss, truncation_scale
 from rnnjax.core.scan import parallel_unroll
 
@@ -150,6 +151,8 @@ class Training(NamedTuple):
     # chunk (`rnnjax.core.tasks.Task.chunk_batches`)
     chunk_batches: Callable | None = None
     scan: str = "sequential"  # "sequential" or "parallel" (`sequence_loss`), as the probe's
+    # gradient flossing during training (`rnnjax.core.floss.add_floss_grads`); None: none
+    floss: Floss | None = None
 
 
 def make_train_chunk(training: Training
@@ -161,7 +164,7 @@ def make_train_chunk(training: Training
     is and records the step; the other networks (other vmap lanes) are unaffected.
     """
     (cell, loss_at, kind, tx, train_batch, total_steps, n, bptt, truncate, clip, clip_value,
-     chunk_batches, scan) = training
+     chunk_batches, scan, floss) = training
     make_loss(kind, loss_at)  # checks kind and loss_at now, not at trace time
 
     def loss_fn(params, x, y, mask, scale):
@@ -174,6 +177,8 @@ def make_train_chunk(training: Training
         dtype = jax.tree.leaves(state.params)[0].dtype
         scale = bptt_scale(jax.random.fold_in(k_bptt, i), x.shape[1], bptt, truncate, dtype)
         value, grads = jax.value_and_grad(loss_fn)(state.params, x, y, mask, scale)
+        if floss is not None:  # the loss reported stays the task's
+            grads = add_floss_grads(floss, cell, grads, state.params, x, i)
         gnorm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
