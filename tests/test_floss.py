@@ -121,8 +121,32 @@ def test_config_errors_are_one_line(override, words):
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["train.steps=10", "hidden_size=8", "train.floss.k=2",
+        cfg = compose("config", overrides=["train.steps=20", "hidden_size=8", "train.floss.k=2",
                                            override])
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_job_flossing_during_training_finishes(tmp_path):
+    """Regression: with train.floss.every set, each interval's measuring (its Lyapunov
+    spectrum) ran beside the next training chunk (its QR iteration), and at these sizes the two
+    waited on each other in XLA forever on a 2-core CPU. Now it finishes, with the record."""
+    import threading
+
+    from helpers import compose_cfg
+
+    from rnnjax.app.config import register_configs
+    from rnnjax.app.job import run_job
+
+    register_configs()
+    cfg = compose_cfg(["init=gaussian", "init.gain=2", "task=selective_copy", "task.tokens=1",
+                       "task.symbols=4", "seq_len=16", "hidden_size=32", "batch_size=8",
+                       "seeds=2", "train.optimizer=adam", "train.lr=0.003", "train.steps=20",
+                       "train.log_every=5", "train.floss.k=16", "train.floss.every=5"])
+    done = {}
+    job = threading.Thread(target=lambda: done.update(run_job(cfg, tmp_path)), daemon=True)
+    job.start()
+    job.join(timeout=120)
+    assert not job.is_alive(), "the job hung"
+    assert done["status"] == "ok" and len(done["training"]["floss"]["exponents_after"]) == 2
