@@ -17,6 +17,7 @@ points drawn at the same place (`COINCIDE`) are named in a note, never jittered;
 colours are Okabe and Ito's colour-blind-safe palette.
 """
 
+from rnnjax.report.flossing import gradient_flossing
 from rnnjax.report.frames import job_T
 from rnnjax.report.heatmaps import heatmap
 from rnnjax.report.modern import modern_cells
@@ -43,7 +44,8 @@ from rnnjax.report.training import (
 
 __all__ = ["COINCIDE", "HEATMAP_LABEL", "LOG10_NORM", "MIN_DECADES", "OKABE_ITO", "STEPS_BACK",
            "TIMESTEP", "before_after", "categorical", "cells_at_init", "cells_training",
-           "curse_of_memory", "decay_curves", "heatmap", "hue_title", "job_T", "min_span",
+           "curse_of_memory", "decay_curves", "gradient_flossing", "heatmap", "hue_title",
+           "job_T", "min_span",
            "lyapunov_spectra", "modern_cells", "phase_diagram", "slope_during_training",
            "slope_vs_lyapunov",
            "training_curves"]
