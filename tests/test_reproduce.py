@@ -34,6 +34,7 @@ def tiny(extra_jobs: list[list[str]] = ()) -> dict[str, Figure]:
 
 def run(monkeypatch, caplog, figures, *argv) -> tuple[int, list[str]]:
     monkeypatch.setattr(reproduce, "FIGURES", figures)
+    monkeypatch.setattr(reproduce, "DEFAULT_WORKERS", 1)  # tiny jobs: one worker starts faster
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="reproduce"):
         code = reproduce.main(list(argv))
@@ -53,6 +54,7 @@ def first(tmp_path_factory):
         mp.chdir(where)
         mp.setenv("XDG_CACHE_HOME", str(where / "cache"))
         mp.setattr(reproduce, "FIGURES", tiny())
+        mp.setattr(reproduce, "DEFAULT_WORKERS", 1)
         code = reproduce.main(["--only", "tiny_b"])  # tiny_a's jobs run as its source
     finally:
         logging.getLogger("reproduce").removeHandler(handler)
