@@ -221,12 +221,12 @@ def test_a_diverged_training_run_says_the_same_everywhere(app, tmp_path):
 @pytest.mark.slow
 def test_run_log_holds_the_training_lines_under_a_terminal(app, tmp_path,
                                                            monkeypatch):
-    tqdm = rnnjax.app.job.tqdm
+    tqdm = rnnjax.app.training.tqdm
 
     def shown(*args, **kwargs):  # the bar a terminal shows (disable=None would hide it)
         return tqdm(*args, **{**kwargs, "disable": False, "file": io.StringIO()})
 
-    monkeypatch.setattr(rnnjax.app.job, "tqdm", shown)
+    monkeypatch.setattr(rnnjax.app.training, "tqdm", shown)
     job = tmp_path / "job"
     r = app(*TRAIN, f"hydra.run.dir={job}")
     assert r.code == 0
