@@ -65,7 +65,8 @@ def _option_types() -> dict[str, Any]:
 # `free_options` (not a field: no column, no schema key).
 CellConfig = make_dataclass(
     "CellConfig",
-    [("name", CellName, field(default=next(iter(CellName))))]
+    [("name", CellName, field(default=next(iter(CellName)), metadata={
+        "help": "the recurrent cell; its options are cell.* (one cell's own, the others null)"}))]
     + [(k, t if t is Any else t | None, field(default=None)) for k, t in _option_types().items()],
     namespace={"free_options": {}, "__module__": __name__,
                "__doc__": "cell.*: the cell and its options (from the registry)"},
@@ -73,9 +74,18 @@ CellConfig = make_dataclass(
 CELL_OPTIONS = tuple(f.name for f in fields(CellConfig) if f.name != "name")
 
 
+def _key(default: Any, help: str):
+    """A schema key with its one-line meaning (the config reference's, `rnnjax.app.reference`;
+    a test fails on a key without one). A dataclass default is a nested config."""
+    if isinstance(default, type):
+        return field(default_factory=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ActivationConfig:
-    name: Activation = Activation.tanh  # phi in H_t = phi(A_t)
+    name: Activation = _key(Activation.tanh, "phi in H_t = phi(A_t) (vanilla RNN); linear is "
+                            "the identity, the analytic control")
 
 
 @dataclass
@@ -83,76 +93,104 @@ class InitConfig:
     # The parameter of the init is a number, or a list of numbers ([0.5,1.0,2.0]) that are
     # vmapped inside one job, one network per value and seed (typed Any so that it can be a
     # list; `validate` checks it).
-    name: InitName = InitName.normal  # initializer of W_hh
-    std: Any = None  # normal: entry std (d2l: 0.01)
-    gain: Any = None  # orthogonal, identity, gaussian: the gain g
-    radius: Any = None  # spectral: the exact spectral radius of W_hh
+    name: InitName = _key(InitName.normal, "the initializer of W_hh (W_xh and W_hq: N(0, std^2) "
+                          "with normal, else Glorot normal)")
+    std: Any = _key(None, "normal: the entries' standard deviation (d2l: 0.01); a number or a "
+                    "list of numbers vmapped in one job")
+    gain: Any = _key(None, "orthogonal, identity, gaussian: the gain g (1.0); a number or a list "
+                     "of numbers vmapped in one job")
+    radius: Any = _key(None, "spectral: the exact spectral radius of W_hh (1.0); a number or a "
+                       "list of numbers vmapped in one job")
 
 
 @dataclass
 class TaskConfig:
-    name: TaskName = TaskName.random  # where the probed batches come from
-    vocab_size: int | None = 28  # random: number of distinct tokens (timemachine: from the text)
-    # timemachine: the text file; smnist, psmnist: the folder of the four MNIST files (else
-    # $RNNJAX_DATA, else download)
-    path: str | None = None
-    tokens: int | None = None  # selective_copy: symbols to memorize (conf/task: 8; null: 8)
-    symbols: int | None = None  # selective_copy: data symbols 1..symbols (conf/task: 8; null: 8)
+    name: TaskName = _key(TaskName.random, "where the probed and training batches come from")
+    vocab_size: int | None = _key(28, "random: the number of distinct tokens (timemachine: "
+                                  "from the text; the other tasks: their own)")
+    path: str | None = _key(None, "timemachine: the text file; smnist, psmnist: the folder of "
+                            "the four MNIST files (null: $RNNJAX_DATA, else a download)")
+    tokens: int | None = _key(None, "selective_copy: the symbols to memorize, 1..seq_len "
+                              "(conf/task/selective_copy.yaml: 8; Mamba: 16)")
+    symbols: int | None = _key(None, "selective_copy: the data symbols 1..symbols, >= 1 "
+                               "(conf/task/selective_copy.yaml: 8; Mamba: 16)")
 
 
 @dataclass
 class ProbeConfig:
-    loss_at: LossAt = LossAt.last  # L at the last step only, or averaged over all steps
-    # steps per iteration of the probe's two scans (lax.scan's unroll, >= 1); null: by backend,
-    # 16 on a GPU, 1 on a CPU (rnnjax.core.probes.DEFAULT_UNROLL, measured by experiments/bench.py)
-    unroll: int | None = None
-    # the probe's and training's scans in time: sequential (lax.scan) or parallel
-    # (jax.lax.associative_scan, O(log T) deep, for cells whose step is linear in the state,
-    # Cell.linear); null: for those cells parallel on a GPU, sequential on a CPU (measured
-    # faster there: rnnjax.core.scan.DEFAULT_SCAN), else sequential
-    scan: Scan | None = None
-    # with loss_at=all, also the time-to-time map log10 ||d(L_s/T)/dH_t|| of every loss step s
-    # and timestep t <= s at initialization (time_map.parquet; O(T^2), T <= 1024:
-    # rnnjax.core.timemap.MAX_T)
-    time_map: bool = False
+    loss_at: LossAt = _key(LossAt.last, "L at the last step only (whose decay the theory "
+                           "predicts) or averaged over all steps (task=timemachine, copy and "
+                           "selective_copy set all; adding, smnist and psmnist take last only)")
+    unroll: int | None = _key(None, "steps per iteration of the probe's scans (lax.scan's "
+                              "unroll, >= 1); null: 16 on a GPU, 1 on a CPU "
+                              "(rnnjax.core.probes.DEFAULT_UNROLL)")
+    scan: Scan | None = _key(None, "the scans in time of the probe and of training: sequential "
+                             "(lax.scan) or parallel (jax.lax.associative_scan, O(log T) deep, "
+                             "cells linear in the state); null: parallel on a GPU, sequential "
+                             "on a CPU for those cells, else sequential")
+    time_map: bool = _key(False, "with loss_at=all, also log10 ||d(L_s/T)/dH_t|| for every "
+                          "loss step s and t <= s at initialization (time_map.parquet; O(T^2), "
+                          "T <= 1024; one layer)")
 
 
 @dataclass
 class FlossConfig:
     # Gradient flossing (Engelken 2023; rnnjax.core.floss): gradient descent on sum_{i<=k}
     # lambda_i^2 of the top k Lyapunov exponents, before and/or during training
-    k: int | None = None  # exponents flossed and measured before/after training; null, 0: off
-    weight: float = 1.0  # the regularizer's factor (0: measure only, never floss)
-    before: int = 0  # optimizer steps of flossing alone before training (0: none)
-    every: int | None = None  # during training, add its gradient every n steps; null: never
-    length: int = 4  # steps the exponents are averaged and differentiated over, per sequence
-    burn_in: int = 30  # steps before them, without gradient (state and frame settle)
+    k: int | None = _key(None, "the top Lyapunov exponents flossed, and measured before and "
+                         "after training; null or 0: off")
+    weight: float = _key(1.0, "the regularizer's factor (0: the exponents are measured, "
+                         "nothing is flossed)")
+    before: int = _key(0, "optimizer steps of flossing alone before training (the "
+                        "training's optimizer, its own state; 0: none)")
+    every: int | None = _key(None, "during training, its gradient is added every n steps; "
+                             "null: never")
+    length: int = _key(4, "steps per sequence the exponents are averaged and differentiated "
+                       "over")
+    burn_in: int = _key(30, "steps before them, without gradient (the state and the frame "
+                        "settle)")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 0  # optimizer steps; 0 (the default) probes at initialization only
-    epochs: int | None = None  # timemachine: passes over the 10000 training windows (not steps)
-    optimizer: Optimizer = Optimizer.sgd  # optax.sgd, optax.adam or optax.rmsprop
-    lr: float = 1.0  # learning rate
-    clip: float | None = None  # global-norm clipping threshold (optax); null: off
-    clip_value: float | None = None  # element-wise clipping of each gradient entry; null: off
-    initial_scale: float = 0.0  # rmsprop: the initial mean square (optax; Arjovsky et al.: 1e-3)
-    bptt: BPTT = BPTT.full  # full, truncated (every train.truncate steps) or randomized
-    truncate: int | None = None  # truncated: k; randomized: the mean truncation length
-    log_every: int = 10  # steps between logged profiles and metrics
-    floss: FlossConfig = field(default_factory=FlossConfig)  # gradient flossing
+    steps: int = _key(0, "optimizer steps; 0 probes at initialization only")
+    epochs: int | None = _key(None, "timemachine: passes over the 10000 training windows "
+                              "(d2l's epochs: a fresh order each epoch, batches of B, the last "
+                              "one partial), instead of steps")
+    optimizer: Optimizer = _key(Optimizer.sgd, "optax.sgd, optax.adam or optax.rmsprop")
+    lr: float = _key(1.0, "the learning rate")
+    clip: float | None = _key(None, "global-norm clipping threshold "
+                              "(optax.clip_by_global_norm); null: off")
+    clip_value: float | None = _key(None, "element-wise clipping of every gradient entry to "
+                                    "[-c, c] (optax.clip, as Arjovsky et al.'s code clips), "
+                                    "before train.clip; null: off. The metrics' clipped and "
+                                    "clip_fraction count a step where either one acted")
+    initial_scale: float = _key(0.0, "rmsprop only: the initial running mean square (optax's "
+                                "initial_scale; 0: the first steps are about lr·√10·sign(g) "
+                                "however small g is; Arjovsky et al.'s code: 1e-3)")
+    bptt: BPTT = _key(BPTT.full, "full; truncated: the gradient is stopped every "
+                      "train.truncate = k steps (d2l's detach); randomized: at each step the "
+                      "backward chain is kept with probability 1 - 1/k and rescaled by its "
+                      "inverse, unbiased with mean truncation length k (Tallec & Ollivier "
+                      "2017, d2l 9.7)")
+    truncate: int | None = _key(None, "k, for truncated (>= 1) and randomized (>= 2)")
+    log_every: int = _key(10, "steps between logged profiles and metrics rows")
+    floss: FlossConfig = _key(FlossConfig, "gradient flossing (Engelken 2023)")
 
 
 @dataclass
 class LoggerConfig:
     # Options a tracker does not take stay null (rnnjax.app.trackers.check_options); each
     # conf/logger/<name>.yaml sets its own defaults.
-    name: LoggerName = LoggerName.none  # experiment tracker (none: the job's files only)
-    dir: str | None = None  # where its files go; null: under the job's directory
-    project: str | None = None  # wandb: the project; mlflow: the experiment
-    mode: WandbMode | None = None  # wandb: null is offline unless WANDB_MODE/WANDB_API_KEY is set
-    uri: str | None = None  # mlflow: a tracking server or database; null: sqlite:///<dir>/mlflow.db
+    name: LoggerName = _key(LoggerName.none, "the experiment tracker each job is also sent to "
+                            "(none: the job's files only)")
+    dir: str | None = _key(None, "where the tracker's files go; null: under the job's "
+                           "directory")
+    project: str | None = _key(None, "wandb: the project; mlflow: the experiment")
+    mode: WandbMode | None = _key(None, "wandb: online or offline; null: offline unless "
+                                  "WANDB_MODE or WANDB_API_KEY is set")
+    uri: str | None = _key(None, "mlflow: a tracking server or database; null: "
+                           "sqlite:///<dir>/mlflow.db")
 
 
 @dataclass
@@ -160,7 +198,8 @@ class ModelConfig:
     # A stack of the cell: layer 1 reads the input, layer l > 1 reads layer l - 1's output at
     # the same step (through that layer's own output layer), the read-out is the top layer's
     # (rnnjax.core.cells.stack); every layer's gradient norms are reported (column `layer`).
-    layers: int = 1  # L, layers of the cell (>= 1; 1: the cell alone)
+    layers: int = _key(1, "L, layers of the cell stacked (>= 1; 1: the cell alone); every "
+                       "layer's norms are reported (column layer)")
 
 
 @dataclass
@@ -168,30 +207,40 @@ class LyapunovConfig:
     # The leading Lyapunov exponents of the driven state dynamics (QR method, on the probe
     # batch's first sequences), reported at initialization, at every logged training step
     # and after training (summary.json, lyapunov.parquet).
-    k: int | None = None  # how many (>= 1; more than the state's dimension: all); null: all
-    # up to a state of 64 numbers (rnnjax.app.summary.LYAPUNOV_ALL_UP_TO), else 3
-    every: int = 1  # steps between QR re-orthonormalizations (>= 1)
+    k: int | None = _key(None, "how many Lyapunov exponents (>= 1; beyond the state's "
+                         "dimension: all); null: all up to a state of 64 numbers, else 3")
+    every: int = _key(1, "steps between QR re-orthonormalizations of the Lyapunov "
+                         "frame (>= 1); more cost less but lose precision in exponents far "
+                         "below the first")
 
 
 @dataclass
 class Config:
-    cell: CellConfig = field(default_factory=CellConfig)
-    activation: ActivationConfig = field(default_factory=ActivationConfig)
-    init: InitConfig = field(default_factory=InitConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lyapunov: LyapunovConfig = field(default_factory=LyapunovConfig)
-    seq_len: int = 64  # T, timesteps backpropagated through (>= 1)
-    hidden_size: int = 64  # H (>= 1)
-    batch_size: int = 32  # B, sequences per network (>= 1)
-    seeds: int = 4  # S, independent networks and batches, vmapped in one call (>= 1)
-    seed: int = 0  # base seed: network s uses seed + s
-    dtype: DType = DType.float32  # float64 enables JAX's x64 mode for the job
-    max_memory_gb: float | None = None  # GiB the job's peak device memory may reach; null: 80% free
-    resume: bool = True  # skip a job whose directory holds a finished run of the same config
+    cell: CellConfig = _key(CellConfig, "the recurrent cell (a group: cell=NAME) and its "
+                            "options cell.*")
+    activation: ActivationConfig = _key(ActivationConfig, "the vanilla RNN's nonlinearity")
+    init: InitConfig = _key(InitConfig, "the initialization of W_hh")
+    task: TaskConfig = _key(TaskConfig, "the data")
+    probe: ProbeConfig = _key(ProbeConfig, "what the probe measures and how it scans")
+    train: TrainConfig = _key(TrainConfig, "training with optax (train.steps > 0)")
+    logger: LoggerConfig = _key(LoggerConfig, "an experiment tracker")
+    model: ModelConfig = _key(ModelConfig, "the stack of cells")
+    lyapunov: LyapunovConfig = _key(LyapunovConfig, "the Lyapunov spectrum")
+    seq_len: int = _key(64, "T, timesteps backpropagated through (>= 1)")
+    hidden_size: int = _key(64, "H, the hidden size (>= 1)")
+    batch_size: int = _key(32, "B, sequences per network (>= 1)")
+    seeds: int = _key(4, "S, independent networks and batches, vmapped into one compiled "
+                      "call (>= 1)")
+    seed: int = _key(0, "the base seed: network s uses seed + s, so a seed "
+                    "names the same network in any job")
+    dtype: DType = _key(DType.float32, "float32 or float64 (switches on JAX's x64 mode for "
+                        "the job: everything runs in float64)")
+    max_memory_gb: float | None = _key(None, "GiB the job's peak device memory may reach (on a "
+                                       "CPU: the process's resident memory); more seeds run "
+                                       "in chunks; null: what the job holds plus 80% of the "
+                                       "free memory")
+    resume: bool = _key(True, "skip a job whose directory holds a finished run of the same "
+                        "config")
 
 
 def register_configs(conf_dir=None) -> None:
