@@ -5,6 +5,7 @@
     rnnjax reproduce [--only NAME]      every published figure and results/REPORT.md
     rnnjax bench [...]                  probe speed and memory against PyTorch and a JAX loop
     rnnjax bench-train [...]            training speed against PyTorch
+    rnnjax docs [--build]               serve the documentation site (--build: build it)
 
 Each subcommand is the `main(argv)` of its module, imported only when it is chosen, so that
 `rnnjax --help` starts no JAX. The scripts in experiments/ call the same functions.
@@ -49,6 +50,8 @@ COMMANDS = {
                      "probe speed, compile time and memory against PyTorch and a JAX loop"),
     "bench-train": Command("rnnjax.bench.train", "[--epochs N] [...]",
                            "training speed of d2l's RNN language model against PyTorch"),
+    "docs": Command("rnnjax.report.docs", "[--build]",
+                    "serve the documentation site locally (--build: build it strictly)"),
 }
 EXAMPLES = """\
 examples:

@@ -1,7 +1,8 @@
 """The Python door (`rnnjax.probe`, `rnnjax.flax_cell`, `rnnjax.equinox_cell`): held to plain
 autodiff through the unrolled sequence (tests/adapter_reference.py), on one network and on S,
-on models trained here with optax; and the README section "Probe your own cell", whose Python
-snippets are run here and whose commands run through the Hydra app in-process."""
+on models trained here with optax; and the docs page "Probe your own cell"
+(docs/custom-cells.md), whose Python snippets are run here and whose commands run through the
+Hydra app in-process."""
 
 import re
 import shlex
@@ -197,12 +198,11 @@ def test_a_flax_model_trained_elsewhere_is_probed_in_a_few_lines():
     np.testing.assert_allclose(out.param_grad_norm, want_pg, rtol=1e-10, atol=0)
 
 
-# ------------------------------------------------------------- README "Probe your own cell"
+# ------------------------------------------------------- docs' page "Probe your own cell"
 
 def readme_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("\n## Probe your own cell\n"):]
-    return section[:section.index("\n## ", 1)]
+    """The docs' page "Probe your own cell" (README.md's section before the docs site)."""
+    return (ROOT / "docs" / "custom-cells.md").read_text()
 
 
 def snippets(lang: str) -> list[str]:
@@ -211,7 +211,7 @@ def snippets(lang: str) -> list[str]:
 
 @pytest.fixture
 def my_pkg(tmp_path, monkeypatch):
-    """The README's my_pkg/cells.py, importable."""
+    """The docs' my_pkg/cells.py, importable."""
     (files,) = [s for s in snippets("python") if s.startswith("# my_pkg/cells.py\n")]
     (tmp_path / "my_pkg").mkdir()
     (tmp_path / "my_pkg" / "__init__.py").write_text("")
@@ -222,12 +222,12 @@ def my_pkg(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_readme_python_snippets_run(my_pkg, capsys):
-    pytest.importorskip("flax", reason="the README's Flax snippet needs flax")
-    pytest.importorskip("equinox", reason="the README's Equinox snippet needs equinox")
+    pytest.importorskip("flax", reason="the docs' Flax snippet needs flax")
+    pytest.importorskip("equinox", reason="the docs' Equinox snippet needs equinox")
     blocks = [s for s in snippets("python") if not s.startswith("# my_pkg/")]
     assert len(blocks) == 3
     for code in blocks:
-        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102
+        exec(compile(code, "docs/custom-cells.md", "exec"), {"__name__": "readme"})  # noqa: S102
     printed = capsys.readouterr().out
     assert printed.startswith("(4, 20)\n")
     from my_pkg.cells import make_cell  # the custom cell also works in Python

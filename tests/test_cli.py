@@ -173,7 +173,7 @@ def test_help_lists_every_command(cli):
     assert code == 0 and out.startswith("usage: rnnjax COMMAND")
     for name, command in COMMANDS.items():
         assert f"  {name} {command.usage}" in out
-    assert set(COMMANDS) == {"run", "report", "reproduce", "bench", "bench-train"}
+    assert set(COMMANDS) == {"run", "report", "reproduce", "bench", "bench-train", "docs"}
 
 
 @pytest.mark.parametrize("argv,says", [
