@@ -132,7 +132,7 @@ def test_a_broken_link_fails_the_build(tmp_path):
     docs.mkdir()
     (docs / "index.md").write_text("# x\n\n[gone](nowhere.md)\n")
     (tmp_path / "mkdocs.yml").write_text("site_name: x\nstrict: true\n")
-    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q"], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build"], cwd=tmp_path,
                        capture_output=True, text=True, env={**os.environ,
                                                             "NO_MKDOCS_2_WARNING": "1"})
     assert r.returncode != 0 and "nowhere.md" in r.stderr
