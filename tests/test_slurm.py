@@ -303,35 +303,6 @@ def test_task_cancelled_while_pending_does_not_hang_the_sweep(cluster, tmp_path,
     assert sorted(o.split()[0] for o in job_dirs(sweep)) == ["seed=0", "seed=1"]
 
 
-@pytest.mark.slow
-def test_ctrl_c_cancels_the_array_and_says_so_in_one_line(cluster, tmp_path, jax_cache):
-    sweep = tmp_path / "sweep"
-    args = ["-m", *CPU_NODE, "hydra.launcher.array_parallelism=1", f"hydra.sweep.dir={sweep}",
-            "train.steps=100000,0", "train.log_every=10000", *SMALL]
-    proc = _start(args, tmp_path, jax_cache)
-    array = None
-    try:
-        slow = _wait_running(tmp_path, 0)
-        array = slow.split("_")[0]
-        _wait_started(sweep, "train.steps=100000")  # mid-run
-        proc.send_signal(signal.SIGINT)
-    finally:
-        err = _finish(proc, array, timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err
-    assert closing_line(err) == (
-        f"rnnjax: sweep {sweep} interrupted: 0 of 2 jobs finished; interrupted: "
-        f"train.steps=100000 train.log_every=10000 {' '.join(SMALL)}; 1 not started; cancelled its "
-        f"SLURM array {array}; the same command resumes the sweep")
-    # Nothing of the array is left: accounting has the running task cancelled (at once; the
-    # queue lists it COMPLETING while its processes are killed, 5 s or more for a task that
-    # ignores SIGTERM) and the pending one cancelled or never recorded: it never ran.
-    end = time.time() + 30
-    while (states := task_states([slow, f"{array}_1"])).get(slow) not in FINAL \
-            and time.time() < end:
-        time.sleep(0.3)
-    assert states[slow] == "CANCELLED" and states.get(f"{array}_1", "CANCELLED") == "CANCELLED"
-
-
 def _offers():
     """(CPUs, memory in MB, GPUs) of the default partition's largest node, from sinfo."""
     out = subprocess.run(["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G"], capture_output=True,
@@ -387,19 +358,54 @@ def test_cpu_request_beyond_every_node_is_refused(cluster):
 
 @pytest.mark.slow
 def test_wait_for_tasks_waits_for_every_task_and_says_how_it_ended(cluster, tmp_path):
-    # One task at a time (%1): task 0 is cancelled while it runs, task 2 while it is still
-    # pending in the array, which leaves no accounting record (submitit then waits forever).
+    # One task at a time (%1): task 0 is cancelled while it runs (it would sleep for a
+    # minute), task 2 while it is still pending in the array, which leaves no accounting record
+    # (submitit then waits forever); task 1 sleeps for a second and completes.
     out = subprocess.run(["sbatch", "--parsable", "--array=0-2%1", "--mem=100M",
-                          f"--output={tmp_path}/%A_%a.out", "--wrap", "sleep 3"], cwd=tmp_path,
+                          f"--output={tmp_path}/%A_%a.out", "--wrap",
+                          "sleep $((SLURM_ARRAY_TASK_ID == 1 ? 1 : 60))"], cwd=tmp_path,
                          capture_output=True, text=True, check=True, timeout=30)
     ids = [f"{out.stdout.strip().split(';')[0]}_{i}" for i in range(3)]
     assert _wait_running(tmp_path, 0) == ids[0]
     subprocess.run(["scancel", ids[0], ids[2]], check=True, timeout=30)
-    assert wait_for_tasks(ids, poll_s=0.5, accounting_s=3) == {
+    # Task 2 leaves the queue at once, unseen, and accounting never records it: it is UNKNOWN
+    # once accounting_s has passed (twice: for the queue's listing, then for accounting).
+    assert wait_for_tasks(ids, poll_s=0.5, accounting_s=1) == {
         ids[0]: "CANCELLED", ids[1]: "COMPLETED", ids[2]: "UNKNOWN"}
     queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True,
                            timeout=30).stdout.split()
     assert not set(ids) & set(queue)
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_array_and_says_so_in_one_line(cluster, tmp_path, jax_cache):
+    # The last of the tests that submit: its cancelled task holds the node for 5 s or more
+    # (slurmd kills it max(KillWait, 5) s after scancel), and SLURM starts nothing meanwhile.
+    sweep = tmp_path / "sweep"
+    args = ["-m", *CPU_NODE, "hydra.launcher.array_parallelism=1", f"hydra.sweep.dir={sweep}",
+            "train.steps=100000,0", "train.log_every=10000", *SMALL]
+    proc = _start(args, tmp_path, jax_cache)
+    array = None
+    try:
+        slow = _wait_running(tmp_path, 0)
+        array = slow.split("_")[0]
+        _wait_started(sweep, "train.steps=100000")  # mid-run
+        proc.send_signal(signal.SIGINT)
+    finally:
+        err = _finish(proc, array, timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert closing_line(err) == (
+        f"rnnjax: sweep {sweep} interrupted: 0 of 2 jobs finished; interrupted: "
+        f"train.steps=100000 train.log_every=10000 {' '.join(SMALL)}; 1 not started; cancelled its "
+        f"SLURM array {array}; the same command resumes the sweep")
+    # Nothing of the array is left: accounting has the running task cancelled (at once; the
+    # queue lists it COMPLETING while its processes are killed, 5 s or more for a task that
+    # ignores SIGTERM) and the pending one cancelled or never recorded: it never ran.
+    end = time.time() + 30
+    while (states := task_states([slow, f"{array}_1"])).get(slow) not in FINAL \
+            and time.time() < end:
+        time.sleep(0.3)
+    assert states[slow] == "CANCELLED" and states.get(f"{array}_1", "CANCELLED") == "CANCELLED"
 
 
 def test_submitted_tasks_lists_a_launch_in_array_order(tmp_path):
