@@ -57,7 +57,8 @@ def _no_cluster() -> str | None:
         return f"`{' '.join(e.cmd)}` did not answer in 20 s"
     if nodes.returncode != 0:
         return f"sinfo: {nodes.stderr.strip()}"
-    if not re.search(r"^(idle|mixed|allocated|completing)", nodes.stdout, re.MULTILINE):
+    # `planned`: idle, its CPUs reserved by the backfill scheduler for a job about to start
+    if not re.search(r"^(idle|mixed|allocated|completing|planned)", nodes.stdout, re.MULTILINE):
         return f"no node is up (sinfo: {' '.join(nodes.stdout.split()) or 'no nodes'})"
     if acct.returncode != 0:
         return f"no accounting (sacct: {acct.stderr.strip()})"
