@@ -225,28 +225,42 @@ def _finish(proc: subprocess.Popen, array: str | None, timeout: float) -> str:
         raise AssertionError(f"the sweep did not end within {timeout} s") from None
 
 
+def _kill_now(task: str) -> None:
+    """SIGKILLs what is left of a cancelled task's processes (`scontrol listpids`, on this
+    node) at once, as slurmd does max(KillWait, 5) s after scancel: submitit's job ignores
+    scancel's SIGTERM, and would otherwise run on, and hold the node, for those 5 s."""
+    raw = subprocess.run(["squeue", "-h", "-t", "all", "-j", task, "-o", "%A"],
+                         capture_output=True, text=True, timeout=30).stdout.split()
+    if not raw:
+        return
+    out = subprocess.run(["scontrol", "listpids", raw[0]], capture_output=True, text=True,
+                         timeout=30).stdout
+    for row in out.splitlines()[1:]:  # PID JOBID STEPID LOCALID GLOBALID
+        try:
+            os.kill(int(row.split()[0]), signal.SIGKILL)
+        except (ProcessLookupError, ValueError, IndexError):
+            pass
+
+
 @pytest.mark.slow
 def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, jax_cache,
                                                            app):
     sweep = tmp_path / "sweep"
-    # One quick job and one that trains for about 5 s on 2 cores, which is cancelled as soon
-    # as Hydra has started it: submitit ignores the SIGTERM of scancel, and slurmd sends the
-    # SIGKILL that ends the job max(KillWait, 5) s later (KillWait is 1 s in
-    # scripts/slurm_cluster.sh), about 5 s on: the job (its compiling, then training) is still
-    # running then. A job that ends within those 5 s finishes despite scancel; cancelling only
-    # once the log showed a training step (10% of it) left too little of it, and the job
-    # sometimes finished.
-    args = ["-m", *CPU_NODE, f"hydra.sweep.dir={sweep}", "train.steps=0,100000",
+    # One quick job and one that compiles and trains for 2-3 s on 2 cores, which is cancelled
+    # as soon as Hydra has started it, with its processes killed right after scancel (the
+    # SIGKILL slurmd would send 5 s later, _kill_now): mid-run, whatever the machine's load.
+    args = ["-m", *CPU_NODE, f"hydra.sweep.dir={sweep}", "train.steps=0,30000",
             "train.log_every=10000", *SMALL]
     since = _now()
     proc = _start(args, tmp_path, jax_cache)
     slow = None
     try:
-        # map_array submits the jobs in order: task 1 is train.steps=100000. It is cancelled
+        # map_array submits the jobs in order: task 1 is train.steps=30000. It is cancelled
         # once its job has started (mid-run: Hydra wrote its overrides).
         slow = _wait_running(tmp_path, 1)
-        _wait_started(sweep, "train.steps=100000")
+        _wait_started(sweep, "train.steps=30000")
         subprocess.run(["scancel", slow], check=True, timeout=30)
+        _kill_now(slow)
     finally:
         err = _finish(proc, slow and slow.split("_")[0], timeout=240)
     # When the command returns, every job is accounted for: the quick one finished, the
@@ -255,7 +269,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     jobs = job_dirs(sweep)
     quick = next(d for o, d in jobs.items() if "train.steps=0" in o.split())
     assert status(quick) == "ok"
-    cancelled = next(d for o, d in jobs.items() if "train.steps=100000" in o.split())
+    cancelled = next(d for o, d in jobs.items() if "train.steps=30000" in o.split())
     assert not (cancelled / "summary.json").exists()
     first = settled(tmp_path, since, submitted(sweep), timeout=10)
     assert len(first) == 2 and all(s in FINAL for s in first.values()), first
@@ -263,7 +277,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert proc.returncode == 1
     assert "Traceback" not in err
     line = closing_line(err)
-    assert line.endswith(f"2 jobs: 1 failed, 1 ok; failed: train.steps=100000 "
+    assert line.endswith(f"2 jobs: 1 failed, 1 ok; failed: train.steps=30000 "
                          f"train.log_every=10000 {' '.join(SMALL)} (SLURM task {slow} ended "
                          f"CANCELLED without a result)")
 
@@ -276,7 +290,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert {j: s for j, s in now.items() if j not in first} == {next(iter(new)): "COMPLETED"}
     jobs = job_dirs(sweep)
     assert all(status(d) == "ok" for d in jobs.values())
-    redone = next(d for o, d in jobs.items() if "train.steps=100000" in o.split())
+    redone = next(d for o, d in jobs.items() if "train.steps=30000" in o.split())
     assert slurm_id(redone) == next(iter(new))
     assert slurm_id(quick) in first
     assert "2 jobs: 2 ok (1 skipped" in closing_line(r.err)
@@ -380,24 +394,27 @@ def test_wait_for_tasks_waits_for_every_task_and_says_how_it_ended(cluster, tmp_
 
 @pytest.mark.slow
 def test_ctrl_c_cancels_the_array_and_says_so_in_one_line(cluster, tmp_path, jax_cache):
-    # The last of the tests that submit: its cancelled task holds the node for 5 s or more
-    # (slurmd kills it max(KillWait, 5) s after scancel), and SLURM starts nothing meanwhile.
+    # The last of the tests that submit: SLURM starts nothing while a cancelled task is
+    # COMPLETING (5 s or more when slurmd kills it, max(KillWait, 5) s after scancel). The job
+    # compiles and trains for 2-3 s: it is still running when the sweep cancels it.
     sweep = tmp_path / "sweep"
     args = ["-m", *CPU_NODE, "hydra.launcher.array_parallelism=1", f"hydra.sweep.dir={sweep}",
-            "train.steps=100000,0", "train.log_every=10000", *SMALL]
+            "train.steps=30000,0", "train.log_every=10000", *SMALL]
     proc = _start(args, tmp_path, jax_cache)
     array = None
     try:
         slow = _wait_running(tmp_path, 0)
         array = slow.split("_")[0]
-        _wait_started(sweep, "train.steps=100000")  # mid-run
+        _wait_started(sweep, "train.steps=30000")  # mid-run
         proc.send_signal(signal.SIGINT)
     finally:
         err = _finish(proc, array, timeout=60)
+        if array:
+            _kill_now(slow)  # the sweep cancelled it: slurmd's SIGKILL, 5 s early
     assert proc.returncode == 130 and "Traceback" not in err
     assert closing_line(err) == (
         f"rnnjax: sweep {sweep} interrupted: 0 of 2 jobs finished; interrupted: "
-        f"train.steps=100000 train.log_every=10000 {' '.join(SMALL)}; 1 not started; cancelled its "
+        f"train.steps=30000 train.log_every=10000 {' '.join(SMALL)}; 1 not started; cancelled its "
         f"SLURM array {array}; the same command resumes the sweep")
     # Nothing of the array is left: accounting has the running task cancelled (at once; the
     # queue lists it COMPLETING while its processes are killed, 5 s or more for a task that
