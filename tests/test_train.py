@@ -237,24 +237,24 @@ def test_copy_problem_matches_its_definition(key):
 @pytest.mark.slow
 def test_short_d2l_run_lowers_perplexity(tmp_path, timemachine_file):
     cfg = compose_cfg(["+experiment=d2l_rnn_scratch", f"task.path={timemachine_file}",
-                       "seeds=2", "batch_size=256", "seq_len=16", "train.epochs=3",
+                       "seeds=2", "batch_size=256", "seq_len=16", "train.epochs=2",
                        "train.log_every=13", "hidden_size=32"])
     summary = run_job(cfg, tmp_path)
     tr = summary["training"]
     m = load_sweep(tmp_path)
     metrics = pd.read_parquet(tmp_path / "metrics.parquet")
-    assert tr["steps"] == 3 * 40  # ceil(10000 / 256) = 40 steps per epoch
+    assert tr["steps"] == 2 * 40  # ceil(10000 / 256) = 40 steps per epoch
     first = metrics[metrics.train_step == metrics.train_step.min()].val_ppl.mean()
     assert tr["final_val_ppl"] < 0.85 * first and tr["final_val_ppl"] < 20
     assert first < 28.5  # a fresh model is near uniform over 28 tokens
     assert set(metrics.columns) >= {"train_loss", "train_ppl", "val_loss", "val_ppl",
                                     "grad_norm_global", "clipped", "clip_fraction", "seed"}
-    assert sorted(m.train_step.unique()) == [0, 13, 26, 39, 52, 65, 78, 91, 104, 117, 120]
+    assert sorted(m.train_step.unique()) == [0, 13, 26, 39, 52, 65, 78, 80]
     # every profile: each seed's t = 1..T once, in order (the intervals' rows are built at once)
     for (seed, step), g in m.groupby(["seed", "train_step"], sort=False):
         assert g.t.tolist() == list(range(1, 17)), (seed, step)
     assert m.drop_duplicates(["seed", "train_step"])[["train_step", "seed"]].values.tolist() == [
-        [step, seed] for step in [0, 13, 26, 39, 52, 65, 78, 91, 104, 117, 120] for seed in (0, 1)]
+        [step, seed] for step in [0, 13, 26, 39, 52, 65, 78, 80] for seed in (0, 1)]
     assert tr["sample"].startswith("time traveller ") and len(tr["sample"]) == 15 + 50
     assert summary["status"] == "ok" and tr["diverged_seeds"] == {}
 
