@@ -9,7 +9,6 @@ the keys under `train.` alone), `<!-- rnnjax:columns -->`
 marker fails the build.
 """
 
-import itertools
 import re
 from pathlib import Path
 
@@ -21,16 +20,17 @@ MARKER = re.compile(r"^<!-- rnnjax:([a-z_]+)(?: (\S+))? -->$", re.M)
 
 
 def _figures() -> str:
+    from rnnjax.app.markdown import markdown_table
     from rnnjax.report import figures
 
-    rows = ["| figure | jobs | what it shows |", "|---|---:|---|"]
+    rows = []
     for name, spec in figures.published()["figures"].items():
         axes = spec.get("grid") or {}
-        jobs = len(list(itertools.product(*axes.values()))) if axes else 0
         first = spec["caption"].split(". ")[0].rstrip(".") + "."
-        rows.append(f"| [`{name}`](results/figures/{name}.png) | {jobs or '—'} | "
-                    f"{first.replace('|', '/')} |")
-    return "\n".join(rows) + "\n"
+        rows.append([f"[`{name}`](results/figures/{name}.png)",
+                     len(figures.grid(**axes)) if axes else "—", first.replace("|", "/")])
+    return markdown_table(["figure", "jobs", "what it shows"], rows, right=[False, True, False]) \
+        + "\n"
 
 
 def _table(name: str, arg: str | None) -> str:

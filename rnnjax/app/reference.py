@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from omegaconf import OmegaConf
 
 from rnnjax.app import config as schema
+from rnnjax.app.markdown import markdown_table
 from rnnjax.app.paths import CONF_DIR
 from rnnjax.core.cells import registry
 
@@ -115,6 +116,7 @@ def config_keys() -> list[Key]:
     rows: list[Key] = []
 
     def walk(cls: type, prefix: str, node: Any) -> None:
+        values = OmegaConf.to_container(node, resolve=True)
         for f in dataclasses.fields(cls):
             path = f"{prefix}{f.name}"
             help_ = f.metadata.get("help", "")
@@ -133,8 +135,7 @@ def config_keys() -> list[Key]:
                 walk(f.default_factory, f"{path}.", node[f.name])
                 continue
             type_, allowed = _type_name(f.type)
-            value = OmegaConf.to_container(node, resolve=True)[f.name]
-            rows.append(Key(path, type_, value, allowed, help_))
+            rows.append(Key(path, type_, values[f.name], allowed, help_))
 
     walk(schema.Config, "", cfg)
     takers: dict[str, list[str]] = {}
@@ -245,9 +246,7 @@ def _cell(value: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, [[_cell(c) for c in row] for row in rows]) + "\n"
 
 
 def config_markdown(prefix: str = "") -> str:
