@@ -25,9 +25,9 @@ os.environ["XLA_FLAGS"] = " ".join(_flags + [f for f in (
 # OpenBLAS (numpy's references, scipy) on one thread in the test workers and every subprocess
 # (they inherit it; numpy reads it as it loads, and this process has loaded it already). Its
 # threads spin while they wait for work, and with two workers on 2 cores they spin on the core
-# the other worker needs: the suite took about 10% less CPU time this way, back to back (252 s
-# against 280 s, and 232 s against 261 s). The references' matrices are small: one thread
-# loses nothing.
+# the other worker needs: the suite took about 10% less time this way, back to back (pytest's
+# 252 s against 280 s, 421 s of CPU against 470 s; and 232 s against 261 s). The references'
+# matrices are small: one thread loses nothing.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Python's compiled modules are kept (in __pycache__, git-ignored) even where the environment
