@@ -41,8 +41,8 @@ SCANS = ("sequential", "parallel")  # probe.scan's values (null: parallel where 
 # sequential scan was measured faster for every linear cell, T = 16 to 16384, in the probe (2 to
 # 3.7 times) and in training (up to 4.5 times): a CPU runs one step at a time anyway, and the
 # associative scan does about twice the work and 5 to 8 times the memory traffic (`rnnjax
-# bench`, docs/benchmarks.md "Parallel against sequential scans"). On a GPU the parallel scan's O(log T)
-# depth is expected to win; not yet measured there.
+# bench`, docs/benchmarks.md "Parallel against sequential scans"). On a GPU the parallel
+# scan's O(log T) depth is expected to win; not yet measured there.
 DEFAULT_SCAN = {"gpu": "parallel", "cpu": "sequential"}
 
 

@@ -99,7 +99,8 @@ def fall_per_seed(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # The curse of memory (Zucchet & Orvieto 2024): the power of 1/(1 - r) with which each
-# gradient grows for i.i.d. drives, without and with the LRU's normalization (docs/cells.md: the LRU).
+# gradient grows for i.i.d. drives, without and with the LRU's normalization (docs/cells.md:
+# the LRU).
 CURSE = {"lambda_grad_norm": ("‖dL/dλ‖", {False: 1.5, True: 1.0}),
          "nu_log_grad_norm": ("‖dL/dν_log‖", {False: 0.5, True: 0.0})}
 CURSE_FROM = 10.0  # fit the power law where 1/(1 - r) >= this (the asymptotic regime)
