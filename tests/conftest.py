@@ -86,12 +86,15 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("RNNJAX_DATA", raising=False)
 
 
-# The longest test files, started first (xdist hands out whole files in this order): the SLURM
-# tests mostly wait on the cluster, so their worker waits while the others compute, and the
-# docs build runs its tutorials in other processes; a long file started last would end the
-# suite with the other workers idle.
-FIRST = ["test_slurm.py", "test_docs.py", "test_sweep.py", "test_plots.py", "test_memory.py",
-         "test_launchers.py", "test_api.py", "test_probes.py"]
+# The longest test files, started first (xdist hands out whole files in this order, the first
+# 16 in turn to each worker): a long file started last would end the suite with the other
+# worker idle. The docs build runs its tutorials in other processes. The SLURM tests mostly
+# wait on the cluster, so their worker waits while the other computes; they come third to
+# their worker, once CI's cluster (started as the test command installs) is up, rather than
+# waiting for it to start.
+FIRST = ["test_docs.py", "test_sweep.py", "test_api.py", "test_plots.py", "test_probes.py",
+         "test_slurm.py", "test_cli.py", "test_memory.py", "test_train.py", "test_tracking.py",
+         "test_scan.py", "test_job.py", "test_lstm.py"]
 
 
 def pytest_collection_modifyitems(config, items):

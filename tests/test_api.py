@@ -38,7 +38,7 @@ def gru_reference(call, p, x, y, loss_at):
 
 
 @pytest.mark.parametrize("loss_at", ["last", "all"])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_probe_of_one_and_of_several_networks_matches_autodiff(loss_at):
     cell = registry.build("gru", {})
     S = 3
@@ -65,7 +65,7 @@ def test_probe_of_one_and_of_several_networks_matches_autodiff(loss_at):
     assert not np.allclose(out.grad_norm[0], out.grad_norm[1])  # each network its own
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_frame_is_tidy_with_the_harness_columns():
     cell = registry.build("lstm", {})
     params = jax.vmap(lambda k: cell.init(k, D, H, Q))(jax.random.split(jax.random.key(0), 2))
@@ -111,7 +111,7 @@ def tokens():
     return x, jnp.roll(x, 1, axis=1)  # recall the previous token
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_an_equinox_model_trained_elsewhere_is_probed_in_a_few_lines():
     eqx = pytest.importorskip("equinox", reason="rnnjax.equinox_cell needs equinox")
     k1, k2 = jax.random.split(jax.random.key(0))
@@ -152,7 +152,7 @@ def test_an_equinox_model_trained_elsewhere_is_probed_in_a_few_lines():
     np.testing.assert_allclose(out.param_grad_norm, want_pg, rtol=1e-10, atol=0)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_flax_model_trained_elsewhere_is_probed_in_a_few_lines():
     pytest.importorskip("flax", reason="rnnjax.flax_cell needs flax")
     from flax import nnx
@@ -220,7 +220,7 @@ def my_pkg(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_readme_python_snippets_run(my_pkg, capsys):
     pytest.importorskip("flax", reason="the docs' Flax snippet needs flax")
     pytest.importorskip("equinox", reason="the docs' Equinox snippet needs equinox")
@@ -267,7 +267,7 @@ def test_readme_commands_are_the_ones_promised():
         ["cell=equinox", "cell.module=LSTMCell"]]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("argv", commands(), ids=lambda a: ",".join(a))
 def test_readme_commands_run(app, my_pkg, argv):
     library = argv[0].removeprefix("cell=")
@@ -280,7 +280,7 @@ def test_readme_commands_run(app, my_pkg, argv):
     assert np.all(np.isfinite(df.grad_norm)) and np.all(df.grad_norm > 0)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_example_probe_trained_flax_runs():
     pytest.importorskip("flax", reason="examples/probe_trained_flax.py needs flax")
     import importlib.util

@@ -289,6 +289,7 @@ def check_case(case, base, command):
         check_clean_failure(command(args, cwd), cwd, target, case.names)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_bad_option_is_one_line_from_a_real_process(tmp_path, jax_cache):
     """One case as a user runs it: a process of its own, run and sweep."""
@@ -308,7 +309,7 @@ def test_a_bad_option_is_one_line_from_a_real_process(tmp_path, jax_cache):
 @given(case=bad_sizes())
 @example(case=Case(("seeds=2", "seed=4294967295"), ("seed=",), "0"))  # wrapped to 0
 @example(case=Case(("train.steps=1", "train.lr=inf"), ("train.lr=",), "1.0"))  # NaN, "ok"
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_out_of_range_values_give_one_line(case, tmp_path, command):
     check_case(case, tmp_path, command)
 
@@ -366,7 +367,7 @@ def bad_files(draw):
 @example(spec=("non_utf8", "latin1.txt", "The Time Traveller (for so it will be conveni"
                                          "ent to speak of him) was expounding a recondit"
                                          "e matter to us. caf\xe9".encode("latin-1")))
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_unreadable_text_files(spec, tmp_path, command):
     kind, name, data = spec
     d = Path(tempfile.mkdtemp(prefix="data_", dir=tmp_path))

@@ -1,6 +1,7 @@
 """experiments/bench.py end to end in --quick mode, through a subprocess as a user runs it: the
-JSON's structure and the agreement of the implementations (never timings); where it writes,
-in-process."""
+JSON's structure and the agreement of the implementations (never timings), marked slow (left
+out of the default run: the benchmark is run on purpose, `-m slow` checks it); where it
+writes, in-process."""
 
 import importlib.util
 import json
@@ -43,6 +44,7 @@ def bench(bench_run):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_quick_run_writes_under_runs_never_the_reference(bench_run):
     # `rnnjax bench --quick` replaced the committed results/bench.json with smoke-test numbers.
     _, written = bench_run
@@ -102,6 +104,7 @@ def test_an_out_that_cannot_be_written_is_one_line_before_measuring(where, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_every_implementation_is_timed_and_agrees(bench):
     rows = bench["results"]
     cfg = bench["config"]
@@ -125,6 +128,7 @@ def test_every_implementation_is_timed_and_agrees(bench):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_every_unroll_is_timed_and_agrees(bench):
     cfg = bench["config"]
     assert {(u["T"], u["unroll"]) for u in bench["unrolls"]} == {  # --quick: the longest T
@@ -135,11 +139,13 @@ def test_every_unroll_is_timed_and_agrees(bench):
     assert set(bench["compile_growth_by_unroll"]) == {str(u) for u in cfg["unrolls"]}
 
 
+@pytest.mark.slow
 def test_the_scan_section_times_both_scans_and_they_agree(bench):
     (row,) = bench["scan"]["results"]  # --quick: the first linear cell's probe at T = 16
     assert row["probe"]["max_rel_diff"] < 1e-4
 
 
+@pytest.mark.slow
 def test_memory_is_measured_for_both_losses(bench):
     cfg = bench["config"]
     assert {(m["T"], m["loss_at"]) for m in bench["memory"]} == {
@@ -156,6 +162,7 @@ def test_memory_is_measured_for_both_losses(bench):
             m["measured"]["increase_bytes"] / m["trajectory_bytes"])
 
 
+@pytest.mark.slow
 def test_sweep_and_machine(bench):
     sweep = bench["sweep"]
     assert sweep["network_steps_per_s"] == pytest.approx(
@@ -166,6 +173,7 @@ def test_sweep_and_machine(bench):
     assert len(bench["load_average_1min_during"]) >= 2
 
 
+@pytest.mark.slow
 def test_torch_column(bench):
     pytest.importorskip("torch")
     assert bench["machine"]["torch"] is not None

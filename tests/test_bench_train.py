@@ -41,6 +41,7 @@ def test_table_gives_time_per_seed_against_rnnjax_one_seed():
     assert lines[4].endswith("| 0.80x per seed |")
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_rnnjax_contender_trains_one_epoch(tmp_path, timemachine_file, capsys):
     out = tmp_path / "bench_train.json"

@@ -31,7 +31,7 @@ def test_config_options_and_yaml_files_are_the_cells_own():
         assert set(spec.options) <= set(CELL_OPTIONS), name
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_core_imports_no_app_stack():
     code = ("import sys, rnnjax.core.cells, rnnjax.core.probes, rnnjax.core.train, "
             "rnnjax.core.theory, rnnjax.core.losses, rnnjax.core.tasks, rnnjax.core.init\n"
@@ -44,7 +44,7 @@ def test_the_core_imports_no_app_stack():
 
 # cell=custom builds the user's factory (cell.target): its own tests run the contract on one
 @pytest.mark.parametrize("name", sorted(set(CELLS) - {"custom"}))
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_every_cell_runs_its_contract(key, name):
     """init, initial_state, step, readout and hidden fit together, for tokens and real inputs:
     shapes, dtypes, a deterministic init, and `unroll` equal to stepping by hand."""
@@ -52,7 +52,7 @@ def test_every_cell_runs_its_contract(key, name):
                                         init_value=None))
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_pytree_state_and_a_three_axis_hidden_meet_the_contract(key):
     from helpers import pair_cell as _pair_cell
 
@@ -158,7 +158,7 @@ def _saved_floats(cell, params, x_t, B):
 @pytest.mark.parametrize(("name", "options"), [(n, {}) for n in BUILT_IN]
                          + [("lstm", {"peephole": True})])
 @pytest.mark.parametrize("H", [8, 16])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cost_is_what_autodiff_saves_per_sequence(name, options, H):
     """registry.cost: the floats per step and per sequence a step's backward keeps (the saved
     activations of 2 sequences less those of 1: the parameters drop out)."""

@@ -41,7 +41,7 @@ def recompute(job, activation, loss_at):
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_single_run_files_schema_and_numbers(tmp_path, jax_cache):
     job = tmp_path / "job"
     p = run([f"hydra.run.dir={job}", "activation=sigmoid", "init=orthogonal", "init.gain=1.5",
@@ -70,7 +70,8 @@ def test_single_run_files_schema_and_numbers(tmp_path, jax_cache):
     assert np.isfinite(summary["headline"]["log10_slope_per_step_back"])
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # float64 end to end: also tests/test_job.py's underflow test
+@pytest.mark.e2e
 def test_float64_really_computes_in_float64(tmp_path, app):
     job = tmp_path / "job"
     assert app(f"hydra.run.dir={job}", "dtype=float64", "activation=tanh", "init=gaussian",
@@ -85,7 +86,7 @@ def test_float64_really_computes_in_float64(tmp_path, app):
         np.testing.assert_allclose(rows.param_grad_norm, pg, rtol=1e-10)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_timemachine_task(tmp_path, app, timemachine_file):
     job = tmp_path / "job"
     assert app(f"hydra.run.dir={job}", "task=timemachine", f"task.path={timemachine_file}",
@@ -96,7 +97,7 @@ def test_timemachine_task(tmp_path, app, timemachine_file):
     assert x.max() < 28 and (x != 1).all()  # real text: letters and spaces, never <unk>
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_training_job_and_divergence_is_data(tmp_path, app):
     job = tmp_path / "job"
     assert app(f"hydra.run.dir={job}", "task=adding", "seq_len=12", "hidden_size=8",
@@ -127,7 +128,7 @@ def test_training_job_and_divergence_is_data(tmp_path, app):
 
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_init_value_list_is_vmapped_in_one_job(tmp_path, caplog):
     common = ["init=gaussian", "probe.loss_at=last", "seq_len=15", "hidden_size=6",
               "batch_size=3", "seeds=2"]
@@ -249,7 +250,7 @@ def test_each_command_has_help(cli, name):
     assert code == 0 and out.startswith(f"usage: rnnjax {name} ") and "--help" in out
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_help_lists_groups(cli):
     code, out, _ = cli("run", "--help")
     assert code == 0 and "Usage: rnnjax run [KEY=VALUE ...]" in out
@@ -275,7 +276,7 @@ def test_run_help_lists_groups(cli):
     assert code == 0 and "Hydra (" in out and "--multirun" in out
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_writes_under_the_working_directory(cli, tmp_path):
     code, _, err = cli("run", "seq_len=3", "hidden_size=2", "batch_size=1", "seeds=1")
     assert code == 0, err

@@ -107,7 +107,7 @@ def test_help_into_a_closed_pipe_ends_quietly(closed_stdout, capsys):
 
 
 @pytest.mark.parametrize("name", ["run", "report", "reproduce", "bench", "bench-train"])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_every_commands_help_into_a_closed_pipe_ends_quietly(name, closed_stdout, capsys,
                                                              tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -110,7 +110,7 @@ ALL_STEPS = {"d2l_rnn_scratch", "d2l_no_clip", "d2l_irnn_clipping", "d2l_gru_scr
              "d2l_lstm_scratch", "selective_copy_train"}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_loss_at_defaults_to_last_and_language_models_keep_all():
     # The probe's loss is also the loss that trains (job.train_job): an experiment or task
     # scored over every step must say so, now that the default is the last step.

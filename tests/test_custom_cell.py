@@ -87,7 +87,7 @@ def check_one_line(result, tmp_path, names):
      ("cell.gian is not a parameter",)),
     ((f"cell.target={HERE}:with_required",), ("cell.width is missing",)),
 ])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_bad_target_stops_the_command_before_anything_is_written(args, names, tmp_path, app):
     for sweep in ([], ["-m", "seeds=1,2"]):  # a run, and a sweep validated before it starts
         check_one_line(app(*sweep, "cell=custom", *args, *TINY[:-1]), tmp_path, names)
@@ -115,7 +115,7 @@ def test_another_cell_refuses_a_free_option(tmp_path, app):
                    ("cell.gain is not an option of cell=gru (it takes no options)",))
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_custom_cell_runs_end_to_end_and_measures_its_slope(tmp_path, app):
     """A job of cell=custom in-process: its options in summary.json's config, and the probe's
     slope equal to the analytic one, log10(gain) per step back, of the linear orthogonal RNN."""

@@ -111,7 +111,7 @@ def site(tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_site_builds_strictly_with_its_tutorials_run(site):
     config = (site / "config" / "index.html").read_text()
     assert "train.floss.burn_in" in config and "cell.dt_min" in config
@@ -125,7 +125,7 @@ def test_the_site_builds_strictly_with_its_tutorials_run(site):
     assert len(TUTORIALS) == 4
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_broken_link_fails_the_build(tmp_path):
     """Strict: a page linking to a page that does not exist is an error, not a warning."""
     docs = tmp_path / "docs"
@@ -191,7 +191,7 @@ IMAGES = """return Array.from(document.images).map(i => [i.currentSrc.slice(0, 8
                                                       i.naturalWidth])"""
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_front_page_and_the_tutorials_render_with_their_figures(served):
     """Each page loads in Chromium with its figures decoded (every <img> complete and of a
     width > 0); a screenshot of each is kept in results/runs/docs/ (git-ignored)."""

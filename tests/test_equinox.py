@@ -32,8 +32,12 @@ def library_call(module):
 
 # Every module with the loss at the last step; the loss over every step (the probe's, which the
 # adapter never sees) for the LSTM.
-@pytest.mark.parametrize("module,loss_at", [*((m, "last") for m in MODULES), ("LSTMCell", "all")])
-@pytest.mark.slow
+# The default run (CI) checks a user's own module and the LSTM's loss over every step; Equinox's
+# GRU and LSTM at the last step run with `-m slow` (tests/conftest.py).
+@pytest.mark.parametrize("module,loss_at", [
+    *(pytest.param(m, "last", marks=pytest.mark.slow) for m in MODULES[:2]),
+    (MODULES[2], "last"), ("LSTMCell", "all")])
+@pytest.mark.e2e
 def test_probe_matches_autodiff_through_the_sequence(module, loss_at):
     cell = registry.build("equinox", {"module": module})
     call, structure = library_call(module)
@@ -56,7 +60,7 @@ def test_real_inputs_of_several_networks_in_float32():
     assert not np.allclose(res.log10_grad_norm[0], res.log10_grad_norm[1])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_from_module_with_its_trained_readout():
     k1, k2, k3, k4 = jax.random.split(jax.random.key(7), 4)
     gru = eqx.nn.GRUCell(D, H, key=k1, dtype=jnp.float64)

@@ -61,7 +61,7 @@ def finished_job(tmp_path, template):
     return job
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_changed_config_or_resume_false_runs_again(finished_job, caplog):
     job = finished_job
     first = (job / "summary.json").read_bytes()
@@ -93,7 +93,7 @@ def test_changed_code_version_runs_again(finished_job, monkeypatch, caplog):
     assert summary["provenance"]["code_version"] == "0.1.0+src.000000000000"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_changed_data_runs_again(tmp_path, monkeypatch, caplog):
     """The same command with $RNNJAX_DATA pointing at another text, or the text edited in
     place, is not finished: the job runs again on the new text."""

@@ -46,10 +46,16 @@ def library_call(api, module):
 # never sees: it is the probe's) for one gated cell of each API.
 PROBED = [(api, module, "last") for api, module in CASES]
 PROBED += [("nnx", "GRUCell", "all"), ("linen", "LSTMCell", "all")]
+# The default run (CI) checks one cell of each kind: each API's simplest cell, a user's own
+# module, Linen's MGU and both losses over every step; the other library cells wrap the same
+# adapter and run with `-m slow` (tests/conftest.py).
+DEFAULT = {("nnx", "SimpleCell", "last"), ("nnx", "adapter_reference:NNXTanhCell", "last"),
+           ("linen", "MGUCell", "last"), ("nnx", "GRUCell", "all"), ("linen", "LSTMCell", "all")}
 
 
-@pytest.mark.parametrize("api,module,loss_at", PROBED)
-@pytest.mark.slow
+@pytest.mark.parametrize("api,module,loss_at", [
+    c if c in DEFAULT else pytest.param(*c, marks=pytest.mark.slow) for c in PROBED])
+@pytest.mark.e2e
 def test_probe_matches_autodiff_through_the_sequence(api, module, loss_at):
     cell = registry.build("flax", {"module": module, "api": api})
     call, structure = library_call(api, module)
@@ -58,7 +64,7 @@ def test_probe_matches_autodiff_through_the_sequence(api, module, loss_at):
                                   1 if module in LSTMS else None, (B, T, D, H, Q))
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_real_inputs_and_float32_stay_float32():
     cell = registry.build("flax", {"module": "GRUCell", "api": "linen"})
     params = cell.init(jax.random.key(0), D, H, Q, jnp.float32)
@@ -82,7 +88,7 @@ def test_recurrent_is_the_cells_parameters_and_the_readout_is_outside():
     assert cell.hidden((c, h)) is h
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_from_module_probes_a_cell_made_outside():
     # an NNX cell and a Linen cell with its params, each with a read-out of our own
     W = jax.random.normal(jax.random.key(3), (H, Q), jnp.float64)

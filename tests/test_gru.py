@@ -54,7 +54,7 @@ def norms(a):
 
 @pytest.mark.parametrize("dtype,rtol", [(jnp.float64, 1e-8), (jnp.float32, 1e-4)])
 @pytest.mark.parametrize("loss_at", ["all", "last"])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_probe_matches_numpy_bptt(key, loss_at, dtype, rtol):
     """grad_norm and param_grad_norm (W_hz, W_hr, W_hh together) at every t, on 3 seeds."""
     for seed in range(3):
@@ -181,7 +181,7 @@ def test_every_init_is_taken():
     compose_cfg(["cell=gru", "init.std=0.05"])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_job_files(tmp_path):
     """params.npz holds the GRU's fields with a seed axis; grad_norms.parquet has no
     cell_grad_norm; summary.json has the gate theory."""
@@ -201,7 +201,7 @@ def test_job_files(tmp_path):
     assert th["gate"] == "update gate Z" and th["prediction"] == "log10 mean update gate Z"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_training_lowers_the_loss(key):
     """Training is generic: 30 Adam steps on one copy-task batch lower the GRU's loss."""
     p = gru(init="xavier").init(key, COPY_VOCAB, 16, COPY_VOCAB, jnp.float32)

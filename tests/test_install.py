@@ -59,7 +59,7 @@ def test_wheel_holds_the_code_the_configs_and_the_entry_point(wheel):
     assert "[console_scripts]" in text and "rnnjax = rnnjax.cli:main" in text
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_installed_command_runs_from_any_directory(wheel, tmp_path, jax_cache):
     target, cwd = tmp_path / "site", tmp_path / "anywhere"
     cwd.mkdir()

@@ -30,7 +30,7 @@ def job(tmp_path, overrides, name="job"):
     return summary, pd.read_parquet(out / "grad_norms.parquet"), out
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_backward_overflow_is_flagged_the_same_way_on_any_cpu(tmp_path):
     # tanh in the chaotic phase (g = 4): the gradient grows ~0.07 decades per step back, ~70
     # decades over 1000 steps: beyond float32 (1e38), within float64 (1e308); the forward
@@ -62,7 +62,7 @@ def test_backward_overflow_is_flagged_the_same_way_on_any_cpu(tmp_path):
     ["activation=linear", "init=identity", "init.gain=1.5", "seq_len=300"],
     ["activation=relu", "init=gaussian", "init.gain=1e6", "seq_len=64"],
 ])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_forward_overflow_is_flagged(tmp_path, caplog, case):
     """A forward pass that leaves float32's range makes every gradient NaN: flagged per seed
     (the first t whose H_t is not finite), in the columns, the headline and the log line."""
@@ -92,7 +92,7 @@ def test_forward_overflow_is_flagged(tmp_path, caplog, case):
     assert df.grad_norm.isna().all() and not df.overflow.any() and h["n_overflow"] == 0
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_underflow_is_flagged_and_float64_is_exact(tmp_path):
     # linear, W_hh = 0.5 * orthogonal: exactly 0.5 per step back, 1e-60 after 200 steps
     common = ["activation=linear", "init=orthogonal", "init.gain=0.5", "seq_len=200",
@@ -109,7 +109,7 @@ def test_underflow_is_flagged_and_float64_is_exact(tmp_path):
     assert h32["log10_slope_per_step_back"] == pytest.approx(np.log10(0.5), abs=1e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_default_job_shows_vanishing_beside_its_theory(tmp_path, caplog):
     # The Quick start's first command (no overrides: tanh, normal(0.01), T=64, H=64, 4 seeds):
     # the loss at the last step, so the profile decays as the mean field predicts.
@@ -125,7 +125,7 @@ def test_the_default_job_shows_vanishing_beside_its_theory(tmp_path, caplog):
     assert (df["T"] == 64).all() and df.seed.nunique() == 4
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_tables_carry_the_whole_config(tmp_path):
     # Probes only (metrics.parquet: test_cli's training job); the training options are still
     # config, and truncation cuts the second job's profile.

@@ -9,9 +9,11 @@ from rnnjax import load_sweep
 
 @pytest.mark.parametrize("launcher,plugin", [
     ("local_parallel", "hydra_plugins.hydra_joblib_launcher"),
-    ("submitit_local", "hydra_plugins.hydra_submitit_launcher"),
+    # The same plugin's SLURM launcher runs against a real cluster in tests/test_slurm.py.
+    pytest.param("submitit_local", "hydra_plugins.hydra_submitit_launcher",
+                 marks=pytest.mark.slow),
 ])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sweep_through_launcher(tmp_path, jax_cache, app, launcher, plugin):
     pytest.importorskip(plugin)
     sweep = tmp_path / "sweep"

@@ -106,7 +106,7 @@ CASES = [("tokens", "all", False), ("tokens", "last", True), ("regression", "las
 @pytest.mark.parametrize("kind,loss_at,normalize,dtype,rtol", [
     (*CASES[0], jnp.float64, 1e-8), (*CASES[1], jnp.float64, 1e-8),
     (*CASES[2], jnp.float32, 1e-4)])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_probe_matches_numpy_bptt(kind, loss_at, normalize, dtype, rtol):
     """grad_norm (over Re and Im of h_t only, not the skip term the state also carries) and
     param_grad_norm (step t's share of the gradient of nu_log and theta_log) against the
@@ -235,7 +235,7 @@ def test_gamma_normalizes_the_input_and_is_unused_without_it():
 @pytest.mark.parametrize("r,dtype,kind,tol", [
     (0.5, jnp.float64, "tokens", 1e-10), (0.99, jnp.float64, "tokens", 1e-10),
     (1.0, jnp.float64, "tokens", 1e-10), (0.9, jnp.float32, "regression", 1e-5)])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_equal_radii_give_exactly_log10_r_per_step_back(r, dtype, kind, tol):
     """r_min = r_max = r, loss at the last step: dL/dh_t = dL/dh_T lambda^(T - t), so
     ||dL/dh_t|| = r^(T - t) ||dL/dh_T||, and the theory's prediction is the measured slope
@@ -399,7 +399,7 @@ def test_experiment_sweeps_equal_radii_toward_one():
     assert c.probe.loss_at.value == "last" and c.seq_len >= 8 / (1 - 0.999)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_job_writes_the_lru_files(tmp_path):
     """One in-process job (r_min < r_max, the general case): params.npz holds the LRU's fields
     with a leading seed axis; the grad_norm column is the numpy BPTT's; summary.json holds the
@@ -444,7 +444,7 @@ def test_job_writes_the_lru_files(tmp_path):
         [np.sqrt(np.mean(np.abs(r["dhT_dlambda"]) ** 2)) for r in refs]), rel=1e-9)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_short_training_lowers_the_loss(key):
     """rnnjax.core.train works on the LRU unchanged: 100 Adam steps teach it to recall the input of
     5 steps back (a linear task: the LRU, linear from input to output, cannot multiply the

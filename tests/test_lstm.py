@@ -61,9 +61,10 @@ F64, F32 = (jnp.float64, 1e-8), (jnp.float32, 1e-4)
 
 
 @pytest.mark.parametrize("loss_at,dtype,rtol,peephole", [
-    ("all", *F64, False), ("last", *F64, False), ("all", *F32, False), ("last", *F32, False),
+    ("all", *F64, False), pytest.param("last", *F64, False, marks=pytest.mark.slow),
+    pytest.param("all", *F32, False, marks=pytest.mark.slow), ("last", *F32, False),
     ("all", *F64, True), ("last", *F32, True)])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_probe_matches_numpy_bptt(key, loss_at, dtype, rtol, peephole):
     """grad_norm, cell_grad_norm and param_grad_norm (every W_h*, and w_co with the peephole)
     at every t, on 3 seeds."""
@@ -188,7 +189,7 @@ def test_defaults_and_options_are_taken():
     assert (cfg.cell.forget_bias, cfg.cell.peephole) == (-2.5, True)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_job_files(tmp_path):
     """params.npz holds the LSTM's fields with a seed axis (w_co only with the peephole: see
     test_forget_bias_and_peephole_params); grad_norms.parquet has cell_grad_norm; summary.json

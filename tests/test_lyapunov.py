@@ -65,7 +65,9 @@ def batch():
     return jax.jit(lambda k: make_random_batch(V, 3, T)(k))(jax.random.key(7))[0]
 
 
-@pytest.mark.parametrize("k,every,burn_in", [(H, 1, 10), (3, 1, 0), (4, 4, 10), (2, 7, 3)])
+@pytest.mark.parametrize("k,every,burn_in", [
+    (H, 1, 10), pytest.param(3, 1, 0, marks=pytest.mark.slow), (4, 4, 10),
+    pytest.param(2, 7, 3, marks=pytest.mark.slow)])
 def test_spectrum_matches_numpy_qr_iteration(batch, k, every, burn_in):
     p = vanilla_net(jax.random.key(1), gaussian(1.6))
     lam = jax.jit(make_lyapunov(vanilla("tanh"), k, burn_in, every))(p, batch)

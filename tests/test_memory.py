@@ -80,7 +80,7 @@ def nothing_in_use(monkeypatch):
     monkeypatch.setattr(memory, "in_use_bytes", lambda device=None: 0)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_chunked_seeds_give_the_same_results(caplog, nothing_in_use):
     p, x, y = nets(S=7, B=4, T=30, H=16)
     probe = make_probe(vanilla("tanh"), "all")
@@ -113,7 +113,7 @@ def test_shared_arguments_stay_shared():
     np.testing.assert_array_equal(out, 2 * a)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_one_network_over_the_budget_is_said_even_alone(caplog):
     # (several seeds: test_job_with_a_small_budget_chunks_its_seeds)
     p, x, y = nets(S=1, B=2, T=3, H=2)
@@ -155,7 +155,7 @@ def _plant_resource_exhausted(monkeypatch, when, largest_ok=2):
 
 
 @pytest.mark.parametrize("when", ["compile", "run"])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_resource_exhausted_halves_the_chunk_with_equal_results(monkeypatch, caplog, when):
     p, x, y = nets(S=7, B=4, T=30, H=16)
     # the programs of test_chunked_seeds_give_the_same_results
@@ -195,7 +195,7 @@ def test_other_errors_are_not_retried(monkeypatch):
         fit_seeds(f, (0,), (jnp.ones((4, 2)),), None, "f")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_probe_memory_is_within_2_5_trajectories():
     # The probe keeps one trajectory H_1..H_T: at most 2.5x S*T*B*H numbers by XLA's plan.
     S, B, T, H = 4, 16, 512, 64
@@ -214,7 +214,7 @@ def test_budget():
     assert memory.in_use_bytes() < budget <= memory.in_use_bytes() + free
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_job_with_a_small_budget_chunks_its_seeds(tmp_path, monkeypatch, caplog):
     """A job's probe and training run in chunks under a tiny max_memory_gb (one network alone
     is over it, and the log says so besides the chunks), and again with a planted
@@ -268,6 +268,7 @@ print(json.dumps({{"base": base, "budget": budget, "peak": peak, "log": lines}})
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_peak_stays_under_max_memory_gb_in_a_fresh_process(tmp_path):
     """The measured peak (resident memory of a fresh process, where the CPU is the device)
@@ -313,7 +314,7 @@ def test_jobs_beyond_the_hosts_memory_are_refused_at_validation(overrides, key, 
     compose_cfg(["seeds=64", "seq_len=1024", "hidden_size=256"])  # a large job that fits
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_gpu_check_runs_quick_on_the_cpu(tmp_path, capsys):
     sys.path.insert(0, str(ROOT / "experiments"))
     try:

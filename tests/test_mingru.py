@@ -123,8 +123,8 @@ def one(tree, s):
 
 @pytest.mark.parametrize("log_space,kind,loss_at", [
     (False, "tokens", "last"), (True, "tokens", "last"),
-    pytest.param(True, "tokens", "all", marks=pytest.mark.slow),
-    pytest.param(False, "regression", "last", marks=pytest.mark.slow)])
+    pytest.param(True, "tokens", "all", marks=pytest.mark.e2e),
+    pytest.param(False, "regression", "last", marks=pytest.mark.e2e)])
 def test_probe_matches_numpy_bptt(log_space, kind, loss_at):
     """grad_norm and param_grad_norm (W_xz, b_z: step t's share) at every t, and the loss,
     against the numpy BPTT, float64, every seed; the log-space probe against the direct form
@@ -282,9 +282,9 @@ def compose_cfg(overrides):
 @pytest.mark.parametrize("overrides,message", [
     (["activation=relu"], "activation=relu does not apply to cell=mingru; allowed: tanh"),
     pytest.param(["init=orthogonal"], "init=orthogonal does not apply to cell=mingru; allowed: "
-                 "normal", marks=pytest.mark.slow),
+                 "normal", marks=pytest.mark.e2e),
     pytest.param(["+cell.forget_bias=1"], "cell.forget_bias is not an option of cell=mingru",
-                 marks=pytest.mark.slow),
+                 marks=pytest.mark.e2e),
 ])
 def test_bad_options_fail_with_one_line(overrides, message):
     with pytest.raises(ConfigError) as e:
@@ -317,7 +317,7 @@ def test_options_label_and_cost():
         assert registry.cost("mingru", {"log_space": log_space}, H) == per_sequence
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_job_through_the_app(tmp_path, app):
     """`rnnjax run cell=mingru cell.log_space=true` in-process: params.npz holds the minGRU's
     fields with a seed axis, grad_norms.parquet the numpy BPTT's norms, and summary.json the

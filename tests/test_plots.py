@@ -80,7 +80,7 @@ def legend_texts(fig) -> list[str]:
     return [t.get_text() for leg in legends for t in leg.get_texts()]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_report_writes_every_figure_and_the_markdown(written, capsys):
     out, code = written
     assert code == 0
@@ -93,7 +93,7 @@ def test_report_writes_every_figure_and_the_markdown(written, capsys):
         assert f"]({name})" in text
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_report_table_shows_every_jobs_headline(written, sweep):
     out, _ = written
     rows = table_rows((out / "report.md").read_text())
@@ -116,7 +116,7 @@ def test_report_table_shows_every_jobs_headline(written, sweep):
     assert "clip=1 / 20 steps" in rows["6"]["configuration"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_report_on_one_run_leaves_out_what_it_lacks(sweep, tmp_path):
     assert report.main([str(sweep / "5"), "--out", str(tmp_path)]) == 0  # loss at all steps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decay_curves.png", "heatmap.png",

@@ -49,6 +49,7 @@ def warnings_of(p) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_plugin_cell_is_listed_swept_and_reported(site, tmp_path):
     help_ = rnnjax(site, tmp_path, "run", "--help")
     assert help_.returncode == 0, help_.stderr

@@ -57,9 +57,20 @@ def cast(p, dtype):
 LINEAR_LAST = jax.jit(make_probe(vanilla("linear"), "last"))
 
 
-@pytest.mark.parametrize("act,loss_at", CASES)
-@pytest.mark.parametrize("B,H,path", [(3, 5, "fast"), (6, 4, "fast"), (3, 5, "generic")])
-@pytest.mark.slow
+def _bptt_cases():
+    """Every activation and loss at (B, H) = (3, 5) by the fast backward step; B > H (the fast
+    step's other norm path) and the generic step for two of them in the default run, the rest
+    with `-m slow`."""
+    for B, H, path in [(3, 5, "fast"), (6, 4, "fast"), (3, 5, "generic")]:
+        for act, loss_at in CASES:
+            default = (path == "fast" and B < H
+                       or (act, loss_at) in (("tanh", "all"), ("relu", "last")))
+            yield pytest.param(act, loss_at, B, H, path, marks=() if default else pytest.mark.slow,
+                               id=f"{B}-{H}-{path}-{act}-{loss_at}")
+
+
+@pytest.mark.parametrize("act,loss_at,B,H,path", list(_bptt_cases()))
+@pytest.mark.e2e
 def test_probe_matches_numpy_bptt(key, act, loss_at, B, H, path):
     # B <= H and B > H take different norm paths in the fast backward step
     k_net, k_tok = jax.random.split(key)
@@ -82,8 +93,9 @@ def test_probe_matches_numpy_bptt(key, act, loss_at, B, H, path):
         assert want_g[0] != pytest.approx(want_g[-1], rel=1e-3)
 
 
-@pytest.mark.parametrize("act,loss_at", CASES)
-@pytest.mark.slow
+@pytest.mark.parametrize("act,loss_at", [
+    c if c[0] in ("tanh", "relu") else pytest.param(*c, marks=pytest.mark.slow) for c in CASES])
+@pytest.mark.e2e
 def test_step_contributions_sum_to_w_hh_gradient(key, act, loss_at):
     k_net, k_tok = jax.random.split(key)
     p = random_net(k_net)
@@ -109,7 +121,7 @@ def test_step_contributions_sum_to_w_hh_gradient(key, act, loss_at):
 
 
 @pytest.mark.parametrize("rho", [0.5, 0.9, 1.0, 1.1])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_linear_orthogonal_slope_is_log_rho(key, rho):
     """Linear RNN, W_hh = rho * orthogonal, loss at the last step: dL/dH_t = dL/dH_T (W^T)^(T-t),
     so ||dL/dH_t|| = rho^(T-t) ||dL/dH_T|| exactly: log10 slope per step back = log10 rho."""
@@ -124,7 +136,7 @@ def test_linear_orthogonal_slope_is_log_rho(key, rho):
 
 
 @pytest.mark.parametrize("loss_at", ["all", "last"])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_unrolling_changes_nothing_but_the_schedule(key, loss_at):
     """probe.unroll (steps per scan iteration, also one that does not divide T) and the
     backend's default give the same numbers; the default is DEFAULT_UNROLL's entry."""
@@ -140,7 +152,7 @@ def test_unrolling_changes_nothing_but_the_schedule(key, loss_at):
     assert default_unroll("cpu") == DEFAULT_UNROLL["cpu"] >= 1
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_vmapped_seeds_equal_per_seed_loop(key):
     keys = jax.random.split(key, 5)
     ps = jax.vmap(lambda k: random_net(k, dtype=jnp.float32))(keys)
@@ -235,7 +247,7 @@ def test_log10_norm_near_the_float32_limits():
     assert norm(jnp.zeros((2, 2), jnp.float32)) == -np.inf
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_norms_beyond_float32_are_exact_and_only_a_lost_chain_is_flagged(key):
     """A linear RNN with W_hh = 2 I doubles every entry of dL/dH_t per step back, exactly. In
     float32 the norm passes float32's maximum a step or two before any entry does: those steps
@@ -264,7 +276,7 @@ def test_norms_beyond_float32_are_exact_and_only_a_lost_chain_is_flagged(key):
     assert g64[n - 1] > f32_max  # where float32 lost the chain, float64 goes on
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_step_one_share_of_w_hh_is_exactly_zero_for_many_vmapped_networks():
     """H_0 = 0, so step 1's share of dL/dW_hh is 0: log10 -inf, status ok. With 28 vmapped
     networks of H = 512 (fig3's job), XLA on a CPU read the zero Gram matrix from memory it
@@ -286,7 +298,7 @@ def test_step_one_share_of_w_hh_is_exactly_zero_for_many_vmapped_networks():
 
 
 @pytest.mark.parametrize("loss_at", ["all", "last"])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_pytree_state_with_a_three_axis_hidden_against_jax_grad(key, loss_at):
     """||dL/dH_t|| over every axis of a (B, H, 2) hidden output, and step t's share of the
     recurrent parameters' gradient, equal jax.grad of a reference that adds zero perturbations

@@ -303,7 +303,7 @@ def theory_job(job, gain: float, slope: float):
 START_S = 2.0  # `rnnjax report` starts (its command module loaded) within this
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_report_reads_files_only_and_starts_fast(tmp_path):
     """`rnnjax report` in a fresh process on a finished sweep, every figure drawn that its jobs
     allow (heatmap, decay curves, phase diagram, slope against Lyapunov): no JAX, Hydra or

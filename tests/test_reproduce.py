@@ -62,7 +62,7 @@ def first(tmp_path_factory):
     return where / "results", code, [r.getMessage() for r in caplog_records]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_first_run_writes_figures_sections_and_report_under_results(first):
     out, code, lines = first
     assert code == 0
@@ -83,7 +83,7 @@ def test_first_run_writes_figures_sections_and_report_under_results(first):
     assert "2 of its 2 jobs ran (0 finished earlier" in (out / "REPORT.md").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_second_run_skips_every_finished_job(first, monkeypatch, caplog):
     out, _, _ = first
     summaries = sorted((out / "runs" / "reproduce").rglob("summary.json"))
@@ -105,6 +105,7 @@ def test_second_run_skips_every_finished_job(first, monkeypatch, caplog):
         out / "REPORT.md").read_text()
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_new_job_runs_alone(first, monkeypatch, caplog):
     out, _, _ = first
@@ -177,7 +178,7 @@ def test_it_says_what_it_does_before_each_long_phase(tmp_path, monkeypatch, capl
                          "planning: 2 of 2 jobs composed and validated"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_first_run_said_what_it_did_in_order(first):
     _, _, lines = first
     assert lines[0].startswith("reproducing tiny_a, tiny_b: 2 figures, 2 jobs, into results ")
@@ -188,7 +189,7 @@ def test_the_first_run_said_what_it_did_in_order(first):
     assert at == sorted(at)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_report_tells_its_reader_the_installed_command(first):
     # REPORT.md told a pip-installed user to run `python experiments/reproduce.py`.
     out, _, _ = first

@@ -78,7 +78,7 @@ def one(tree, s):
 
 @pytest.mark.parametrize("kind,loss_at", [
     ("tokens", "last"), ("tokens", "all"),
-    pytest.param("regression", "last", marks=pytest.mark.slow)])
+    pytest.param("regression", "last", marks=pytest.mark.e2e)])
 def test_probe_matches_numpy_bptt(kind, loss_at):
     """grad_norm (||dL/dh_t|| over (B, E, N)) and param_grad_norm (W_delta, b_delta, A_log:
     step t's share) at every t, and the loss, against the numpy BPTT, float64, every seed."""
@@ -260,7 +260,7 @@ def test_options_label_and_cost():
         assert registry.cost("s6", options, Hn) == per_sequence, options
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_job_through_the_app(tmp_path, app):
     """`rnnjax run cell=s6 cell.N=3` in-process: params.npz holds the S6's fields with a seed
     axis, grad_norms.parquet the numpy BPTT's norms, and summary.json the exact prediction

@@ -152,7 +152,7 @@ def finished_sweep(cluster, tmp_path_factory, jax_cache):
             "submitted": submitted(sweep), "tasks": settled(cwd, since, submitted(sweep))}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sweep_runs_every_job_as_a_task_of_a_slurm_array(finished_sweep):
     jobs = job_dirs(finished_sweep["sweep"])
     assert len(jobs) == 2
@@ -167,7 +167,7 @@ def test_sweep_runs_every_job_as_a_task_of_a_slurm_array(finished_sweep):
     assert "2 jobs: 2 ok" in finished_sweep["proc"].stderr
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_rerun_skips_finished_jobs_without_submitting_a_task(finished_sweep, app):
     cwd, sweep = finished_sweep["cwd"], finished_sweep["sweep"]
     r = app(*finished_sweep["args"], cwd=cwd)  # in-process: it submits nothing
@@ -242,6 +242,7 @@ def _kill_now(task: str) -> None:
             pass
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, jax_cache,
                                                            app):
@@ -296,6 +297,7 @@ def test_cancelled_task_is_reported_and_only_it_runs_again(cluster, tmp_path, ja
     assert "2 jobs: 2 ok (1 skipped" in closing_line(r.err)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_task_cancelled_while_pending_does_not_hang_the_sweep(cluster, tmp_path, jax_cache):
     sweep = tmp_path / "sweep"
@@ -371,7 +373,7 @@ def test_cpu_request_beyond_every_node_is_refused(cluster):
     assert unsatisfiable(launcher_config(CPU_NODE)) is None
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_wait_for_tasks_waits_for_every_task_and_says_how_it_ended(cluster, tmp_path):
     # One task at a time (%1): task 0 is cancelled while it runs (it would sleep for a
     # minute), task 2 while it is still pending in the array, which leaves no accounting record
@@ -392,6 +394,7 @@ def test_wait_for_tasks_waits_for_every_task_and_says_how_it_ended(cluster, tmp_
     assert not set(ids) & set(queue)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_ctrl_c_cancels_the_array_and_says_so_in_one_line(cluster, tmp_path, jax_cache):
     # The last of the tests that submit: SLURM starts nothing while a cancelled task is
@@ -544,7 +547,7 @@ class FakeJob:
         return [self.result]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_task_return_reads_a_result_only_where_the_task_left_one(tmp_path):
     ok = JobReturn(overrides=["seed=0"], status=JobStatus.COMPLETED,
                    _return_value={"status": "ok", "error": None})
@@ -767,7 +770,7 @@ def _basic_launcher():
         "hydra._internal.core_plugins.basic_launcher.BasicLauncher"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sweep_lists_jobs_whose_task_left_no_result_as_failed(app, monkeypatch):
     # A launcher that returns as rnnjax's SLURM launcher does: job 0's task was cancelled after
     # the job had finished (its directory counts), job 1's before it started.

@@ -66,7 +66,7 @@ def test_log_line_reads_small_slopes_and_forward_overflow(caplog):
     assert "FORWARD OVERFLOW in 1 of 2 seeds (H_t not finite from t=12" in line
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_lyapunov_counts_every_leaf_of_a_pytree_state(key):
     """The number of exponents is capped by the state's whole real dimension: with H = 1 the
     pair cell's state is h (1, 2) and m (1,), 3 numbers, though its first leaf holds 2."""

@@ -110,6 +110,7 @@ def test_single_runs_are_named_by_their_overrides():
     assert run_dir_override(["-m", "seq_len=16"]) == []
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_two_single_runs_in_the_same_second_keep_their_own_results(app, tmp_path, monkeypatch):
     class Frozen(datetime):  # Hydra's ${now:...} resolver: both runs start in the same second
@@ -134,6 +135,7 @@ def test_two_single_runs_in_the_same_second_keep_their_own_results(app, tmp_path
     assert jobs[names[0]].read_bytes() == before
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_job_directory_another_process_holds_is_left_alone(app, tmp_path):
     # A single run: one line naming the directory and the process, exit 1, nothing written.
@@ -240,7 +242,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,message", BAD)
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_bad_input_fails_cleanly_and_writes_nothing(app, tmp_path, args, message):
     key, bad = (args[-1].split("=", 1) + [""])[:2]
     good = {"seq_len": "3", "seeds": "2", "init.std": "null", "task.path": None,
@@ -276,7 +278,7 @@ def test_hydra_full_error_still_raises_hydras_errors(app, monkeypatch):
 # --------------------------------------------------------------------------------- sweeps
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sweep_runs_jobs_i_of_n_and_skips_finished_ones_without_launching(app, tmp_path,
                                                                           monkeypatch):
     launched = []
@@ -334,7 +336,7 @@ def test_sweep_runs_jobs_i_of_n_and_skips_finished_ones_without_launching(app, t
     assert (tmp_path / again).read_bytes() != before[tmp_path / again]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_failing_job_is_recorded_and_the_sweep_goes_on(app, tmp_path, monkeypatch):
     plant(monkeypatch, lambda cfg: cfg.seed == 1, FloatingPointError("planted failure"))
     sweep = tmp_path / "sweep"
@@ -385,7 +387,7 @@ def test_whatever_the_launcher_raises_every_job_is_accounted_for(app, tmp_path, 
                     "was cancelled)" for s in (1, 2)))
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_interrupted_sweep_says_one_line_and_the_same_command_resumes(app, tmp_path,
                                                                       monkeypatch):
     plant(monkeypatch, lambda cfg: cfg.seed == 1, KeyboardInterrupt())
@@ -413,7 +415,7 @@ def test_interrupted_sweep_says_one_line_and_the_same_command_resumes(app, tmp_p
         "resumes it"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_ctrl_c_whose_exception_python_swallowed_still_stops_the_sweep(app, tmp_path,
                                                                       monkeypatch):
     """Ctrl-C during a garbage-collector callback (JAX registers one): Python hands the
@@ -473,7 +475,7 @@ def test_ctrl_c_while_jax_starts_its_backends_waits_for_them(app, tmp_path, monk
         f"{' '.join(TINY)}; 2 not started; the same command resumes the sweep"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_glob_sweeps_over_group_options(app, tmp_path):
     # Hydra's glob() over a group's options was refused ("takes option names").
     sweep = tmp_path / "sweep"
@@ -506,6 +508,7 @@ def test_bad_group_options_and_missing_launchers_give_one_line(override, message
     assert err.startswith(f"rnnjax: error: {message}") and err.count("\n") == 1, err
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_job_directories_stay_inside_the_sweep_and_are_bounded(app, tmp_path):
     # A relative path that climbs out of a nested working directory, and a 249-character
@@ -530,6 +533,7 @@ def test_job_directories_stay_inside_the_sweep_and_are_bounded(app, tmp_path):
     assert load_sweep(sweep).job.nunique() == 2
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_ctrl_c_in_a_real_sweep_prints_one_line(tmp_path, jax_cache):
     # SIGINT to the process group, as a terminal sends it, while the first job runs.
@@ -554,6 +558,7 @@ def test_ctrl_c_in_a_real_sweep_prints_one_line(tmp_path, jax_cache):
                         rf"command resumes the sweep\n", err), err
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_hydra_mode_multirun_without_m_is_a_sweep(app, tmp_path):
     # rnnjax skips Hydra's first compose (only to read hydra.mode) unless the command sets it.

@@ -197,7 +197,7 @@ def test_an_epoch_visits_every_training_window_once(timemachine_file):
 
 
 @pytest.mark.parametrize("n", [1, 3, 4, 9])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_chunk_batches_are_train_batches(timemachine_file, n):
     """A chunk's batches, drawn with each epoch's order once, are the per-step batches, for
     chunks inside one epoch and across two or more (4 steps per epoch here)."""

@@ -105,7 +105,7 @@ def test_pascanu_bound_holds(key, act):
         assert math.log10(top) <= bound * (30 - t) + 1e-9
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_linear_profile_is_exact_and_orthogonal_gives_rho_powers(key):
     T = 25
     p = nets(key, 1.05, spectral, H=10, V=5)
@@ -129,8 +129,9 @@ def test_lyapunov_of_linear_orthogonal_is_log_rho(key):
     np.testing.assert_allclose(lam, math.log(rho), rtol=1e-10)
 
 
-@pytest.mark.parametrize("act", ["tanh", "relu", "sigmoid"])
-@pytest.mark.slow
+@pytest.mark.parametrize("act", ["tanh", *(pytest.param(a, marks=pytest.mark.slow)
+                                         for a in ("relu", "sigmoid"))])
+@pytest.mark.e2e
 def test_lyapunov_matches_brute_force_singular_values(key, act):
     p = rand_net(key, act, H=10, gain=1.5)
     # with k = H, the QR logs add up to log |det dH_T/dH_0| exactly (short T: the brute-force
@@ -167,9 +168,10 @@ def test_input_drive_variance_is_the_mean_square_of_the_drive():
     assert input_drive_variance(W, real) == pytest.approx(np.mean((real @ W) ** 2), rel=1e-12)
 
 
-@pytest.mark.parametrize("act,g", [("tanh", 0.8), ("tanh", 2.0), ("relu", 1.0),
-                                   ("sigmoid", 3.0), ("linear", 0.9)])
-@pytest.mark.slow
+@pytest.mark.parametrize("act,g", [("tanh", 0.8), ("relu", 1.0), *(
+    pytest.param(a, g, marks=pytest.mark.slow) for a, g in (("tanh", 2.0), ("sigmoid", 3.0),
+                                                            ("linear", 0.9)))])
+@pytest.mark.e2e
 def test_wide_network_factor_matches_mean_field(key, act, g):
     """H = 512: the measured per-step factor of ||dL/dH_t|| agrees with sqrt(chi_1) within a
     few percent away from criticality."""
@@ -186,7 +188,7 @@ def test_wide_network_factor_matches_mean_field(key, act, g):
     assert measured == pytest.approx(predicted, rel=0.04)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_job_summary_sets_theory_beside_measurement(tmp_path):
     """Linear RNN, W_hh = 0.9 * orthogonal, loss at the last step: the measured slope, the mean
     field, Pascanu's bound and the top Lyapunov exponent all equal log10 0.9 per step."""

@@ -252,8 +252,9 @@ def test_tensorboard_read_back_with_event_accumulator(tmp_path):
 
 # ---- MLflow (MlflowClient on the sqlite store) -----------------------------------------------
 
-@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+@pytest.mark.e2e
 def test_mlflow_read_back_with_client(tmp_path, monkeypatch):
     pytest.importorskip("mlflow", reason="logger=mlflow needs mlflow (or mlflow-skinny)")
     pytest.importorskip("sqlalchemy", reason="MLflow's sqlite store needs sqlalchemy")
@@ -306,6 +307,7 @@ def test_mlflow_read_back_with_client(tmp_path, monkeypatch):
 
 # ---- wandb (an offline run, read by wandb's own `leet inspect`) ------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_wandb_offline_run_read_back_with_wandb_inspect(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="logger=wandb needs wandb")

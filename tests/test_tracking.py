@@ -35,7 +35,7 @@ def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_failing_tracker_on_a_finished_job_keeps_its_results(app, tmp_path):
     """The issue's case: a finished job re-run with a tracker that fails at start was run
     again in its directory and left `failed`, its results no longer loadable."""
@@ -55,7 +55,7 @@ def test_a_failing_tracker_on_a_finished_job_keeps_its_results(app, tmp_path):
     assert record["location"] == "bogus://x" and "bogus://x" in record["error"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_finished_job_is_sent_to_a_new_tracker_as_a_fresh_run_sends(app, tmp_path):
     fresh, later = tmp_path / "fresh", tmp_path / "later"
     assert app(*TRAIN, "logger=csv", f"hydra.run.dir={fresh}").code == 0
@@ -78,7 +78,7 @@ def test_a_finished_job_is_sent_to_a_new_tracker_as_a_fresh_run_sends(app, tmp_p
     assert [t["status"] for t in summary_of(later)["trackers"]] == ["ok"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_tracker_failing_mid_job_costs_the_job_nothing(app, tmp_path, monkeypatch):
     def full_disk(self, step, metrics):
         raise OSError(errno.ENOSPC, "No space left on device", str(self._dir / "metrics.csv"))
@@ -108,7 +108,7 @@ def test_an_unreachable_tracking_server_fails_before_any_compute(app, tmp_path,
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_sweep_sends_its_finished_jobs_and_goes_on_past_a_failing_tracker(
         app, tmp_path):
     grid = ["seed=0,1", *TINY]
@@ -188,7 +188,7 @@ def test_a_finished_job_in_a_read_only_directory_is_skipped(app, tmp_path,
     assert f"rnnjax: run {job}: ok" in r.err
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_why_a_run_runs_again_is_said_once(app, tmp_path):
     job = tmp_path / "job"
     assert app(*TINY, f"hydra.run.dir={job}").code == 0
@@ -204,7 +204,7 @@ def test_a_single_run_says_where_its_results_are(app, tmp_path):
         f'rnnjax: in Python: rnnjax.load_sweep("{job}")']
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_diverged_training_run_says_the_same_everywhere(app, tmp_path):
     job = tmp_path / "job"
     assert app(*TRAIN[:-1], "train.lr=1e12", f"hydra.run.dir={job}").code == 0
@@ -218,7 +218,7 @@ def test_a_diverged_training_run_says_the_same_everywhere(app, tmp_path):
     assert "(ppl inf)" in step and "nan" not in step
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_log_holds_the_training_lines_under_a_terminal(app, tmp_path,
                                                            monkeypatch):
     tqdm = rnnjax.app.training.tqdm

@@ -63,7 +63,7 @@ def host(tree):
 
 
 @pytest.mark.parametrize("clip", [None, 1e-3, 1e3])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_clipping_changes_the_update_exactly_as_optax_says(key, clip):
     p = net(key)
     x, y = random_batch(jax.random.fold_in(key, 1), 5, 4, 7)
@@ -86,9 +86,10 @@ def test_clipping_changes_the_update_exactly_as_optax_says(key, clip):
 
 
 @pytest.mark.parametrize("cell_name,kind,loss_at", [
-    ("vanilla", "tokens", "all"), ("lstm", "tokens", "all"), ("vanilla", "tokens", "last"),
+    ("vanilla", "tokens", "all"), ("lstm", "tokens", "all"),
+    pytest.param("vanilla", "tokens", "last", marks=pytest.mark.slow),
     ("vanilla", "regression", "last")])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sequence_loss_is_the_loss_of_the_unrolled_outputs(key, cell_name, kind, loss_at):
     """The trainer's loss (read out inside the scan, each step's term added there) and its
     gradient equal the loss of all outputs at once, with a mask and truncated BPTT; so does the
@@ -122,7 +123,7 @@ def test_sequence_loss_is_the_loss_of_the_unrolled_outputs(key, cell_name, kind,
 
 
 @pytest.mark.parametrize("clip_value", [1e-3, 0.05, 1e3])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_elementwise_clipping_clamps_each_entry_as_optax_clip(key, clip_value):
     p = net(key)
     x, y = random_batch(jax.random.fold_in(key, 1), 5, 4, 7)
@@ -140,7 +141,7 @@ def test_elementwise_clipping_clamps_each_entry_as_optax_clip(key, clip_value):
     assert 1e-3 < biggest < 1e3  # both outcomes are tested
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_elementwise_then_global_norm_clipping_in_that_order(key):
     p = net(key)
     x, y = random_batch(jax.random.fold_in(key, 1), 5, 4, 7)
@@ -157,7 +158,7 @@ full_probe = jax.jit(make_probe(vanilla("tanh"), "last"))
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_truncated_bptt_gives_zero_gradient_across_the_cut(key, k):
     T = 13
     p = net(key)
@@ -182,7 +183,7 @@ def test_randomized_truncation_is_unbiased(key):
     assert (s == 0).mean() == pytest.approx(1 / k, abs=0.01)  # mean truncation length k
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_planted_divergence_stops_one_seed_only(key):
     S, T = 3, 8
     keys = jax.random.split(key, S)
@@ -234,7 +235,7 @@ def test_copy_problem_matches_its_definition(key):
     assert ce == pytest.approx(10 * math.log(8) / (delay + 20), rel=1e-12)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_short_d2l_run_lowers_perplexity(tmp_path, timemachine_file):
     cfg = compose_cfg(["+experiment=d2l_rnn_scratch", f"task.path={timemachine_file}",
                        "seeds=2", "batch_size=256", "seq_len=16", "train.epochs=2",
@@ -259,7 +260,7 @@ def test_short_d2l_run_lowers_perplexity(tmp_path, timemachine_file):
     assert summary["status"] == "ok" and tr["diverged_seeds"] == {}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_copy_task_records_its_T_and_uses_it(tmp_path, monkeypatch):
     """task=copy backpropagates through T = seq_len + 20 steps: the T column, the summary, the
     Lyapunov burn-in and the plots' steps back all use that T, and the seq_len column keeps
@@ -283,7 +284,7 @@ def test_copy_task_records_its_T_and_uses_it(tmp_path, monkeypatch):
     assert xs.min() == 0 and xs.max() == 24  # T - t for t = 25..1, never negative
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_rmsprop_initial_scale_is_arjovskys_running_mean_square(key):
     """Their update: rms = 0.9 rms + 0.1 g^2 from rms = 1e-3, then p -= lr g / sqrt(rms)."""
     p = net(key)

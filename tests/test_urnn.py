@@ -192,7 +192,7 @@ def tokens(seed, S=None, B=3, T=9, V=7):
 @pytest.mark.parametrize("loss_at,dtype,rtol", [("all", jnp.float64, 1e-8),
                                                 ("last", jnp.float64, 1e-8),
                                                 ("all", jnp.float32, 1e-4)])
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_probe_matches_numpy_bptt(loss_at, dtype, rtol):
     """Three seeds of token inputs. float32 with the loss at the last step is checked against
     the reference in the job test below, with real inputs (the adding problem)."""
@@ -284,6 +284,7 @@ def test_what_the_urnn_does_not_take_fails_with_one_line(overrides, message):
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_training_job_writes_the_papers_parameters_the_theory_and_lowers_the_loss(tmp_path):
     """task=adding (T = 20), two seeds trained 300 RMSProp steps (lr 1e-3, as the paper):
