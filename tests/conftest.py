@@ -86,11 +86,11 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("RNNJAX_DATA", raising=False)
 
 
-# The longest test files, started first (xdist hands out whole files in this order, the first
-# 16 in turn to each worker): a long file started last would end the suite with the other
-# worker idle. The docs build runs its tutorials in other processes. The SLURM tests mostly
-# wait on the cluster, so their worker waits while the other computes; they come third to
-# their worker, once CI's cluster (started as the test command installs) is up, rather than
+# The longest test files, started first (xdist hands out whole files in this order: two to each
+# worker, then the next to whichever is left with one): a long file started last would end the
+# suite with the other worker idle. The docs build runs its tutorials in other processes. The
+# SLURM tests mostly wait on the cluster, so their worker waits while the other computes; they
+# come sixth, once CI's cluster (started as the test command installs) is up, rather than
 # waiting for it to start.
 FIRST = ["test_docs.py", "test_sweep.py", "test_api.py", "test_plots.py", "test_probes.py",
          "test_slurm.py", "test_cli.py", "test_memory.py", "test_train.py", "test_tracking.py",

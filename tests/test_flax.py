@@ -48,7 +48,7 @@ PROBED = [(api, module, "last") for api, module in CASES]
 PROBED += [("nnx", "GRUCell", "all"), ("linen", "LSTMCell", "all")]
 # The default run (CI) checks one cell of each kind: each API's simplest cell, a user's own
 # module, Linen's MGU and both losses over every step; the other library cells wrap the same
-# adapter and run with `-m slow` (tests/conftest.py).
+# adapter and run with `-m slow` (docs/development.md).
 DEFAULT = {("nnx", "SimpleCell", "last"), ("nnx", "adapter_reference:NNXTanhCell", "last"),
            ("linen", "MGUCell", "last"), ("nnx", "GRUCell", "all"), ("linen", "LSTMCell", "all")}
 
