@@ -88,11 +88,12 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 # The longest test files, started first (xdist hands out whole files in this order: two to each
 # worker, then the next to whichever is left with one): a long file started last would end the
-# suite with the other worker idle. The docs build runs its tutorials in other processes. The
-# SLURM tests mostly wait on the cluster, so their worker waits while the other computes; they
-# come sixth, once CI's cluster (started as the test command installs) is up, rather than
-# waiting for it to start.
-FIRST = ["test_docs.py", "test_sweep.py", "test_api.py", "test_plots.py", "test_probes.py",
+# suite with the other worker idle. The docs build (the longest, its tutorials in other
+# processes) comes third, so that its browser check, after the build, finds Chromium, which
+# .ci/run installs in the background after the SLURM cluster. The SLURM tests mostly wait on
+# the cluster, so their worker waits while the other computes; they come sixth, once CI's
+# cluster (started as the test command installs) is up, rather than waiting for it to start.
+FIRST = ["test_sweep.py", "test_api.py", "test_docs.py", "test_plots.py", "test_probes.py",
          "test_slurm.py", "test_cli.py", "test_memory.py", "test_train.py", "test_tracking.py",
          "test_scan.py", "test_job.py", "test_lstm.py"]
 
