@@ -51,6 +51,7 @@ PROBED += [("nnx", "GRUCell", "all"), ("linen", "LSTMCell", "all")]
 # adapter and run with `-m slow` (docs/development.md).
 DEFAULT = {("nnx", "SimpleCell", "last"), ("nnx", "adapter_reference:NNXTanhCell", "last"),
            ("linen", "MGUCell", "last"), ("nnx", "GRUCell", "all"), ("linen", "LSTMCell", "all")}
+assert DEFAULT <= set(PROBED), DEFAULT - set(PROBED)  # a misspelt case would run nowhere
 
 
 @pytest.mark.parametrize("api,module,loss_at", [

@@ -1,14 +1,13 @@
 """The test command's own setup (pyproject.toml, tests/conftest.py): the default run leaves out
 the tests marked slow, and xdist hands out the test files in conftest's order."""
 
+import shlex
 import tomllib
 
 from conftest import FIRST, ROOT
 
 
 def addopts() -> list[str]:
-    import shlex
-
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     return shlex.split(config["tool"]["pytest"]["ini_options"]["addopts"])
 
